@@ -1,0 +1,333 @@
+"""The reference kernels, in plain NumPy: the readable oracle every other backend is tested against.
+
+Every kernel module (``numpy_ref``, ``cpu``, ``cuda``) exposes the functions below with the same
+signatures and results.  Layout is channels-last: images are ``(N, H, W, C)``, conv kernels
+``(KH, KW, C_in, C_out)``.  ``pads`` is always explicit, ``((top, bottom), (left, right))``, as
+computed by :func:`kernels.shapes.window_geometry`.
+
+Arrays
+    ``to_device(x)``, ``to_host(x)``, ``zeros(shape, dtype)``, ``zeros_like(x)``
+Linear algebra
+    ``matmul(a, b) = a @ b``, ``matmul_tn(a, b) = a.T @ b``, ``matmul_nt(a, b) = a @ b.T``,
+    ``bias_grad(g) = g.sum(axis=0)``
+Convolution
+    ``im2col``, ``col2im``
+Pooling
+    ``maxpool_forward``, ``maxpool_backward``, ``avgpool_forward``, ``avgpool_backward``
+Activations
+    ``bias_activation``, ``activation_grad`` (linear, relu, sigmoid, tanh), ``leaky_relu``,
+    ``leaky_relu_grad``, ``softmax``, ``softmax_grad``
+Losses
+    ``softmax_cross_entropy``
+Regularisation
+    ``dropout_mask``, ``regularize_grad``
+Optimizer updates (in place)
+    ``sgd_update``, ``adam_update``, ``rmsprop_update``
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
+
+
+# ----------------------------------------------------------------------------------------- arrays
+
+
+def to_device(x):
+    """Make ``x`` an array this backend computes on (here: a C-contiguous NumPy array)."""
+    return np.ascontiguousarray(x)
+
+
+def to_host(x):
+    """Return ``x`` as a NumPy array."""
+    return np.asarray(x)
+
+
+def zeros(shape, dtype):
+    return np.zeros(shape, dtype=dtype)
+
+
+def zeros_like(x):
+    return np.zeros_like(x)
+
+
+# --------------------------------------------------------------------------------- linear algebra
+
+
+def matmul(a, b):
+    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``."""
+    return a @ b
+
+
+def matmul_tn(a, b):
+    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``."""
+    return a.T @ b
+
+
+def matmul_nt(a, b):
+    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``."""
+    return a @ b.T
+
+
+def bias_grad(grad_out):
+    """Gradient of a bias broadcast over rows: ``grad_out.sum(axis=0)``, ``(M, N) -> (N,)``."""
+    return grad_out.sum(axis=0)
+
+
+# ------------------------------------------------------------------------------------ convolution
+
+
+def _pad_images(x, pads, value=0.0):
+    (top, bottom), (left, right) = pads
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
+
+
+def _windows(x_padded, window, strides):
+    """View of every window: ``(N, Hp, Wp, C) -> (N, OH, OW, KH, KW, C)``, no copy."""
+    n, hp, wp, c = x_padded.shape
+    (kh, kw), (sh, sw) = window, strides
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    s_n, s_h, s_w, s_c = x_padded.strides
+    return as_strided(
+        x_padded,
+        shape=(n, oh, ow, kh, kw, c),
+        strides=(s_n, s_h * sh, s_w * sw, s_h, s_w, s_c),
+        writeable=False,
+    )
+
+
+def im2col(x, kernel_size, strides, pads):
+    """Unfold every receptive field of ``x`` into one row.
+
+    ``x`` ``(N, H, W, C)`` -> ``cols`` ``(N*OH*OW, KH*KW*C)``; row ``(n, oh, ow)`` holds
+    ``x_padded[n, oh*SH + i, ow*SW + j, c]`` at column ``(i*KW + j)*C + c``.  A convolution is then
+    ``cols @ kernel.reshape(KH*KW*C, C_out)``.
+    """
+    windows = _windows(_pad_images(x, pads), kernel_size, strides)
+    n, oh, ow, kh, kw, c = windows.shape
+    return windows.reshape(n * oh * ow, kh * kw * c)
+
+
+def col2im(cols, x_shape, kernel_size, strides, pads):
+    """Adjoint of :func:`im2col`: add every row of ``cols`` back onto the pixels it was read from.
+
+    ``cols`` ``(N*OH*OW, KH*KW*C)`` -> ``(N, H, W, C)``; overlapping windows sum, padding is dropped.
+    """
+    n, height, width, c = x_shape
+    (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_size, strides, pads
+    hp, wp = height + top + bottom, width + left + right
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    cols6 = cols.reshape(n, oh, ow, kh, kw, c)
+    x_padded = np.zeros((n, hp, wp, c), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            x_padded[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :] += cols6[:, :, :, i, j, :]
+    return x_padded[:, top : top + height, left : left + width, :]
+
+
+# ---------------------------------------------------------------------------------------- pooling
+
+
+def maxpool_forward(x, pool_size, strides, pads):
+    """Max over each window, per channel.
+
+    ``x`` ``(N, H, W, C)`` -> ``(out (N, OH, OW, C), argmax (N, OH, OW, C) int32)``; ``argmax`` is the
+    flat index ``i*PW + j`` of the maximum inside its window (padding never wins: it is ``-inf``).
+    """
+    windows = _windows(_pad_images(x, pads, value=-np.inf), pool_size, strides)
+    n, oh, ow, ph, pw, c = windows.shape
+    flat = windows.reshape(n, oh, ow, ph * pw, c)
+    argmax = flat.argmax(axis=3).astype(np.int32)
+    out = np.take_along_axis(flat, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    return out, argmax
+
+
+def maxpool_backward(grad_out, argmax, x_shape, pool_size, strides, pads):
+    """Route each output gradient to the input that was the window's maximum.
+
+    ``grad_out``, ``argmax`` ``(N, OH, OW, C)`` -> ``grad_in`` ``(N, H, W, C)``;
+    ``grad_in[n, oh*SH + i, ow*SW + j, c] += grad_out[n, oh, ow, c]`` where ``argmax == i*PW + j``.
+    """
+    n, height, width, c = x_shape
+    (ph, pw), (sh, sw), ((top, bottom), (left, right)) = pool_size, strides, pads
+    oh, ow = grad_out.shape[1:3]
+    grad_padded = np.zeros((n, height + top + bottom, width + left + right, c), grad_out.dtype)
+    for i in range(ph):
+        for j in range(pw):
+            routed = np.where(argmax == i * pw + j, grad_out, 0)
+            grad_padded[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :] += routed
+    return grad_padded[:, top : top + height, left : left + width, :]
+
+
+def _window_counts(x_shape, pool_size, strides, pads, dtype):
+    """How many real (unpadded) pixels each window covers: ``(1, OH, OW, 1)``."""
+    ones = np.ones((1, x_shape[1], x_shape[2], 1), dtype=dtype)
+    return _windows(_pad_images(ones, pads), pool_size, strides).sum(axis=(3, 4))
+
+
+def avgpool_forward(x, pool_size, strides, pads):
+    """Mean over each window of the real pixels it covers (padding is not counted, as in Keras).
+
+    ``x`` ``(N, H, W, C)`` -> ``(N, OH, OW, C)``.
+    """
+    windows = _windows(_pad_images(x, pads), pool_size, strides)
+    return windows.sum(axis=(3, 4)) / _window_counts(x.shape, pool_size, strides, pads, x.dtype)
+
+
+def avgpool_backward(grad_out, x_shape, pool_size, strides, pads):
+    """Spread each output gradient evenly over the real pixels of its window.
+
+    ``grad_out`` ``(N, OH, OW, C)`` -> ``(N, H, W, C)``;
+    ``grad_in[n, oh*SH + i, ow*SW + j, c] += grad_out[n, oh, ow, c] / count[oh, ow]``.
+    """
+    n, height, width, c = x_shape
+    (ph, pw), (sh, sw), ((top, bottom), (left, right)) = pool_size, strides, pads
+    oh, ow = grad_out.shape[1:3]
+    share = grad_out / _window_counts(x_shape, pool_size, strides, pads, grad_out.dtype)
+    grad_padded = np.zeros((n, height + top + bottom, width + left + right, c), grad_out.dtype)
+    for i in range(ph):
+        for j in range(pw):
+            grad_padded[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :] += share
+    return grad_padded[:, top : top + height, left : left + width, :]
+
+
+# ------------------------------------------------------------------------------------ activations
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def bias_activation(z, bias, activation):
+    """``y = f(z + bias)``, bias broadcast over the last axis (``bias`` may be ``None``).
+
+    ``f`` is ``linear`` (identity), ``relu`` ``max(0, v)``, ``sigmoid`` ``1 / (1 + e^-v)`` or
+    ``tanh``.  Any shape ``(..., C)`` -> the same shape.
+    """
+    _check_activation(activation)
+    v = z if bias is None else z + bias
+    if activation == "relu":
+        return np.maximum(v, 0)
+    if activation == "sigmoid":
+        return _sigmoid(v)
+    if activation == "tanh":
+        return np.tanh(v)
+    return v.copy() if v is z else v
+
+
+def _sigmoid(v):
+    """Logistic function, evaluated without overflow for large ``|v|``."""
+    e = np.exp(-np.abs(v))
+    return np.where(v >= 0, 1 / (1 + e), e / (1 + e)).astype(v.dtype, copy=False)
+
+
+def activation_grad(grad_out, y, activation):
+    """``dL/dz = dL/dy * f'(z)``, with ``f'`` written in terms of the output ``y = f(z)``.
+
+    relu: ``y > 0``; sigmoid: ``y (1 - y)``; tanh: ``1 - y^2``; linear: ``1``.  Same shape in and out.
+    """
+    _check_activation(activation)
+    if activation == "relu":
+        return grad_out * (y > 0)
+    if activation == "sigmoid":
+        return grad_out * y * (1 - y)
+    if activation == "tanh":
+        return grad_out * (1 - y * y)
+    return grad_out.copy()
+
+
+def leaky_relu(z, alpha):
+    """``y = z`` where ``z > 0``, else ``alpha * z``.  Same shape in and out."""
+    return np.where(z > 0, z, alpha * z).astype(z.dtype, copy=False)
+
+
+def leaky_relu_grad(grad_out, z, alpha):
+    """``dL/dz = dL/dy`` where ``z > 0``, else ``alpha * dL/dy``.  Same shape in and out."""
+    return np.where(z > 0, grad_out, alpha * grad_out).astype(grad_out.dtype, copy=False)
+
+
+def softmax(z):
+    """Row-wise softmax over the last axis, ``y_k = e^(z_k - max z) / sum_j e^(z_j - max z)``."""
+    shifted = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_grad(grad_out, y):
+    """Jacobian-vector product of softmax: ``dL/dz = y * (g - sum_k g_k y_k)`` per row."""
+    return y * (grad_out - (grad_out * y).sum(axis=-1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------------------- losses
+
+
+def softmax_cross_entropy(logits, targets):
+    """Fused softmax + cross-entropy on logits, stable for any logits.
+
+    ``logits``, ``targets`` ``(N, K)`` (targets one-hot or probabilities) ->
+    ``(losses (N,), grad (N, K))`` with ``loss_n = logsumexp(z_n) - sum_k t_nk z_nk`` (for targets
+    summing to one) and ``grad = softmax(z) - t``, the gradient of ``loss_n`` w.r.t. ``z_n``.
+    """
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_sum_exp = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = shifted - log_sum_exp
+    losses = -(targets * log_probs).sum(axis=1)
+    return losses, np.exp(log_probs) - targets
+
+
+# --------------------------------------------------------------------------------- regularisation
+
+
+def dropout_mask(shape, rate, seed, dtype):
+    """Inverted-dropout mask: ``1 / (1 - rate)`` with probability ``1 - rate``, else ``0``.
+
+    The same ``seed`` gives the same mask on the same backend (not across backends).
+    """
+    keep = np.random.default_rng(seed).random(shape) >= rate
+    return (keep / (1.0 - rate)).astype(dtype)
+
+
+def regularize_grad(grad, param, l1, l2):
+    """In place: ``grad += l1 * sign(param) + 2 * l2 * param``, the gradient of
+    ``l1 * sum|w| + l2 * sum w^2``."""
+    if l1:
+        grad += l1 * np.sign(param)
+    if l2:
+        grad += (2 * l2) * param
+
+
+# -------------------------------------------------------------------------------- optimizer steps
+
+
+def sgd_update(param, grad, velocity, lr, momentum, nesterov):
+    """In place, Keras's SGD: ``v = momentum * v - lr * g``; ``w += v`` or, with Nesterov,
+    ``w += momentum * v - lr * g``.  With ``momentum == 0`` this is ``w -= lr * g``."""
+    velocity *= momentum
+    velocity -= lr * grad
+    if nesterov:
+        param += momentum * velocity - lr * grad
+    else:
+        param += velocity
+
+
+def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, step):
+    """In place, Keras's Adam at step ``t = step`` (1-based)::
+
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+    """
+    m *= beta_1
+    m += (1 - beta_1) * grad
+    v *= beta_2
+    v += (1 - beta_2) * grad * grad
+    lr_t = lr * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+    param -= (lr_t * m / (np.sqrt(v) + epsilon)).astype(param.dtype, copy=False)
+
+
+def rmsprop_update(param, grad, mean_square, lr, rho, epsilon):
+    """In place, Keras's RMSprop: ``s = rho s + (1 - rho) g^2``; ``w -= lr * g / sqrt(s + eps)``."""
+    mean_square *= rho
+    mean_square += (1 - rho) * grad * grad
+    param -= (lr * grad / np.sqrt(mean_square + epsilon)).astype(param.dtype, copy=False)

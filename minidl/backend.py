@@ -1,0 +1,59 @@
+"""Which kernel module the layers compute with: ``"numpy"``, ``"numba"`` or ``"cuda"``.
+
+Layers never branch on the backend; they call ``ops.<kernel>(...)``, and ``ops`` forwards to the
+active module of the ``kernels`` package.  The choice, in order: :func:`set_backend`, the environment
+variable ``MINIDL_BACKEND``, else ``"numba"`` when Numba is installed and ``"numpy"`` otherwise.  The
+module is imported on first use, so ``import minidl`` stays fast.
+"""
+
+import importlib
+import importlib.util
+import os
+
+KERNEL_MODULES = {"numpy": "kernels.numpy_ref", "numba": "kernels.cpu", "cuda": "kernels.cuda"}
+
+_active = {"name": None, "module": None}
+
+
+def _default_backend():
+    requested = os.environ.get("MINIDL_BACKEND")
+    if requested:
+        return requested
+    return "numba" if importlib.util.find_spec("numba") is not None else "numpy"
+
+
+def set_backend(name):
+    """Make ``name`` (``"numpy"``, ``"numba"`` or ``"cuda"``) the kernel module for every layer.
+
+    Raises ``ValueError`` for an unknown name and ``RuntimeError`` when the backend cannot run here
+    (Numba not installed, no CUDA GPU).  Models keep their weights as host arrays between calls, so
+    switching between fits is safe.
+    """
+    if name not in KERNEL_MODULES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(KERNEL_MODULES)}")
+    try:
+        module = importlib.import_module(KERNEL_MODULES[name])
+    except ImportError as error:
+        raise RuntimeError(f"backend {name!r} is not available: {error}") from error
+    check = getattr(module, "check_available", None)
+    if check is not None:
+        check()
+    _active["name"], _active["module"] = name, module
+
+
+def get_backend():
+    """Name of the active backend (choosing the default on first call)."""
+    if _active["module"] is None:
+        set_backend(_default_backend())
+    return _active["name"]
+
+
+class _ActiveKernels:
+    """Attribute access forwards to the active kernel module: ``ops.im2col(...)``."""
+
+    def __getattr__(self, name):
+        get_backend()
+        return getattr(_active["module"], name)
+
+
+ops = _ActiveKernels()
