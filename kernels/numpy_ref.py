@@ -6,7 +6,8 @@ signatures and results.  Layout is channels-last: images are ``(N, H, W, C)``, c
 computed by :func:`kernels.shapes.window_geometry`.
 
 Arrays
-    ``to_device(x)``, ``to_host(x)``, ``zeros(shape, dtype)``, ``zeros_like(x)``
+    ``to_device(x)``, ``to_host(x)``, ``zeros(shape, dtype)``, ``zeros_like(x)``, ``multiply(a, b)``,
+    ``all_finite(x)``
 Linear algebra
     ``matmul(a, b) = a @ b``, ``matmul_tn(a, b) = a.T @ b``, ``matmul_nt(a, b) = a @ b.T``,
     ``bias_grad(g) = g.sum(axis=0)``
@@ -20,7 +21,7 @@ Activations
 Losses
     ``softmax_cross_entropy``
 Regularisation
-    ``dropout_mask``, ``regularize_grad``
+    ``dropout_mask``, ``regularize_grad``, ``regularization_penalty``
 Optimizer updates (in place)
     ``sgd_update``, ``adam_update``, ``rmsprop_update``
 """
@@ -50,6 +51,16 @@ def zeros(shape, dtype):
 
 def zeros_like(x):
     return np.zeros_like(x)
+
+
+def multiply(a, b):
+    """Elementwise ``a * b`` of two arrays of the same shape."""
+    return a * b
+
+
+def all_finite(x):
+    """``True`` when no element of ``x`` is NaN or infinite (a Python bool)."""
+    return bool(np.isfinite(x).all())
 
 
 # --------------------------------------------------------------------------------- linear algebra
@@ -267,14 +278,14 @@ def softmax_cross_entropy(logits, targets):
     """Fused softmax + cross-entropy on logits, stable for any logits.
 
     ``logits``, ``targets`` ``(N, K)`` (targets one-hot or probabilities) ->
-    ``(losses (N,), grad (N, K))`` with ``loss_n = logsumexp(z_n) - sum_k t_nk z_nk`` (for targets
-    summing to one) and ``grad = softmax(z) - t``, the gradient of ``loss_n`` w.r.t. ``z_n``.
+    ``(losses (N,), grad (N, K))`` with ``loss_n = -sum_k t_nk log softmax(z_n)_k`` and
+    ``grad = (softmax(z) - t) / N``, the gradient of the mean loss (targets summing to one per row).
     """
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_sum_exp = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     log_probs = shifted - log_sum_exp
     losses = -(targets * log_probs).sum(axis=1)
-    return losses, np.exp(log_probs) - targets
+    return losses, (np.exp(log_probs) - targets) / logits.shape[0]
 
 
 # --------------------------------------------------------------------------------- regularisation
@@ -296,6 +307,11 @@ def regularize_grad(grad, param, l1, l2):
         grad += l1 * np.sign(param)
     if l2:
         grad += (2 * l2) * param
+
+
+def regularization_penalty(param, l1, l2):
+    """``l1 * sum|w| + l2 * sum w^2`` as a Python float."""
+    return float(l1 * np.abs(param).sum() + l2 * (param * param).sum())
 
 
 # -------------------------------------------------------------------------------- optimizer steps
