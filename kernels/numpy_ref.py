@@ -7,7 +7,7 @@ computed by :func:`kernels.shapes.window_geometry`.
 
 Arrays
     ``to_device(x)``, ``to_host(x)``, ``zeros(shape, dtype)``, ``zeros_like(x)``, ``multiply(a, b)``,
-    ``all_finite(x)``
+    ``accumulate(total, x)``, ``all_finite(x)``
 Linear algebra
     ``matmul(a, b) = a @ b``, ``matmul_tn(a, b) = a.T @ b``, ``matmul_nt(a, b) = a @ b.T``,
     ``bias_grad(g) = g.sum(axis=0)``
@@ -56,6 +56,11 @@ def zeros_like(x):
 def multiply(a, b):
     """Elementwise ``a * b`` of two arrays of the same shape."""
     return a * b
+
+
+def accumulate(total, x):
+    """In place: ``total += x`` (same shapes)."""
+    total += x
 
 
 def all_finite(x):

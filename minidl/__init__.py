@@ -1,0 +1,16 @@
+"""minidl: a from-scratch deep-learning engine for image classification with a Keras-shaped API.
+
+    import minidl
+    from minidl import layers
+    model = minidl.Sequential([layers.Input((28, 28, 1)), layers.Conv2D(32, 3, activation="relu"), ...])
+"""
+
+from minidl import callbacks, initializers, layers, losses, metrics, optimizers, regularizers, schedules
+from minidl import utils
+from minidl.backend import get_backend, set_backend
+from minidl.model import Sequential
+
+__version__ = "0.1.0"
+
+__all__ = ["Sequential", "callbacks", "get_backend", "initializers", "layers", "losses", "metrics",
+           "optimizers", "regularizers", "schedules", "set_backend", "utils"]

@@ -1,0 +1,127 @@
+"""Activation functions: the helpers Dense and Conv2D apply after their GEMM, and activation layers.
+
+Names: ``"linear"`` (or ``None``), ``"relu"``, ``"sigmoid"``, ``"tanh"``, ``"softmax"`` (over the last
+axis).  Each derivative is written in terms of the output ``y`` so backward needs no extra storage.
+"""
+
+from minidl.backend import ops
+from minidl.layers.base import Layer
+
+ACTIVATION_NAMES = ("linear", "relu", "sigmoid", "tanh", "softmax")
+
+
+def check_activation(activation, layer_name):
+    """Return the canonical activation name, ``None`` meaning ``"linear"``."""
+    activation = "linear" if activation is None else activation
+    if activation not in ACTIVATION_NAMES:
+        raise ValueError(f"{layer_name}: unknown activation {activation!r}; known: {ACTIVATION_NAMES}")
+    return activation
+
+
+def softmax_last_axis(z):
+    """``softmax`` over the last axis of any-rank ``z``: ``(..., K) -> (..., K)``."""
+    return ops.softmax(z.reshape(-1, z.shape[-1])).reshape(z.shape)
+
+
+def activate(z, bias, activation):
+    """``y = f(z + bias)`` for ``z`` ``(..., C)`` and ``bias`` ``(C,)`` or ``None``; same shape out.
+
+    Returns ``(y, logits)``: for softmax ``logits = z + bias`` is kept so a fused softmax +
+    cross-entropy loss can start from it; for the other activations ``logits`` is ``None``.
+    """
+    if activation == "softmax":
+        logits = ops.bias_activation(z, bias, "linear")
+        return softmax_last_axis(logits), logits
+    return ops.bias_activation(z, bias, activation), None
+
+
+def activation_backward(grad_out, y, activation):
+    """``dL/dz = dL/dy * f'(z)`` from the output ``y``:
+    relu ``[y > 0]``, sigmoid ``y (1 - y)``, tanh ``1 - y^2``, softmax ``y * (g - sum_k g_k y_k)``."""
+    if activation == "softmax":
+        flat = ops.softmax_grad(grad_out.reshape(-1, y.shape[-1]), y.reshape(-1, y.shape[-1]))
+        return flat.reshape(y.shape)
+    return ops.activation_grad(grad_out, y, activation)
+
+
+class Activation(Layer):
+    """Apply an activation elementwise (softmax: over the last axis); any input shape."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = check_activation(activation, self.name)
+
+    def forward(self, x, training=False):
+        """``y = f(x)``; ``(N, ...) -> (N, ...)``."""
+        self.y, self.logits = activate(x, None, self.activation)
+        return self.y
+
+    def backward(self, grad_out):
+        """``dL/dx = dL/dy * f'(x)``; ``(N, ...) -> (N, ...)``."""
+        return activation_backward(grad_out, self.y, self.activation)
+
+    def backward_from_logits(self, grad_logits):
+        """The gradient w.r.t. this layer's input when a fused loss differentiated its softmax."""
+        return grad_logits
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
+
+
+class _FixedActivation(Activation):
+    fixed = None
+
+    def __init__(self, **kwargs):
+        super().__init__(self.fixed, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["activation"]
+        return config
+
+
+class ReLU(_FixedActivation):
+    """``y = max(0, x)``."""
+
+    fixed = "relu"
+
+
+class Sigmoid(_FixedActivation):
+    """``y = 1 / (1 + e^-x)``."""
+
+    fixed = "sigmoid"
+
+
+class Tanh(_FixedActivation):
+    """``y = tanh(x)``."""
+
+    fixed = "tanh"
+
+
+class Softmax(_FixedActivation):
+    """``y_k = e^(x_k) / sum_j e^(x_j)`` over the last axis."""
+
+    fixed = "softmax"
+
+
+class LeakyReLU(Layer):
+    """``y = x`` for ``x > 0``, else ``negative_slope * x`` (Keras 3 default slope 0.3; ``alpha`` is
+    accepted as the Keras 2 name)."""
+
+    def __init__(self, negative_slope=0.3, alpha=None, **kwargs):
+        super().__init__(**kwargs)
+        self.negative_slope = float(negative_slope if alpha is None else alpha)
+        if self.negative_slope < 0:
+            raise ValueError(f"{self.name}: negative_slope must be >= 0, got {self.negative_slope}")
+
+    def forward(self, x, training=False):
+        """``y = where(x > 0, x, a x)``; ``(N, ...) -> (N, ...)``."""
+        self.x = x
+        return ops.leaky_relu(x, self.negative_slope)
+
+    def backward(self, grad_out):
+        """``dL/dx = dL/dy`` where ``x > 0``, else ``a dL/dy``; ``(N, ...) -> (N, ...)``."""
+        return ops.leaky_relu_grad(grad_out, self.x, self.negative_slope)
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.negative_slope}

@@ -1,0 +1,153 @@
+"""The layer contract every minidl layer follows.
+
+* ``__init__`` validates and stores the arguments (Keras names).
+* ``build(input_shape)`` creates the parameters once the per-sample input shape is known.
+* ``forward(x, training)`` returns the output and keeps on ``self`` what ``backward`` needs.
+* ``backward(grad_out)`` fills ``self.grads`` (same keys as ``self.params``) and returns ``dL/dx``.
+
+Shapes given to ``build`` and ``compute_output_shape`` are per sample, without the batch axis.
+Parameters live on the active backend (``minidl.backend``); ``get_weights`` returns host copies.
+"""
+
+import collections
+
+import numpy as np
+
+from minidl.backend import ops
+from minidl.utils import global_rng
+
+_names_used = collections.Counter()
+
+
+def unique_layer_name(class_name):
+    """Keras-style default names: ``conv2d``, ``conv2d_1``, ``conv2d_2``, ..."""
+    prefix = "".join("_" + c.lower() if c.isupper() and i and class_name[i - 1].islower() else c.lower()
+                     for i, c in enumerate(class_name))
+    count = _names_used[prefix]
+    _names_used[prefix] += 1
+    return prefix if count == 0 else f"{prefix}_{count}"
+
+
+def normalize_pair(value, argument, layer_name):
+    """An int or a pair of ints -> a pair of positive ints (``kernel_size``, ``strides``, ...)."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
+        raise ValueError(f"{layer_name}: {argument} must be a positive int or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def normalize_padding(padding, layer_name):
+    padding = padding.lower() if isinstance(padding, str) else padding
+    if padding not in ("valid", "same"):
+        raise ValueError(f"{layer_name}: padding must be 'valid' or 'same', got {padding!r}")
+    return padding
+
+
+class Layer:
+    #: names of the parameters in Keras's ``get_weights`` order
+    weight_order = ()
+
+    def __init__(self, name=None, input_shape=None, dtype=None, trainable=True):
+        self.name = name or unique_layer_name(type(self).__name__)
+        self.declared_input_shape = None if input_shape is None else tuple(input_shape)
+        self.dtype = np.dtype(dtype or "float32")
+        self.trainable = trainable
+        self.params, self.grads, self.regularizers = {}, {}, {}
+        self.input_shape = self.output_shape = None
+        self.built = False
+        #: False for a model's first layer, whose input gradient nobody uses (backward returns None)
+        self.input_grad_needed = True
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    def build(self, input_shape):
+        """Create parameters for per-sample inputs of ``input_shape``; validates it first."""
+        input_shape = tuple(int(d) for d in input_shape)
+        self.output_shape = self.compute_output_shape(input_shape)
+        self.input_shape = input_shape
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def add_param(self, key, shape, initializer, regularizer=None, rng=None):
+        values = initializer(shape, self.dtype, rng if rng is not None else global_rng())
+        self.params[key] = ops.to_device(values)
+        if regularizer is not None:
+            self.regularizers[key] = regularizer
+
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, grad_out):
+        raise NotImplementedError
+
+    def __call__(self, x, training=False):
+        """Forward pass on a host array, building the layer from ``x`` if needed."""
+        x = np.asarray(x, dtype=self.dtype)
+        if not self.built:
+            self.build(x.shape[1:])
+        self.check_input(x.shape)
+        return ops.to_host(self.forward(ops.to_device(x), training))
+
+    def check_input(self, batch_shape):
+        """Raise ``ValueError`` naming this layer unless ``batch_shape == (N, *input_shape)``."""
+        if tuple(batch_shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"layer {self.name!r} ({type(self).__name__}) expected input of shape "
+                f"{(None, *self.input_shape)}, got {tuple(batch_shape)}"
+            )
+
+    # -------------------------------------------------------------------------------- weights
+
+    def get_weights(self):
+        """Host copies of the parameters in Keras's order and layouts."""
+        return [ops.to_host(self.params[key]).copy() for key in self.weight_order if key in self.params]
+
+    def set_weights(self, weights):
+        keys = [key for key in self.weight_order if key in self.params]
+        if len(weights) != len(keys):
+            raise ValueError(f"layer {self.name!r} has {len(keys)} weight arrays ({', '.join(keys)}), "
+                             f"got {len(weights)}")
+        new_values = {}
+        for key, value in zip(keys, weights):
+            value = np.asarray(value)
+            expected = ops.to_host(self.params[key]).shape
+            if value.shape != expected:
+                raise ValueError(f"layer {self.name!r}: weight {key!r} must have shape {expected}, "
+                                 f"got {value.shape}")
+            new_values[key] = ops.to_device(value.astype(self.dtype))
+        self.params.update(new_values)
+
+    def cast(self, dtype):
+        """Convert the parameters (and future inputs) to ``dtype``, e.g. float64 for gradient checks."""
+        self.dtype = np.dtype(dtype)
+        self.params = {key: ops.to_device(ops.to_host(value).astype(self.dtype))
+                       for key, value in self.params.items()}
+
+    def to_active_backend(self):
+        """Move the parameters onto the backend now active (after ``set_backend``)."""
+        self.params = {key: ops.to_device(ops.to_host(value)) for key, value in self.params.items()}
+
+    def count_params(self):
+        return int(sum(np.prod(ops.to_host(value).shape) for value in self.params.values()))
+
+    def workspace_bytes(self, batch_size):
+        """Scratch memory one forward/backward pass needs beyond inputs and outputs (0 for most)."""
+        return 0
+
+    # ------------------------------------------------------------------------------- config
+
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype.name}
+        if self.declared_input_shape is not None:
+            config["input_shape"] = list(self.declared_input_shape)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r}>"
+
