@@ -13,6 +13,7 @@ from minidl import metrics as metrics_module
 from minidl import optimizers as optimizers_module
 from minidl.backend import get_backend, ops
 from minidl.callbacks import CallbackList, History, ProgbarLogger
+from minidl import layers as layers_module
 from minidl.layers import Input, Layer
 from minidl.utils import global_rng
 
@@ -371,6 +372,20 @@ class Sequential:
 
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
+
+    def get_config(self):
+        """The architecture as plain JSON data (no code): name, input shape and each layer's config."""
+        return {"name": self.name, "input_shape": list(self.input_shape or ()) or None,
+                "layers": [layers_module.serialize(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config):
+        model = cls(name=config["name"])
+        if config.get("input_shape"):
+            model.add(Input(tuple(config["input_shape"])))
+        for layer_config in config["layers"]:
+            model.add(layers_module.deserialize(layer_config))
+        return model
 
     def summary(self, batch_size=32, print_fn=print):
         """Print each layer's output shape and parameter count (and a conv's im2col workspace at

@@ -20,3 +20,14 @@ def set_random_seed(seed):
 def global_rng():
     """The generator behind every random choice minidl makes without an explicit seed."""
     return _state["rng"]
+
+
+def get_rng_state():
+    """The global generator's state (a JSON-able dict), for checkpoints that resume bit-for-bit."""
+    return _state["rng"].bit_generator.state
+
+
+def set_rng_state(state):
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    _state["rng"] = rng
