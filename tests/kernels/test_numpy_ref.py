@@ -1,0 +1,123 @@
+"""The reference kernels against direct loop implementations written here from the definitions."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import numpy_ref
+from kernels.shapes import window_geometry
+
+
+@st.composite
+def window_problems(draw):
+    """A batch of images and a window (size, strides, padding) that fits them."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    height = draw(st.integers(kh if padding == "valid" else 1, 9))
+    width = draw(st.integers(kw if padding == "valid" else 1, 9))
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**16))
+    x = np.random.default_rng(seed).standard_normal((n, height, width, c))
+    pads, out_hw = window_geometry((height, width), (kh, kw), (sh, sw), padding)
+    return x, (kh, kw), (sh, sw), pads, out_hw
+
+
+def padded_pixel(x, n, row, col, c, pads, fill=0.0):
+    """``x_padded[n, row, col, c]`` computed from the definition of zero (or ``fill``) padding."""
+    row, col = row - pads[0][0], col - pads[1][0]
+    if 0 <= row < x.shape[1] and 0 <= col < x.shape[2]:
+        return x[n, row, col, c]
+    return fill
+
+
+def direct_conv(x, kernel, strides, pads, out_hw):
+    n_images, _, _, c_in = x.shape
+    kh, kw, _, c_out = kernel.shape
+    y = np.zeros((n_images, *out_hw, c_out))
+    for n in range(n_images):
+        for i in range(out_hw[0]):
+            for j in range(out_hw[1]):
+                for o in range(c_out):
+                    y[n, i, j, o] = sum(padded_pixel(x, n, i * strides[0] + p, j * strides[1] + q, c, pads)
+                                        * kernel[p, q, c, o]
+                                        for p in range(kh) for q in range(kw) for c in range(c_in))
+    return y
+
+
+@settings(max_examples=40, deadline=None)
+@given(window_problems(), st.integers(1, 3))
+def test_im2col_gemm_equals_direct_convolution(problem, c_out):
+    x, window, strides, pads, out_hw = problem
+    kernel = np.random.default_rng(1).standard_normal((*window, x.shape[3], c_out))
+    cols = numpy_ref.im2col(x, window, strides, pads)
+    y = (cols @ kernel.reshape(-1, c_out)).reshape(x.shape[0], *out_hw, c_out)
+    np.testing.assert_allclose(y, direct_conv(x, kernel, strides, pads, out_hw), atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(window_problems())
+def test_col2im_is_the_adjoint_of_im2col(problem):
+    x, window, strides, pads, _ = problem
+    cols = numpy_ref.im2col(x, window, strides, pads)
+    g = np.random.default_rng(2).standard_normal(cols.shape)
+    back = numpy_ref.col2im(g, x.shape, window, strides, pads)
+    assert back.shape == x.shape
+    np.testing.assert_allclose((cols * g).sum(), (x * back).sum(), rtol=1e-10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(window_problems())
+def test_maxpool_equals_direct_window_maximum(problem):
+    x, window, strides, pads, out_hw = problem
+    out, argmax = numpy_ref.maxpool_forward(x, window, strides, pads)
+    for n, i, j, c in np.ndindex(*out.shape):
+        values = [padded_pixel(x, n, i * strides[0] + p, j * strides[1] + q, c, pads, -np.inf)
+                  for p in range(window[0]) for q in range(window[1])]
+        assert out[n, i, j, c] == max(values)
+        assert values[argmax[n, i, j, c]] == max(values)
+
+
+@settings(max_examples=40, deadline=None)
+@given(window_problems())
+def test_avgpool_equals_direct_mean_of_real_pixels(problem):
+    x, window, strides, pads, out_hw = problem
+    out = numpy_ref.avgpool_forward(x, window, strides, pads)
+    for n, i, j, c in np.ndindex(*out.shape):
+        values = [x[n, r - pads[0][0], q - pads[1][0], c]
+                  for r in range(i * strides[0], i * strides[0] + window[0])
+                  for q in range(j * strides[1], j * strides[1] + window[1])
+                  if 0 <= r - pads[0][0] < x.shape[1] and 0 <= q - pads[1][0] < x.shape[2]]
+        np.testing.assert_allclose(out[n, i, j, c], np.mean(values), rtol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(window_problems())
+def test_pooling_backwards_are_adjoint_to_their_linearisation(problem):
+    x, window, strides, pads, _ = problem
+    out, argmax = numpy_ref.maxpool_forward(x, window, strides, pads)
+    g = np.random.default_rng(3).standard_normal(out.shape)
+    # max pooling is linear in x for a fixed argmax, so <out, g> == <x, backward(g)>
+    np.testing.assert_allclose((out * g).sum(),
+                               (x * numpy_ref.maxpool_backward(g, argmax, x.shape, window, strides, pads)).sum(),
+                               rtol=1e-10)
+    avg = numpy_ref.avgpool_forward(x, window, strides, pads)
+    np.testing.assert_allclose((avg * g).sum(),
+                               (x * numpy_ref.avgpool_backward(g, x.shape, window, strides, pads)).sum(),
+                               rtol=1e-10)
+
+
+def test_same_padding_matches_tensorflow_rule():
+    # TensorFlow: out = ceil(in / stride), total pad split with the extra pixel after
+    pads, out_hw = window_geometry((5, 6), (3, 2), (2, 1), "same")
+    assert out_hw == (3, 6)
+    assert pads == ((1, 1), (0, 1))
+
+
+def test_softmax_cross_entropy_is_stable_for_huge_logits():
+    logits = np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]])
+    targets = np.eye(3)[[0, 2]]
+    losses, grad = numpy_ref.softmax_cross_entropy(logits, targets)
+    assert np.isfinite(losses).all() and np.isfinite(grad).all()
+    np.testing.assert_allclose(losses, [0.0, np.log(3)], atol=1e-12)
+    np.testing.assert_allclose(grad[1], (np.full(3, 1 / 3) - targets[1]) / 2)
