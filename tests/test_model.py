@@ -5,18 +5,7 @@ import pytest
 
 import minidl
 from minidl import layers, optimizers
-
-
-def seed_cnn(input_shape=(28, 28, 1), classes=10):
-    return minidl.Sequential([
-        layers.Conv2D(32, (3, 3), activation="relu", input_shape=input_shape),
-        layers.MaxPooling2D((2, 2)),
-        layers.Conv2D(64, (3, 3), activation="relu"),
-        layers.MaxPooling2D((2, 2)),
-        layers.Flatten(),
-        layers.Dense(64, activation="relu"),
-        layers.Dense(classes, activation="softmax"),
-    ])
+from minidl.presets import seed_cnn
 
 
 def blobs(n=240, seed=0):
