@@ -13,7 +13,7 @@ def make_shapes(n, size=28, seed=0, channels=1):
 
     Returns ``x`` uint8 ``(n, size, size, channels)`` and ``y`` int64 ``(n,)`` with ``y[i]`` the index
     of the shape in :data:`SHAPE_NAMES` (0 circle, 1 square, 2 triangle).  Each shape has a random
-    circumradius (20-40 % of ``size``), centre (whole shape inside the image), rotation and intensity
+    circumradius (20-40 % of ``size``), centre (the whole shape at least one pixel clear of the border), rotation and intensity
     (96-255; a random colour when ``channels == 3``).  Every shape is inscribed in a circle of its
     circumradius ``r``, so their areas are ``pi r^2``, ``2 r^2`` and ``(3 sqrt(3) / 4) r^2``.
     """
@@ -26,7 +26,7 @@ def make_shapes(n, size=28, seed=0, channels=1):
     images = np.zeros((n, size, size, channels), dtype=np.uint8)
     for image, label in zip(images, labels):
         radius = rng.uniform(0.2, 0.4) * size
-        centre = rng.uniform(radius, size - 1 - radius, size=2)
+        centre = rng.uniform(radius + 1, size - 2 - radius, size=2)
         rotation = rng.uniform(0.0, 2.0 * math.pi)
         colour = tuple(int(v) for v in rng.integers(96, 256, size=channels))
         draw_shape(image, SHAPE_NAMES[label], centre, radius, rotation, colour)
