@@ -87,14 +87,31 @@ def warp_each(batch, matrices, fill_value, interpolation=cv2.INTER_LINEAR):
     return out
 
 
-def rotation_matrices(angles_deg, height, width, scales=None):
-    """2x3 matrices rotating by ``angles_deg`` (counter-clockwise, as displayed) about the image centre."""
-    centre = ((width - 1) / 2.0, (height - 1) / 2.0)
-    scales = np.ones(len(angles_deg)) if scales is None else scales
-    return [cv2.getRotationMatrix2D(centre, float(angle), float(scale)) for angle, scale in zip(angles_deg, scales)]
+def rotation_matrices(angles_deg, height, width):
+    """2x3 matrices ``(N, 2, 3)`` rotating by ``angles_deg`` (counter-clockwise, as displayed) about the
+    image centre ``(cx, cy)``: ``[[cos, sin, (1 - cos) cx - sin cy], [-sin, cos, sin cx + (1 - cos) cy]]``
+    (OpenCV's ``getRotationMatrix2D``, for the whole batch at once)."""
+    centre_x, centre_y = (width - 1) / 2.0, (height - 1) / 2.0
+    radians = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    cos, sin = np.cos(radians), np.sin(radians)
+    return np.stack(
+        [
+            np.stack([cos, sin, (1 - cos) * centre_x - sin * centre_y], axis=-1),
+            np.stack([-sin, cos, sin * centre_x + (1 - cos) * centre_y], axis=-1),
+        ],
+        axis=1,
+    )
 
 
-class Compose:
+class Transform:
+    """Base of the transforms: ``repr`` shows the arguments a transform holds."""
+
+    def __repr__(self):
+        arguments = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
+        return f"{type(self).__name__}({arguments})"
+
+
+class Compose(Transform):
     """Apply ``transforms`` in order, passing the same ``rng`` to each."""
 
     def __init__(self, transforms):
@@ -106,11 +123,8 @@ class Compose:
             batch = transform(batch, rng)
         return batch
 
-    def __repr__(self):
-        return f"Compose({self.transforms!r})"
 
-
-class Resize:
+class Resize(Transform):
     """Resize every image to ``size = (height, width)`` with OpenCV (``interpolation``: 'bilinear',
     'nearest', 'bicubic' or 'area')."""
 
@@ -128,7 +142,7 @@ class Resize:
         return restore_layout(resized, is_3d)
 
 
-class CenterCrop:
+class CenterCrop(Transform):
     """Cut the central ``size = (height, width)`` window out of every image."""
 
     def __init__(self, size):
@@ -144,7 +158,7 @@ class CenterCrop:
         return restore_layout(batch[:, top:top + height, left:left + width].copy(), is_3d)
 
 
-class RandomCrop:
+class RandomCrop(Transform):
     """Pad every image by ``padding`` pixels of ``fill_value`` on each side, then cut a ``size`` window
     at a random offset (one per image).  ``RandomCrop(28, padding=4)`` on 28x28 images shifts them by up
     to 4 pixels."""
@@ -171,14 +185,16 @@ class RandomCrop:
         return restore_layout(np.ascontiguousarray(crops.transpose(0, 2, 3, 1)), is_3d)
 
 
-class Rotate:
+class Rotate(Transform):
     """Rotate every image by the same ``angle`` degrees (counter-clockwise, as displayed) about its
     centre, keeping the size; corners that come from outside get ``fill_value``."""
 
     def __init__(self, angle, fill_value=0.0, interpolation="bilinear"):
         self.angle = float(angle)
         self.fill_value = float(fill_value)
-        self.interpolation = INTERPOLATIONS[interpolation]
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"Rotate: interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}")
+        self.interpolation = interpolation
 
     def __call__(self, batch, rng=None):
         batch, is_3d = as_float_batch(batch, "Rotate")
@@ -187,14 +203,14 @@ class Rotate:
         rotated = map_stacked_channels(
             batch,
             lambda image: cv2.warpAffine(
-                image, matrix, (width, height), flags=self.interpolation,
+                image, matrix, (width, height), flags=INTERPOLATIONS[self.interpolation],
                 borderMode=cv2.BORDER_CONSTANT, borderValue=(self.fill_value,) * 4,
             ),
         )
         return restore_layout(rotated, is_3d)
 
 
-class Grayscale:
+class Grayscale(Transform):
     """RGB ``(N, H, W, 3)`` to luminance ``(N, H, W, 1)``: ``0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601,
     OpenCV's weights).  A one-channel batch passes through as float32."""
 
@@ -209,7 +225,7 @@ class Grayscale:
         return batch @ self.WEIGHTS[:, np.newaxis]
 
 
-class Normalize:
+class Normalize(Transform):
     """``(x - mean) / std`` per channel, or ``x * scale`` (``Normalize(scale=1/255)`` maps 0..255 to 0..1).
 
     ``mean`` and ``std`` are scalars or one value per channel.
@@ -233,7 +249,7 @@ class Normalize:
         return restore_layout((batch - self.mean) / self.std, is_3d)
 
 
-class RandomFlip:
+class RandomFlip(Transform):
     """Mirror each image with probability ``probability``: ``mode`` is 'horizontal' (left-right),
     'vertical' (up-down) or 'horizontal_and_vertical' (each axis drawn independently)."""
 
@@ -258,7 +274,7 @@ class RandomFlip:
         return restore_layout(out, is_3d)
 
 
-class RandomRotation:
+class RandomRotation(Transform):
     """Rotate each image by an angle drawn uniformly from ``[-degrees, degrees]`` (or from the pair
     ``degrees = (low, high)``) about its centre."""
 
@@ -274,7 +290,7 @@ class RandomRotation:
         return restore_layout(warp_each(batch, matrices, self.fill_value), is_3d)
 
 
-class RandomAffine:
+class RandomAffine(Transform):
     """A random affine warp per image about its centre: rotation in ``[-degrees, degrees]``, shift of up
     to ``translate = (fraction of height, fraction of width)``, zoom factor in ``scale = (low, high)``
     and shear along x of up to ``shear`` degrees.
@@ -312,7 +328,7 @@ class RandomAffine:
         return restore_layout(warp_each(batch, matrices, self.fill_value), is_3d)
 
 
-class ElasticDeformation:
+class ElasticDeformation(Transform):
     """Elastic distortion (Simard et al., 2003): each pixel is displaced by a random field, uniform in
     ``[-1, 1]``, smoothed by a Gaussian of standard deviation ``sigma`` pixels and scaled by ``alpha``
     pixels; the image is resampled at ``(x + dx, y + dy)`` with bilinear interpolation."""
@@ -345,7 +361,7 @@ class ElasticDeformation:
         return restore_layout(out, is_3d)
 
 
-class RandomBrightnessContrast:
+class RandomBrightnessContrast(Transform):
     """Per image: ``y = clip((x - mean(x)) * c + mean(x) + b * max_value, 0, max_value)`` with contrast
     ``c`` uniform in ``[1 - contrast, 1 + contrast]`` and brightness ``b`` uniform in
     ``[-brightness, brightness]``; ``max_value`` is the top of the pixel scale (255, or 1 after

@@ -112,6 +112,16 @@ def test_random_affine_with_no_range_is_identity_and_pure_shift_moves_the_marker
     assert brightest_pixel(shifted[0]) == (13, 10)
 
 
+def test_batched_rotation_matrices_equal_opencvs():
+    angles = [-170.0, -33.3, 0.0, 12.5, 90.0]
+    expected = [cv2.getRotationMatrix2D((13.5, 9.5), angle, 1.0) for angle in angles]
+    np.testing.assert_allclose(T.rotation_matrices(angles, 20, 28), expected, atol=1e-12)
+
+
+def test_repr_shows_the_arguments():
+    assert repr(T.Compose([T.RandomFlip("vertical", 0.3)])) == "Compose(transforms=[RandomFlip(mode='vertical', probability=0.3)])"
+
+
 def test_random_affine_rotation_matches_rotate():
     affine = T.RandomAffine()
     np.testing.assert_allclose(
