@@ -338,7 +338,9 @@ def parse_idx(data, source="<bytes>"):
         )
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
-        raise DatasetError(f"{source}: truncated IDX header, {ndim} dimensions need {header_size} bytes, got {len(data)}")
+        raise DatasetError(
+            f"{source}: truncated IDX header, {ndim} dimensions need {header_size} bytes, got {len(data)}"
+        )
     shape = tuple(int(size) for size in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[type_code]
     expected_size = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -356,7 +358,9 @@ def check_image_label_pair(images, labels, directory, idx_files):
     """Return ``(images, labels)`` after checking they are uint8 ``(N, H, W)`` and ``(N,)``."""
     images_name, labels_name = (f.name for f in idx_files)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise DatasetError(f"{directory}/{images_name}: expected uint8 (N, H, W) images, got {images.dtype} {images.shape}")
+        raise DatasetError(
+            f"{directory}/{images_name}: expected uint8 (N, H, W) images, got {images.dtype} {images.shape}"
+        )
     if labels.shape != images.shape[:1] or labels.dtype != np.uint8:
         raise DatasetError(
             f"{directory}/{labels_name}: expected uint8 labels of shape ({images.shape[0]},) "

@@ -41,7 +41,9 @@ def image_dataset_from_directory(
     'raise' raises :class:`UnreadableImageError` at the first one.
     """
     if color_mode not in COLOR_MODES:
-        raise ValueError(f"image_dataset_from_directory: color_mode must be one of {sorted(COLOR_MODES)}, got {color_mode!r}")
+        raise ValueError(
+            f"image_dataset_from_directory: color_mode must be one of {sorted(COLOR_MODES)}, got {color_mode!r}"
+        )
     if on_error not in ("skip", "raise"):
         raise ValueError(f"image_dataset_from_directory: on_error must be 'skip' or 'raise', got {on_error!r}")
     check_split_arguments(validation_split, subset, shuffle, seed)
@@ -71,11 +73,19 @@ def check_split_arguments(validation_split, subset, shuffle, seed):
     if validation_split is None and subset is None:
         return
     if validation_split is None or not 0 < validation_split < 1:
-        raise ValueError(f"image_dataset_from_directory: validation_split must be in (0, 1) when subset is given, got {validation_split!r}")
+        raise ValueError(
+            "image_dataset_from_directory: validation_split must be in (0, 1) when subset is given, "
+            f"got {validation_split!r}"
+        )
     if subset not in SUBSETS:
-        raise ValueError(f"image_dataset_from_directory: subset must be one of {SUBSETS} with validation_split, got {subset!r}")
+        raise ValueError(
+            f"image_dataset_from_directory: subset must be one of {SUBSETS} with validation_split, got {subset!r}"
+        )
     if shuffle and seed is None:
-        raise ValueError("image_dataset_from_directory: give a seed with validation_split and shuffle=True, so training and validation never overlap")
+        raise ValueError(
+            "image_dataset_from_directory: give a seed with validation_split and shuffle=True, "
+            "so training and validation never overlap"
+        )
 
 
 def list_image_files(path):

@@ -13,7 +13,8 @@ def make_shapes(n, size=28, seed=0, channels=1):
 
     Returns ``x`` uint8 ``(n, size, size, channels)`` and ``y`` int64 ``(n,)`` with ``y[i]`` the index
     of the shape in :data:`SHAPE_NAMES` (0 circle, 1 square, 2 triangle).  Each shape has a random
-    circumradius (20-40 % of ``size``), centre (the whole shape at least one pixel clear of the border), rotation and intensity
+    circumradius (20-40 % of ``size``), centre (the whole shape at least one pixel clear of the border),
+    rotation and intensity
     (96-255; a random colour when ``channels == 3``).  Every shape is inscribed in a circle of its
     circumradius ``r``, so their areas are ``pi r^2``, ``2 r^2`` and ``(3 sqrt(3) / 4) r^2``.
     """
@@ -46,7 +47,8 @@ def draw_shape(image, name, centre, radius, rotation, colour):
     canvas = image if image.shape[2] == 3 else image[:, :, 0]
     if name == "circle":
         centre_fixed = tuple(int(round(c * scale)) for c in centre)
-        cv2.circle(canvas, centre_fixed, int(round(radius * scale)), colour, thickness=-1, lineType=cv2.LINE_8, shift=shift)
+        radius_fixed = int(round(radius * scale))
+        cv2.circle(canvas, centre_fixed, radius_fixed, colour, thickness=-1, lineType=cv2.LINE_8, shift=shift)
     else:
         sides = 4 if name == "square" else 3
         vertices = np.round(polygon_vertices(centre, radius, rotation, sides) * scale).astype(np.int32)

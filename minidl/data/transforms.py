@@ -23,7 +23,12 @@ import numpy as np
 # OpenCV 5 handles at most 128 channels per image in resize / warpAffine (OpenCV 4: 512).
 MAX_CHANNELS_PER_CALL = 128
 
-INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+}
 
 
 def as_float_batch(batch, name):
@@ -176,7 +181,9 @@ class RandomCrop(Transform):
         height, width = self.size
         count, padded_height, padded_width, _ = padded.shape
         if height > padded_height or width > padded_width:
-            raise ValueError(f"RandomCrop: crop {self.size} is larger than the padded images {padded_height}x{padded_width}")
+            raise ValueError(
+                f"RandomCrop: crop {self.size} is larger than the padded images {padded_height}x{padded_width}"
+            )
         tops = rng.integers(0, padded_height - height + 1, size=count)
         lefts = rng.integers(0, padded_width - width + 1, size=count)
         # windows: (N, H_pad - h + 1, W_pad - w + 1, C, h, w); pick one window per image.

@@ -240,6 +240,18 @@ def test_missing_files_are_downloaded_verified_and_cached(tmp_path, local_server
     assert len(requested) == 4, "a second load reads the cache"
 
 
+def test_only_the_files_missing_from_the_cache_are_downloaded(tmp_path, local_server):
+    base_url, requested = local_server
+    arrays = tiny_dataset_arrays()
+    write_dataset(tmp_path / "served", arrays)
+    cache = tmp_path / "cache" / "minidl" / "tiny"
+    write_dataset(cache, arrays)
+    for name in NAMES[2:]:
+        (cache / f"{name}.gz").unlink()
+    datasets.load_idx_dataset(tiny_spec(arrays, base_url=base_url))
+    assert sorted(requested) == sorted(f"/{name}.gz" for name in NAMES[2:])
+
+
 def test_download_with_wrong_checksum_leaves_nothing_in_the_cache(tmp_path, local_server):
     base_url, _ = local_server
     arrays = tiny_dataset_arrays()

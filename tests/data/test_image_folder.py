@@ -48,7 +48,8 @@ def test_images_come_out_rgb_and_grayscale_has_one_channel(folder):
     x, y = all_batches(image_dataset_from_directory(folder, image_size=(8, 8), shuffle=False))
     np.testing.assert_allclose(x[y == 1].mean(axis=(0, 1, 2)), RED_RGB, atol=1)
     np.testing.assert_allclose(x[y == 0][:2].mean(axis=(0, 1, 2)), BLUE_RGB, atol=1)
-    gray, _ = all_batches(image_dataset_from_directory(folder, image_size=(5, 6), color_mode="grayscale", shuffle=False))
+    gray_loader = image_dataset_from_directory(folder, image_size=(5, 6), color_mode="grayscale", shuffle=False)
+    gray, _ = all_batches(gray_loader)
     assert gray.shape == (6, 5, 6, 1)
     np.testing.assert_allclose(gray[3:, ..., 0], round(0.299 * 255), atol=1)
 

@@ -99,7 +99,8 @@ def test_rotate_by_180_equals_flipping_both_axes():
 
 def test_random_rotation_with_a_fixed_angle_equals_rotate():
     batch = random_batch((5, 28, 28, 1), np.float32)
-    np.testing.assert_allclose(T.RandomRotation((90, 90))(batch, np.random.default_rng(0)), T.Rotate(90)(batch), atol=1e-4)
+    fixed_angle = T.RandomRotation((90, 90))(batch, np.random.default_rng(0))
+    np.testing.assert_allclose(fixed_angle, T.Rotate(90)(batch), atol=1e-4)
 
 
 def test_random_affine_with_no_range_is_identity_and_pure_shift_moves_the_marker():
@@ -119,7 +120,8 @@ def test_batched_rotation_matrices_equal_opencvs():
 
 
 def test_repr_shows_the_arguments():
-    assert repr(T.Compose([T.RandomFlip("vertical", 0.3)])) == "Compose(transforms=[RandomFlip(mode='vertical', probability=0.3)])"
+    expected = "Compose(transforms=[RandomFlip(mode='vertical', probability=0.3)])"
+    assert repr(T.Compose([T.RandomFlip("vertical", 0.3)])) == expected
 
 
 def test_random_affine_rotation_matches_rotate():
@@ -154,7 +156,11 @@ def test_center_crop_takes_the_middle():
 
 
 @settings(max_examples=15, deadline=None)
-@given(count=st.integers(1, 70), channels=st.sampled_from([1, 3]), size=st.tuples(st.integers(3, 40), st.integers(3, 40)))
+@given(
+    count=st.integers(1, 70),
+    channels=st.sampled_from([1, 3]),
+    size=st.tuples(st.integers(3, 40), st.integers(3, 40)),
+)
 def test_batched_resize_equals_resizing_each_image(count, channels, size):
     batch = random_batch((count, 17, 23, channels), np.float32, seed=count)
     resized = T.Resize(size)(batch)
