@@ -29,7 +29,8 @@ class DataLoader:
     """Iterate over ``(x_batch, y_batch)`` of ``batch_size`` samples, ``len(loader)`` batches an epoch.
 
     ``x``: ``(N, H, W, C)`` or ``(N, H, W)`` array (uint8 or float).  ``y``: ``(N, ...)`` labels or None.
-    ``transform``: a callable ``transform(batch, rng)`` such as :class:`minidl.data.transforms.Compose`.
+    ``transform``: a callable ``transform(batch, rng)`` such as :class:`minidl.data.transforms.Compose`;
+    the attribute may be set later too (on the loaders ``image_dataset_from_directory`` returns).
     ``seed``: None picks a random one (kept, so epochs still differ and ``set_epoch`` still replays).
     ``drop_last``: skip the final batch when it is smaller than ``batch_size``.
     """
