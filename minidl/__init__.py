@@ -6,11 +6,11 @@
 """
 
 from minidl import callbacks, initializers, layers, losses, metrics, optimizers, regularizers, schedules
-from minidl import presets, utils
+from minidl import data, presets, utils
 from minidl.backend import get_backend, set_backend
 from minidl.model import Sequential
 
 __version__ = "0.1.0"
 
-__all__ = ["Sequential", "callbacks", "get_backend", "initializers", "layers", "losses", "metrics",
+__all__ = ["Sequential", "callbacks", "data", "get_backend", "initializers", "layers", "losses", "metrics",
            "optimizers", "presets", "regularizers", "schedules", "set_backend", "utils"]
