@@ -409,6 +409,23 @@ class Sequential:
                   f"Non-trainable params: {self.count_params() - trainable:,}"]
         print_fn("\n".join(lines))
 
+    # ------------------------------------------------------------------------------ saving
+
+    def save(self, path):
+        """Save everything needed to resume training to one file; see :mod:`minidl.saving`."""
+        from minidl import saving  # saving imports this module
+        saving.save_model(self, path)
+
+    def save_weights(self, path):
+        """Save only the weights; see :func:`minidl.saving.save_weights`."""
+        from minidl import saving
+        saving.save_weights(self, path)
+
+    def load_weights(self, path):
+        """Load weights saved by :meth:`save_weights` (Keras weights: use :meth:`set_weights`)."""
+        from minidl import saving
+        saving.load_weights(self, path)
+
 
 def is_loader(data):
     """A data loader is anything iterable with a length that is not an array, list or tuple."""
