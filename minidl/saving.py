@@ -7,7 +7,7 @@ A model file is a zip archive (readable by ``np.load`` for its arrays)::
     weights/0000.npy    model.get_weights()[0], ...
     optimizer/0000/m.npy  optimizer slot arrays (velocities, moments), one folder per parameter
 
-``model.json``'s training state is the number of finished epochs, the optimizer's step count, the
+``model.json`` also keeps ``model.class_names`` when the model has them.  Its training state is the number of finished epochs, the optimizer's step count, the
 global random generator's state and those of layers with their own generator (seeded Dropout):
 with it, training resumed from a checkpoint continues exactly as the uninterrupted run would have.
 A weights file (:func:`save_weights`) has the same layout with ``"format": "minidl.weights"`` and
@@ -133,6 +133,7 @@ def save_model(model, path, epoch=None):
         "architecture": model.get_config(),
         "compile": compile_config(model),
         "weight_count": len(model.get_weights()),
+        "class_names": getattr(model, "class_names", None),
         "training": {
             "epoch": completed_epochs(model) if epoch is None else int(epoch),
             "optimizer_iterations": state["iterations"],
@@ -248,6 +249,7 @@ def load_model(path):
                 layer.own_rng.bit_generator.state = training["layer_rng_states"][layer.name]
         set_rng_state(training["rng_state"])
         model.initial_epoch = int(training["epoch"])
+        model.class_names = description.get("class_names")
     except ModelFileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as error:
