@@ -189,9 +189,13 @@ def read_image_for(model, path):
     import cv2
 
     (height, width), color_mode = image_geometry(model.input_shape)
-    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE if color_mode == "grayscale" else cv2.IMREAD_COLOR)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such image file")
+    encoded = np.fromfile(path, dtype=np.uint8)
+    flag = cv2.IMREAD_GRAYSCALE if color_mode == "grayscale" else cv2.IMREAD_COLOR
+    image = cv2.imdecode(encoded, flag) if encoded.size else None
     if image is None:
-        raise ValueError(f"{path}: OpenCV cannot read this image (missing file or unknown format)")
+        raise ValueError(f"{path}: OpenCV cannot decode this image")
     if color_mode == "rgb":
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)

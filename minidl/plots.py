@@ -65,6 +65,7 @@ def plot_history(history, path):
         if val_key is not None:
             axis.plot(epoch_numbers, logs[val_key], marker="o", label="validation")
         axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.set_title(name)
         axis.grid(alpha=0.3)
         axis.legend()
