@@ -247,7 +247,11 @@ class ModelCheckpoint(Callback):
             if current is None or not self.tracker.is_improvement(current):
                 return
             self.tracker.best = current
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as error:
+            raise KeyError(f"ModelCheckpoint: filepath {self.filepath!r} uses {{{error.args[0]}}}, which "
+                           f"is not among epoch and the logged values {sorted(logs)}") from None
         self.save(path, epoch + 1)
         if self.verbose:
             print(f"Epoch {epoch + 1}: saved {'weights' if self.save_weights_only else 'model'} "

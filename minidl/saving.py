@@ -177,8 +177,6 @@ class Archive:
                 self.members = {name: archive.read(name) for name in archive.namelist()}
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
             raise ModelFileError(self.path, f"not a minidl file, or truncated/corrupt ({error})") from None
-        except zipfile.LargeZipFile as error:
-            raise ModelFileError(self.path, f"unsupported archive ({error})") from None
         self.check_manifest(expected_format)
 
     def check_manifest(self, expected_format):

@@ -246,6 +246,11 @@ def test_model_checkpoint_formats_epoch_and_logs_into_the_file_name(tmp_path):
     assert minidl.load_model(tmp_path / "ckpt-02-0.25.minidl").initial_epoch == 2
 
 
+def test_model_checkpoint_names_a_file_name_field_missing_from_the_logs(tmp_path):
+    with pytest.raises(KeyError, match="val_accuracy"):
+        drive(callbacks.ModelCheckpoint(str(tmp_path / "{val_accuracy}.minidl")), tiny_model(), [0.5])
+
+
 def test_model_checkpoint_save_best_only_writes_only_improvements(tmp_path):
     model = tiny_model()
     checkpoint = callbacks.ModelCheckpoint(str(tmp_path / "w-{epoch}.weights"), save_best_only=True,

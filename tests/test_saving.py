@@ -1,5 +1,6 @@
 """Saving and loading: round trips, resumed training, and files that must be refused."""
 
+import hashlib
 import io
 import json
 import os
@@ -113,7 +114,7 @@ def write_members(path, members):
 def rewrite_with_valid_checksums(path, members):
     """Forge a file: members replaced, manifest checksums recomputed to match."""
     manifest = json.loads(members["manifest.json"])
-    manifest["sha256"] = {name: saving.hashlib.sha256(data).hexdigest()
+    manifest["sha256"] = {name: hashlib.sha256(data).hexdigest()
                           for name, data in members.items() if name != "manifest.json"}
     members["manifest.json"] = json.dumps(manifest).encode()
     write_members(path, members)
