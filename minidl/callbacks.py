@@ -5,7 +5,15 @@ epoch end the ``val_`` versions when there is validation data.  A callback can s
 setting ``self.model.stop_training = True``.
 """
 
+import csv
+import math
+import os
+import warnings
+
+import numpy as np
 from tqdm.auto import tqdm
+
+from minidl.backend import ops
 
 
 class Callback:
@@ -114,3 +122,315 @@ class ProgbarLogger(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+# ------------------------------------------------------------------ monitoring a logged value
+
+HIGHER_IS_BETTER = ("acc", "accuracy", "precision", "recall", "f1", "auc")
+
+
+def monitor_direction(monitor, mode):
+    """``"min"`` or ``"max"``: ``mode`` itself, or for ``"auto"`` ``"max"`` when the name looks like
+    an accuracy-type score (``val_accuracy``, ``f1``, ...) and ``"min"`` otherwise (losses)."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "max" if any(word in monitor for word in HIGHER_IS_BETTER) else "min"
+
+
+class MonitorImprovement:
+    """Tracks the best value of one logged quantity; an improvement beats it by more than ``min_delta``."""
+
+    def __init__(self, monitor, mode, min_delta):
+        self.monitor, self.min_delta = monitor, abs(min_delta)
+        self.direction = monitor_direction(monitor, mode)
+        self.reset()
+
+    def reset(self):
+        self.best = math.inf if self.direction == "min" else -math.inf
+
+    def is_improvement(self, value, reference=None):
+        reference = self.best if reference is None else reference
+        if self.direction == "min":
+            return value < reference - self.min_delta
+        return value > reference + self.min_delta
+
+    def value(self, logs, callback_name):
+        """The monitored value from ``logs``, or ``None`` (with a warning) when it is missing."""
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            warnings.warn(f"{callback_name}: the monitored quantity {self.monitor!r} is not in the logs "
+                          f"(available: {sorted(logs or {})}); skipping", RuntimeWarning, stacklevel=3)
+        return value
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
+
+    An improvement beats the best value so far by more than ``min_delta``.  With
+    ``restore_best_weights`` the model ends training with the weights of its best epoch.
+    ``baseline``: training also stops if the value never beats it within ``patience`` epochs.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=False, start_from_epoch=0):
+        self.tracker = MonitorImprovement(monitor, mode, min_delta)
+        self.monitor, self.patience, self.verbose = monitor, int(patience), verbose
+        self.baseline, self.restore_best_weights = baseline, restore_best_weights
+        self.start_from_epoch = start_from_epoch
+
+    def on_train_begin(self, logs=None):
+        self.tracker.reset()
+        self.wait, self.stopped_epoch, self.best_epoch = 0, 0, 0
+        self.best_weights = None
+
+    @property
+    def best(self):
+        return self.tracker.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self.tracker.value(logs, "EarlyStopping")
+        if current is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+        self.wait += 1
+        if self.tracker.is_improvement(current):
+            self.tracker.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self.tracker.is_improvement(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping", flush=True)
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose:
+                print(f"Restoring the weights of epoch {self.best_epoch + 1}", flush=True)
+            self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (or only its weights) at the end of every epoch, or only when ``monitor``
+    improves (``save_best_only``).
+
+    ``filepath`` may contain ``{epoch}`` (1-based, e.g. ``"ckpt-{epoch:02d}.minidl"``) and any logged
+    value (``{val_loss:.3f}``).  Each file is written atomically (a temporary file, fsync, rename), so
+    a crash never leaves a half-written checkpoint.  A full checkpoint holds the optimizer state, the
+    number of finished epochs and the random state: ``minidl.load_model`` + ``fit(initial_epoch=
+    model.initial_epoch)`` resumes training exactly.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
+                 save_weights_only=False, mode="auto", initial_value_threshold=None):
+        self.filepath = os.fspath(filepath)
+        self.tracker = MonitorImprovement(monitor, mode, 0.0)
+        self.monitor, self.verbose = monitor, verbose
+        self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        self.initial_value_threshold = initial_value_threshold
+
+    def on_train_begin(self, logs=None):
+        self.tracker.reset()
+        if self.initial_value_threshold is not None:
+            self.tracker.best = self.initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.save_best_only:
+            current = self.tracker.value(logs, "ModelCheckpoint")
+            if current is None or not self.tracker.is_improvement(current):
+                return
+            self.tracker.best = current
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as error:
+            raise KeyError(f"ModelCheckpoint: filepath {self.filepath!r} uses {{{error.args[0]}}}, which "
+                           f"is not among epoch and the logged values {sorted(logs)}") from None
+        self.save(path, epoch + 1)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: saved {'weights' if self.save_weights_only else 'model'} "
+                  f"to {path}", flush=True)
+
+    def save(self, path, epochs_done):
+        from minidl import saving  # saving imports the model, which imports this module
+
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        if self.save_weights_only:
+            saving.save_weights(self.model, path)
+        else:
+            saving.save_model(self.model, path, epoch=epochs_done)
+
+
+def require_float_learning_rate(optimizer, callback_name):
+    if callable(optimizer.learning_rate):
+        raise TypeError(f"{callback_name} sets the optimizer's learning rate, but "
+                        f"{type(optimizer).__name__} has the schedule "
+                        f"{type(optimizer.learning_rate).__name__} as learning_rate; pass a float "
+                        f"learning_rate or drop the schedule")
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved for ``patience``
+    epochs, then wait ``cooldown`` epochs; never below ``min_lr``.  Logs ``learning_rate``.
+
+    The optimizer's ``learning_rate`` must be a number: with a schedule training stops at once with
+    a ``TypeError`` (the two would fight over the rate).
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+        if not 0 < factor < 1:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
+        self.tracker = MonitorImprovement(monitor, mode, min_delta)
+        self.factor, self.patience, self.verbose = float(factor), int(patience), verbose
+        self.cooldown, self.min_lr = int(cooldown), float(min_lr)
+
+    def on_train_begin(self, logs=None):
+        require_float_learning_rate(self.model.optimizer, "ReduceLROnPlateau")
+        self.tracker.reset()
+        self.wait, self.cooldown_counter = 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        if logs is not None:
+            logs["learning_rate"] = float(optimizer.learning_rate)
+        current = self.tracker.value(logs, "ReduceLROnPlateau")
+        if current is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.tracker.is_improvement(current):
+            self.tracker.best, self.wait = current, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience and optimizer.learning_rate > self.min_lr:
+                optimizer.learning_rate = max(optimizer.learning_rate * self.factor, self.min_lr)
+                self.cooldown_counter, self.wait = self.cooldown, 0
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to "
+                          f"{optimizer.learning_rate:.4g}", flush=True)
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)`` (epoch 0-based,
+    ``lr`` the current rate).  Logs ``learning_rate``.  Needs a float ``learning_rate``."""
+
+    def __init__(self, schedule, verbose=0):
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_train_begin(self, logs=None):
+        require_float_learning_rate(self.model.optimizer, "LearningRateScheduler")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        lr = self.schedule(epoch, float(optimizer.learning_rate))
+        if not isinstance(lr, (int, float, np.floating, np.integer)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"LearningRateScheduler: schedule({epoch}, lr) must return a positive "
+                             f"finite number, got {lr!r}")
+        optimizer.learning_rate = float(lr)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr:.4g}", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+class CSVLogger(Callback):
+    """Append one row per epoch (``epoch`` then the logs in sorted order) to a CSV file.
+
+    ``append=True`` keeps the existing rows, for resumed training; the header is written only into an
+    empty file.  Each row is flushed at once, so a killed run keeps its finished epochs.
+    """
+
+    def __init__(self, filename, separator=",", append=False):
+        self.filename, self.separator, self.append = os.fspath(filename), separator, append
+        self.file = self.writer = self.keys = None
+
+    def on_train_begin(self, logs=None):
+        has_rows = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        self.file = open(self.filename, "a" if self.append else "w", newline="")
+        self.write_header = not has_rows
+        self.writer, self.keys = None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.writer is None:
+            self.keys = sorted(logs)
+            self.writer = csv.DictWriter(self.file, fieldnames=["epoch", *self.keys],
+                                         delimiter=self.separator, extrasaction="ignore", restval="")
+            if self.write_header:
+                self.writer.writeheader()
+        self.writer.writerow({"epoch": epoch, **logs})
+        self.file.flush()
+
+    def on_train_end(self, logs=None):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class TerminateOnNaN(Callback):
+    """Stop training as soon as a batch's loss is NaN or infinite."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            print(f"Batch {batch}: invalid loss {loss}, terminating training", flush=True)
+            self.model.stop_training = True
+
+
+def find_non_finite(model, loss=None):
+    """Where the first NaN/inf of the last training step is, as ``(layer name, where, what)``, or
+    ``None`` when everything is finite.
+
+    Checked in the order the values were computed: each layer's kept forward output ``layer.y``
+    (forward pass), then the loss, then each layer's ``grads`` from the last layer back (backward
+    pass), then the parameters after the update.  Layers that keep no output (pooling, flatten) are
+    skipped; a NaN they produce shows up in the next layer that does.
+    """
+    for layer in model.layers:
+        output = getattr(layer, "y", None)
+        if output is not None and not ops.all_finite(output):
+            return layer.name, "forward pass", "output"
+    if loss is not None and not math.isfinite(loss):
+        return "loss", "forward pass", "value"
+    for layer in reversed(model.layers):
+        for key, grad in layer.grads.items():
+            if not ops.all_finite(grad):
+                return layer.name, "backward pass", f"gradient of {key}"
+    for layer in model.layers:
+        for key, param in layer.params.items():
+            if not ops.all_finite(param):
+                return layer.name, "optimizer update", f"parameter {key}"
+    return None
+
+
+class NaNGuard(Callback):
+    """After every batch, check the loss, every layer's activations and gradients and the updated
+    parameters for NaN/inf; on the first one raise ``FloatingPointError`` naming the layer and whether
+    it appeared in the forward pass, the backward pass or the optimizer update.
+
+    It costs one finiteness scan of every activation per batch: use it to debug a diverging run, not
+    for every run.  (A non-finite gradient already stops ``fit`` before the update, naming the
+    parameter; the guard catches what comes earlier: an activation or loss overflowing, or an update
+    that sends the weights to inf.)
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        found = find_non_finite(self.model, loss)
+        if found is not None:
+            layer_name, where, what = found
+            raise FloatingPointError(f"NaNGuard: non-finite {what} of {layer_name!r} in the {where} "
+                                     f"at batch {batch} (optimizer step "
+                                     f"{self.model.optimizer.iterations})")

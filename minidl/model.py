@@ -12,7 +12,7 @@ from minidl import losses as losses_module
 from minidl import metrics as metrics_module
 from minidl import optimizers as optimizers_module
 from minidl.backend import get_backend, ops
-from minidl.callbacks import CallbackList, History, ProgbarLogger
+from minidl.callbacks import CallbackList, History, ProgbarLogger, find_non_finite
 from minidl import layers as layers_module
 from minidl.layers import Input, Layer
 from minidl.utils import global_rng
@@ -28,6 +28,8 @@ class Sequential:
         self.stop_training = False
         self.history = None
         self.backend_of_params = None
+        self.initial_epoch = 0  # epochs finished before this model was saved (set by load_model)
+        self.class_names = None
         for layer in layers or []:
             self.add(layer)
 
@@ -147,9 +149,11 @@ class Sequential:
                 if key in layer.regularizers:
                     layer.regularizers[key].add_gradient(grad, param)
                 if not ops.all_finite(grad):
+                    origin_layer, stage, what = find_non_finite(self)
                     raise FloatingPointError(
-                        f"non-finite gradient for {layer.name}.{key} in the backward pass at step "
-                        f"{self.optimizer.iterations}; the weights were left unchanged")
+                        f"non-finite gradient for {layer.name}.{key} at step {self.optimizer.iterations}; "
+                        f"the first non-finite value is the {what} of {origin_layer} in the {stage}; "
+                        f"the weights were left unchanged")
                 pairs.append((param, grad))
         return pairs
 
@@ -243,7 +247,8 @@ class Sequential:
         validation = self.validation_batches(validation_data, batch_size or 32)
         self.sync_backend()
         self.history = History()
-        all_callbacks = [self.history] + ([ProgbarLogger(verbose)] if verbose else []) + list(callbacks or [])
+        # user callbacks first, so History records what they add to the logs (e.g. learning_rate)
+        all_callbacks = list(callbacks or []) + [self.history] + ([ProgbarLogger(verbose)] if verbose else [])
         callback_list = CallbackList(all_callbacks, self, {"epochs": epochs, "steps": len(train),
                                                            "verbose": verbose})
         self.stop_training = False
@@ -408,6 +413,23 @@ class Sequential:
         lines += [f"Total params: {self.count_params():,}", f"Trainable params: {trainable:,}",
                   f"Non-trainable params: {self.count_params() - trainable:,}"]
         print_fn("\n".join(lines))
+
+    # ------------------------------------------------------------------------------ saving
+
+    def save(self, path):
+        """Save everything needed to resume training to one file; see :mod:`minidl.saving`."""
+        from minidl import saving  # saving imports this module
+        saving.save_model(self, path)
+
+    def save_weights(self, path):
+        """Save only the weights; see :func:`minidl.saving.save_weights`."""
+        from minidl import saving
+        saving.save_weights(self, path)
+
+    def load_weights(self, path):
+        """Load weights saved by :meth:`save_weights` (Keras weights: use :meth:`set_weights`)."""
+        from minidl import saving
+        saving.load_weights(self, path)
 
 
 def is_loader(data):

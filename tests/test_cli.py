@@ -1,0 +1,158 @@
+"""The ``minidl`` command run as a subprocess: exit codes 0 ok / 1 error / 2 usage."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+import minidl
+from minidl import layers
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_data = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(REPO_ROOT, "minidl", "data", "__init__.py")),
+    reason="the minidl.data package (datasets) is not in this checkout yet")
+
+
+def minidl_cli(*arguments, cwd=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")])}
+    env.setdefault("MINIDL_BACKEND", "numpy")
+    return subprocess.run([sys.executable, "-m", "minidl.cli", *map(str, arguments)], capture_output=True,
+                          text=True, timeout=300, cwd=cwd, env=env)
+
+
+def assert_clean_error(result, *fragments):
+    """Exit status 1, one message on stderr naming the problem, no traceback."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "gradcheck", "bench"])
+def test_every_command_has_help(command):
+    result = minidl_cli(command, "--help")
+    assert result.returncode == 0 and "usage: minidl " + command in result.stdout
+
+
+@pytest.mark.parametrize("arguments", [(), ("fly",), ("train", "--epochs", "0", "--dataset", "shapes"),
+                                       ("bench", "--backend", "abacus")])
+def test_usage_errors_exit_with_status_2(arguments):
+    result = minidl_cli(*arguments)
+    assert result.returncode == 2 and "usage:" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_on_shapes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    result = minidl_cli("train", "--model", "tiny-cnn", "--dataset", "shapes", "--limit", "120",
+                        "--epochs", "2", "--verbose", "0", "--output", folder / "shapes.minidl",
+                        "--plots", folder / "plots")
+    return folder, result
+
+
+@needs_data
+def test_train_writes_a_loadable_model_and_reports_test_accuracy(trained_on_shapes):
+    folder, result = trained_on_shapes
+    assert result.returncode == 0, result.stderr
+    assert "test (120 samples): loss:" in result.stdout
+    model = minidl.load_model(folder / "shapes.minidl")
+    assert model.initial_epoch == 2 and model.class_names == ["circle", "square", "triangle"]
+
+
+@needs_data
+def test_train_plots_are_written_when_matplotlib_is_installed(trained_on_shapes):
+    pytest.importorskip("matplotlib")
+    folder, _ = trained_on_shapes
+    assert sorted(os.listdir(folder / "plots")) == ["confusion_matrix.png", "feature_maps.png",
+                                                    "filters.png", "training_curves.png"]
+
+
+@needs_data
+def test_evaluate_prints_metrics_and_the_per_class_report(trained_on_shapes):
+    folder, _ = trained_on_shapes
+    result = minidl_cli("evaluate", folder / "shapes.minidl", "--dataset", "shapes", "--limit", "60")
+    assert result.returncode == 0, result.stderr
+    assert "(60 samples): loss:" in result.stdout and "macro avg" in result.stdout
+    assert "triangle" in result.stdout
+
+
+@needs_data
+def test_predict_prints_a_class_and_probability_per_image(trained_on_shapes, tmp_path):
+    from minidl.data import make_shapes
+
+    folder, _ = trained_on_shapes
+    images, _ = make_shapes(2, size=40, seed=3)  # another size: predict resizes to the model input
+    paths = [tmp_path / f"shape{i}.png" for i in range(2)]
+    for path, image in zip(paths, images):
+        cv2.imwrite(str(path), image)
+    result = minidl_cli("predict", folder / "shapes.minidl", *paths)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for path, line in zip(paths, lines):
+        name, probability = line.removeprefix(f"{path}: ").rsplit(" ", 1)
+        assert name in ("circle", "square", "triangle") and 0 < float(probability.strip("()")) <= 1
+
+
+@needs_data
+def test_predict_on_a_missing_image_is_a_clean_error(trained_on_shapes, tmp_path):
+    folder, _ = trained_on_shapes
+    assert_clean_error(minidl_cli("predict", folder / "shapes.minidl", tmp_path / "absent.png"),
+                       "absent.png", "no such image file")
+
+
+def test_evaluate_with_a_corrupt_model_file_is_a_clean_error(tmp_path):
+    path = tmp_path / "broken.minidl"
+    path.write_bytes(b"not a model")
+    assert_clean_error(minidl_cli("evaluate", path, "--dataset", "shapes"), "broken.minidl", "not a minidl file")
+
+
+@needs_data
+def test_train_from_a_json_architecture_and_an_image_folder(tmp_path):
+    from minidl.data import make_shapes
+
+    images, labels = make_shapes(24, size=16, seed=0)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        class_folder = tmp_path / "images" / f"class{label}"
+        class_folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(class_folder / f"{index}.png"), image)
+    architecture = minidl.Sequential([layers.Flatten(), layers.Dense(3, activation="softmax")]).get_config()
+    (tmp_path / "arch.json").write_text(json.dumps(architecture))
+    result = minidl_cli("train", "--model", "arch.json", "--dataset", "images", "--image-size", "16",
+                        "--epochs", "1", "--verbose", "0", "--output", "folder.minidl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert minidl.load_model(tmp_path / "folder.minidl").input_shape == (16, 16, 1)
+
+
+def test_unknown_dataset_is_a_clean_error(tmp_path):
+    assert_clean_error(minidl_cli("train", "--dataset", "imagenet", cwd=tmp_path), "imagenet")
+
+
+def test_gradcheck_passes_on_a_preset_and_fails_with_exit_1_at_zero_tolerance():
+    passed = minidl_cli("gradcheck", "--each-layer")
+    assert passed.returncode == 0, passed.stderr
+    assert "PASS" in passed.stdout and "all 5 gradient checks passed" in passed.stdout
+    failed = minidl_cli("gradcheck", "--tolerance", "0")
+    assert failed.returncode == 1 and "gradient check FAILED" in failed.stderr
+
+
+def test_bench_prints_steps_per_second_and_seconds_per_epoch():
+    result = minidl_cli("bench", "--steps", "2", "--warmup-steps", "1", "--batch-size", "4")
+    assert result.returncode == 0, result.stderr
+    assert "steps/s" in result.stdout and "s per epoch of 60000 samples" in result.stdout
+
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@needs_data
+@pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason=f"Fashion-MNIST is not installed at {FASHION_DIR}")
+def test_train_on_the_first_samples_of_fashion_mnist(tmp_path):
+    result = minidl_cli("train", "--model", "tiny-cnn", "--dataset", "fashion_mnist", "--data-dir", FASHION_DIR,
+                        "--limit", "64", "--verbose", "0", "--augment", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert minidl.load_model(tmp_path / "model.minidl").class_names[9] == "Ankle boot"

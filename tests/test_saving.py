@@ -1,0 +1,280 @@
+"""Saving and loading: round trips, resumed training, and files that must be refused."""
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl import layers, metrics, saving
+from minidl.utils import get_rng_state, set_random_seed
+
+
+def small_model():
+    model = minidl.Sequential([
+        layers.Input((6, 6, 1)), layers.Conv2D(3, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dropout(0.25), layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy",
+                  metrics=["accuracy", metrics.Recall(average="weighted", name="recall_w")])
+    return model
+
+
+def small_data(n=32):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, 6, 6, 1)).astype("float32"), np.arange(n) % 3
+
+
+def weights_equal(a, b):
+    return len(a) == len(b) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.fixture
+def trained(tmp_path):
+    set_random_seed(0)
+    model, (x, y) = small_model(), small_data()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, seed=5)
+    path = tmp_path / "model.minidl"
+    model.save(path)
+    return model, path, x, y
+
+
+# ------------------------------------------------------------------------------- round trips
+
+
+def test_loaded_model_predicts_identically_and_keeps_compile_state(trained):
+    model, path, x, _ = trained
+    loaded = minidl.load_model(path)
+    assert np.array_equal(loaded.predict(x), model.predict(x))
+    assert loaded.get_config() == model.get_config()
+    assert type(loaded.optimizer) is type(model.optimizer)
+    assert loaded.optimizer.iterations == model.optimizer.iterations == 8
+    assert loaded.metric_names[0] == "accuracy" and loaded.metric_names[1].name == "recall_w"
+    assert loaded.initial_epoch == 2
+
+
+def test_loaded_model_continues_training_exactly_like_the_original(trained):
+    model, path, x, y = trained
+    loaded = minidl.load_model(path)  # also restores the global random state of the save
+    rng_state_at_save = get_rng_state()
+    loaded.fit(x, y, epochs=4, initial_epoch=loaded.initial_epoch, batch_size=8, verbose=0, seed=5)
+    minidl.utils.set_rng_state(rng_state_at_save)
+    model.fit(x, y, epochs=4, initial_epoch=2, batch_size=8, verbose=0, seed=5)
+    assert weights_equal(loaded.get_weights(), model.get_weights())
+
+
+def test_weights_round_trip_and_mismatched_model_is_refused_unchanged(tmp_path, trained):
+    model, _, x, _ = trained
+    path = tmp_path / "model.weights"
+    model.save_weights(path)
+    set_random_seed(1)
+    fresh = small_model()
+    fresh.load_weights(path)
+    assert weights_equal(fresh.get_weights(), model.get_weights())
+    other = minidl.Sequential([layers.Input((6, 6, 1)), layers.Flatten(), layers.Dense(3)])
+    before = other.get_weights()
+    with pytest.raises(saving.ModelFileError, match="do not fit"):
+        other.load_weights(path)
+    assert weights_equal(other.get_weights(), before)
+
+
+def test_saving_an_unbuilt_model_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not built"):
+        minidl.Sequential([layers.Dense(2)]).save(tmp_path / "m.minidl")
+
+
+def test_save_replaces_the_file_atomically_and_leaves_no_temporary(trained):
+    model, path, _, _ = trained
+    model.save(path)
+    assert os.listdir(path.parent) == [path.name]
+
+
+# ------------------------------------------------------------------------- refused files
+
+
+def members_of(path):
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def write_members(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def rewrite_with_valid_checksums(path, members):
+    """Forge a file: members replaced, manifest checksums recomputed to match."""
+    manifest = json.loads(members["manifest.json"])
+    manifest["sha256"] = {name: hashlib.sha256(data).hexdigest()
+                          for name, data in members.items() if name != "manifest.json"}
+    members["manifest.json"] = json.dumps(manifest).encode()
+    write_members(path, members)
+
+
+def test_truncated_file_is_refused_naming_the_file(trained):
+    _, path, _, _ = trained
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(saving.ModelFileError, match=f"{path.name}.*truncated"):
+        minidl.load_model(path)
+
+
+def test_tampered_weight_fails_the_checksum(trained):
+    _, path, _, _ = trained
+    members = members_of(path)
+    weight = np.load(io.BytesIO(members["weights/0000.npy"]))
+    members["weights/0000.npy"] = saving.npy_bytes(weight + 1)
+    write_members(path, members)
+    with pytest.raises(saving.ModelFileError, match="checksum mismatch in 'weights/0000.npy'"):
+        minidl.load_model(path)
+
+
+def test_other_format_version_is_refused(trained):
+    _, path, _, _ = trained
+    members = members_of(path)
+    manifest = json.loads(members["manifest.json"])
+    manifest["format_version"] = 99
+    members["manifest.json"] = json.dumps(manifest).encode()
+    write_members(path, members)
+    with pytest.raises(saving.ModelFileError, match="format version 99.*version 1"):
+        minidl.load_model(path)
+
+
+class CreatesFileWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_object_array_is_refused_and_never_unpickled(trained, tmp_path):
+    _, path, _, _ = trained
+    marker = tmp_path / "pickle-ran"
+    payload = np.array([CreatesFileWhenUnpickled(str(marker))], dtype=object)
+    buffer = io.BytesIO()
+    np.save(buffer, payload, allow_pickle=True)
+    members = members_of(path)
+    members["weights/0000.npy"] = buffer.getvalue()
+    rewrite_with_valid_checksums(path, members)
+    with pytest.raises(saving.ModelFileError, match="weights/0000.npy.*object arrays"):
+        minidl.load_model(path)
+    assert not marker.exists()
+
+
+def test_non_minidl_files_are_refused(tmp_path):
+    garbage, plain_npz = tmp_path / "garbage.minidl", tmp_path / "plain.npz"
+    garbage.write_bytes(os.urandom(256))
+    np.savez(plain_npz, a=np.zeros(3))
+    with pytest.raises(saving.ModelFileError, match="garbage.minidl: not a minidl file"):
+        minidl.load_model(garbage)
+    with pytest.raises(saving.ModelFileError, match="plain.npz.*not valid JSON|plain.npz.*missing"):
+        minidl.load_model(plain_npz)
+    with pytest.raises(FileNotFoundError, match="absent.minidl"):
+        minidl.load_model(tmp_path / "absent.minidl")
+
+
+def test_weights_file_and_model_file_are_not_interchangeable(trained, tmp_path):
+    model, path, _, _ = trained
+    weights_path = tmp_path / "w.weights"
+    model.save_weights(weights_path)
+    with pytest.raises(saving.ModelFileError, match="use load_weights"):
+        minidl.load_model(weights_path)
+    with pytest.raises(saving.ModelFileError, match="use load_model"):
+        model.load_weights(path)
+
+
+# ------------------------------------------------------------------- kill and resume
+
+
+RESUME_SCRIPT = textwrap.dedent('''
+    """mode full|killed|resume, folder: train the same seeded run (4 epochs) three ways."""
+    import os, sys, time
+    import numpy as np
+    import minidl
+    from minidl import callbacks, layers
+    from minidl.utils import set_random_seed
+
+    mode, folder = sys.argv[1], sys.argv[2]
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((48, 6, 6, 1)).astype("float32"), np.arange(48) % 3
+    checkpoint = os.path.join(folder, "checkpoint.minidl")
+
+    class HangMidEpoch(callbacks.Callback):
+        """In epoch 3 (after the epoch-2 checkpoint), announce itself after 2 batches and hang."""
+        def on_train_batch_end(self, batch, logs=None):
+            if self.model.history.epoch[-1:] == [1] and batch == 2:
+                open(os.path.join(folder, "mid-epoch"), "w").close()
+                time.sleep(120)
+
+    if mode == "resume":
+        model = minidl.load_model(checkpoint)
+        initial_epoch = model.initial_epoch
+    else:
+        set_random_seed(0)
+        model = minidl.Sequential([
+            layers.Input((6, 6, 1)), layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(2),
+            layers.Flatten(), layers.Dropout(0.3), layers.Dense(3, activation="softmax")])
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        initial_epoch = 0
+    extra = [HangMidEpoch()] if mode == "killed" else []
+    model.fit(x, y, epochs=4, initial_epoch=initial_epoch, batch_size=8, seed=7, verbose=0,
+              callbacks=[callbacks.ModelCheckpoint(checkpoint), *extra])
+    model.save_weights(os.path.join(folder, mode + ".weights"))
+''')
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def checkout_env():
+    """The environment with this checkout first on the import path, for child processes."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")])}
+
+
+def run_script(script, mode, folder):
+    return subprocess.run([sys.executable, str(script), mode, str(folder)], capture_output=True,
+                          text=True, timeout=120, env=checkout_env())
+
+
+def test_training_killed_mid_epoch_resumes_from_checkpoint_to_identical_weights(tmp_path):
+    script = tmp_path / "train_script.py"
+    script.write_text(RESUME_SCRIPT)
+    full, interrupted = tmp_path / "full", tmp_path / "interrupted"
+    full.mkdir(), interrupted.mkdir()
+    completed = run_script(script, "full", full)
+    assert completed.returncode == 0, completed.stderr
+
+    process = subprocess.Popen([sys.executable, str(script), "killed", str(interrupted)],
+                               stderr=subprocess.PIPE, text=True, env=checkout_env())
+    deadline = time.monotonic() + 60
+    while not (interrupted / "mid-epoch").exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the training script never reached epoch 3"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert minidl.load_model(interrupted / "checkpoint.minidl").initial_epoch == 2
+
+    resumed = run_script(script, "resume", interrupted)
+    assert resumed.returncode == 0, resumed.stderr
+    set_random_seed(0)
+    reference, result = small_resume_model(), small_resume_model()
+    reference.load_weights(full / "full.weights")
+    result.load_weights(interrupted / "resume.weights")
+    assert weights_equal(result.get_weights(), reference.get_weights())
+
+
+def small_resume_model():
+    return minidl.Sequential([
+        layers.Input((6, 6, 1)), layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dropout(0.3), layers.Dense(3, activation="softmax")])
