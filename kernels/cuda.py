@@ -178,6 +178,20 @@ def multiply(a, b):
 
 
 @cuda.jit
+def _accumulate(total_flat, x_flat):
+    """``total[i] += x[i]``, in place, one thread per element."""
+    i = cuda.grid(1)
+    if i < total_flat.size:
+        total_flat[i] += x_flat[i]
+
+
+def accumulate(total, x):
+    """In place: ``total += x`` (same shapes)."""
+    _require_same_shape("accumulate", total=total, x=x)
+    _launch(_accumulate, total.size, _flat(total), _flat(x))
+
+
+@cuda.jit
 def _flag_non_finite(x_flat, flag):
     """``flag[0] = 1`` if any ``x[i]`` is NaN or infinite; every writer writes the same 1."""
     i = cuda.grid(1)
