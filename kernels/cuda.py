@@ -47,6 +47,8 @@ THREADS_PER_BLOCK = 128
 TILE = 16  # a GEMM block computes a TILE x TILE tile of the output, one element per thread
 TILE_PADDED = 17  # TILE + 1: the spare column makes column-wise writes to shared tiles conflict-free
 ROWS_PER_THREAD = 256  # how many rows one thread folds into a partial sum
+GEMM_TARGET_BLOCKS = 256  # split K until a GEMM launch has about this many blocks ...
+MIN_TILES_PER_SPLIT = 8  # ... but give each slice of K at least this many tiles
 GEMM_ENGINES = ("numba", "cublas")
 
 
@@ -209,6 +211,35 @@ def all_finite(x):
 # ------------------------------------------------------------------------------------ linear algebra
 
 
+@cuda.jit
+def _fold_rows(matrix, partials):
+    """``partials[p, j] = sum_{r = p, p + P, p + 2P, ...} matrix[r, j]`` with ``P`` partial rows.
+
+    ``matrix`` ``(R, C)`` -> ``partials`` ``(P, C)``; one thread per partial, threads of adjacent
+    columns read adjacent memory.
+    """
+    index = cuda.grid(1)
+    n_partials, n_cols = partials.shape
+    if index >= partials.size:
+        return
+    p, j = index // n_cols, index % n_cols
+    total = 0.0
+    for r in range(p, matrix.shape[0], n_partials):
+        total += matrix[r, j]
+    partials[p, j] = total
+
+
+def _column_sums(matrix):
+    """``matrix.sum(axis=0, keepdims=True)``: ``(R, C) -> (1, C)``, folding ``ROWS_PER_THREAD`` rows
+    per thread per pass, ``ceil(log(R) / log(ROWS_PER_THREAD))`` passes."""
+    while True:
+        partials = cuda.device_array((_blocks(matrix.shape[0], ROWS_PER_THREAD), matrix.shape[1]), matrix.dtype)
+        _launch(_fold_rows, partials.size, matrix, partials)
+        if partials.shape[0] == 1:
+            return partials
+        matrix = partials
+
+
 @cuda.jit(device=True)
 def _element_or(matrix, row, col, zero):
     """``matrix[row, col]``, or ``zero`` outside the matrix (the ragged edge of the last tile)."""
@@ -222,7 +253,7 @@ def _gemm_kernel(dtype, a_transposed, b_transposed):
     """Compile ``out = op(a) @ op(b)`` for one dtype; ``op`` transposes where the flag says so.
 
     ``op(a)`` is ``(M, K)`` (stored ``(K, M)`` when transposed), ``op(b)`` is ``(K, N)`` (stored
-    ``(N, K)``), ``out`` ``(M, N)``.  Block ``(TILE, TILE)`` threads compute the output tile at rows
+    ``(N, K)``), ``out`` ``(S, M, N)`` (below).  Block ``(TILE, TILE)`` threads compute the output tile at rows
     ``blockIdx.x * TILE + [0, TILE)`` and columns ``blockIdx.y * TILE + [0, TILE)``, thread
     ``(ty, tx)`` its element ``out[row, col]``.  For each step of ``TILE`` along ``K`` the block
     loads one ``TILE x TILE`` tile of each operand into shared memory (one element per thread,
@@ -230,19 +261,24 @@ def _gemm_kernel(dtype, a_transposed, b_transposed):
     are coalesced: ``tx`` always walks the operand's contiguous axis, so a transposed operand is
     written into its tile transposed.  Rows go on grid axis x because ``M = N*OH*OW`` can exceed
     the 65535-block limit of axis y.
+
+    Split K: block ``blockIdx.z`` only sums ``k`` in ``[z * k_per_split, (z + 1) * k_per_split)``
+    (``k_per_split`` a multiple of ``TILE``) and writes ``out[z]`` of ``out`` ``(S, M, N)``; the
+    caller adds the ``S`` slices.  With ``S = 1`` this is the plain product.
     """
     element = numba.from_dtype(dtype)
 
     @cuda.jit
-    def gemm(a, b, out):
+    def gemm(a, b, k_per_split, out):
         a_tile = cuda.shared.array((TILE, TILE_PADDED), element)  # a_tile[i, k] = op(a)[row0+i, k0+k]
         b_tile = cuda.shared.array((TILE, TILE_PADDED), element)  # b_tile[k, j] = op(b)[k0+k, col0+j]
         ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
         row0, col0 = cuda.blockIdx.x * TILE, cuda.blockIdx.y * TILE
-        depth = a.shape[0] if a_transposed else a.shape[1]
+        k_begin = cuda.blockIdx.z * k_per_split
+        k_end = min(k_begin + k_per_split, a.shape[0] if a_transposed else a.shape[1])
         zero = element(0)
         total = zero
-        for k0 in range(0, depth, TILE):
+        for k0 in range(k_begin, k_end, TILE):
             if a_transposed:  # a (K, M)
                 a_tile[tx, ty] = _element_or(a, k0 + ty, row0 + tx, zero)
             else:  # a (M, K)
@@ -256,8 +292,8 @@ def _gemm_kernel(dtype, a_transposed, b_transposed):
                 total += a_tile[ty, k] * b_tile[k, tx]
             cuda.syncthreads()
         row, col = row0 + ty, col0 + tx
-        if row < out.shape[0] and col < out.shape[1]:
-            out[row, col] = total
+        if row < out.shape[1] and col < out.shape[2]:
+            out[cuda.blockIdx.z, row, col] = total
 
     return gemm
 
@@ -290,8 +326,19 @@ def get_gemm():
     return _gemm["engine"]
 
 
+def _k_splits(m, n, depth):
+    """How many slices of ``K`` to give separate blocks: ``S = min(ceil(K / (TILE*MIN_TILES_PER_SPLIT)),
+    GEMM_TARGET_BLOCKS // output_tiles)``, at least 1.  A small output with a long ``K`` (a conv
+    weight gradient, ``(KH*KW*C_in, C_out)`` summed over ``N*OH*OW`` rows) would otherwise keep
+    only a few blocks busy while each walks all of ``K``."""
+    output_tiles = _blocks(m, TILE) * _blocks(n, TILE)
+    return max(1, min(_blocks(depth, TILE * MIN_TILES_PER_SPLIT), GEMM_TARGET_BLOCKS // output_tiles))
+
+
 def _product(function, a, b, a_transposed, b_transposed):
-    """``op(a) @ op(b)`` after checking the shapes agree; see :func:`_gemm_kernel` for the launch."""
+    """``op(a) @ op(b)`` after checking the shapes agree.  Launch: grid
+    ``(ceil(M / TILE), ceil(N / TILE), S)`` of ``(TILE, TILE)`` blocks, ``S`` from :func:`_k_splits`;
+    the ``S`` partial products are then added by :func:`_column_sums`."""
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"kernels.cuda.{function}: needs 2-D arrays, got shapes {a.shape} and {b.shape}")
     if a.dtype != b.dtype:
@@ -306,10 +353,14 @@ def _product(function, a, b, a_transposed, b_transposed):
     if get_gemm() == "cublas":
         return _cublas_product(a, b, a_transposed, b_transposed)
     kernel = _gemm_kernel(np.dtype(a.dtype), a_transposed, b_transposed)
-    out = cuda.device_array((m, n), dtype=a.dtype)
+    splits = _k_splits(m, n, depth)
+    k_per_split = TILE * _blocks(_blocks(depth, TILE), splits)  # whole tiles per slice of K
+    slices = cuda.device_array((splits, m, n), dtype=a.dtype)
     _reject_host_arrays(kernel, (a, b))
-    kernel[(_blocks(m, TILE), _blocks(n, TILE)), (TILE, TILE)](a, b, out)
-    return out
+    kernel[(_blocks(m, TILE), _blocks(n, TILE), splits), (TILE, TILE)](a, b, k_per_split, slices)
+    if splits == 1:
+        return slices.reshape(m, n)
+    return _column_sums(slices.reshape(splits, m * n)).reshape(m, n)
 
 
 def _cublas_product(a, b, a_transposed, b_transposed):
@@ -333,35 +384,6 @@ def matmul_tn(a, b):
 def matmul_nt(a, b):
     """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``, reading ``b`` transposed in place."""
     return _product("matmul_nt", a, b, a_transposed=False, b_transposed=True)
-
-
-@cuda.jit
-def _fold_rows(matrix, partials):
-    """``partials[p, j] = sum_{r = p, p + P, p + 2P, ...} matrix[r, j]`` with ``P`` partial rows.
-
-    ``matrix`` ``(R, C)`` -> ``partials`` ``(P, C)``; one thread per partial, threads of adjacent
-    columns read adjacent memory.
-    """
-    index = cuda.grid(1)
-    n_partials, n_cols = partials.shape
-    if index >= partials.size:
-        return
-    p, j = index // n_cols, index % n_cols
-    total = 0.0
-    for r in range(p, matrix.shape[0], n_partials):
-        total += matrix[r, j]
-    partials[p, j] = total
-
-
-def _column_sums(matrix):
-    """``matrix.sum(axis=0, keepdims=True)``: ``(R, C) -> (1, C)``, folding ``ROWS_PER_THREAD`` rows
-    per thread per pass, ``ceil(log(R) / log(ROWS_PER_THREAD))`` passes."""
-    while True:
-        partials = cuda.device_array((_blocks(matrix.shape[0], ROWS_PER_THREAD), matrix.shape[1]), matrix.dtype)
-        _launch(_fold_rows, partials.size, matrix, partials)
-        if partials.shape[0] == 1:
-            return partials
-        matrix = partials
 
 
 def bias_grad(grad_out):

@@ -131,6 +131,8 @@ MATMULS = {
 @example("matmul", 17, 33, 18, np.float32, 0)  # no dimension a multiple of the 16x16 tile
 @example("matmul_tn", 16, 32, 16, np.float64, 0)  # every dimension exactly whole tiles
 @example("matmul_nt", 1, 1, 1, np.float32, 0)
+@example("matmul_tn", 3, 300, 4, np.float32, 0)  # long K, tiny output: K is split over 3 blocks
+@example("matmul_nt", 20, 290, 17, np.float64, 0)  # split K with ragged tiles
 def test_every_matmul_variant_matches_the_product_for_any_shape(variant, m, k, n, dtype, seed):
     a, b = random_array(seed, (m, k), dtype), random_array(seed + 1, (k, n), dtype)
     stored_a, stored_b = MATMULS[variant](a, b)
