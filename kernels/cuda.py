@@ -91,11 +91,11 @@ def _blocks(n_items, per_block):
     return max(1, -(-n_items // per_block))
 
 
-def _reject_host_arrays(kernel, args):
+def _reject_host_arrays(name, args):
     for position, arg in enumerate(args):
         if isinstance(arg, np.ndarray):
             raise TypeError(
-                f"kernels.cuda: kernel {kernel.py_func.__name__} got a host numpy array of shape "
+                f"kernels.cuda: {name} got a host numpy array of shape "
                 f"{arg.shape} as argument {position}; move it with kernels.cuda.to_device() first"
             )
 
@@ -103,7 +103,7 @@ def _reject_host_arrays(kernel, args):
 def _launch(kernel, n_threads, *args):
     """Run ``kernel(*args)`` with at least ``n_threads`` threads on a 1-D grid:
     ``ceil(n_threads / THREADS_PER_BLOCK)`` blocks of ``THREADS_PER_BLOCK`` threads."""
-    _reject_host_arrays(kernel, args)
+    _reject_host_arrays(kernel.py_func.__name__, args)
     kernel[_blocks(n_threads, THREADS_PER_BLOCK), THREADS_PER_BLOCK](*args)
 
 
@@ -255,7 +255,7 @@ def _gemm_kernel(dtype, a_transposed, b_transposed):
     ``op(a)`` is ``(M, K)`` (stored ``(K, M)`` when transposed), ``op(b)`` is ``(K, N)`` (stored
     ``(N, K)``), ``out`` ``(S, M, N)`` (below).  Block ``(TILE, TILE)`` threads compute the output tile at rows
     ``blockIdx.x * TILE + [0, TILE)`` and columns ``blockIdx.y * TILE + [0, TILE)``, thread
-    ``(ty, tx)`` its element ``out[row, col]``.  For each step of ``TILE`` along ``K`` the block
+    ``(ty, tx)`` its element ``out[z, row, col]``.  For each step of ``TILE`` along ``K`` the block
     loads one ``TILE x TILE`` tile of each operand into shared memory (one element per thread,
     zero past the edges), waits, and accumulates ``sum_k a_tile[ty, k] * b_tile[k, tx]``.  Loads
     are coalesced: ``tx`` always walks the operand's contiguous axis, so a transposed operand is
@@ -339,6 +339,7 @@ def _product(function, a, b, a_transposed, b_transposed):
     """``op(a) @ op(b)`` after checking the shapes agree.  Launch: grid
     ``(ceil(M / TILE), ceil(N / TILE), S)`` of ``(TILE, TILE)`` blocks, ``S`` from :func:`_k_splits`;
     the ``S`` partial products are then added by :func:`_column_sums`."""
+    _reject_host_arrays(function, (a, b))
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"kernels.cuda.{function}: needs 2-D arrays, got shapes {a.shape} and {b.shape}")
     if a.dtype != b.dtype:
@@ -356,7 +357,6 @@ def _product(function, a, b, a_transposed, b_transposed):
     splits = _k_splits(m, n, depth)
     k_per_split = TILE * _blocks(_blocks(depth, TILE), splits)  # whole tiles per slice of K
     slices = cuda.device_array((splits, m, n), dtype=a.dtype)
-    _reject_host_arrays(kernel, (a, b))
     kernel[(_blocks(m, TILE), _blocks(n, TILE), splits), (TILE, TILE)](a, b, k_per_split, slices)
     if splits == 1:
         return slices.reshape(m, n)
