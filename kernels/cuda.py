@@ -1,0 +1,946 @@
+"""The kernel contract of :mod:`kernels.numpy_ref` on an NVIDIA GPU, written with ``numba.cuda``.
+
+Every array argument and result is a ``numba.cuda`` device array (C-contiguous); layers use only
+``.shape``, ``.dtype``, ``.reshape`` and the functions below, so activations, gradients and weights
+stay on the device between layers.  Data crosses the bus only in :func:`to_device`, :func:`to_host`
+and the two reductions that return a Python scalar (:func:`all_finite`,
+:func:`regularization_penalty`); each crossing adds one to :func:`transfer_count`.  Passing a host
+NumPy array to a kernel raises ``TypeError`` instead of letting Numba copy it silently.
+
+How the work is split (one idea per kernel):
+
+* Elementwise and gather kernels run one thread per output element, on a 1-D grid of
+  ``ceil(n / THREADS_PER_BLOCK)`` blocks of ``THREADS_PER_BLOCK`` threads; a thread past the end
+  returns at once.
+* ``col2im`` and the pooling backward passes let each *input* pixel gather from the windows that
+  cover it, so no two threads write the same element and no atomics are needed.
+* Row-wise kernels (softmax, the fused loss) run one thread per row.
+* Sums (``bias_grad``, ``regularization_penalty``) fold rows into partial sums, then fold the
+  partials again, until one row is left; no atomics, so results are deterministic.
+* ``matmul``, ``matmul_tn`` and ``matmul_nt`` share one tiled shared-memory GEMM kernel, compiled
+  per dtype and operand layout; a transposed operand is read transposed, never copied.  Setting
+  ``MINIDL_CUDA_GEMM=cublas`` (or :func:`set_gemm`) routes them through CuPy's cuBLAS instead.
+
+Without a GPU the kernels run on Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before
+Numba is imported): slow, but exact enough to test every kernel against ``numpy_ref``.
+"""
+
+import functools
+import math
+import os
+
+import numba
+import numpy as np
+from numba import cuda
+from numba.cuda.random import (
+    init_xoroshiro128p_state,
+    xoroshiro128p_dtype,
+    xoroshiro128p_uniform_float32,
+)
+
+from kernels.numpy_ref import ACTIVATIONS, _check_activation
+from kernels.shapes import output_length
+
+ON_SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
+
+THREADS_PER_BLOCK = 128
+TILE = 16  # a GEMM block computes a TILE x TILE tile of the output, one element per thread
+TILE_PADDED = 17  # TILE + 1: the spare column makes column-wise writes to shared tiles conflict-free
+ROWS_PER_THREAD = 256  # how many rows one thread folds into a partial sum
+GEMM_TARGET_BLOCKS = 256  # split K until a GEMM launch has about this many blocks ...
+MIN_TILES_PER_SPLIT = 8  # ... but give each slice of K at least this many tiles
+GEMM_ENGINES = ("numba", "cublas")
+
+
+def check_available():
+    """Raise ``RuntimeError`` unless a CUDA GPU (or the simulator) can run these kernels."""
+    if ON_SIMULATOR or cuda.is_available():
+        get_gemm()
+        return
+    raise RuntimeError(
+        "the 'cuda' backend found no usable CUDA GPU (numba.cuda.is_available() is False). "
+        "On a machine with an NVIDIA GPU and driver, install minidl[gpu] (it brings numba-cuda); "
+        "without a GPU, set NUMBA_ENABLE_CUDASIM=1 to run on the simulator (slow, for tests)."
+    )
+
+
+# --------------------------------------------------------------------------- host <-> device traffic
+
+_transfers = {"count": 0}
+
+
+def transfer_count():
+    """How many host<->device copies this module has made since the last reset."""
+    return _transfers["count"]
+
+
+def reset_transfer_count():
+    _transfers["count"] = 0
+
+
+def _copy_to_host(device_array):
+    _transfers["count"] += 1
+    return device_array.copy_to_host()
+
+
+# ----------------------------------------------------------------------------------------- launching
+
+
+def _blocks(n_items, per_block):
+    """``ceil(n_items / per_block)``, at least one block."""
+    return max(1, -(-n_items // per_block))
+
+
+def _reject_host_arrays(name, args):
+    for position, arg in enumerate(args):
+        if isinstance(arg, np.ndarray):
+            raise TypeError(
+                f"kernels.cuda: {name} got a host numpy array of shape "
+                f"{arg.shape} as argument {position}; move it with kernels.cuda.to_device() first"
+            )
+
+
+def _launch(kernel, n_threads, *args):
+    """Run ``kernel(*args)`` with at least ``n_threads`` threads on a 1-D grid:
+    ``ceil(n_threads / THREADS_PER_BLOCK)`` blocks of ``THREADS_PER_BLOCK`` threads."""
+    _reject_host_arrays(kernel.py_func.__name__, args)
+    kernel[_blocks(n_threads, THREADS_PER_BLOCK), THREADS_PER_BLOCK](*args)
+
+
+def _is_device_array(x):
+    return hasattr(x, "copy_to_host")  # numba's DeviceNDArray, or the simulator's stand-in
+
+
+def _flat(x):
+    """The C-contiguous device array ``x`` as a 1-D view of ``x.size`` elements (no copy)."""
+    return x.reshape(x.size)
+
+
+def _last_axis(x):
+    return tuple(x.shape)[-1]  # the simulator's shape objects do not take negative indices
+
+
+def _require_same_shape(function, **arrays):
+    shapes = {name: tuple(array.shape) for name, array in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"kernels.cuda.{function}: arrays must have one shape, got {shapes}")
+
+
+# -------------------------------------------------------------------------------------------- arrays
+
+
+def to_device(x):
+    """Copy a host array to the device as a C-contiguous device array (device arrays pass through)."""
+    if _is_device_array(x):
+        return x
+    _transfers["count"] += 1
+    return cuda.to_device(np.ascontiguousarray(x))
+
+
+def to_host(x):
+    """Copy a device array to a NumPy array; a NumPy array passes through uncopied."""
+    if isinstance(x, np.ndarray):
+        return x
+    return _copy_to_host(x)
+
+
+@cuda.jit
+def _fill(out_flat, value):
+    """``out[i] = value``, one thread per element."""
+    i = cuda.grid(1)
+    if i < out_flat.size:
+        out_flat[i] = value
+
+
+def zeros(shape, dtype):
+    """A device array of zeros, filled on the device (no transfer)."""
+    out = cuda.device_array(shape, dtype=np.dtype(dtype))
+    _launch(_fill, out.size, _flat(out), 0)
+    return out
+
+
+def zeros_like(x):
+    return zeros(x.shape, x.dtype)
+
+
+@cuda.jit
+def _multiply(a_flat, b_flat, out_flat):
+    """``out[i] = a[i] * b[i]``, one thread per element."""
+    i = cuda.grid(1)
+    if i < out_flat.size:
+        out_flat[i] = a_flat[i] * b_flat[i]
+
+
+def multiply(a, b):
+    """Elementwise ``a * b`` of two device arrays of the same shape."""
+    _require_same_shape("multiply", a=a, b=b)
+    out = cuda.device_array(a.shape, dtype=np.result_type(a.dtype, b.dtype))
+    _launch(_multiply, out.size, _flat(a), _flat(b), _flat(out))
+    return out
+
+
+@cuda.jit
+def _accumulate(total_flat, x_flat):
+    """``total[i] += x[i]``, in place, one thread per element."""
+    i = cuda.grid(1)
+    if i < total_flat.size:
+        total_flat[i] += x_flat[i]
+
+
+def accumulate(total, x):
+    """In place: ``total += x`` (same shapes)."""
+    _require_same_shape("accumulate", total=total, x=x)
+    _launch(_accumulate, total.size, _flat(total), _flat(x))
+
+
+@cuda.jit
+def _flag_non_finite(x_flat, flag):
+    """``flag[0] = 1`` if any ``x[i]`` is NaN or infinite; every writer writes the same 1."""
+    i = cuda.grid(1)
+    if i < x_flat.size and not math.isfinite(x_flat[i]):
+        flag[0] = 1
+
+
+def all_finite(x):
+    """``True`` when no element of ``x`` is NaN or infinite (one scalar copied to the host)."""
+    flag = zeros(1, np.int32)
+    _launch(_flag_non_finite, x.size, _flat(x), flag)
+    return not _copy_to_host(flag)[0]
+
+
+# ------------------------------------------------------------------------------------ linear algebra
+
+
+@cuda.jit
+def _fold_rows(matrix, partials):
+    """``partials[p, j] = sum_{r = p, p + P, p + 2P, ...} matrix[r, j]`` with ``P`` partial rows.
+
+    ``matrix`` ``(R, C)`` -> ``partials`` ``(P, C)``; one thread per partial, threads of adjacent
+    columns read adjacent memory.
+    """
+    index = cuda.grid(1)
+    n_partials, n_cols = partials.shape
+    if index >= partials.size:
+        return
+    p, j = index // n_cols, index % n_cols
+    total = 0.0
+    for r in range(p, matrix.shape[0], n_partials):
+        total += matrix[r, j]
+    partials[p, j] = total
+
+
+def _column_sums(matrix):
+    """``matrix.sum(axis=0, keepdims=True)``: ``(R, C) -> (1, C)``, folding ``ROWS_PER_THREAD`` rows
+    per thread per pass, ``ceil(log(R) / log(ROWS_PER_THREAD))`` passes."""
+    while True:
+        partials = cuda.device_array((_blocks(matrix.shape[0], ROWS_PER_THREAD), matrix.shape[1]), matrix.dtype)
+        _launch(_fold_rows, partials.size, matrix, partials)
+        if partials.shape[0] == 1:
+            return partials
+        matrix = partials
+
+
+@cuda.jit(device=True)
+def _element_or(matrix, row, col, zero):
+    """``matrix[row, col]``, or ``zero`` outside the matrix (the ragged edge of the last tile)."""
+    if row < matrix.shape[0] and col < matrix.shape[1]:
+        return matrix[row, col]
+    return zero
+
+
+@functools.cache
+def _gemm_kernel(dtype, a_transposed, b_transposed):
+    """Compile ``out = op(a) @ op(b)`` for one dtype; ``op`` transposes where the flag says so.
+
+    ``op(a)`` is ``(M, K)`` (stored ``(K, M)`` when transposed), ``op(b)`` is ``(K, N)`` (stored
+    ``(N, K)``), ``out`` ``(S, M, N)`` (below).  Block ``(TILE, TILE)`` threads compute the output tile at rows
+    ``blockIdx.x * TILE + [0, TILE)`` and columns ``blockIdx.y * TILE + [0, TILE)``, thread
+    ``(ty, tx)`` its element ``out[z, row, col]``.  For each step of ``TILE`` along ``K`` the block
+    loads one ``TILE x TILE`` tile of each operand into shared memory (one element per thread,
+    zero past the edges), waits, and accumulates ``sum_k a_tile[ty, k] * b_tile[k, tx]``.  Loads
+    are coalesced: ``tx`` always walks the operand's contiguous axis, so a transposed operand is
+    written into its tile transposed.  Rows go on grid axis x because ``M = N*OH*OW`` can exceed
+    the 65535-block limit of axis y.
+
+    Split K: block ``blockIdx.z`` only sums ``k`` in ``[z * k_per_split, (z + 1) * k_per_split)``
+    (``k_per_split`` a multiple of ``TILE``) and writes ``out[z]`` of ``out`` ``(S, M, N)``; the
+    caller adds the ``S`` slices.  With ``S = 1`` this is the plain product.
+    """
+    element = numba.from_dtype(dtype)
+
+    @cuda.jit
+    def gemm(a, b, k_per_split, out):
+        a_tile = cuda.shared.array((TILE, TILE_PADDED), element)  # a_tile[i, k] = op(a)[row0+i, k0+k]
+        b_tile = cuda.shared.array((TILE, TILE_PADDED), element)  # b_tile[k, j] = op(b)[k0+k, col0+j]
+        ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
+        row0, col0 = cuda.blockIdx.x * TILE, cuda.blockIdx.y * TILE
+        k_begin = cuda.blockIdx.z * k_per_split
+        k_end = min(k_begin + k_per_split, a.shape[0] if a_transposed else a.shape[1])
+        zero = element(0)
+        total = zero
+        for k0 in range(k_begin, k_end, TILE):
+            if a_transposed:  # a (K, M)
+                a_tile[tx, ty] = _element_or(a, k0 + ty, row0 + tx, zero)
+            else:  # a (M, K)
+                a_tile[ty, tx] = _element_or(a, row0 + ty, k0 + tx, zero)
+            if b_transposed:  # b (N, K)
+                b_tile[tx, ty] = _element_or(b, col0 + ty, k0 + tx, zero)
+            else:  # b (K, N)
+                b_tile[ty, tx] = _element_or(b, k0 + ty, col0 + tx, zero)
+            cuda.syncthreads()
+            for k in range(TILE):
+                total += a_tile[ty, k] * b_tile[k, tx]
+            cuda.syncthreads()
+        row, col = row0 + ty, col0 + tx
+        if row < out.shape[1] and col < out.shape[2]:
+            out[cuda.blockIdx.z, row, col] = total
+
+    return gemm
+
+
+_gemm = {"engine": None, "cupy": None}
+
+
+def set_gemm(engine):
+    """Choose who multiplies matrices: ``"numba"`` (the tiled kernel above, the default) or
+    ``"cublas"`` (CuPy's matmul on the same device memory, no copy).  Raises ``ValueError`` for an
+    unknown name and ``RuntimeError`` when ``"cublas"`` is asked for and CuPy cannot be imported."""
+    if engine not in GEMM_ENGINES:
+        raise ValueError(f"kernels.cuda.set_gemm: engine must be one of {GEMM_ENGINES}, got {engine!r}")
+    cupy = None
+    if engine == "cublas":
+        try:
+            import cupy
+        except ImportError as error:
+            raise RuntimeError(
+                "kernels.cuda: the 'cublas' GEMM needs CuPy (pip install cupy-cuda12x or cupy-cuda13x); "
+                f"import failed: {error}"
+            ) from error
+    _gemm["engine"], _gemm["cupy"] = engine, cupy
+
+
+def get_gemm():
+    """The GEMM engine in use; on first call it is read from ``MINIDL_CUDA_GEMM`` (default ``numba``)."""
+    if _gemm["engine"] is None:
+        set_gemm(os.environ.get("MINIDL_CUDA_GEMM", "numba"))
+    return _gemm["engine"]
+
+
+def _k_splits(m, n, depth):
+    """How many slices of ``K`` to give separate blocks: ``S = min(ceil(K / (TILE*MIN_TILES_PER_SPLIT)),
+    GEMM_TARGET_BLOCKS // output_tiles)``, at least 1.  A small output with a long ``K`` (a conv
+    weight gradient, ``(KH*KW*C_in, C_out)`` summed over ``N*OH*OW`` rows) would otherwise keep
+    only a few blocks busy while each walks all of ``K``."""
+    output_tiles = _blocks(m, TILE) * _blocks(n, TILE)
+    return max(1, min(_blocks(depth, TILE * MIN_TILES_PER_SPLIT), GEMM_TARGET_BLOCKS // output_tiles))
+
+
+def _product(function, a, b, a_transposed, b_transposed):
+    """``op(a) @ op(b)`` after checking the shapes agree.  Launch: grid
+    ``(ceil(M / TILE), ceil(N / TILE), S)`` of ``(TILE, TILE)`` blocks, ``S`` from :func:`_k_splits`;
+    the ``S`` partial products are then added by :func:`_column_sums`."""
+    _reject_host_arrays(function, (a, b))
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"kernels.cuda.{function}: needs 2-D arrays, got shapes {a.shape} and {b.shape}")
+    if a.dtype != b.dtype:
+        raise ValueError(f"kernels.cuda.{function}: dtypes differ, {a.dtype} and {b.dtype}")
+    m, depth = (a.shape[1], a.shape[0]) if a_transposed else a.shape
+    b_depth, n = (b.shape[1], b.shape[0]) if b_transposed else b.shape
+    if depth != b_depth:
+        raise ValueError(
+            f"kernels.cuda.{function}: inner dimensions differ, a {a.shape} gives K={depth} "
+            f"but b {b.shape} gives K={b_depth}"
+        )
+    if get_gemm() == "cublas":
+        return _cublas_product(a, b, a_transposed, b_transposed)
+    kernel = _gemm_kernel(np.dtype(a.dtype), a_transposed, b_transposed)
+    splits = _k_splits(m, n, depth)
+    k_per_split = TILE * _blocks(_blocks(depth, TILE), splits)  # whole tiles per slice of K
+    slices = cuda.device_array((splits, m, n), dtype=a.dtype)
+    kernel[(_blocks(m, TILE), _blocks(n, TILE), splits), (TILE, TILE)](a, b, k_per_split, slices)
+    if splits == 1:
+        return slices.reshape(m, n)
+    return _column_sums(slices.reshape(splits, m * n)).reshape(m, n)
+
+
+def _cublas_product(a, b, a_transposed, b_transposed):
+    """``op(a) @ op(b)`` by CuPy (cuBLAS) on views of the same device memory; returns a Numba array."""
+    cupy = _gemm["cupy"]
+    a_view, b_view = cupy.asarray(a), cupy.asarray(b)  # zero-copy, via __cuda_array_interface__
+    product = (a_view.T if a_transposed else a_view) @ (b_view.T if b_transposed else b_view)
+    return cuda.as_cuda_array(product)
+
+
+def matmul(a, b):
+    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``."""
+    return _product("matmul", a, b, a_transposed=False, b_transposed=False)
+
+
+def matmul_tn(a, b):
+    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``, reading ``a`` transposed in place."""
+    return _product("matmul_tn", a, b, a_transposed=True, b_transposed=False)
+
+
+def matmul_nt(a, b):
+    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``, reading ``b`` transposed in place."""
+    return _product("matmul_nt", a, b, a_transposed=False, b_transposed=True)
+
+
+def bias_grad(grad_out):
+    """Gradient of a bias broadcast over rows: ``grad_out.sum(axis=0)``, ``(M, N) -> (N,)``."""
+    return _column_sums(grad_out).reshape(grad_out.shape[1])
+
+
+# ---------------------------------------------------------------------------------------- convolution
+
+
+@cuda.jit(device=True)
+def _split_nhwc(index, shape):
+    """The ``(n, h, w, c)`` position of flat ``index`` in a C-contiguous array of ``shape``."""
+    rest, c = index // shape[3], index % shape[3]
+    rest, w = rest // shape[2], rest % shape[2]
+    n, h = rest // shape[1], rest % shape[1]
+    return n, h, w, c
+
+
+@cuda.jit(device=True)
+def _covering_windows(position, kernel, stride, n_windows):
+    """Windows ``o`` (``o*stride <= position < o*stride + kernel``) that cover one padded position,
+    as ``range(first, stop)``."""
+    first = max(0, (position - kernel + stride) // stride)
+    stop = min(n_windows, position // stride + 1)
+    return first, stop
+
+
+@cuda.jit
+def _im2col(x, kernel_w, stride_h, stride_w, top, left, out_h, out_w, cols):
+    """``cols[(n*OH + oh)*OW + ow, (i*KW + j)*C + c] = x_padded[n, oh*SH + i, ow*SW + j, c]``.
+
+    ``x`` ``(N, H, W, C)`` -> ``cols`` ``(N*OH*OW, KH*KW*C)``, one thread per element of ``cols``
+    (adjacent threads write adjacent columns); padding reads as zero.
+    """
+    index = cuda.grid(1)
+    if index >= cols.size:
+        return
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    row, column = index // cols.shape[1], index % cols.shape[1]
+    n, pixel = row // (out_h * out_w), row % (out_h * out_w)
+    oh, ow = pixel // out_w, pixel % out_w
+    tap, c = column // channels, column % channels
+    i, j = tap // kernel_w, tap % kernel_w
+    h, w = oh * stride_h + i - top, ow * stride_w + j - left
+    if 0 <= h < height and 0 <= w < width:
+        cols[row, column] = x[n, h, w, c]
+    else:
+        cols[row, column] = 0
+
+
+def im2col(x, kernel_size, strides, pads):
+    """Unfold every receptive field of ``x`` into one row.
+
+    ``x`` ``(N, H, W, C)`` -> ``cols`` ``(N*OH*OW, KH*KW*C)``; row ``(n, oh, ow)`` holds
+    ``x_padded[n, oh*SH + i, ow*SW + j, c]`` at column ``(i*KW + j)*C + c``.
+    """
+    n, height, width, channels = x.shape
+    (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_size, strides, pads
+    out_h, out_w = output_length(height, kh, sh, top, bottom), output_length(width, kw, sw, left, right)
+    cols = cuda.device_array((n * out_h * out_w, kh * kw * channels), dtype=x.dtype)
+    _launch(_im2col, cols.size, x, kw, sh, sw, top, left, out_h, out_w, cols)
+    return cols
+
+
+@cuda.jit
+def _col2im(cols, kernel_h, kernel_w, stride_h, stride_w, top, left, out_h, out_w, x):
+    """``x[n, h, w, c] = sum over windows (oh, ow) covering it of cols[(n*OH + oh)*OW + ow, (i*KW + j)*C + c]``
+    with ``i = h + top - oh*SH``, ``j = w + left - ow*SW``.
+
+    ``cols`` ``(N*OH*OW, KH*KW*C)`` -> ``x`` ``(N, H, W, C)``, one thread per pixel of ``x`` gathering
+    from its covering windows (no two threads write one element).
+    """
+    index = cuda.grid(1)
+    if index >= x.size:
+        return
+    n, h, w, c = _split_nhwc(index, x.shape)
+    channels = x.shape[3]
+    hp, wp = h + top, w + left
+    oh_first, oh_stop = _covering_windows(hp, kernel_h, stride_h, out_h)
+    ow_first, ow_stop = _covering_windows(wp, kernel_w, stride_w, out_w)
+    total = 0.0
+    for oh in range(oh_first, oh_stop):
+        for ow in range(ow_first, ow_stop):
+            i, j = hp - oh * stride_h, wp - ow * stride_w
+            total += cols[(n * out_h + oh) * out_w + ow, (i * kernel_w + j) * channels + c]
+    x[n, h, w, c] = total
+
+
+def col2im(cols, x_shape, kernel_size, strides, pads):
+    """Adjoint of :func:`im2col`: add every row of ``cols`` back onto the pixels it was read from.
+
+    ``cols`` ``(N*OH*OW, KH*KW*C)`` -> ``(N, H, W, C)``; overlapping windows sum, padding is dropped.
+    """
+    n, height, width, channels = x_shape
+    (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_size, strides, pads
+    out_h, out_w = output_length(height, kh, sh, top, bottom), output_length(width, kw, sw, left, right)
+    x = cuda.device_array(tuple(x_shape), dtype=cols.dtype)
+    _launch(_col2im, x.size, cols, kh, kw, sh, sw, top, left, out_h, out_w, x)
+    return x
+
+
+# ------------------------------------------------------------------------------------------- pooling
+
+
+@cuda.jit
+def _maxpool_forward(x, pool_h, pool_w, stride_h, stride_w, top, left, out, argmax):
+    """``out[n, oh, ow, c] = max_{i, j} x_padded[n, oh*SH + i, ow*SW + j, c]``, ``argmax = i*PW + j``
+    of the first maximum; padding never wins.  One thread per output element."""
+    index = cuda.grid(1)
+    if index >= out.size:
+        return
+    n, oh, ow, c = _split_nhwc(index, out.shape)
+    best, best_tap = -math.inf, 0
+    for i in range(pool_h):
+        for j in range(pool_w):
+            h, w = oh * stride_h + i - top, ow * stride_w + j - left
+            if 0 <= h < x.shape[1] and 0 <= w < x.shape[2] and x[n, h, w, c] > best:
+                best, best_tap = x[n, h, w, c], i * pool_w + j
+    out[n, oh, ow, c] = best
+    argmax[n, oh, ow, c] = best_tap
+
+
+def maxpool_forward(x, pool_size, strides, pads):
+    """Max over each window, per channel.
+
+    ``x`` ``(N, H, W, C)`` -> ``(out (N, OH, OW, C), argmax (N, OH, OW, C) int32)``; ``argmax`` is the
+    flat index ``i*PW + j`` of the maximum inside its window.
+    """
+    n, height, width, channels = x.shape
+    (ph, pw), (sh, sw), ((top, bottom), (left, right)) = pool_size, strides, pads
+    out_shape = (n, output_length(height, ph, sh, top, bottom), output_length(width, pw, sw, left, right), channels)
+    out = cuda.device_array(out_shape, dtype=x.dtype)
+    argmax = cuda.device_array(out_shape, dtype=np.int32)
+    _launch(_maxpool_forward, out.size, x, ph, pw, sh, sw, top, left, out, argmax)
+    return out, argmax
+
+
+@cuda.jit
+def _maxpool_backward(grad_out, argmax, pool_h, pool_w, stride_h, stride_w, top, left, grad_in):
+    """``grad_in[n, h, w, c] = sum of grad_out[n, oh, ow, c]`` over the windows covering ``(h, w)``
+    whose ``argmax`` is this pixel's tap ``i*PW + j``.  One thread per input pixel."""
+    index = cuda.grid(1)
+    if index >= grad_in.size:
+        return
+    n, h, w, c = _split_nhwc(index, grad_in.shape)
+    hp, wp = h + top, w + left
+    oh_first, oh_stop = _covering_windows(hp, pool_h, stride_h, grad_out.shape[1])
+    ow_first, ow_stop = _covering_windows(wp, pool_w, stride_w, grad_out.shape[2])
+    total = 0.0
+    for oh in range(oh_first, oh_stop):
+        for ow in range(ow_first, ow_stop):
+            if argmax[n, oh, ow, c] == (hp - oh * stride_h) * pool_w + (wp - ow * stride_w):
+                total += grad_out[n, oh, ow, c]
+    grad_in[n, h, w, c] = total
+
+
+def maxpool_backward(grad_out, argmax, x_shape, pool_size, strides, pads):
+    """Route each output gradient to the input that was the window's maximum.
+
+    ``grad_out``, ``argmax`` ``(N, OH, OW, C)`` -> ``grad_in`` ``(N, H, W, C)``;
+    ``grad_in[n, oh*SH + i, ow*SW + j, c] += grad_out[n, oh, ow, c]`` where ``argmax == i*PW + j``.
+    """
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    grad_in = cuda.device_array(tuple(x_shape), dtype=grad_out.dtype)
+    _launch(_maxpool_backward, grad_in.size, grad_out, argmax, ph, pw, sh, sw, top, left, grad_in)
+    return grad_in
+
+
+@cuda.jit(device=True)
+def _real_length(window, kernel, stride, pad_before, size):
+    """How many unpadded positions window ``window`` covers along one axis of ``size``."""
+    start = window * stride
+    return min(start + kernel, pad_before + size) - max(start, pad_before)
+
+
+@cuda.jit
+def _avgpool_forward(x, pool_h, pool_w, stride_h, stride_w, top, left, out):
+    """``out[n, oh, ow, c] = sum of the real pixels of the window / their count``.
+    One thread per output element."""
+    index = cuda.grid(1)
+    if index >= out.size:
+        return
+    n, oh, ow, c = _split_nhwc(index, out.shape)
+    total = 0.0
+    for i in range(pool_h):
+        for j in range(pool_w):
+            h, w = oh * stride_h + i - top, ow * stride_w + j - left
+            if 0 <= h < x.shape[1] and 0 <= w < x.shape[2]:
+                total += x[n, h, w, c]
+    count = _real_length(oh, pool_h, stride_h, top, x.shape[1]) * _real_length(ow, pool_w, stride_w, left, x.shape[2])
+    out[n, oh, ow, c] = total / count
+
+
+def avgpool_forward(x, pool_size, strides, pads):
+    """Mean over each window of the real pixels it covers (padding is not counted, as in Keras).
+
+    ``x`` ``(N, H, W, C)`` -> ``(N, OH, OW, C)``.
+    """
+    n, height, width, channels = x.shape
+    (ph, pw), (sh, sw), ((top, bottom), (left, right)) = pool_size, strides, pads
+    out_shape = (n, output_length(height, ph, sh, top, bottom), output_length(width, pw, sw, left, right), channels)
+    out = cuda.device_array(out_shape, dtype=x.dtype)
+    _launch(_avgpool_forward, out.size, x, ph, pw, sh, sw, top, left, out)
+    return out
+
+
+@cuda.jit
+def _avgpool_backward(grad_out, pool_h, pool_w, stride_h, stride_w, top, left, grad_in):
+    """``grad_in[n, h, w, c] = sum of grad_out[n, oh, ow, c] / count(oh, ow)`` over the windows
+    covering ``(h, w)``.  One thread per input pixel."""
+    index = cuda.grid(1)
+    if index >= grad_in.size:
+        return
+    n, h, w, c = _split_nhwc(index, grad_in.shape)
+    height, width = grad_in.shape[1], grad_in.shape[2]
+    oh_first, oh_stop = _covering_windows(h + top, pool_h, stride_h, grad_out.shape[1])
+    ow_first, ow_stop = _covering_windows(w + left, pool_w, stride_w, grad_out.shape[2])
+    total = 0.0
+    for oh in range(oh_first, oh_stop):
+        for ow in range(ow_first, ow_stop):
+            count = _real_length(oh, pool_h, stride_h, top, height) * _real_length(ow, pool_w, stride_w, left, width)
+            total += grad_out[n, oh, ow, c] / count
+    grad_in[n, h, w, c] = total
+
+
+def avgpool_backward(grad_out, x_shape, pool_size, strides, pads):
+    """Spread each output gradient evenly over the real pixels of its window.
+
+    ``grad_out`` ``(N, OH, OW, C)`` -> ``(N, H, W, C)``;
+    ``grad_in[n, oh*SH + i, ow*SW + j, c] += grad_out[n, oh, ow, c] / count[oh, ow]``.
+    """
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    grad_in = cuda.device_array(tuple(x_shape), dtype=grad_out.dtype)
+    _launch(_avgpool_backward, grad_in.size, grad_out, ph, pw, sh, sw, top, left, grad_in)
+    return grad_in
+
+
+# ---------------------------------------------------------------------------------------- activations
+
+RELU, SIGMOID, TANH = (ACTIVATIONS.index(name) for name in ("relu", "sigmoid", "tanh"))
+
+
+@cuda.jit(device=True)
+def _activate(v, activation):
+    """``f(v)`` for the activation code (an index into ``ACTIVATIONS``)."""
+    if activation == RELU:
+        return max(v, 0)
+    if activation == SIGMOID:
+        e = math.exp(-abs(v))  # never overflows
+        return 1 / (1 + e) if v >= 0 else e / (1 + e)
+    if activation == TANH:
+        return math.tanh(v)
+    return v
+
+
+@cuda.jit(device=True)
+def _slope_from_output(y, activation):
+    """``f'(z)`` written with ``y = f(z)``: relu ``y > 0``, sigmoid ``y (1 - y)``, tanh ``1 - y^2``."""
+    if activation == RELU:
+        return 1 if y > 0 else 0
+    if activation == SIGMOID:
+        return y * (1 - y)
+    if activation == TANH:
+        return 1 - y * y
+    return 1
+
+
+@cuda.jit
+def _bias_activation(z_flat, bias, activation, y_flat):
+    """``y[i] = f(z[i] + bias[i mod C])`` (no bias when ``bias`` is ``None``), one thread per element."""
+    i = cuda.grid(1)
+    if i >= y_flat.size:
+        return
+    v = z_flat[i]
+    if bias is not None:
+        v += bias[i % bias.size]
+    y_flat[i] = _activate(v, activation)
+
+
+def bias_activation(z, bias, activation):
+    """``y = f(z + bias)``, bias ``(C,)`` broadcast over the last axis (``bias`` may be ``None``).
+
+    ``f`` is ``linear``, ``relu`` ``max(0, v)``, ``sigmoid`` ``1 / (1 + e^-v)`` or ``tanh``.
+    Any shape ``(..., C)`` -> the same shape.
+    """
+    _check_activation(activation)
+    channels = _last_axis(z)
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(f"kernels.cuda.bias_activation: bias must have shape ({channels},), got {bias.shape}")
+    y = cuda.device_array(z.shape, dtype=z.dtype)
+    _launch(_bias_activation, y.size, _flat(z), bias, ACTIVATIONS.index(activation), _flat(y))
+    return y
+
+
+@cuda.jit
+def _activation_grad(grad_out_flat, y_flat, activation, grad_in_flat):
+    """``grad_in[i] = grad_out[i] * f'(z[i])`` from ``y[i]``, one thread per element."""
+    i = cuda.grid(1)
+    if i < grad_in_flat.size:
+        grad_in_flat[i] = grad_out_flat[i] * _slope_from_output(y_flat[i], activation)
+
+
+def activation_grad(grad_out, y, activation):
+    """``dL/dz = dL/dy * f'(z)``, with ``f'`` written in terms of the output ``y = f(z)``.
+
+    relu: ``y > 0``; sigmoid: ``y (1 - y)``; tanh: ``1 - y^2``; linear: ``1``.  Same shape in and out.
+    """
+    _check_activation(activation)
+    _require_same_shape("activation_grad", grad_out=grad_out, y=y)
+    grad_in = cuda.device_array(grad_out.shape, dtype=grad_out.dtype)
+    _launch(_activation_grad, grad_in.size, _flat(grad_out), _flat(y), ACTIVATIONS.index(activation), _flat(grad_in))
+    return grad_in
+
+
+@cuda.jit
+def _leaky_relu(z_flat, alpha, y_flat):
+    """``y[i] = z[i]`` if ``z[i] > 0`` else ``alpha * z[i]``, one thread per element."""
+    i = cuda.grid(1)
+    if i < y_flat.size:
+        y_flat[i] = z_flat[i] if z_flat[i] > 0 else alpha * z_flat[i]
+
+
+def leaky_relu(z, alpha):
+    """``y = z`` where ``z > 0``, else ``alpha * z``.  Same shape in and out."""
+    y = cuda.device_array(z.shape, dtype=z.dtype)
+    _launch(_leaky_relu, y.size, _flat(z), alpha, _flat(y))
+    return y
+
+
+@cuda.jit
+def _leaky_relu_grad(grad_out_flat, z_flat, alpha, grad_in_flat):
+    """``grad_in[i] = grad_out[i]`` if ``z[i] > 0`` else ``alpha * grad_out[i]``."""
+    i = cuda.grid(1)
+    if i < grad_in_flat.size:
+        grad_in_flat[i] = grad_out_flat[i] if z_flat[i] > 0 else alpha * grad_out_flat[i]
+
+
+def leaky_relu_grad(grad_out, z, alpha):
+    """``dL/dz = dL/dy`` where ``z > 0``, else ``alpha * dL/dy``.  Same shape in and out."""
+    _require_same_shape("leaky_relu_grad", grad_out=grad_out, z=z)
+    grad_in = cuda.device_array(grad_out.shape, dtype=grad_out.dtype)
+    _launch(_leaky_relu_grad, grad_in.size, _flat(grad_out), _flat(z), alpha, _flat(grad_in))
+    return grad_in
+
+
+def _rows(x):
+    """``(..., K)`` as the 2-D view ``(size // K, K)`` that the row kernels walk."""
+    return x.reshape(x.size // _last_axis(x), _last_axis(x))
+
+
+@cuda.jit
+def _softmax_rows(z, y):
+    """``y[r, k] = e^(z[r, k] - max_j z[r, j]) / sum_j e^(z[r, j] - max_j z[r, j])``, one thread per row."""
+    r = cuda.grid(1)
+    if r >= z.shape[0]:
+        return
+    largest = z[r, 0]
+    for k in range(1, z.shape[1]):
+        largest = max(largest, z[r, k])
+    total = 0.0
+    for k in range(z.shape[1]):
+        y[r, k] = math.exp(z[r, k] - largest)
+        total += y[r, k]
+    for k in range(z.shape[1]):
+        y[r, k] /= total
+
+
+def softmax(z):
+    """Row-wise softmax over the last axis, ``y_k = e^(z_k - max z) / sum_j e^(z_j - max z)``."""
+    y = cuda.device_array(z.shape, dtype=z.dtype)
+    _launch(_softmax_rows, _rows(z).shape[0], _rows(z), _rows(y))
+    return y
+
+
+@cuda.jit
+def _softmax_grad_rows(grad_out, y, grad_in):
+    """``grad_in[r, k] = y[r, k] * (g[r, k] - sum_j g[r, j] y[r, j])``, one thread per row."""
+    r = cuda.grid(1)
+    if r >= y.shape[0]:
+        return
+    dot = 0.0
+    for k in range(y.shape[1]):
+        dot += grad_out[r, k] * y[r, k]
+    for k in range(y.shape[1]):
+        grad_in[r, k] = y[r, k] * (grad_out[r, k] - dot)
+
+
+def softmax_grad(grad_out, y):
+    """Jacobian-vector product of softmax: ``dL/dz = y * (g - sum_k g_k y_k)`` per row."""
+    _require_same_shape("softmax_grad", grad_out=grad_out, y=y)
+    grad_in = cuda.device_array(y.shape, dtype=y.dtype)
+    _launch(_softmax_grad_rows, _rows(y).shape[0], _rows(grad_out), _rows(y), _rows(grad_in))
+    return grad_in
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+
+@cuda.jit
+def _softmax_cross_entropy_rows(logits, targets, losses, grad):
+    """Per row ``n``: ``log p_k = z_k - max z - log sum_j e^(z_j - max z)``,
+    ``loss_n = -sum_k t_k log p_k``, ``grad[n, k] = (p_k - t_k) / N``.  One thread per row."""
+    r = cuda.grid(1)
+    n_rows, n_classes = logits.shape
+    if r >= n_rows:
+        return
+    largest = logits[r, 0]
+    for k in range(1, n_classes):
+        largest = max(largest, logits[r, k])
+    sum_exp = 0.0
+    for k in range(n_classes):
+        sum_exp += math.exp(logits[r, k] - largest)
+    log_sum_exp = math.log(sum_exp)
+    loss = 0.0
+    for k in range(n_classes):
+        log_p = logits[r, k] - largest - log_sum_exp
+        loss -= targets[r, k] * log_p
+        grad[r, k] = (math.exp(log_p) - targets[r, k]) / n_rows
+    losses[r] = loss
+
+
+def softmax_cross_entropy(logits, targets):
+    """Fused softmax + cross-entropy on logits, stable for any logits.
+
+    ``logits``, ``targets`` ``(N, K)`` -> ``(losses (N,), grad (N, K))`` on the device, with
+    ``loss_n = -sum_k t_nk log softmax(z_n)_k`` and ``grad = (softmax(z) - t) / N``.
+    """
+    _require_same_shape("softmax_cross_entropy", logits=logits, targets=targets)
+    losses = cuda.device_array(logits.shape[0], dtype=logits.dtype)
+    grad = cuda.device_array(logits.shape, dtype=logits.dtype)
+    _launch(_softmax_cross_entropy_rows, logits.shape[0], logits, targets, losses, grad)
+    return losses, grad
+
+
+# -------------------------------------------------------------------------------------- regularisation
+
+
+@cuda.jit
+def _dropout(generators, first_seed, keep_scale, rate, mask_flat):
+    """``mask[i] = 1 / (1 - rate)`` if ``u_i >= rate`` else ``0``, ``u_i`` uniform in ``[0, 1)``.
+
+    Thread ``i`` seeds xoroshiro128+ generator ``i`` with ``first_seed + i`` (spread by SplitMix64)
+    and draws ``u_i`` from it, so the states are made on the device and nothing is copied.
+    """
+    i = cuda.grid(1)
+    if i >= mask_flat.size:
+        return
+    init_xoroshiro128p_state(generators, i, first_seed + numba.uint64(i))
+    mask_flat[i] = keep_scale if xoroshiro128p_uniform_float32(generators, i) >= rate else 0
+
+
+def dropout_mask(shape, rate, seed, dtype):
+    """Inverted-dropout mask: ``1 / (1 - rate)`` with probability ``1 - rate``, else ``0``.
+
+    The same ``seed`` gives the same mask on this backend; element ``i`` draws from a generator
+    seeded with ``seed * 2^32 + i``, so masks for different seeds do not overlap.
+    """
+    mask = cuda.device_array(shape, dtype=np.dtype(dtype))
+    generators = cuda.device_array(mask.size, dtype=xoroshiro128p_dtype)
+    first_seed = np.uint64((int(seed) << 32) % 2**64)
+    _launch(_dropout, mask.size, generators, first_seed, 1.0 / (1.0 - rate), rate, _flat(mask))
+    return mask
+
+
+@cuda.jit
+def _regularize_grad(grad_flat, param_flat, l1, l2):
+    """``grad[i] += l1 * sign(w[i]) + 2 * l2 * w[i]``, in place, one thread per element."""
+    i = cuda.grid(1)
+    if i < grad_flat.size:
+        w = param_flat[i]
+        sign = 1 if w > 0 else (-1 if w < 0 else 0)
+        grad_flat[i] += l1 * sign + 2 * l2 * w
+
+
+def regularize_grad(grad, param, l1, l2):
+    """In place: ``grad += l1 * sign(param) + 2 * l2 * param``, the gradient of
+    ``l1 * sum|w| + l2 * sum w^2``."""
+    _require_same_shape("regularize_grad", grad=grad, param=param)
+    _launch(_regularize_grad, grad.size, _flat(grad), _flat(param), l1, l2)
+
+
+@cuda.jit
+def _penalty_terms(param_flat, l1, l2, terms):
+    """``terms[i, 0] = l1 * |w[i]| + l2 * w[i]^2`` (float64), one thread per element."""
+    i = cuda.grid(1)
+    if i < param_flat.size:
+        w = param_flat[i]
+        terms[i, 0] = l1 * abs(w) + l2 * w * w
+
+
+def regularization_penalty(param, l1, l2):
+    """``l1 * sum|w| + l2 * sum w^2`` as a Python float (one scalar copied to the host)."""
+    terms = cuda.device_array((param.size, 1), dtype=np.float64)
+    _launch(_penalty_terms, param.size, _flat(param), float(l1), float(l2), terms)
+    return float(_copy_to_host(_column_sums(terms))[0, 0])
+
+
+# ----------------------------------------------------------------------------------- optimizer steps
+
+
+@cuda.jit
+def _sgd(param_flat, grad_flat, velocity_flat, lr, momentum, nesterov):
+    """``v = momentum v - lr g``; ``w += v``, or ``w += momentum v - lr g`` with Nesterov."""
+    i = cuda.grid(1)
+    if i >= param_flat.size:
+        return
+    g = grad_flat[i]
+    v = momentum * velocity_flat[i] - lr * g
+    velocity_flat[i] = v
+    param_flat[i] += (momentum * v - lr * g) if nesterov else v
+
+
+def sgd_update(param, grad, velocity, lr, momentum, nesterov):
+    """In place, Keras's SGD: ``v = momentum * v - lr * g``; ``w += v`` or, with Nesterov,
+    ``w += momentum * v - lr * g``.  With ``momentum == 0`` this is ``w -= lr * g``."""
+    _require_same_shape("sgd_update", param=param, grad=grad, velocity=velocity)
+    _launch(_sgd, param.size, _flat(param), _flat(grad), _flat(velocity), lr, momentum, bool(nesterov))
+
+
+@cuda.jit
+def _adam(param_flat, grad_flat, m_flat, v_flat, lr_t, beta_1, beta_2, epsilon):
+    """``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``; ``w -= lr_t m / (sqrt(v) + eps)``."""
+    i = cuda.grid(1)
+    if i >= param_flat.size:
+        return
+    g = grad_flat[i]
+    m = beta_1 * m_flat[i] + (1 - beta_1) * g
+    v = beta_2 * v_flat[i] + (1 - beta_2) * g * g
+    m_flat[i], v_flat[i] = m, v
+    param_flat[i] -= lr_t * m / (math.sqrt(v) + epsilon)
+
+
+def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, step):
+    """In place, Keras's Adam at step ``t = step`` (1-based)::
+
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+    """
+    _require_same_shape("adam_update", param=param, grad=grad, m=m, v=v)
+    lr_t = lr * math.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+    _launch(_adam, param.size, _flat(param), _flat(grad), _flat(m), _flat(v), lr_t, beta_1, beta_2, epsilon)
+
+
+@cuda.jit
+def _rmsprop(param_flat, grad_flat, mean_square_flat, lr, rho, epsilon):
+    """``s = rho s + (1 - rho) g^2``; ``w -= lr g / sqrt(s + eps)``, one thread per element."""
+    i = cuda.grid(1)
+    if i >= param_flat.size:
+        return
+    g = grad_flat[i]
+    s = rho * mean_square_flat[i] + (1 - rho) * g * g
+    mean_square_flat[i] = s
+    param_flat[i] -= lr * g / math.sqrt(s + epsilon)
+
+
+def rmsprop_update(param, grad, mean_square, lr, rho, epsilon):
+    """In place, Keras's RMSprop: ``s = rho s + (1 - rho) g^2``; ``w -= lr * g / sqrt(s + eps)``."""
+    _require_same_shape("rmsprop_update", param=param, grad=grad, mean_square=mean_square)
+    _launch(_rmsprop, param.size, _flat(param), _flat(grad), _flat(mean_square), lr, rho, epsilon)

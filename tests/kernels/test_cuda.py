@@ -1,0 +1,382 @@
+"""The numba.cuda kernels against the NumPy reference, on a GPU or on Numba's CUDA simulator.
+
+The simulator must be chosen before ``numba.cuda`` is first imported in the process, e.g.
+``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/kernels/test_cuda.py``.  Without a GPU or the
+simulator this module is skipped.  The simulator runs every GPU thread as a Python thread, so the
+shapes are tiny and the examples few.
+"""
+
+import importlib.util
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+numba_cuda = pytest.importorskip("numba.cuda", reason="the cuda kernels need numba-cuda (pip install minidl[gpu])")
+if not (numba_cuda.config.ENABLE_CUDASIM or numba_cuda.is_available()):
+    pytest.skip(
+        "no CUDA GPU and the simulator is off: run NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/kernels/test_cuda.py",
+        allow_module_level=True,
+    )
+
+from kernels import cuda as gpu  # noqa: E402  (only importable once the device question is settled)
+from kernels import numpy_ref  # noqa: E402
+from kernels.shapes import window_geometry  # noqa: E402
+
+FEW = settings(max_examples=8, deadline=None)
+DTYPES = [np.float32, np.float64]
+TOLERANCE = {np.float32: 2e-5, np.float64: 1e-11}
+
+
+def assert_close(device_result, expected, dtype):
+    host = gpu.to_host(device_result)
+    assert host.dtype == dtype
+    np.testing.assert_allclose(host, expected, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+def random_array(seed, shape, dtype, scale=1.0):
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
+
+
+@st.composite
+def window_problems(draw):
+    """A tiny batch of images and a window (size, strides, explicit pads) that fits them."""
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    height = draw(st.integers(kh if padding == "valid" else 1, 6))
+    width = draw(st.integers(kw if padding == "valid" else 1, 6))
+    x_shape = (draw(st.integers(1, 2)), height, width, draw(st.integers(1, 3)))
+    pads, _ = window_geometry((height, width), (kh, kw), (sh, sw), padding)
+    return x_shape, (kh, kw), (sh, sw), pads
+
+
+seeds = st.integers(0, 2**16)
+
+
+# ------------------------------------------------------------------------------------------ arrays
+
+
+def test_to_device_and_to_host_round_trip_counting_one_transfer_each():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4).T  # not C-contiguous on the host
+    gpu.reset_transfer_count()
+    on_device = gpu.to_device(x)
+    assert gpu.transfer_count() == 1
+    assert on_device.shape == (4, 3) and on_device.dtype == np.float32
+    assert gpu.to_device(on_device) is on_device
+    np.testing.assert_array_equal(gpu.to_host(on_device), x)
+    assert gpu.transfer_count() == 2
+
+
+def test_to_host_passes_numpy_arrays_through_without_a_transfer():
+    x = np.ones(3)
+    gpu.reset_transfer_count()
+    assert gpu.to_host(x) is x
+    assert gpu.transfer_count() == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [np.int32])
+def test_zeros_and_zeros_like_are_filled_on_the_device(dtype):
+    gpu.reset_transfer_count()
+    z = gpu.zeros((2, 3), dtype)
+    z_like = gpu.zeros_like(z)
+    assert gpu.transfer_count() == 0
+    for array in (z, z_like):
+        np.testing.assert_array_equal(gpu.to_host(array), np.zeros((2, 3), dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multiply_and_accumulate_match_numpy(dtype):
+    a, b = random_array(1, (3, 5), dtype), random_array(2, (3, 5), dtype)
+    assert_close(gpu.multiply(gpu.to_device(a), gpu.to_device(b)), numpy_ref.multiply(a, b), dtype)
+    total = gpu.to_device(a)
+    gpu.accumulate(total, gpu.to_device(b))
+    assert_close(total, a + b, dtype)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_is_a_python_bool_that_spots_nan_and_inf(bad):
+    x = np.ones((4, 5), np.float32)
+    assert gpu.all_finite(gpu.to_device(x)) is True
+    x[3, 2] = bad
+    assert gpu.all_finite(gpu.to_device(x)) is False
+
+
+def test_kernels_refuse_host_arrays_instead_of_copying_them_silently():
+    with pytest.raises(TypeError, match="to_device"):
+        gpu.multiply(np.ones(3), np.ones(3))
+
+
+def test_shape_mismatches_are_reported_with_the_function_and_shapes():
+    with pytest.raises(ValueError, match=r"multiply.*\(2,\).*\(3,\)"):
+        gpu.multiply(gpu.zeros(2, np.float32), gpu.zeros(3, np.float32))
+
+
+# ----------------------------------------------------------------------------------- linear algebra
+
+MATMULS = {
+    "matmul": lambda a, b: (a, b),
+    "matmul_tn": lambda a, b: (np.ascontiguousarray(a.T), b),
+    "matmul_nt": lambda a, b: (a, np.ascontiguousarray(b.T)),
+}
+
+
+@FEW
+@given(
+    st.sampled_from(sorted(MATMULS)),
+    st.integers(1, 40), st.integers(0, 40), st.integers(1, 40),
+    st.sampled_from(DTYPES), seeds,
+)
+@example("matmul", 17, 33, 18, np.float32, 0)  # no dimension a multiple of the 16x16 tile
+@example("matmul_tn", 16, 32, 16, np.float64, 0)  # every dimension exactly whole tiles
+@example("matmul_nt", 1, 1, 1, np.float32, 0)
+@example("matmul_tn", 3, 300, 4, np.float32, 0)  # long K, tiny output: K is split over 3 blocks
+@example("matmul_nt", 20, 290, 17, np.float64, 0)  # split K with ragged tiles
+def test_every_matmul_variant_matches_the_product_for_any_shape(variant, m, k, n, dtype, seed):
+    a, b = random_array(seed, (m, k), dtype), random_array(seed + 1, (k, n), dtype)
+    stored_a, stored_b = MATMULS[variant](a, b)
+    result = getattr(gpu, variant)(gpu.to_device(stored_a), gpu.to_device(stored_b))
+    assert_close(result, getattr(numpy_ref, variant)(stored_a, stored_b), dtype)
+
+
+def test_matmul_names_both_shapes_when_the_inner_dimensions_differ():
+    a, b = gpu.zeros((2, 3), np.float32), gpu.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"matmul.*\(2, 3\).*\(4, 5\)"):
+        gpu.matmul(a, b)
+
+
+@FEW
+@given(st.integers(1, 600), st.integers(1, 4), st.sampled_from(DTYPES), seeds)
+@example(600, 2, np.float64, 0)  # more rows than one fold pass handles
+def test_bias_grad_is_the_column_sum(rows, cols, dtype, seed):
+    grad_out = random_array(seed, (rows, cols), dtype)
+    assert_close(gpu.bias_grad(gpu.to_device(grad_out)), numpy_ref.bias_grad(grad_out), dtype)
+
+
+def test_set_gemm_rejects_an_unknown_engine():
+    with pytest.raises(ValueError, match="numba.*cublas"):
+        gpu.set_gemm("magma")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_cublas_gemm_without_cupy_raises_a_clear_error_and_keeps_the_numba_gemm():
+    with pytest.raises(RuntimeError, match="CuPy"):
+        gpu.set_gemm("cublas")
+    assert gpu.get_gemm() == "numba"
+
+
+# -------------------------------------------------------------------------------------- convolution
+
+
+@FEW
+@given(window_problems(), st.sampled_from(DTYPES), seeds)
+def test_im2col_and_col2im_match_the_reference(problem, dtype, seed):
+    x_shape, window, strides, pads = problem
+    x = random_array(seed, x_shape, dtype)
+    cols = numpy_ref.im2col(x, window, strides, pads)
+    assert_close(gpu.im2col(gpu.to_device(x), window, strides, pads), cols, dtype)
+    grad_cols = random_array(seed + 1, cols.shape, dtype)
+    assert_close(
+        gpu.col2im(gpu.to_device(grad_cols), x_shape, window, strides, pads),
+        numpy_ref.col2im(grad_cols, x_shape, window, strides, pads),
+        dtype,
+    )
+
+
+# ------------------------------------------------------------------------------------------ pooling
+
+
+@FEW
+@given(window_problems(), st.sampled_from(DTYPES), seeds)
+def test_max_pooling_forward_argmax_and_backward_match_the_reference(problem, dtype, seed):
+    x_shape, window, strides, pads = problem
+    x = random_array(seed, x_shape, dtype)
+    out, argmax = numpy_ref.maxpool_forward(x, window, strides, pads)
+    gpu_out, gpu_argmax = gpu.maxpool_forward(gpu.to_device(x), window, strides, pads)
+    assert_close(gpu_out, out, dtype)
+    np.testing.assert_array_equal(gpu.to_host(gpu_argmax), argmax)
+    grad_out = random_array(seed + 1, out.shape, dtype)
+    assert_close(
+        gpu.maxpool_backward(gpu.to_device(grad_out), gpu_argmax, x_shape, window, strides, pads),
+        numpy_ref.maxpool_backward(grad_out, argmax, x_shape, window, strides, pads),
+        dtype,
+    )
+
+
+def test_max_pooling_argmax_picks_the_first_of_equal_maxima():
+    x = np.zeros((1, 2, 2, 1), np.float32)
+    _, argmax = gpu.maxpool_forward(gpu.to_device(x), (2, 2), (2, 2), ((0, 0), (0, 0)))
+    assert gpu.to_host(argmax).item() == numpy_ref.maxpool_forward(x, (2, 2), (2, 2), ((0, 0), (0, 0)))[1].item() == 0
+
+
+@FEW
+@given(window_problems(), st.sampled_from(DTYPES), seeds)
+def test_average_pooling_forward_and_backward_match_the_reference(problem, dtype, seed):
+    x_shape, window, strides, pads = problem
+    x = random_array(seed, x_shape, dtype)
+    out = numpy_ref.avgpool_forward(x, window, strides, pads)
+    assert_close(gpu.avgpool_forward(gpu.to_device(x), window, strides, pads), out, dtype)
+    grad_out = random_array(seed + 1, out.shape, dtype)
+    assert_close(
+        gpu.avgpool_backward(gpu.to_device(grad_out), x_shape, window, strides, pads),
+        numpy_ref.avgpool_backward(grad_out, x_shape, window, strides, pads),
+        dtype,
+    )
+
+
+# -------------------------------------------------------------------------------------- activations
+
+
+@pytest.mark.parametrize("activation", numpy_ref.ACTIVATIONS)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_activation_and_its_gradient_match_the_reference(activation, with_bias):
+    dtype = np.float32
+    z, grad_out = random_array(1, (2, 3, 4), dtype, scale=3.0), random_array(2, (2, 3, 4), dtype)
+    bias = random_array(3, (4,), dtype) if with_bias else None
+    y = numpy_ref.bias_activation(z, bias, activation)
+    gpu_bias = gpu.to_device(bias) if with_bias else None
+    gpu_y = gpu.bias_activation(gpu.to_device(z), gpu_bias, activation)
+    assert_close(gpu_y, y, dtype)
+    assert_close(
+        gpu.activation_grad(gpu.to_device(grad_out), gpu_y, activation),
+        numpy_ref.activation_grad(grad_out, y, activation),
+        dtype,
+    )
+
+
+def test_unknown_activation_is_rejected_by_name():
+    with pytest.raises(ValueError, match="swish"):
+        gpu.bias_activation(gpu.zeros((2, 2), np.float32), None, "swish")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_leaky_relu_and_its_gradient_match_the_reference(dtype):
+    z, grad_out = random_array(4, (3, 7), dtype), random_array(5, (3, 7), dtype)
+    assert_close(gpu.leaky_relu(gpu.to_device(z), 0.2), numpy_ref.leaky_relu(z, 0.2), dtype)
+    assert_close(
+        gpu.leaky_relu_grad(gpu.to_device(grad_out), gpu.to_device(z), 0.2),
+        numpy_ref.leaky_relu_grad(grad_out, z, 0.2),
+        dtype,
+    )
+
+
+@FEW
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=3), st.sampled_from(DTYPES), seeds)
+def test_softmax_and_its_gradient_match_the_reference_over_the_last_axis(shape, dtype, seed):
+    z, grad_out = random_array(seed, shape, dtype, scale=10.0), random_array(seed + 1, shape, dtype)
+    y = numpy_ref.softmax(z)
+    assert_close(gpu.softmax(gpu.to_device(z)), y, dtype)
+    assert_close(
+        gpu.softmax_grad(gpu.to_device(grad_out), gpu.to_device(y)), numpy_ref.softmax_grad(grad_out, y), dtype
+    )
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+@FEW
+@given(st.integers(1, 6), st.integers(2, 5), st.sampled_from([1.0, 1e3]), st.sampled_from(DTYPES), seeds)
+def test_fused_softmax_cross_entropy_matches_the_reference_even_for_huge_logits(n, k, scale, dtype, seed):
+    logits = random_array(seed, (n, k), dtype, scale=scale)
+    targets = np.eye(k, dtype=dtype)[np.random.default_rng(seed).integers(0, k, n)]
+    losses, grad = numpy_ref.softmax_cross_entropy(logits, targets)
+    gpu_losses, gpu_grad = gpu.softmax_cross_entropy(gpu.to_device(logits), gpu.to_device(targets))
+    # the loss is a difference of terms of size `scale`: allow float rounding relative to that
+    np.testing.assert_allclose(gpu.to_host(gpu_losses), losses, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * scale)
+    assert_close(gpu_grad, grad, dtype)
+
+
+# ----------------------------------------------------------------------------------- regularisation
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the simulator's uint64 wrap-around
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_mask_keeps_about_one_minus_rate_scaled_and_repeats_for_a_seed(dtype):
+    rate, shape = 0.25, (10, 24)
+    mask = gpu.to_host(gpu.dropout_mask(shape, rate, 7, dtype))
+    assert mask.shape == shape and mask.dtype == dtype
+    np.testing.assert_array_equal(np.unique(mask), np.array([0, 1 / (1 - rate)], dtype))
+    assert 0.6 < (mask > 0).mean() < 0.9  # 240 draws of keep probability 0.75
+    np.testing.assert_array_equal(gpu.to_host(gpu.dropout_mask(shape, rate, 7, dtype)), mask)
+    assert (gpu.to_host(gpu.dropout_mask(shape, rate, 8, dtype)) != mask).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("l1, l2", [(0.0, 0.0), (0.01, 0.0), (0.0, 0.02), (0.01, 0.02)])
+def test_regularize_grad_in_place_and_the_penalty_match_the_reference(dtype, l1, l2):
+    param, grad = random_array(6, (5, 3), dtype), random_array(7, (5, 3), dtype)
+    param[0, 0] = 0  # sign(0) == 0
+    expected = grad.copy()
+    numpy_ref.regularize_grad(expected, param, l1, l2)
+    gpu_grad = gpu.to_device(grad)
+    gpu.regularize_grad(gpu_grad, gpu.to_device(param), l1, l2)
+    assert_close(gpu_grad, expected, dtype)
+    penalty = gpu.regularization_penalty(gpu.to_device(param), l1, l2)
+    assert isinstance(penalty, float)
+    assert penalty == pytest.approx(numpy_ref.regularization_penalty(param, l1, l2), rel=1e-5, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------- optimizer steps
+
+
+def two_steps(update, arrays, **hyper):
+    """Apply ``update`` twice with NumPy and with the GPU kernels; return both sets of states."""
+    host = [a.copy() for a in arrays]
+    device = [gpu.to_device(a) for a in arrays]
+    for step in (1, 2):
+        step_args = {"step": step} if update == "adam_update" else {}
+        getattr(numpy_ref, update)(*host, **hyper, **step_args)
+        getattr(gpu, update)(*device, **hyper, **step_args)
+    return host, device
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "update, n_arrays, hyper",
+    [
+        ("sgd_update", 3, dict(lr=0.1, momentum=0.0, nesterov=False)),
+        ("sgd_update", 3, dict(lr=0.1, momentum=0.9, nesterov=False)),
+        ("sgd_update", 3, dict(lr=0.1, momentum=0.9, nesterov=True)),
+        ("adam_update", 4, dict(lr=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7)),
+        ("rmsprop_update", 3, dict(lr=0.01, rho=0.9, epsilon=1e-7)),
+    ],
+)
+def test_optimizer_updates_in_place_match_the_reference_over_two_steps(dtype, update, n_arrays, hyper):
+    param, grad = random_array(8, (4, 3), dtype), random_array(9, (4, 3), dtype)
+    states = [np.abs(random_array(10 + i, (4, 3), dtype)) for i in range(n_arrays - 2)]
+    host, device = two_steps(update, [param, grad, *states], **hyper)
+    for expected, result in zip(host, device):
+        assert_close(result, expected, dtype)
+    assert not np.array_equal(host[0], param)  # the step moved the weights
+
+
+# --------------------------------------------------------------------------------- transfers, setup
+
+
+def test_transfer_counter_counts_copies_and_scalar_reductions_but_not_kernels():
+    x = np.ones((8, 4), np.float32)
+    gpu.reset_transfer_count()
+    on_device = gpu.to_device(x)
+    hidden = gpu.bias_activation(gpu.matmul(on_device, gpu.to_device(np.ones((4, 2), np.float32))), None, "relu")
+    gpu.bias_grad(hidden)
+    assert gpu.transfer_count() == 2
+    gpu.all_finite(hidden)
+    gpu.regularization_penalty(hidden, 0.1, 0.1)
+    assert gpu.transfer_count() == 4
+    gpu.to_host(hidden)
+    assert gpu.transfer_count() == 5
+    gpu.reset_transfer_count()
+    assert gpu.transfer_count() == 0
+
+
+def test_check_available_accepts_the_simulator_or_a_gpu():
+    gpu.check_available()
+
+
+def test_check_available_explains_how_to_get_a_device_when_there_is_none(monkeypatch):
+    monkeypatch.setattr(gpu, "ON_SIMULATOR", False)
+    monkeypatch.setattr(gpu.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError) as error:
+        gpu.check_available()
+    assert "NUMBA_ENABLE_CUDASIM=1" in str(error.value) and "minidl[gpu]" in str(error.value)
