@@ -38,7 +38,7 @@ from numba.cuda.random import (
     xoroshiro128p_uniform_float32,
 )
 
-from kernels.numpy_ref import ACTIVATIONS, _check_activation
+from kernels.numpy_ref import ACTIVATIONS, check_activation
 from kernels.shapes import output_length
 
 ON_SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
@@ -670,7 +670,7 @@ def bias_activation(z, bias, activation):
     ``f`` is ``linear``, ``relu`` ``max(0, v)``, ``sigmoid`` ``1 / (1 + e^-v)`` or ``tanh``.
     Any shape ``(..., C)`` -> the same shape.
     """
-    _check_activation(activation)
+    check_activation(activation)
     channels = _last_axis(z)
     if bias is not None and tuple(bias.shape) != (channels,):
         raise ValueError(f"kernels.cuda.bias_activation: bias must have shape ({channels},), got {bias.shape}")
@@ -692,7 +692,7 @@ def activation_grad(grad_out, y, activation):
 
     relu: ``y > 0``; sigmoid: ``y (1 - y)``; tanh: ``1 - y^2``; linear: ``1``.  Same shape in and out.
     """
-    _check_activation(activation)
+    check_activation(activation)
     _require_same_shape("activation_grad", grad_out=grad_out, y=y)
     grad_in = cuda.device_array(grad_out.shape, dtype=grad_out.dtype)
     _launch(_activation_grad, grad_in.size, _flat(grad_out), _flat(y), ACTIVATIONS.index(activation), _flat(grad_in))

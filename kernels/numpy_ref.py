@@ -211,7 +211,7 @@ def avgpool_backward(grad_out, x_shape, pool_size, strides, pads):
 # ------------------------------------------------------------------------------------ activations
 
 
-def _check_activation(activation):
+def check_activation(activation):
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
@@ -222,7 +222,7 @@ def bias_activation(z, bias, activation):
     ``f`` is ``linear`` (identity), ``relu`` ``max(0, v)``, ``sigmoid`` ``1 / (1 + e^-v)`` or
     ``tanh``.  Any shape ``(..., C)`` -> the same shape.
     """
-    _check_activation(activation)
+    check_activation(activation)
     v = z if bias is None else z + bias
     if activation == "relu":
         return np.maximum(v, 0)
@@ -244,7 +244,7 @@ def activation_grad(grad_out, y, activation):
 
     relu: ``y > 0``; sigmoid: ``y (1 - y)``; tanh: ``1 - y^2``; linear: ``1``.  Same shape in and out.
     """
-    _check_activation(activation)
+    check_activation(activation)
     if activation == "relu":
         return grad_out * (y > 0)
     if activation == "sigmoid":

@@ -1,8 +1,14 @@
+import ctypes.util
 import importlib.util
+import os
 
-import pytest
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and ctypes.util.find_library("cuda") is None:
+    # no NVIDIA driver: kernels/cuda.py is tested on Numba's CUDA simulator (set before Numba reads it)
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
-import minidl
+import pytest  # noqa: E402
+
+import minidl  # noqa: E402
 
 CPU_BACKENDS = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
 

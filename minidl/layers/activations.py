@@ -18,9 +18,15 @@ def check_activation(activation, layer_name):
     return activation
 
 
+def rows_of_last_axis(a):
+    """``(..., K) -> (M, K)``, a reshape (device arrays too, whose shapes take no negative index)."""
+    *_, last = a.shape
+    return a.reshape(-1, last)
+
+
 def softmax_last_axis(z):
     """``softmax`` over the last axis of any-rank ``z``: ``(..., K) -> (..., K)``."""
-    return ops.softmax(z.reshape(-1, z.shape[-1])).reshape(z.shape)
+    return ops.softmax(rows_of_last_axis(z)).reshape(z.shape)
 
 
 def activate(z, bias, activation):
@@ -39,7 +45,7 @@ def activation_backward(grad_out, y, activation):
     """``dL/dz = dL/dy * f'(z)`` from the output ``y``:
     relu ``[y > 0]``, sigmoid ``y (1 - y)``, tanh ``1 - y^2``, softmax ``y * (g - sum_k g_k y_k)``."""
     if activation == "softmax":
-        flat = ops.softmax_grad(grad_out.reshape(-1, y.shape[-1]), y.reshape(-1, y.shape[-1]))
+        flat = ops.softmax_grad(rows_of_last_axis(grad_out), rows_of_last_axis(y))
         return flat.reshape(y.shape)
     return ops.activation_grad(grad_out, y, activation)
 

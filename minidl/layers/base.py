@@ -112,7 +112,7 @@ class Layer:
         new_values = {}
         for key, value in zip(keys, weights):
             value = np.asarray(value)
-            expected = ops.to_host(self.params[key]).shape
+            expected = tuple(self.params[key].shape)
             if value.shape != expected:
                 raise ValueError(f"layer {self.name!r}: weight {key!r} must have shape {expected}, "
                                  f"got {value.shape}")
@@ -130,7 +130,7 @@ class Layer:
         self.params = {key: ops.to_device(ops.to_host(value)) for key, value in self.params.items()}
 
     def count_params(self):
-        return int(sum(np.prod(ops.to_host(value).shape) for value in self.params.values()))
+        return int(sum(np.prod(value.shape) for value in self.params.values()))
 
     def workspace_bytes(self, batch_size):
         """Scratch memory one forward/backward pass needs beyond inputs and outputs (0 for most)."""

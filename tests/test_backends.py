@@ -1,0 +1,95 @@
+"""The same model trained on different backends from the same weights ends with the same weights."""
+
+import ctypes.util
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl import layers
+from minidl.presets import seed_cnn
+
+needs_cuda = pytest.mark.skipif(
+    importlib.util.find_spec("numba_cuda") is None and importlib.util.find_spec("numba.cuda") is None,
+    reason="numba-cuda is not installed (pip install -e '.[gpu]')")
+
+
+def train(backend, make_model, x, y, steps, batch_size):
+    minidl.set_backend(backend)
+    minidl.utils.set_random_seed(0)
+    model = make_model()
+    model.compile(optimizer=minidl.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                  loss="sparse_categorical_crossentropy")
+    model.fit(x[:steps * batch_size], y[:steps * batch_size], batch_size=batch_size, epochs=1,
+              verbose=0, seed=1)
+    return model.get_weights()
+
+
+@pytest.fixture(autouse=True)
+def restore_backend():
+    previous = minidl.get_backend()
+    yield
+    minidl.set_backend(previous)
+
+
+def assert_same_weights(reference, other, atol):
+    for expected, actual in zip(reference, other):
+        np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=atol)
+
+
+def test_numba_and_numpy_train_the_seed_cnn_to_the_same_weights():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((5 * 32, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 5 * 32)
+    reference = train("numpy", seed_cnn, x, y, steps=5, batch_size=32)
+    assert_same_weights(reference, train("numba", seed_cnn, x, y, steps=5, batch_size=32), atol=1e-5)
+
+
+def tiny_cnn():
+    return minidl.Sequential([layers.Input((6, 6, 1)), layers.Conv2D(3, 3, activation="relu"),
+                              layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(3, activation="softmax")])
+
+
+@needs_cuda
+def test_cuda_and_numpy_train_to_the_same_weights():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 6, 6, 1), dtype=np.float32), rng.integers(0, 3, 8)
+    reference = train("numpy", tiny_cnn, x, y, steps=2, batch_size=4)
+    assert_same_weights(reference, train("cuda", tiny_cnn, x, y, steps=2, batch_size=4), atol=1e-6)
+
+
+@needs_cuda
+def test_a_cuda_training_step_copies_only_the_batch_in_and_scalars_out():
+    from kernels import cuda
+
+    minidl.set_backend("cuda")
+    model = tiny_cnn()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x_batch = cuda.to_device(rng.random((4, 6, 6, 1), dtype=np.float32))
+    targets = cuda.to_device(model.loss.encode_targets(rng.integers(0, 3, 4), (3,), np.float32))
+    model.train_step(x_batch, targets)  # first step creates the optimizer's slots on the device
+    cuda.reset_transfer_count()
+    loss, _ = model.train_step(x_batch, targets)
+    parameter_tensors = sum(len(layer.params) for layer in model.layers)
+    # the per-sample losses, and one finiteness flag per gradient; parameters never leave the device
+    assert cuda.transfer_count() == 1 + parameter_tensors
+    assert np.isfinite(loss)
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        minidl.set_backend("tpu")
+
+
+@needs_cuda
+@pytest.mark.skipif(ctypes.util.find_library("cuda") is not None, reason="this machine has a CUDA driver")
+def test_cuda_without_a_gpu_or_simulator_says_what_to_do():
+    script = "import minidl; minidl.set_backend('cuda')"
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert completed.returncode != 0
+    assert "NUMBA_ENABLE_CUDASIM=1" in completed.stderr and "minidl[gpu]" in completed.stderr
