@@ -50,8 +50,10 @@ DEFAULT_NUM_THREADS = 1
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 HEAP_MMAP_THRESHOLD, HEAP_TRIM_THRESHOLD = 32 * 2**20, 2**30
 
-jit = numba.njit(cache=True)
-jit_parallel = numba.njit(cache=True, parallel=True)
+# error_model="numpy": division by zero gives inf/nan as in NumPy instead of raising, which also
+# lets LLVM vectorise loops that divide.
+jit = numba.njit(cache=True, error_model="numpy")
+jit_parallel = numba.njit(cache=True, error_model="numpy", parallel=True)
 
 
 # ------------------------------------------------------------------------------- helpers (Python)
@@ -291,7 +293,7 @@ def maxpool_forward(x, pool_size, strides, pads):
 
 
 @jit_parallel
-def _maxpool_backward_kernel(grad_out, argmax, pw, sh, sw, top, left, grad_in):
+def _maxpool_backward_kernel(grad_out, argmax, ph, pw, sh, sw, top, left, grad_in):
     """``grad_in[n, oh*SH + i - top, ow*SW + j - left, c] += grad_out[n, oh, ow, c]`` where
     ``argmax == i*PW + j``; one image per parallel task."""
     n_images, height, width, channels = grad_in.shape
@@ -300,12 +302,17 @@ def _maxpool_backward_kernel(grad_out, argmax, pw, sh, sw, top, left, grad_in):
         grad_in[n] = 0
         for oh in range(out_h):
             for ow in range(out_w):
-                for c in range(channels):
-                    index = argmax[n, oh, ow, c]
-                    h = oh * sh + index // pw - top
-                    w = ow * sw + index % pw - left
-                    if 0 <= h < height and 0 <= w < width:
-                        grad_in[n, h, w, c] += grad_out[n, oh, ow, c]
+                for i in range(ph):
+                    h = oh * sh + i - top
+                    if h < 0 or h >= height:
+                        continue
+                    for j in range(pw):
+                        w = ow * sw + j - left
+                        if w < 0 or w >= width:
+                            continue
+                        for c in range(channels):
+                            if argmax[n, oh, ow, c] == i * pw + j:
+                                grad_in[n, h, w, c] += grad_out[n, oh, ow, c]
 
 
 def maxpool_backward(grad_out, argmax, x_shape, pool_size, strides, pads):
@@ -315,10 +322,10 @@ def maxpool_backward(grad_out, argmax, x_shape, pool_size, strides, pads):
     ``grad_in[n, oh*SH + i, ow*SW + j, c] += grad_out[n, oh, ow, c]`` where ``argmax == i*PW + j``.
     """
     _check_same_shape("maxpool_backward", "grad_out", grad_out, "argmax", argmax)
-    (_, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
     grad_in = np.empty(tuple(x_shape), dtype=grad_out.dtype)
     _maxpool_backward_kernel(
-        np.ascontiguousarray(grad_out), np.ascontiguousarray(argmax), pw, sh, sw, top, left, grad_in
+        np.ascontiguousarray(grad_out), np.ascontiguousarray(argmax), ph, pw, sh, sw, top, left, grad_in
     )
     return grad_in
 
@@ -696,9 +703,10 @@ def _adam_kernel(param, grad, m, v, lr_t, beta_1, beta_2, epsilon):
     one = dtype(1)
     for i in range(param.size):
         g = grad[i]
-        m[i] = b1 * m[i] + (one - b1) * g
-        v[i] = b2 * v[i] + (one - b2) * g * g
-        param[i] -= lr * m[i] / (np.sqrt(v[i]) + eps)
+        m_i = b1 * m[i] + (one - b1) * g
+        v_i = b2 * v[i] + (one - b2) * g * g
+        m[i], v[i] = m_i, v_i
+        param[i] -= lr * m_i / (np.sqrt(v_i) + eps)
 
 
 def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, step):
@@ -723,8 +731,9 @@ def _rmsprop_kernel(param, grad, mean_square, lr, rho, epsilon):
     lr_t, rho_t, eps = dtype(lr), dtype(rho), dtype(epsilon)
     for i in range(param.size):
         g = grad[i]
-        mean_square[i] = rho_t * mean_square[i] + (dtype(1) - rho_t) * g * g
-        param[i] -= lr_t * g / np.sqrt(mean_square[i] + eps)
+        s_i = rho_t * mean_square[i] + (dtype(1) - rho_t) * g * g
+        mean_square[i] = s_i
+        param[i] -= lr_t * g / np.sqrt(s_i + eps)
 
 
 def rmsprop_update(param, grad, mean_square, lr, rho, epsilon):
