@@ -136,27 +136,34 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--skip-numpy", action="store_true", help="time only the Numba kernels")
+    parser.add_argument(
+        "--numpy-only", action="store_true",
+        help="time only numpy_ref, without importing kernels.cpu (which changes glibc's malloc settings)",
+    )
     parser.add_argument("--skip-compile", action="store_true", help="do not time cold/cached compiles")
     args = parser.parse_args()
 
-    from kernels import cpu
+    backends = [] if args.skip_numpy else [("numpy_ref", numpy_ref)]
+    policy = "kernels.cpu not imported"
+    if not args.numpy_only:
+        from kernels import cpu
 
-    cpu.warmup(np.float32)
+        cpu.warmup(np.float32)
+        backends.append(("cpu", cpu))
+        policy = cpu.thread_policy()
     print(f"# {' '.join(sys.argv)}")
     print(f"# {datetime.date.today()}  {platform.node()}  {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, numpy {np.__version__}; {cpu.thread_policy()}")
+          f"{os.cpu_count()} cores, numpy {np.__version__}; {policy}")
     print(f"{'backend':<10} {'batch':>5} {'ms/step':>9} {'s/epoch':>8}")
-    backends = ([] if args.skip_numpy else [("numpy_ref", numpy_ref)]) + [("cpu", cpu)]
     for batch in args.batches:
         for name, module in backends:
             ms = time_steps(module, batch, args.steps)
             print(f"{name:<10} {batch:>5} {ms:>9.2f} {ms * EPOCH_SAMPLES / batch / 1e3:>8.1f}")
-    if not args.skip_compile:
+    if not (args.skip_compile or args.numpy_only):
         with tempfile.TemporaryDirectory() as cache_dir:
             for label in ("cold", "cached"):
                 total, in_warmup = warmup_seconds(cache_dir)
                 print(f"compile {label:<6}: import + warmup(float32) {total:.2f} s (warmup itself {in_warmup:.2f} s)")
-
 
 if __name__ == "__main__":
     main()
