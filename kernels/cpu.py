@@ -73,6 +73,9 @@ __all__ = [
 
 LINEAR, RELU, SIGMOID, TANH = (ACTIVATIONS.index(name) for name in ("linear", "relu", "sigmoid", "tanh"))
 
+# Rows each parallel task of a column sum adds up before the partial sums are combined.
+SUM_CHUNK_ROWS = 1024
+
 # Threads of the parallel Numba kernels when MINIDL_NUM_THREADS is not set (see "Threads" above).
 DEFAULT_NUM_THREADS = 1
 
@@ -122,6 +125,7 @@ def _padded_output_hw(x_shape, window, strides, pads):
 
 @jit_parallel
 def _multiply_kernel(a, b, out):
+    """``out[i] = a[i] * b[i]`` over flat arrays."""
     for i in numba.prange(a.size):
         out[i] = a[i] * b[i]
 
@@ -136,6 +140,7 @@ def multiply(a, b):
 
 @jit
 def _all_finite_kernel(x):
+    """``False`` at the first NaN or infinity of the flat array ``x``, else ``True``."""
     for i in range(x.size):
         if not np.isfinite(x[i]):
             return False
@@ -192,7 +197,7 @@ def _column_sums_kernel(g, chunk_rows, out):
 def bias_grad(grad_out):
     """Gradient of a bias broadcast over rows: ``grad_out.sum(axis=0)``, ``(M, N) -> (N,)``."""
     out = np.empty(grad_out.shape[1], dtype=grad_out.dtype)
-    _column_sums_kernel(np.ascontiguousarray(grad_out), 1024, out)
+    _column_sums_kernel(np.ascontiguousarray(grad_out), SUM_CHUNK_ROWS, out)
     return out
 
 
@@ -533,7 +538,7 @@ def _leaky_relu_kernel(z, alpha, y):
 def leaky_relu(z, alpha):
     """``y = z`` where ``z > 0``, else ``alpha * z``.  Same shape in and out."""
     y = np.empty_like(z, order="C")
-    _leaky_relu_kernel(_flat(z), alpha, y.reshape(-1))
+    _leaky_relu_kernel(_flat(z), float(alpha), y.reshape(-1))
     return y
 
 
@@ -549,7 +554,7 @@ def leaky_relu_grad(grad_out, z, alpha):
     """``dL/dz = dL/dy`` where ``z > 0``, else ``alpha * dL/dy``.  Same shape in and out."""
     _check_same_shape("leaky_relu_grad", "grad_out", grad_out, "z", z)
     grad_in = np.empty_like(grad_out, order="C")
-    _leaky_relu_grad_kernel(_flat(grad_out), _flat(z), alpha, grad_in.reshape(-1))
+    _leaky_relu_grad_kernel(_flat(grad_out), _flat(z), float(alpha), grad_in.reshape(-1))
     return grad_in
 
 
@@ -661,7 +666,7 @@ def dropout_mask(shape, rate, seed, dtype):
     """
     uniform = np.random.default_rng(seed).random(shape, dtype=np.float32)
     mask = np.empty(shape, dtype=dtype)
-    _dropout_mask_kernel(uniform.reshape(-1), rate, mask.reshape(-1))
+    _dropout_mask_kernel(uniform.reshape(-1), float(rate), mask.reshape(-1))
     return mask
 
 
@@ -678,7 +683,9 @@ def regularize_grad(grad, param, l1, l2):
     ``l1 * sum|w| + l2 * sum w^2``."""
     _check_same_shape("regularize_grad", "grad", grad, "param", param)
     if l1 or l2:
-        _regularize_grad_kernel(_flat_inplace("regularize_grad", "grad", grad), _flat(param), l1, l2)
+        _regularize_grad_kernel(
+            _flat_inplace("regularize_grad", "grad", grad), _flat(param), float(l1), float(l2)
+        )
 
 
 @jit
@@ -850,13 +857,13 @@ def _warmup_calls(dtype):
     x, image, window, strides = array(2, 5, 5, 3), (2, 5, 5, 3), (2, 2), (1, 1)
     pads = ((0, 1), (0, 1))
     pooled, argmax = numpy_ref.maxpool_forward(x, window, strides, pads)
-    long_rows = array(1024, 4)
+    rows = array(8, 4)
     logits, targets = array(4, 3), np.full((4, 3), 1 / 3, dtype=dtype)
     param, grad, slot_1, slot_2 = array(8), array(8), np.zeros(8, dtype), np.zeros(8, dtype)
     return {
         "multiply": lambda: multiply(param, grad),
         "all_finite": lambda: all_finite(param),
-        "bias_grad": lambda: bias_grad(long_rows),
+        "bias_grad": lambda: bias_grad(rows),
         "im2col": lambda: im2col(x, window, strides, pads),
         "col2im": lambda: col2im(array(50, 12), image, window, strides, pads),
         "maxpool_forward": lambda: maxpool_forward(x, window, strides, pads),
