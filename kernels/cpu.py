@@ -1,0 +1,901 @@
+"""The reference kernels made fast with Numba: same names, signatures and results as ``numpy_ref``.
+
+Every loop kernel is an ``@numba.njit(cache=True)`` function over C-contiguous arrays, compiled once
+per dtype (float32, float64) and cached on disk, so a second process starts warm (:func:`warmup`
+compiles or loads them all and reports the seconds each took).  The public functions are thin
+wrappers that resolve shapes (``kernels.shapes``), allocate the fresh output and call the kernel.
+Every returned array is a fresh C-contiguous array the caller may keep; the optimizer updates and
+:func:`regularize_grad` work in place and need C-contiguous targets.
+
+Loops whose size is an activation tensor (im2col, col2im, pooling, activations, ...) are compiled
+``parallel=True`` over images or rows; loops over parameters or a batch of logits are serial.
+Division follows IEEE rules as in NumPy (``x / 0`` is ``inf``), which also lets loops vectorise.
+
+GEMMs
+-----
+:func:`matmul`, :func:`matmul_tn` and :func:`matmul_nt` call NumPy's BLAS, which handles the
+transposes without copies.  The seed CNN's first conv has ``K = 3*3*1 = 9``; a direct Numba loop
+for such thin products was measured (batch 128, fp32, 2-core VM, 2026-11-23) and lost everywhere:
+``(86528, 9) @ (9, 32)`` BLAS 0.45-0.56 ms vs Numba 2.2-2.9 ms; ``(9, 86528) @ (86528, 32)`` 1.2 vs
+2.1-2.4 ms; ``(86528, 32) @ (32, 9)`` 0.6-0.8 vs 10 ms.  BLAS only looked slow on these shapes
+because every fresh output paid page faults, which :func:`retain_freed_memory` removes.
+
+Memory
+------
+Importing this module calls :func:`retain_freed_memory`: glibc then keeps freed blocks of up to
+32 MiB for reuse instead of unmapping them, so the same large arrays allocated every step no longer
+page-fault.  Measured on the seed CNN step at batch 128: about 6,800 page faults and 20 ms of
+system time per 62 ms step before, none after (``benchmarks/kernel_step.py``).  The process keeps
+its peak heap instead of returning it to the OS.
+
+Threads
+-------
+Policy: BLAS owns the cores; the Numba kernels run on one thread.  ``MINIDL_NUM_THREADS=n`` at import,
+or :func:`set_num_threads`, gives them ``n`` threads (for the calling thread: Numba's rule).  BLAS
+threads are NumPy's default (all cores) unless ``OPENBLAS_NUM_THREADS`` is set before Python starts.
+``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` so idle Numba threads sleep instead of spinning against
+BLAS's.  Measured with ``benchmarks/kernel_step.py`` (seed CNN forward + backward + Adam, fp32,
+2-core VM, 2026-11-23, ms per step at batch 32 / 128, three runs each):
+
+* Numba 1 thread, BLAS 2 (the default):        7.4-7.7 / 28.8-30.1
+* Numba 2 threads passive, BLAS 2:             8.1-12.3 / 32.5-38.0
+* Numba 2 threads spinning (``OMP_WAIT_POLICY=active``), BLAS 2: 72-305 / 88-264, the fight
+* Numba 1 thread, BLAS 1:                      9.2-11.5 / 44.0-49.1
+
+The GEMMs are over half the step and use both cores; the Numba loops are memory-bound and gain
+little from a second core that BLAS's threads are about to claim.
+"""
+
+import ctypes
+import os
+import sys
+import time
+
+# Numba's OpenMP threads must sleep, not spin, while BLAS runs; libgomp reads this when it loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kernels import numpy_ref  # noqa: E402
+from kernels.numpy_ref import ACTIVATIONS, to_device, to_host, zeros, zeros_like  # noqa: E402
+from kernels.shapes import output_length  # noqa: E402
+
+__all__ = [
+    "to_device", "to_host", "zeros", "zeros_like", "multiply", "all_finite",
+    "matmul", "matmul_tn", "matmul_nt", "bias_grad", "im2col", "col2im",
+    "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
+    "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
+    "softmax_cross_entropy", "dropout_mask", "regularize_grad", "regularization_penalty",
+    "sgd_update", "adam_update", "rmsprop_update",
+    "check_available", "retain_freed_memory", "set_num_threads", "thread_policy", "warmup",
+]
+
+LINEAR, RELU, SIGMOID, TANH = (ACTIVATIONS.index(name) for name in ("linear", "relu", "sigmoid", "tanh"))
+
+# Rows each parallel task of a column sum adds up before the partial sums are combined.
+SUM_CHUNK_ROWS = 1024
+
+# Threads of the parallel Numba kernels when MINIDL_NUM_THREADS is not set (see "Threads" above).
+DEFAULT_NUM_THREADS = 1
+
+# glibc mallopt parameters, and the values that keep freed blocks up to 32 MiB in the heap.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_MMAP_THRESHOLD, HEAP_TRIM_THRESHOLD = 32 * 2**20, 2**30
+
+# error_model="numpy": division by zero gives inf/nan as in NumPy instead of raising, which also
+# lets LLVM vectorise loops that divide.
+jit = numba.njit(cache=True, error_model="numpy")
+jit_parallel = numba.njit(cache=True, error_model="numpy", parallel=True)
+
+
+# ------------------------------------------------------------------------------- helpers (Python)
+
+
+def _activation_code(function, activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{function}: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return ACTIVATIONS.index(activation)
+
+
+def _flat(x):
+    """``x`` as a 1-D C-contiguous array (a view when ``x`` is already contiguous)."""
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def _flat_inplace(function, name, x):
+    """A 1-D view of ``x`` for an in-place update; refuses arrays a view cannot cover."""
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{function}: {name} must be C-contiguous to be updated in place")
+    return x.reshape(-1)
+
+
+def _check_same_shape(function, a_name, a, b_name, b):
+    if a.shape != b.shape:
+        raise ValueError(f"{function}: {a_name} has shape {a.shape} but {b_name} has shape {b.shape}")
+
+
+def _padded_output_hw(x_shape, window, strides, pads):
+    (_, height, width, _), (kh, kw), (sh, sw), (pad_h, pad_w) = x_shape, window, strides, pads
+    return output_length(height, kh, sh, *pad_h), output_length(width, kw, sw, *pad_w)
+
+
+# ------------------------------------------------------------------------------------ arrays
+
+
+@jit_parallel
+def _multiply_kernel(a, b, out):
+    """``out[i] = a[i] * b[i]`` over flat arrays."""
+    for i in numba.prange(a.size):
+        out[i] = a[i] * b[i]
+
+
+def multiply(a, b):
+    """Elementwise ``a * b`` of two arrays of the same shape (a fresh array)."""
+    _check_same_shape("multiply", "a", a, "b", b)
+    out = np.empty(a.shape, dtype=np.result_type(a, b))
+    _multiply_kernel(_flat(a), _flat(b), out.reshape(-1))
+    return out
+
+
+@jit
+def _all_finite_kernel(x):
+    """``False`` at the first NaN or infinity of the flat array ``x``, else ``True``."""
+    for i in range(x.size):
+        if not np.isfinite(x[i]):
+            return False
+    return True
+
+
+def all_finite(x):
+    """``True`` when no element of ``x`` is NaN or infinite (a Python bool); stops at the first."""
+    return bool(_all_finite_kernel(_flat(x)))
+
+
+# --------------------------------------------------------------------------------- linear algebra
+
+
+def _check_matmul(function, a, b, a_axis, b_axis):
+    if a.ndim != 2 or b.ndim != 2 or a.shape[a_axis] != b.shape[b_axis]:
+        raise ValueError(f"{function}: cannot multiply shapes {a.shape} and {b.shape}")
+
+
+def matmul(a, b):
+    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``, by NumPy's BLAS."""
+    _check_matmul("matmul", a, b, 1, 0)
+    return a @ b
+
+
+def matmul_tn(a, b):
+    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``, by NumPy's BLAS (no transposed copy is made)."""
+    _check_matmul("matmul_tn", a, b, 0, 0)
+    return a.T @ b
+
+
+def matmul_nt(a, b):
+    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``, by NumPy's BLAS (no transposed copy is made)."""
+    _check_matmul("matmul_nt", a, b, 1, 1)
+    return a @ b.T
+
+
+@jit_parallel
+def _column_sums_kernel(g, chunk_rows, out):
+    """``out = g.sum(axis=0)`` for ``g (M, N)``, summed in chunks of rows then across chunks."""
+    rows, cols = g.shape
+    n_chunks = (rows + chunk_rows - 1) // chunk_rows
+    partials = np.zeros((n_chunks, cols), dtype=out.dtype)
+    for chunk in numba.prange(n_chunks):
+        acc = partials[chunk]
+        for m in range(chunk * chunk_rows, min(rows, (chunk + 1) * chunk_rows)):
+            for n in range(cols):
+                acc[n] += g[m, n]
+    out[:] = 0
+    for chunk in range(n_chunks):
+        out += partials[chunk]
+
+
+def bias_grad(grad_out):
+    """Gradient of a bias broadcast over rows: ``grad_out.sum(axis=0)``, ``(M, N) -> (N,)``."""
+    out = np.empty(grad_out.shape[1], dtype=grad_out.dtype)
+    _column_sums_kernel(np.ascontiguousarray(grad_out), SUM_CHUNK_ROWS, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------ convolution
+
+
+@jit_parallel
+def _im2col_kernel(x, kh, kw, sh, sw, top, left, out_h, out_w, cols):
+    """``cols[(n, oh, ow), (i*KW + j)*C + c] = x[n, oh*SH + i - top, ow*SW + j - left, c]``, zero
+    where that pixel is padding.  ``x (N, H, W, C)`` -> ``cols (N*OH*OW, KH*KW*C)``."""
+    n_images, height, width, channels = x.shape
+    for image_row in numba.prange(n_images * out_h):
+        n, oh = image_row // out_h, image_row % out_h
+        for ow in range(out_w):
+            row = image_row * out_w + ow
+            for i in range(kh):
+                h = oh * sh + i - top
+                for j in range(kw):
+                    w = ow * sw + j - left
+                    col = (i * kw + j) * channels
+                    if 0 <= h < height and 0 <= w < width:
+                        for c in range(channels):
+                            cols[row, col + c] = x[n, h, w, c]
+                    else:
+                        for c in range(channels):
+                            cols[row, col + c] = 0
+
+
+def im2col(x, kernel_size, strides, pads):
+    """Unfold every receptive field of ``x`` into one row.
+
+    ``x`` ``(N, H, W, C)`` -> ``cols`` ``(N*OH*OW, KH*KW*C)``; row ``(n, oh, ow)`` holds
+    ``x_padded[n, oh*SH + i, ow*SW + j, c]`` at column ``(i*KW + j)*C + c``.  A convolution is then
+    ``cols @ kernel.reshape(KH*KW*C, C_out)``.
+    """
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
+    out_h, out_w = _padded_output_hw(x.shape, kernel_size, strides, pads)
+    n, _, _, c = x.shape
+    cols = np.empty((n * out_h * out_w, kh * kw * c), dtype=x.dtype)
+    _im2col_kernel(np.ascontiguousarray(x), kh, kw, sh, sw, top, left, out_h, out_w, cols)
+    return cols
+
+
+@jit_parallel
+def _col2im_kernel(cols, kh, kw, sh, sw, top, left, out_h, out_w, x):
+    """``x[n, oh*SH + i - top, ow*SW + j - left, c] += cols[(n, oh, ow), (i*KW + j)*C + c]`` for
+    every pixel inside the image.  One image per parallel task, so no two tasks add to one pixel."""
+    n_images, height, width, channels = x.shape
+    for n in numba.prange(n_images):
+        x[n] = 0
+        for oh in range(out_h):
+            for ow in range(out_w):
+                row = (n * out_h + oh) * out_w + ow
+                for i in range(kh):
+                    h = oh * sh + i - top
+                    if h < 0 or h >= height:
+                        continue
+                    for j in range(kw):
+                        w = ow * sw + j - left
+                        if w < 0 or w >= width:
+                            continue
+                        col = (i * kw + j) * channels
+                        for c in range(channels):
+                            x[n, h, w, c] += cols[row, col + c]
+
+
+def col2im(cols, x_shape, kernel_size, strides, pads):
+    """Adjoint of :func:`im2col`: add every row of ``cols`` back onto the pixels it was read from.
+
+    ``cols`` ``(N*OH*OW, KH*KW*C)`` -> ``(N, H, W, C)``; overlapping windows sum, padding is dropped.
+    """
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
+    out_h, out_w = _padded_output_hw(x_shape, kernel_size, strides, pads)
+    n, _, _, c = x_shape
+    if cols.shape != (n * out_h * out_w, kh * kw * c):
+        raise ValueError(
+            f"col2im: cols must have shape {(n * out_h * out_w, kh * kw * c)} for images "
+            f"{tuple(x_shape)}, got {cols.shape}"
+        )
+    x = np.empty(tuple(x_shape), dtype=cols.dtype)
+    _col2im_kernel(np.ascontiguousarray(cols), kh, kw, sh, sw, top, left, out_h, out_w, x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------- pooling
+
+
+@jit_parallel
+def _maxpool_forward_kernel(x, ph, pw, sh, sw, top, left, out, argmax):
+    """``out[n, oh, ow, c]`` = max of ``x`` over the window at ``(oh*SH - top, ow*SW - left)``;
+    ``argmax`` its flat index ``i*PW + j``.  As ``numpy.argmax`` over the ``-inf``-padded window
+    decides: the first maximum wins, a NaN beats every number, and index 0 stands when every
+    value is ``-inf``."""
+    n_images, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    for image_row in numba.prange(n_images * out_h):
+        n, oh = image_row // out_h, image_row % out_h
+        for ow in range(out_w):
+            best, best_index = out[n, oh, ow], argmax[n, oh, ow]
+            best[:] = -np.inf
+            best_index[:] = 0
+            for i in range(ph):
+                h = oh * sh + i - top
+                if h < 0 or h >= height:
+                    continue
+                for j in range(pw):
+                    w = ow * sw + j - left
+                    if w < 0 or w >= width:
+                        continue
+                    for c in range(channels):
+                        value = x[n, h, w, c]
+                        if value > best[c] or (value != value and best[c] == best[c]):
+                            best[c], best_index[c] = value, i * pw + j
+
+
+def maxpool_forward(x, pool_size, strides, pads):
+    """Max over each window, per channel.
+
+    ``x`` ``(N, H, W, C)`` -> ``(out (N, OH, OW, C), argmax (N, OH, OW, C) int32)``; ``argmax`` is the
+    flat index ``i*PW + j`` of the maximum inside its window (padding never wins: it is ``-inf``).
+    """
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    out_h, out_w = _padded_output_hw(x.shape, pool_size, strides, pads)
+    shape = (x.shape[0], out_h, out_w, x.shape[3])
+    out, argmax = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int32)
+    _maxpool_forward_kernel(np.ascontiguousarray(x), ph, pw, sh, sw, top, left, out, argmax)
+    return out, argmax
+
+
+@jit_parallel
+def _maxpool_backward_kernel(grad_out, argmax, ph, pw, sh, sw, top, left, grad_in):
+    """``grad_in[n, oh*SH + i - top, ow*SW + j - left, c] += grad_out[n, oh, ow, c]`` where
+    ``argmax == i*PW + j``; one image per parallel task."""
+    n_images, height, width, channels = grad_in.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    for n in numba.prange(n_images):
+        grad_in[n] = 0
+        for oh in range(out_h):
+            for ow in range(out_w):
+                for i in range(ph):
+                    h = oh * sh + i - top
+                    if h < 0 or h >= height:
+                        continue
+                    for j in range(pw):
+                        w = ow * sw + j - left
+                        if w < 0 or w >= width:
+                            continue
+                        for c in range(channels):
+                            if argmax[n, oh, ow, c] == i * pw + j:
+                                grad_in[n, h, w, c] += grad_out[n, oh, ow, c]
+
+
+def maxpool_backward(grad_out, argmax, x_shape, pool_size, strides, pads):
+    """Route each output gradient to the input that was the window's maximum.
+
+    ``grad_out``, ``argmax`` ``(N, OH, OW, C)`` -> ``grad_in`` ``(N, H, W, C)``;
+    ``grad_in[n, oh*SH + i, ow*SW + j, c] += grad_out[n, oh, ow, c]`` where ``argmax == i*PW + j``.
+    """
+    _check_same_shape("maxpool_backward", "grad_out", grad_out, "argmax", argmax)
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    grad_in = np.empty(tuple(x_shape), dtype=grad_out.dtype)
+    _maxpool_backward_kernel(
+        np.ascontiguousarray(grad_out), np.ascontiguousarray(argmax), ph, pw, sh, sw, top, left, grad_in
+    )
+    return grad_in
+
+
+@jit
+def _window_span(start, size, length):
+    """The part ``[first, stop)`` of the window ``[start, start + size)`` inside ``[0, length)``."""
+    return max(start, 0), min(start + size, length)
+
+
+@jit_parallel
+def _avgpool_forward_kernel(x, ph, pw, sh, sw, top, left, out):
+    """``out[n, oh, ow, c]`` = mean of ``x`` over the real pixels of the window at
+    ``(oh*SH - top, ow*SW - left)``."""
+    n_images, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    for image_row in numba.prange(n_images * out_h):
+        n, oh = image_row // out_h, image_row % out_h
+        h0, h1 = _window_span(oh * sh - top, ph, height)
+        for ow in range(out_w):
+            w0, w1 = _window_span(ow * sw - left, pw, width)
+            for c in range(channels):
+                out[n, oh, ow, c] = 0
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    for c in range(channels):
+                        out[n, oh, ow, c] += x[n, h, w, c]
+            inverse_count = 1.0 / ((h1 - h0) * (w1 - w0))
+            for c in range(channels):
+                out[n, oh, ow, c] *= inverse_count
+
+
+def avgpool_forward(x, pool_size, strides, pads):
+    """Mean over each window of the real pixels it covers (padding is not counted, as in Keras).
+
+    ``x`` ``(N, H, W, C)`` -> ``(N, OH, OW, C)``.
+    """
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    out_h, out_w = _padded_output_hw(x.shape, pool_size, strides, pads)
+    out = np.empty((x.shape[0], out_h, out_w, x.shape[3]), dtype=x.dtype)
+    _avgpool_forward_kernel(np.ascontiguousarray(x), ph, pw, sh, sw, top, left, out)
+    return out
+
+
+@jit_parallel
+def _avgpool_backward_kernel(grad_out, ph, pw, sh, sw, top, left, grad_in):
+    """``grad_in[n, h, w, c] += grad_out[n, oh, ow, c] / count(oh, ow)`` over the real pixels
+    ``(h, w)`` of each window; one image per parallel task."""
+    n_images, height, width, channels = grad_in.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    for n in numba.prange(n_images):
+        grad_in[n] = 0
+        for oh in range(out_h):
+            h0, h1 = _window_span(oh * sh - top, ph, height)
+            for ow in range(out_w):
+                w0, w1 = _window_span(ow * sw - left, pw, width)
+                inverse_count = 1.0 / ((h1 - h0) * (w1 - w0))
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        for c in range(channels):
+                            grad_in[n, h, w, c] += grad_out[n, oh, ow, c] * inverse_count
+
+
+def avgpool_backward(grad_out, x_shape, pool_size, strides, pads):
+    """Spread each output gradient evenly over the real pixels of its window.
+
+    ``grad_out`` ``(N, OH, OW, C)`` -> ``(N, H, W, C)``;
+    ``grad_in[n, oh*SH + i, ow*SW + j, c] += grad_out[n, oh, ow, c] / count[oh, ow]``.
+    """
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    grad_in = np.empty(tuple(x_shape), dtype=grad_out.dtype)
+    _avgpool_backward_kernel(np.ascontiguousarray(grad_out), ph, pw, sh, sw, top, left, grad_in)
+    return grad_in
+
+
+# ------------------------------------------------------------------------------------ activations
+
+
+@jit
+def _sigmoid(v, one):
+    """Logistic function, evaluated without overflow for large ``|v|``."""
+    if v >= 0:
+        return one / (one + np.exp(-v))
+    e = np.exp(v)
+    return e / (one + e)
+
+
+@jit
+def _activate(v, code, zero, one):
+    """``f(v)`` for the activation numbered ``code``; ``zero``, ``one`` carry the dtype."""
+    if code == RELU:
+        return max(v, zero)
+    if code == SIGMOID:
+        return _sigmoid(v, one)
+    if code == TANH:
+        return np.tanh(v)
+    return v
+
+
+@jit_parallel
+def _bias_activation_kernel(z, bias, code, y):
+    """``y[m, c] = f(z[m, c] + bias[c])`` for ``z, y (M, C)``, ``bias (C,)``."""
+    zero, one = y.dtype.type(0), y.dtype.type(1)
+    for m in numba.prange(z.shape[0]):
+        for c in range(z.shape[1]):
+            y[m, c] = _activate(z[m, c] + bias[c], code, zero, one)
+
+
+@jit_parallel
+def _activation_kernel(z, code, y):
+    """``y[i] = f(z[i])`` over flat arrays."""
+    zero, one = y.dtype.type(0), y.dtype.type(1)
+    for i in numba.prange(z.size):
+        y[i] = _activate(z[i], code, zero, one)
+
+
+def bias_activation(z, bias, activation):
+    """``y = f(z + bias)``, bias broadcast over the last axis (``bias`` may be ``None``).
+
+    ``f`` is ``linear`` (identity), ``relu`` ``max(0, v)``, ``sigmoid`` ``1 / (1 + e^-v)`` or
+    ``tanh``.  Any shape ``(..., C)`` -> the same shape.
+    """
+    code = _activation_code("bias_activation", activation)
+    y = np.empty(z.shape, dtype=z.dtype if bias is None else np.result_type(z, bias))
+    if bias is None:
+        _activation_kernel(_flat(z), code, y.reshape(-1))
+        return y
+    if bias.shape != (z.shape[-1],):
+        raise ValueError(f"bias_activation: bias must have shape {(z.shape[-1],)}, got {bias.shape}")
+    channels = z.shape[-1]
+    _bias_activation_kernel(_flat(z).reshape(-1, channels), bias, code, y.reshape(-1, channels))
+    return y
+
+
+@jit
+def _activation_derivative(y, code, zero, one):
+    """``f'(z)`` written in terms of ``y = f(z)``; ``zero``, ``one`` carry the dtype."""
+    if code == RELU:
+        return one if y > 0 else zero
+    if code == SIGMOID:
+        return y * (one - y)
+    if code == TANH:
+        return one - y * y
+    return one
+
+
+@jit_parallel
+def _activation_grad_kernel(grad_out, y, code, grad_in):
+    """``grad_in[i] = grad_out[i] * f'(z[i])`` over flat arrays."""
+    zero, one = y.dtype.type(0), y.dtype.type(1)
+    for i in numba.prange(grad_out.size):
+        grad_in[i] = grad_out[i] * _activation_derivative(y[i], code, zero, one)
+
+
+def activation_grad(grad_out, y, activation):
+    """``dL/dz = dL/dy * f'(z)``, with ``f'`` written in terms of the output ``y = f(z)``.
+
+    relu: ``y > 0``; sigmoid: ``y (1 - y)``; tanh: ``1 - y^2``; linear: ``1``.  Same shape in and out.
+    """
+    code = _activation_code("activation_grad", activation)
+    _check_same_shape("activation_grad", "grad_out", grad_out, "y", y)
+    grad_in = np.empty(grad_out.shape, dtype=grad_out.dtype)
+    _activation_grad_kernel(_flat(grad_out), _flat(y), code, grad_in.reshape(-1))
+    return grad_in
+
+
+@jit_parallel
+def _leaky_relu_kernel(z, alpha, y):
+    """``y[i] = z[i]`` where ``z[i] > 0``, else ``alpha * z[i]``."""
+    slope = z.dtype.type(alpha)
+    for i in numba.prange(z.size):
+        y[i] = z[i] if z[i] > 0 else slope * z[i]
+
+
+def leaky_relu(z, alpha):
+    """``y = z`` where ``z > 0``, else ``alpha * z``.  Same shape in and out."""
+    y = np.empty_like(z, order="C")
+    _leaky_relu_kernel(_flat(z), float(alpha), y.reshape(-1))
+    return y
+
+
+@jit_parallel
+def _leaky_relu_grad_kernel(grad_out, z, alpha, grad_in):
+    """``grad_in[i] = grad_out[i]`` where ``z[i] > 0``, else ``alpha * grad_out[i]``."""
+    slope = grad_out.dtype.type(alpha)
+    for i in numba.prange(grad_out.size):
+        grad_in[i] = grad_out[i] if z[i] > 0 else slope * grad_out[i]
+
+
+def leaky_relu_grad(grad_out, z, alpha):
+    """``dL/dz = dL/dy`` where ``z > 0``, else ``alpha * dL/dy``.  Same shape in and out."""
+    _check_same_shape("leaky_relu_grad", "grad_out", grad_out, "z", z)
+    grad_in = np.empty_like(grad_out, order="C")
+    _leaky_relu_grad_kernel(_flat(grad_out), _flat(z), float(alpha), grad_in.reshape(-1))
+    return grad_in
+
+
+@jit
+def _softmax_row(z, y):
+    """``y = e^(z - max z) / sum e^(z - max z)`` for one row."""
+    peak = z.max()
+    total = 0.0
+    for k in range(z.size):
+        y[k] = np.exp(z[k] - peak)
+        total += y[k]
+    inverse_total = 1.0 / total
+    for k in range(z.size):
+        y[k] *= inverse_total
+
+
+@jit_parallel
+def _softmax_kernel(z, y):
+    """Row-wise softmax of ``z (M, K)`` into ``y (M, K)``."""
+    for m in numba.prange(z.shape[0]):
+        _softmax_row(z[m], y[m])
+
+
+def softmax(z):
+    """Row-wise softmax over the last axis, ``y_k = e^(z_k - max z) / sum_j e^(z_j - max z)``."""
+    y = np.empty(z.shape, dtype=z.dtype)
+    classes = z.shape[-1]
+    _softmax_kernel(_flat(z).reshape(-1, classes), y.reshape(-1, classes))
+    return y
+
+
+@jit_parallel
+def _softmax_grad_kernel(grad_out, y, grad_in):
+    """``grad_in[m] = y[m] * (g[m] - <g[m], y[m]>)`` per row of ``(M, K)`` arrays."""
+    for m in numba.prange(y.shape[0]):
+        dot = 0.0
+        for k in range(y.shape[1]):
+            dot += grad_out[m, k] * y[m, k]
+        for k in range(y.shape[1]):
+            grad_in[m, k] = y[m, k] * (grad_out[m, k] - dot)
+
+
+def softmax_grad(grad_out, y):
+    """Jacobian-vector product of softmax: ``dL/dz = y * (g - sum_k g_k y_k)`` per row."""
+    _check_same_shape("softmax_grad", "grad_out", grad_out, "y", y)
+    grad_in = np.empty(y.shape, dtype=np.result_type(grad_out, y))
+    classes = y.shape[-1]
+    _softmax_grad_kernel(
+        _flat(grad_out).reshape(-1, classes), _flat(y).reshape(-1, classes), grad_in.reshape(-1, classes)
+    )
+    return grad_in
+
+
+# ----------------------------------------------------------------------------------------- losses
+
+
+@jit
+def _softmax_cross_entropy_kernel(logits, targets, losses, grad):
+    """Per row ``n``: ``log p = z - max z - log sum e^(z - max z)``, ``loss_n = -sum_k t_k log p_k``,
+    ``grad[n] = (p - t) / N``."""
+    rows, classes = logits.shape
+    for n in range(rows):
+        peak = logits[n].max()
+        total = 0.0
+        for k in range(classes):
+            total += np.exp(logits[n, k] - peak)
+        log_total = np.log(total)
+        loss = 0.0
+        for k in range(classes):
+            log_p = logits[n, k] - peak - log_total
+            loss -= targets[n, k] * log_p
+            grad[n, k] = (np.exp(log_p) - targets[n, k]) / rows
+        losses[n] = loss
+
+
+def softmax_cross_entropy(logits, targets):
+    """Fused softmax + cross-entropy on logits, stable for any logits.
+
+    ``logits``, ``targets`` ``(N, K)`` (targets one-hot or probabilities) ->
+    ``(losses (N,), grad (N, K))`` with ``loss_n = -sum_k t_nk log softmax(z_n)_k`` and
+    ``grad = (softmax(z) - t) / N``, the gradient of the mean loss (targets summing to one per row).
+    """
+    _check_same_shape("softmax_cross_entropy", "logits", logits, "targets", targets)
+    if logits.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy: logits must be (N, K), got shape {logits.shape}")
+    losses = np.empty(logits.shape[0], dtype=logits.dtype)
+    grad = np.empty(logits.shape, dtype=logits.dtype)
+    _softmax_cross_entropy_kernel(
+        np.ascontiguousarray(logits), np.ascontiguousarray(targets, dtype=logits.dtype), losses, grad
+    )
+    return losses, grad
+
+
+# --------------------------------------------------------------------------------- regularisation
+
+
+@jit_parallel
+def _dropout_mask_kernel(uniform, rate, mask):
+    """``mask[i] = 1 / (1 - rate)`` where ``uniform[i] >= rate``, else ``0``."""
+    keep_scale = mask.dtype.type(1.0 / (1.0 - rate))
+    for i in numba.prange(uniform.size):
+        mask[i] = keep_scale if uniform[i] >= rate else 0
+
+
+def dropout_mask(shape, rate, seed, dtype):
+    """Inverted-dropout mask: ``1 / (1 - rate)`` with probability ``1 - rate``, else ``0``.
+
+    The same ``seed`` gives the same mask on the same backend (not across backends).
+    """
+    uniform = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    mask = np.empty(shape, dtype=dtype)
+    _dropout_mask_kernel(uniform.reshape(-1), float(rate), mask.reshape(-1))
+    return mask
+
+
+@jit
+def _regularize_grad_kernel(grad, param, l1, l2):
+    """``grad[i] += l1 * sign(param[i]) + 2 * l2 * param[i]``, in place."""
+    l1_t, two_l2 = grad.dtype.type(l1), grad.dtype.type(2 * l2)
+    for i in range(grad.size):
+        grad[i] += l1_t * np.sign(param[i]) + two_l2 * param[i]
+
+
+def regularize_grad(grad, param, l1, l2):
+    """In place: ``grad += l1 * sign(param) + 2 * l2 * param``, the gradient of
+    ``l1 * sum|w| + l2 * sum w^2``."""
+    _check_same_shape("regularize_grad", "grad", grad, "param", param)
+    if l1 or l2:
+        _regularize_grad_kernel(
+            _flat_inplace("regularize_grad", "grad", grad), _flat(param), float(l1), float(l2)
+        )
+
+
+@jit
+def _regularization_penalty_kernel(param, l1, l2):
+    """``l1 * sum|w| + l2 * sum w^2``, accumulated in float64."""
+    abs_sum = 0.0
+    square_sum = 0.0
+    for i in range(param.size):
+        w = np.float64(param[i])
+        abs_sum += abs(w)
+        square_sum += w * w
+    return l1 * abs_sum + l2 * square_sum
+
+
+def regularization_penalty(param, l1, l2):
+    """``l1 * sum|w| + l2 * sum w^2`` as a Python float."""
+    return float(_regularization_penalty_kernel(_flat(param), float(l1), float(l2)))
+
+
+# -------------------------------------------------------------------------------- optimizer steps
+
+
+@jit
+def _sgd_kernel(param, grad, velocity, lr, momentum, nesterov):
+    """``v = momentum v - lr g``; ``w += momentum v - lr g`` (Nesterov) or ``w += v``, in place."""
+    lr_t, momentum_t = param.dtype.type(lr), param.dtype.type(momentum)
+    for i in range(param.size):
+        step = lr_t * grad[i]
+        velocity[i] = momentum_t * velocity[i] - step
+        if nesterov:
+            param[i] += momentum_t * velocity[i] - step
+        else:
+            param[i] += velocity[i]
+
+
+def sgd_update(param, grad, velocity, lr, momentum, nesterov):
+    """In place, Keras's SGD: ``v = momentum * v - lr * g``; ``w += v`` or, with Nesterov,
+    ``w += momentum * v - lr * g``.  With ``momentum == 0`` this is ``w -= lr * g``."""
+    _check_same_shape("sgd_update", "param", param, "grad", grad)
+    _check_same_shape("sgd_update", "param", param, "velocity", velocity)
+    _sgd_kernel(
+        _flat_inplace("sgd_update", "param", param), _flat(grad),
+        _flat_inplace("sgd_update", "velocity", velocity), float(lr), float(momentum), bool(nesterov),
+    )
+
+
+@jit
+def _adam_kernel(param, grad, m, v, lr_t, beta_1, beta_2, epsilon):
+    """``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``; ``w -= lr_t m / (sqrt(v) + eps)``."""
+    dtype = param.dtype.type
+    b1, b2, eps, lr = dtype(beta_1), dtype(beta_2), dtype(epsilon), dtype(lr_t)
+    one = dtype(1)
+    for i in range(param.size):
+        g = grad[i]
+        m_i = b1 * m[i] + (one - b1) * g
+        v_i = b2 * v[i] + (one - b2) * g * g
+        m[i], v[i] = m_i, v_i
+        param[i] -= lr * m_i / (np.sqrt(v_i) + eps)
+
+
+def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, step):
+    """In place, Keras's Adam at step ``t = step`` (1-based)::
+
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+    """
+    for name, state in (("grad", grad), ("m", m), ("v", v)):
+        _check_same_shape("adam_update", "param", param, name, state)
+    lr_t = lr * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+    _adam_kernel(
+        _flat_inplace("adam_update", "param", param), _flat(grad), _flat_inplace("adam_update", "m", m),
+        _flat_inplace("adam_update", "v", v), float(lr_t), float(beta_1), float(beta_2), float(epsilon),
+    )
+
+
+@jit
+def _rmsprop_kernel(param, grad, mean_square, lr, rho, epsilon):
+    """``s = rho s + (1 - rho) g^2``; ``w -= lr g / sqrt(s + eps)``, in place."""
+    dtype = param.dtype.type
+    lr_t, rho_t, eps = dtype(lr), dtype(rho), dtype(epsilon)
+    for i in range(param.size):
+        g = grad[i]
+        s_i = rho_t * mean_square[i] + (dtype(1) - rho_t) * g * g
+        mean_square[i] = s_i
+        param[i] -= lr_t * g / np.sqrt(s_i + eps)
+
+
+def rmsprop_update(param, grad, mean_square, lr, rho, epsilon):
+    """In place, Keras's RMSprop: ``s = rho s + (1 - rho) g^2``; ``w -= lr * g / sqrt(s + eps)``."""
+    _check_same_shape("rmsprop_update", "param", param, "grad", grad)
+    _check_same_shape("rmsprop_update", "param", param, "mean_square", mean_square)
+    _rmsprop_kernel(
+        _flat_inplace("rmsprop_update", "param", param), _flat(grad),
+        _flat_inplace("rmsprop_update", "mean_square", mean_square), float(lr), float(rho), float(epsilon),
+    )
+
+
+# ------------------------------------------------------------------------------ setup and threads
+
+
+def retain_freed_memory():
+    """Make glibc keep freed blocks of up to 32 MiB for reuse instead of returning them to the OS.
+
+    Every training step allocates the same large arrays (cols, activations, gradients); by default
+    glibc maps each one afresh and unmaps it when freed, so every step pays a page fault per 4 KiB
+    touched.  Returns ``True`` when the setting took effect (glibc only).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+
+
+retain_freed_memory()
+
+
+def check_available():
+    """Raise ``RuntimeError`` when Numba cannot compile and run a kernel here."""
+    try:
+        _multiply_kernel(np.ones(1), np.ones(1), np.empty(1))
+    except Exception as error:  # any failure of the JIT means this backend is unusable
+        raise RuntimeError(f"the Numba CPU backend cannot run: {error}") from error
+
+
+def set_num_threads(n):
+    """Run the parallel Numba kernels on ``n`` threads, from the calling thread on (Numba's rule).
+
+    BLAS keeps its own threads (``OPENBLAS_NUM_THREADS`` before Python starts).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"set_num_threads: n must be an integer from 1 to {numba.config.NUMBA_NUM_THREADS}, got {n!r}")
+    numba.set_num_threads(int(n))
+
+
+def _threads_from_environment():
+    """``MINIDL_NUM_THREADS`` as an int, else :data:`DEFAULT_NUM_THREADS`."""
+    value = os.environ.get("MINIDL_NUM_THREADS")
+    if value is None:
+        return DEFAULT_NUM_THREADS
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"MINIDL_NUM_THREADS must be a positive integer, got {value!r}") from None
+
+
+def thread_policy():
+    """One line describing the threads in use (for benchmark reports)."""
+    return (
+        f"numba kernels {numba.get_num_threads()} thread(s) ({numba.threading_layer()} layer, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), BLAS threads "
+        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'numpy default')}"
+    )
+
+
+set_num_threads(_threads_from_environment())
+
+
+def _warmup_calls(dtype):
+    """One small call of every kernel, ``{name: call}``, covering every compiled specialisation."""
+    rng = np.random.default_rng(0)
+
+    def array(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    x, image, window, strides = array(2, 5, 5, 3), (2, 5, 5, 3), (2, 2), (1, 1)
+    pads = ((0, 1), (0, 1))
+    pooled, argmax = numpy_ref.maxpool_forward(x, window, strides, pads)
+    rows = array(8, 4)
+    logits, targets = array(4, 3), np.full((4, 3), 1 / 3, dtype=dtype)
+    param, grad, slot_1, slot_2 = array(8), array(8), np.zeros(8, dtype), np.zeros(8, dtype)
+    return {
+        "multiply": lambda: multiply(param, grad),
+        "all_finite": lambda: all_finite(param),
+        "bias_grad": lambda: bias_grad(rows),
+        "im2col": lambda: im2col(x, window, strides, pads),
+        "col2im": lambda: col2im(array(50, 12), image, window, strides, pads),
+        "maxpool_forward": lambda: maxpool_forward(x, window, strides, pads),
+        "maxpool_backward": lambda: maxpool_backward(pooled, argmax, image, window, strides, pads),
+        "avgpool_forward": lambda: avgpool_forward(x, window, strides, pads),
+        "avgpool_backward": lambda: avgpool_backward(pooled, image, window, strides, pads),
+        "bias_activation": lambda: bias_activation(logits, logits[0], "relu"),
+        "activation": lambda: bias_activation(logits, None, "relu"),
+        "activation_grad": lambda: activation_grad(logits, logits, "relu"),
+        "leaky_relu": lambda: leaky_relu(logits, 0.1),
+        "leaky_relu_grad": lambda: leaky_relu_grad(logits, logits, 0.1),
+        "softmax": lambda: softmax(logits),
+        "softmax_grad": lambda: softmax_grad(logits, logits),
+        "softmax_cross_entropy": lambda: softmax_cross_entropy(logits, targets),
+        "dropout_mask": lambda: dropout_mask((4, 3), 0.5, 0, dtype),
+        "regularize_grad": lambda: regularize_grad(grad, param, 0.1, 0.1),
+        "regularization_penalty": lambda: regularization_penalty(param, 0.1, 0.1),
+        "sgd_update": lambda: sgd_update(param, grad, slot_1, 0.1, 0.9, True),
+        "adam_update": lambda: adam_update(param, grad, slot_1, slot_2, 0.1, 0.9, 0.999, 1e-7, 1),
+        "rmsprop_update": lambda: rmsprop_update(param, grad, slot_1, 0.1, 0.9, 1e-7),
+    }
+
+
+def warmup(dtype=np.float32):
+    """Compile (or load from the on-disk cache) every kernel for ``dtype``.
+
+    Returns ``{kernel name: seconds}`` of each first call: seconds when compiling, milliseconds when
+    the cache hits.
+    """
+    seconds = {}
+    for name, call in _warmup_calls(np.dtype(dtype)).items():
+        start = time.perf_counter()
+        call()
+        seconds[name] = time.perf_counter() - start
+    return seconds

@@ -1,0 +1,345 @@
+"""The Numba kernels agree with the NumPy reference on random shapes, windows, strides, paddings, dtypes."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from kernels import cpu
+from kernels import numpy_ref as ref
+from kernels.shapes import window_geometry
+
+DTYPES = (np.float32, np.float64)
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def assert_close(actual, expected):
+    """Equal shapes and dtypes, values within the dtype's rounding."""
+    assert actual.shape == expected.shape
+    assert actual.dtype == expected.dtype
+    tolerance = 2e-5 if actual.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+
+
+@st.composite
+def windowed_images(draw):
+    """``(x, window, strides, pads)``: a random NHWC image batch and a window that fits it."""
+    dtype = draw(st.sampled_from(DTYPES))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 9)), draw(st.integers(1, 4)))
+    window = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    try:
+        pads, _ = window_geometry(shape[1:3], window, strides, padding)
+    except ValueError:
+        assume(False)
+    seed = draw(st.integers(0, 2**16))
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    return x, window, strides, pads
+
+
+@st.composite
+def arrays(draw, min_dims=1, max_dims=4):
+    """A random float32 or float64 array of 1 to 4 small dimensions."""
+    dtype = draw(st.sampled_from(DTYPES))
+    shape = tuple(draw(st.lists(st.integers(1, 7), min_size=min_dims, max_size=max_dims)))
+    return np.random.default_rng(draw(st.integers(0, 2**16))).standard_normal(shape).astype(dtype)
+
+
+def like(x, seed=1):
+    """Another random array of the shape and dtype of ``x``."""
+    return np.random.default_rng(seed).standard_normal(x.shape).astype(x.dtype)
+
+
+# ------------------------------------------------------------------------------------ convolution
+
+
+@SETTINGS
+@given(windowed_images())
+def test_im2col_matches_reference(case):
+    x, window, strides, pads = case
+    assert_close(cpu.im2col(x, window, strides, pads), ref.im2col(x, window, strides, pads))
+
+
+@SETTINGS
+@given(windowed_images())
+def test_col2im_matches_reference_and_is_a_fresh_contiguous_array(case):
+    x, window, strides, pads = case
+    cols = like(ref.im2col(x, window, strides, pads))
+    grad_x = cpu.col2im(cols, x.shape, window, strides, pads)
+    assert_close(grad_x, ref.col2im(cols, x.shape, window, strides, pads))
+    assert grad_x.flags.c_contiguous and grad_x.base is None
+
+
+def test_col2im_names_the_expected_cols_shape():
+    with pytest.raises(ValueError, match=r"col2im: cols must have shape \(18, 4\)"):
+        cpu.col2im(np.zeros((5, 4)), (2, 4, 4, 1), (2, 2), (1, 1), ((0, 0), (0, 0)))
+
+
+# ---------------------------------------------------------------------------------------- pooling
+
+
+@SETTINGS
+@given(windowed_images())
+def test_maxpool_forward_matches_reference_values_and_argmax(case):
+    x, window, strides, pads = case
+    out, argmax = cpu.maxpool_forward(x, window, strides, pads)
+    expected_out, expected_argmax = ref.maxpool_forward(x, window, strides, pads)
+    assert_close(out, expected_out)
+    assert argmax.dtype == np.int32
+    np.testing.assert_array_equal(argmax, expected_argmax)
+
+
+@SETTINGS
+@given(windowed_images())
+def test_maxpool_forward_breaks_ties_like_numpy_argmax(case):
+    x, window, strides, pads = case
+    ties = np.round(x).clip(-1, 1)  # few distinct values: many equal maxima, -1 and 0 and 1
+    ties[..., 0] = -np.inf  # whole windows of -inf: index 0 even where it is padding
+    _, argmax = cpu.maxpool_forward(ties, window, strides, pads)
+    np.testing.assert_array_equal(argmax, ref.maxpool_forward(ties, window, strides, pads)[1])
+
+
+def test_maxpool_forward_lets_the_first_nan_win_like_numpy_argmax():
+    x = np.array([1.0, np.nan, 5.0, np.nan], dtype=np.float32).reshape(1, 2, 2, 1)
+    out, argmax = cpu.maxpool_forward(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
+    assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 1
+
+
+@SETTINGS
+@given(windowed_images())
+def test_maxpool_backward_matches_reference(case):
+    x, window, strides, pads = case
+    out, argmax = ref.maxpool_forward(x, window, strides, pads)
+    grad_out = like(out)
+    assert_close(
+        cpu.maxpool_backward(grad_out, argmax, x.shape, window, strides, pads),
+        ref.maxpool_backward(grad_out, argmax, x.shape, window, strides, pads),
+    )
+
+
+@SETTINGS
+@given(windowed_images())
+def test_avgpool_forward_matches_reference(case):
+    x, window, strides, pads = case
+    assert_close(cpu.avgpool_forward(x, window, strides, pads), ref.avgpool_forward(x, window, strides, pads))
+
+
+@SETTINGS
+@given(windowed_images())
+def test_avgpool_backward_matches_reference(case):
+    x, window, strides, pads = case
+    grad_out = like(ref.avgpool_forward(x, window, strides, pads))
+    assert_close(
+        cpu.avgpool_backward(grad_out, x.shape, window, strides, pads),
+        ref.avgpool_backward(grad_out, x.shape, window, strides, pads),
+    )
+
+
+# ------------------------------------------------------------------------------------ activations
+
+
+@SETTINGS
+@given(arrays(), st.sampled_from(ref.ACTIVATIONS), st.booleans())
+def test_bias_activation_matches_reference_with_and_without_bias(z, activation, with_bias):
+    bias = like(z[(0,) * (z.ndim - 1)], seed=2) if with_bias else None
+    y = cpu.bias_activation(z, bias, activation)
+    assert_close(y, ref.bias_activation(z, bias, activation))
+    assert not np.shares_memory(y, z)
+
+
+def test_bias_activation_is_stable_for_extreme_inputs():
+    z = np.array([[-1e4, -100.0, 0.0, 100.0, 1e4]], dtype=np.float32)
+    for activation in ref.ACTIVATIONS:
+        assert_close(cpu.bias_activation(z, None, activation), ref.bias_activation(z, None, activation))
+
+
+def test_bias_activation_rejects_an_unknown_activation_by_name():
+    with pytest.raises(ValueError, match="bias_activation: activation must be one of .* got 'swish'"):
+        cpu.bias_activation(np.zeros((2, 3)), None, "swish")
+
+
+@SETTINGS
+@given(arrays(), st.sampled_from(ref.ACTIVATIONS))
+def test_activation_grad_matches_reference(z, activation):
+    y = ref.bias_activation(z, None, activation)
+    grad_out = like(z)
+    assert_close(cpu.activation_grad(grad_out, y, activation), ref.activation_grad(grad_out, y, activation))
+
+
+@SETTINGS
+@given(arrays(), st.floats(0.0, 1.0))
+def test_leaky_relu_and_its_grad_match_reference(z, alpha):
+    grad_out = like(z)
+    assert_close(cpu.leaky_relu(z, alpha), ref.leaky_relu(z, alpha))
+    assert_close(cpu.leaky_relu_grad(grad_out, z, alpha), ref.leaky_relu_grad(grad_out, z, alpha))
+
+
+@SETTINGS
+@given(arrays())
+def test_softmax_and_its_grad_match_reference(z):
+    z = z * 30  # large logits exercise the max shift
+    y = ref.softmax(z)
+    grad_out = like(z)
+    assert_close(cpu.softmax(z), y)
+    assert_close(cpu.softmax_grad(grad_out, y), ref.softmax_grad(grad_out, y))
+
+
+# ----------------------------------------------------------------------------------------- losses
+
+
+@SETTINGS
+@given(arrays(min_dims=2, max_dims=2), st.booleans())
+def test_softmax_cross_entropy_matches_reference(logits, one_hot):
+    logits = logits * 50
+    rng = np.random.default_rng(3)
+    if one_hot:
+        targets = np.eye(logits.shape[1], dtype=logits.dtype)[rng.integers(0, logits.shape[1], logits.shape[0])]
+    else:
+        targets = ref.softmax(like(logits))
+    losses, grad = cpu.softmax_cross_entropy(logits, targets)
+    expected_losses, expected_grad = ref.softmax_cross_entropy(logits, targets)
+    assert_close(losses, expected_losses)
+    assert_close(grad, expected_grad)
+
+
+# --------------------------------------------------------------------------------- linear algebra
+
+
+@SETTINGS
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 40), st.sampled_from(DTYPES))
+def test_matmul_variants_match_reference(m, k, n, dtype):
+    rng = np.random.default_rng(m * k * n)
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    assert_close(cpu.matmul(a, b), ref.matmul(a, b))
+    assert_close(cpu.matmul_tn(np.ascontiguousarray(a.T), b), ref.matmul(a, b))
+    assert_close(cpu.matmul_nt(a, np.ascontiguousarray(b.T)), ref.matmul(a, b))
+
+
+def test_matmul_names_both_shapes_when_they_do_not_chain():
+    with pytest.raises(ValueError, match=r"matmul_tn: cannot multiply shapes \(3, 2\) and \(4, 5\)"):
+        cpu.matmul_tn(np.zeros((3, 2)), np.zeros((4, 5)))
+
+
+@SETTINGS
+@given(arrays(min_dims=2, max_dims=2))
+def test_bias_grad_matches_reference(g):
+    assert_close(cpu.bias_grad(g), ref.bias_grad(g))
+
+
+@SETTINGS
+@given(arrays(min_dims=2, max_dims=2), st.integers(1, 3000))
+def test_bias_grad_sums_long_columns_exactly_when_the_sums_are_representable(g, repeat):
+    g = np.tile(np.round(8 * g), (repeat, 1))  # small integers: every partial sum is exact
+    np.testing.assert_array_equal(cpu.bias_grad(g), ref.bias_grad(g))
+
+
+# ------------------------------------------------------------------------------------- arrays
+
+
+@SETTINGS
+@given(arrays())
+def test_multiply_matches_reference(a):
+    assert_close(cpu.multiply(a, like(a)), ref.multiply(a, like(a)))
+
+
+@SETTINGS
+@given(arrays(), st.sampled_from([None, np.nan, np.inf, -np.inf]))
+def test_all_finite_matches_reference(x, bad_value):
+    if bad_value is not None:
+        x.flat[x.size // 2] = bad_value
+    assert cpu.all_finite(x) is ref.all_finite(x)
+
+
+# --------------------------------------------------------------------------------- regularisation
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_mask_is_zero_or_scaled_and_repeats_with_the_seed(dtype):
+    mask = cpu.dropout_mask((200, 50), 0.3, 7, dtype)
+    assert mask.dtype == dtype and mask.shape == (200, 50)
+    assert set(np.unique(mask)) <= {dtype(0), dtype(1 / 0.7)}
+    assert abs((mask > 0).mean() - 0.7) < 0.02
+    np.testing.assert_array_equal(mask, cpu.dropout_mask((200, 50), 0.3, 7, dtype))
+    assert not np.array_equal(mask, cpu.dropout_mask((200, 50), 0.3, 8, dtype))
+
+
+@SETTINGS
+@given(arrays(), st.sampled_from([0.0, 0.01]), st.sampled_from([0.0, 0.02]))
+def test_regularize_grad_matches_reference_in_place(param, l1, l2):
+    grad, expected = like(param), like(param)
+    cpu.regularize_grad(grad, param, l1, l2)
+    ref.regularize_grad(expected, param, l1, l2)
+    assert_close(grad, expected)
+
+
+@SETTINGS
+@given(arrays(), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_regularization_penalty_matches_reference(param, l1, l2):
+    penalty = cpu.regularization_penalty(param, l1, l2)
+    assert isinstance(penalty, float)
+    assert penalty == pytest.approx(ref.regularization_penalty(param, l1, l2), rel=1e-5, abs=1e-6)
+
+
+# -------------------------------------------------------------------------------- optimizer steps
+
+
+def two_steps(module, update, param, slots, seed):
+    """Apply ``update(module, param, grad, slots, step)`` at steps 1 and 2 with seeded gradients."""
+    for step in (1, 2):
+        update(module, param, like(param, seed=seed + step), slots, step)
+
+
+UPDATES = {
+    "sgd": (1, lambda k, w, g, s, t: k.sgd_update(w, g, s[0], 0.1, 0.0, False)),
+    "momentum": (1, lambda k, w, g, s, t: k.sgd_update(w, g, s[0], 0.1, 0.9, False)),
+    "nesterov": (1, lambda k, w, g, s, t: k.sgd_update(w, g, s[0], 0.1, 0.9, True)),
+    "adam": (2, lambda k, w, g, s, t: k.adam_update(w, g, s[0], s[1], 0.01, 0.9, 0.999, 1e-7, t)),
+    "rmsprop": (1, lambda k, w, g, s, t: k.rmsprop_update(w, g, s[0], 0.01, 0.9, 1e-7)),
+}
+
+
+@pytest.mark.parametrize("name", UPDATES)
+@SETTINGS
+@given(param=arrays())
+def test_optimizer_updates_match_reference_in_place_over_two_steps(name, param):
+    n_slots, update = UPDATES[name]
+    expected_param, expected_slots = param.copy(), [np.zeros_like(param) for _ in range(n_slots)]
+    slots = [np.zeros_like(param) for _ in range(n_slots)]
+    param_buffer = param
+    two_steps(cpu, update, param, slots, seed=5)
+    two_steps(ref, update, expected_param, expected_slots, seed=5)
+    assert param is param_buffer
+    assert_close(param, expected_param)
+    for slot, expected_slot in zip(slots, expected_slots):
+        assert_close(slot, expected_slot)
+
+
+def test_in_place_update_refuses_a_non_contiguous_parameter():
+    param = np.zeros((4, 4))[:, ::2]
+    with pytest.raises(ValueError, match="sgd_update: param must be C-contiguous"):
+        cpu.sgd_update(param, np.zeros((4, 2)), np.zeros((4, 2)), 0.1, 0.0, False)
+
+
+# ------------------------------------------------------------------------------ setup and threads
+
+
+def test_warmup_reports_seconds_for_every_kernel():
+    seconds = cpu.warmup(np.float64)
+    assert {"im2col", "col2im", "maxpool_forward", "adam_update", "softmax_cross_entropy"} <= set(seconds)
+    assert all(value >= 0 for value in seconds.values())
+
+
+def test_check_available_passes_where_numba_runs():
+    cpu.check_available()
+
+
+def test_set_num_threads_rejects_counts_numba_cannot_run():
+    with pytest.raises(ValueError, match="set_num_threads: n must be an integer from 1 to"):
+        cpu.set_num_threads(0)
+
+
+def test_minidl_num_threads_must_be_an_integer(monkeypatch):
+    monkeypatch.setenv("MINIDL_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="MINIDL_NUM_THREADS must be a positive integer, got 'two'"):
+        cpu._threads_from_environment()
