@@ -18,13 +18,13 @@ transposes without copies.  The seed CNN's first conv has ``K = 3*3*1 = 9``; a d
 for such thin products was measured (batch 128, fp32, 2-core VM, 2026-11-23) and lost everywhere:
 ``(86528, 9) @ (9, 32)`` BLAS 0.45-0.56 ms vs Numba 2.2-2.9 ms; ``(9, 86528) @ (86528, 32)`` 1.2 vs
 2.1-2.4 ms; ``(86528, 32) @ (32, 9)`` 0.6-0.8 vs 10 ms.  BLAS only looked slow on these shapes
-because every fresh output paid page faults, which :func:`retain_freed_memory` removes.
+because every fresh output paid page faults, which :func:`kernels.memory.retain_freed_memory` removes.
 
 Memory
 ------
-Importing this module calls :func:`retain_freed_memory`: glibc then keeps freed blocks of up to
-32 MiB for reuse instead of unmapping them, so the same large arrays allocated every step no longer
-page-fault.  Measured on the seed CNN step at batch 128: about 6,800 page faults and 20 ms of
+``minidl.backend`` calls :func:`kernels.memory.retain_freed_memory` for every backend: glibc then
+keeps freed blocks of up to 32 MiB for reuse instead of unmapping them, so the same large arrays
+allocated every step no longer page-fault.  Measured on the seed CNN step at batch 128: about 6,800 page faults and 20 ms of
 system time per 62 ms step before, none after (``benchmarks/kernel_step.py``).  The process keeps
 its peak heap instead of returning it to the OS.
 
@@ -46,9 +46,7 @@ The GEMMs are over half the step and use both cores; the Numba loops are memory-
 little from a second core that BLAS's threads are about to claim.
 """
 
-import ctypes
 import os
-import sys
 import time
 
 # Numba's OpenMP threads must sleep, not spin, while BLAS runs; libgomp reads this when it loads.
@@ -68,7 +66,7 @@ __all__ = [
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
     "softmax_cross_entropy", "dropout_mask", "regularize_grad", "regularization_penalty",
     "sgd_update", "adam_update", "rmsprop_update",
-    "check_available", "retain_freed_memory", "set_num_threads", "thread_policy", "warmup",
+    "check_available", "set_num_threads", "thread_policy", "warmup",
 ]
 
 LINEAR, RELU, SIGMOID, TANH = (ACTIVATIONS.index(name) for name in ("linear", "relu", "sigmoid", "tanh"))
@@ -78,10 +76,6 @@ SUM_CHUNK_ROWS = 1024
 
 # Threads of the parallel Numba kernels when MINIDL_NUM_THREADS is not set (see "Threads" above).
 DEFAULT_NUM_THREADS = 1
-
-# glibc mallopt parameters, and the values that keep freed blocks up to 32 MiB in the heap.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-HEAP_MMAP_THRESHOLD, HEAP_TRIM_THRESHOLD = 32 * 2**20, 2**30
 
 # error_model="numpy": division by zero gives inf/nan as in NumPy instead of raising, which also
 # lets LLVM vectorise loops that divide.
@@ -784,26 +778,6 @@ def rmsprop_update(param, grad, mean_square, lr, rho, epsilon):
 
 
 # ------------------------------------------------------------------------------ setup and threads
-
-
-def retain_freed_memory():
-    """Make glibc keep freed blocks of up to 32 MiB for reuse instead of returning them to the OS.
-
-    Every training step allocates the same large arrays (cols, activations, gradients); by default
-    glibc maps each one afresh and unmaps it when freed, so every step pays a page fault per 4 KiB
-    touched.  Returns ``True`` when the setting took effect (glibc only).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
-
-
-retain_freed_memory()
 
 
 def check_available():

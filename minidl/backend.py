@@ -4,11 +4,17 @@ Layers never branch on the backend; they call ``ops.<kernel>(...)``, and ``ops``
 active module of the ``kernels`` package.  The choice, in order: :func:`set_backend`, the environment
 variable ``MINIDL_BACKEND``, else ``"numba"`` when Numba is installed and ``"numpy"`` otherwise.  The
 module is imported on first use, so ``import minidl`` stays fast.
+
+Choosing a backend also makes glibc keep freed blocks for reuse
+(:func:`kernels.memory.retain_freed_memory`): every training step allocates the same large arrays, and
+without it each one page-faults afresh.
 """
 
 import importlib
 import importlib.util
 import os
+
+from kernels.memory import retain_freed_memory
 
 KERNEL_MODULES = {"numpy": "kernels.numpy_ref", "numba": "kernels.cpu", "cuda": "kernels.cuda"}
 
@@ -38,6 +44,7 @@ def set_backend(name):
     check = getattr(module, "check_available", None)
     if check is not None:
         check()
+    retain_freed_memory()
     _active["name"], _active["module"] = name, module
 
 
