@@ -56,11 +56,11 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kernels import numpy_ref  # noqa: E402
-from kernels.numpy_ref import ACTIVATIONS, to_device, to_host, zeros, zeros_like  # noqa: E402
+from kernels.numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
 from kernels.shapes import output_length  # noqa: E402
 
 __all__ = [
-    "to_device", "to_host", "zeros", "zeros_like", "multiply", "all_finite",
+    "to_device", "to_host", "zeros", "zeros_like", "multiply", "accumulate", "all_finite",
     "matmul", "matmul_tn", "matmul_nt", "bias_grad", "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
