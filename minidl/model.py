@@ -14,7 +14,7 @@ from minidl import optimizers as optimizers_module
 from minidl.backend import get_backend, ops
 from minidl.callbacks import CallbackList, History, ProgbarLogger, find_non_finite
 from minidl import layers as layers_module
-from minidl.layers import Input, Layer
+from minidl.layers import Input, Layer, MaxPooling2D
 from minidl.utils import global_rng
 
 
@@ -121,12 +121,25 @@ class Sequential:
 
     def backward(self, grad):
         """Backward from ``dL/d(output)``, or from ``dL/d(logits)`` when softmax is fused; returns
-        ``dL/d(input)`` (``None`` unless the first layer's ``input_grad_needed`` is set)."""
+        ``dL/d(input)`` (``None`` unless the first layer's ``input_grad_needed`` is set).
+
+        A ReLU followed by max pooling is differentiated on the pooled side: the ReLU's derivative at
+        each window's maximum is ``[pooled > 0]``, so masking the small pooled gradient and skipping
+        the ReLU's full-size pass gives the same numbers, bit for bit.
+        """
         layers = list(self.layers)
         if self.softmax_fused_into_loss():
             grad = layers.pop().backward_from_logits(grad)
-        for layer in reversed(layers):
-            grad = layer.backward(grad)
+        index = len(layers) - 1
+        while index >= 0:
+            layer = layers[index]
+            if index > 0 and relu_feeds_max_pooling(layers[index - 1], layer):
+                grad = layer.backward(ops.activation_grad(grad, layer.y, "relu"))
+                grad = layers[index - 1].backward_from_logits(grad)
+                index -= 2
+            else:
+                grad = layer.backward(grad)
+                index -= 1
         return grad
 
     def loss_and_grad(self, y_pred, targets):
@@ -430,6 +443,13 @@ class Sequential:
         """Load weights saved by :meth:`save_weights` (Keras weights: use :meth:`set_weights`)."""
         from minidl import saving
         saving.load_weights(self, path)
+
+
+def relu_feeds_max_pooling(layer, next_layer):
+    """``layer`` ends in a ReLU (and can be differentiated from its logits) and ``next_layer`` is a
+    max pooling."""
+    return (isinstance(next_layer, MaxPooling2D) and getattr(layer, "activation", None) == "relu"
+            and hasattr(layer, "backward_from_logits"))
 
 
 def is_loader(data):

@@ -204,3 +204,21 @@ def test_keras_style_quickstart_runs_as_written():
     history = model.fit(x, y, epochs=1, batch_size=8, validation_split=0.2, verbose=0)
     assert len(history.history["val_accuracy"]) == 1
     assert len(model.evaluate(x, y, verbose=0)) == 2
+
+
+def test_relu_before_max_pooling_backward_matches_the_layer_by_layer_chain(backend):
+    model = seed_cnn(input_shape=(12, 12, 1), classes=4)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 12, 12, 1)).astype(np.float32)
+    y_pred = model.forward(x, training=True)
+    grad_out = rng.standard_normal(y_pred.shape).astype(np.float32)
+    model.loss = minidl.losses.MeanSquaredError()  # no fused softmax: start from dL/dy
+    model.backward(grad_out)
+    fused = [np.array(g) for layer in model.layers for g in layer.grads.values()]
+    grad = grad_out
+    for layer in reversed(model.layers):
+        grad = layer.backward(grad)
+    chained = [np.array(g) for layer in model.layers for g in layer.grads.values()]
+    for expected, actual in zip(chained, fused):
+        np.testing.assert_array_equal(actual, expected)

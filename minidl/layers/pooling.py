@@ -38,8 +38,8 @@ class MaxPooling2D(_Pooling2D):
     def forward(self, x, training=False):
         """Window maxima, keeping which element won (``argmax``) for backward."""
         self.x_shape = x.shape
-        y, self.argmax = ops.maxpool_forward(x, self.pool_size, self.strides, self.pads)
-        return y
+        self.y, self.argmax = ops.maxpool_forward(x, self.pool_size, self.strides, self.pads)
+        return self.y
 
     def backward(self, grad_out):
         """``dL/dx`` is ``dL/dy`` at each window's maximum and 0 elsewhere (summed where windows
