@@ -252,13 +252,21 @@ def machine_description():
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
+def code_version():
+    completed = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, cwd=ROOT).stdout.strip()
+    return (completed.stdout.strip() or "unknown") + (" with uncommitted changes" if dirty else "")
+
+
 def record(results, command, args):
     import keras
     import numba
 
     section = [f"\n## {datetime.date.today().isoformat()}: minidl vs Keras {keras.__version__} "
                f"(TensorFlow backend), seed CNN, Fashion-MNIST",
-               f"- command: `{command}`", f"- machine: {machine_description()}",
+               f"- command: `{command}`",
+               f"- machine: {machine_description()}; code at commit {code_version()}",
                f"- numpy {np.__version__}, numba {numba.__version__}; {args.epochs} epochs per run; "
                f"epoch ratio = minidl steady epoch / Keras steady epoch (same run)", "", table(results)]
     with open(ROOT / "benchmarks" / "RESULTS.md", "a") as results_file:
