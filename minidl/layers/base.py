@@ -13,6 +13,7 @@ import collections
 
 import numpy as np
 
+from kernels.shapes import window_geometry
 from minidl.backend import ops
 from minidl.utils import global_rng
 
@@ -41,6 +42,19 @@ def normalize_padding(padding, layer_name):
     if padding not in ("valid", "same"):
         raise ValueError(f"{layer_name}: padding must be 'valid' or 'same', got {padding!r}")
     return padding
+
+
+def window_output_shape(layer, input_shape, window, strides, padding):
+    """``(pads, (OH, OW))`` of a 2-D window sliding over ``layer``'s ``(H, W, C)`` inputs; raises
+    ``ValueError`` naming the layer for another rank or a window that does not fit."""
+    kind = type(layer).__name__
+    if len(input_shape) != 3:
+        raise ValueError(f"layer {layer.name!r} ({kind}) expects inputs of shape "
+                         f"(None, height, width, channels), got {(None, *input_shape)}")
+    try:
+        return window_geometry(input_shape[:2], window, strides, padding)
+    except ValueError as error:
+        raise ValueError(f"layer {layer.name!r} ({kind}): {error}") from None
 
 
 class Layer:

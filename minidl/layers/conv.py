@@ -2,17 +2,16 @@
 
 import os
 
-from kernels.shapes import window_geometry
-from minidl import initializers, regularizers
 from minidl.backend import ops
-from minidl.layers.activations import activate, activation_backward, check_activation
-from minidl.layers.base import Layer, normalize_padding, normalize_pair
+from minidl.layers.activations import activate
+from minidl.layers.base import normalize_padding, normalize_pair, window_output_shape
+from minidl.layers.kernel_layer import KernelLayer
 
 #: im2col scratch allowed per conv layer; larger batches are processed in chunks of images.
 DEFAULT_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_WORKSPACE_MB", "256")) * 2**20)
 
 
-class Conv2D(Layer):
+class Conv2D(KernelLayer):
     """``y[n, i, j, o] = f(b[o] + sum_{p, q, c} x_pad[n, i*SH + p, j*SW + q, c] * W[p, q, c, o])``.
 
     Inputs ``(N, H, W, C_in)``, kernel ``W`` ``(KH, KW, C_in, filters)``, bias ``(filters,)``, outputs
@@ -22,44 +21,25 @@ class Conv2D(Layer):
     chunks' columns are recomputed in backward instead of kept.
     """
 
-    weight_order = ("kernel", "bias")
-
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
-                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 kernel_regularizer=None, bias_regularizer=None,
                  max_workspace_bytes=DEFAULT_WORKSPACE_BYTES, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(activation=activation, **kwargs)
         if not isinstance(filters, int) or filters < 1:
             raise ValueError(f"{self.name}: filters must be a positive int, got {filters!r}")
         self.filters = filters
         self.kernel_size = normalize_pair(kernel_size, "kernel_size", self.name)
         self.strides = normalize_pair(strides, "strides", self.name)
         self.padding = normalize_padding(padding, self.name)
-        self.activation = check_activation(activation, self.name)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
         self.max_workspace_bytes = int(max_workspace_bytes)
 
     def compute_output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"layer {self.name!r} (Conv2D) expects inputs of shape "
-                             f"(None, height, width, channels), got {(None, *input_shape)}")
-        try:
-            self.pads, (out_h, out_w) = window_geometry(input_shape[:2], self.kernel_size,
-                                                        self.strides, self.padding)
-        except ValueError as error:
-            raise ValueError(f"layer {self.name!r} (Conv2D): {error}") from None
+        self.pads, (out_h, out_w) = window_output_shape(self, input_shape, self.kernel_size, self.strides,
+                                                        self.padding)
         return out_h, out_w, self.filters
 
     def build(self, input_shape):
         super().build(input_shape)
-        kernel_shape = (*self.kernel_size, input_shape[2], self.filters)
-        self.add_param("kernel", kernel_shape, self.kernel_initializer, self.kernel_regularizer)
-        if self.use_bias:
-            self.add_param("bias", (self.filters,), self.bias_initializer, self.bias_regularizer)
+        self.add_kernel_and_bias((*self.kernel_size, input_shape[2], self.filters))
 
     # ------------------------------------------------------------------------------ forward
 
@@ -92,10 +72,6 @@ class Conv2D(Layer):
         return z
 
     # ----------------------------------------------------------------------------- backward
-
-    def backward(self, grad_out):
-        """``dL/dz = dL/dy * f'(z)``, then :meth:`backward_from_logits`."""
-        return self.backward_from_logits(activation_backward(grad_out, self.y, self.activation))
 
     def backward_from_logits(self, grad_z):
         """From ``dL/dz`` ``(N, OH, OW, F)``, with ``G = dL/dz`` as ``(N*OH*OW, F)``::
@@ -156,11 +132,7 @@ class Conv2D(Layer):
     def get_config(self):
         config = {**super().get_config(), "filters": self.filters,
                   "kernel_size": list(self.kernel_size), "strides": list(self.strides),
-                  "padding": self.padding, "activation": self.activation, "use_bias": self.use_bias,
-                  "kernel_initializer": initializers.serialize(self.kernel_initializer),
-                  "bias_initializer": initializers.serialize(self.bias_initializer),
-                  "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-                  "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+                  "padding": self.padding}
         if self.max_workspace_bytes != DEFAULT_WORKSPACE_BYTES:
             config["max_workspace_bytes"] = self.max_workspace_bytes
         return config

@@ -1,31 +1,21 @@
 """Fully connected layer."""
 
-from minidl import initializers, regularizers
 from minidl.backend import ops
-from minidl.layers.activations import activate, activation_backward, check_activation
-from minidl.layers.base import Layer
+from minidl.layers.activations import activate
+from minidl.layers.kernel_layer import KernelLayer
 
 
-class Dense(Layer):
+class Dense(KernelLayer):
     """``y = f(x W + b)`` with ``W`` ``(D_in, units)`` and ``b`` ``(units,)``, as in Keras.
 
     Inputs must be ``(N, D_in)``; put a ``Flatten`` before a Dense that follows a conv layer.
     """
 
-    weight_order = ("kernel", "bias")
-
-    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, units, activation=None, **kwargs):
+        super().__init__(activation=activation, **kwargs)
         if not isinstance(units, int) or units < 1:
             raise ValueError(f"{self.name}: units must be a positive int, got {units!r}")
         self.units = units
-        self.activation = check_activation(activation, self.name)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
@@ -35,10 +25,7 @@ class Dense(Layer):
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.add_param("kernel", (input_shape[0], self.units), self.kernel_initializer,
-                       self.kernel_regularizer)
-        if self.use_bias:
-            self.add_param("bias", (self.units,), self.bias_initializer, self.bias_regularizer)
+        self.add_kernel_and_bias((input_shape[0], self.units))
 
     def forward(self, x, training=False):
         """``z = x W + b``, ``y = f(z)``.  ``x`` ``(N, D_in)`` -> ``y`` ``(N, units)``."""
@@ -46,10 +33,6 @@ class Dense(Layer):
         z = ops.matmul(x, self.params["kernel"])  # (N, units)
         self.y, self.logits = activate(z, self.params.get("bias"), self.activation)
         return self.y
-
-    def backward(self, grad_out):
-        """``dL/dz = dL/dy * f'(z)``, then :meth:`backward_from_logits`."""
-        return self.backward_from_logits(activation_backward(grad_out, self.y, self.activation))
 
     def backward_from_logits(self, grad_z):
         """From ``dL/dz`` ``(N, units)``::
@@ -66,9 +49,4 @@ class Dense(Layer):
         return ops.matmul_nt(grad_z, self.params["kernel"])
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "activation": self.activation,
-                "use_bias": self.use_bias,
-                "kernel_initializer": initializers.serialize(self.kernel_initializer),
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+        return {**super().get_config(), "units": self.units}

@@ -1,8 +1,7 @@
 """Max and average pooling over 2-D windows, channels-last."""
 
-from kernels.shapes import window_geometry
 from minidl.backend import ops
-from minidl.layers.base import Layer, normalize_padding, normalize_pair
+from minidl.layers.base import Layer, normalize_padding, normalize_pair, window_output_shape
 
 
 class _Pooling2D(Layer):
@@ -13,14 +12,8 @@ class _Pooling2D(Layer):
         self.padding = normalize_padding(padding, self.name)
 
     def compute_output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"layer {self.name!r} ({type(self).__name__}) expects inputs of shape "
-                             f"(None, height, width, channels), got {(None, *input_shape)}")
-        try:
-            self.pads, (out_h, out_w) = window_geometry(input_shape[:2], self.pool_size,
-                                                        self.strides, self.padding)
-        except ValueError as error:
-            raise ValueError(f"layer {self.name!r} ({type(self).__name__}): {error}") from None
+        self.pads, (out_h, out_w) = window_output_shape(self, input_shape, self.pool_size, self.strides,
+                                                        self.padding)
         return out_h, out_w, input_shape[2]
 
     def get_config(self):

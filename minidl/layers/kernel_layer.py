@@ -1,0 +1,45 @@
+"""What Dense and Conv2D share: a kernel, an optional bias, an activation, and their options."""
+
+from minidl import initializers, regularizers
+from minidl.layers.activations import activation_backward, check_activation
+from minidl.layers.base import Layer
+
+
+class KernelLayer(Layer):
+    """A layer computing ``y = f(z)`` with ``z`` linear in a ``kernel`` plus a ``bias``.
+
+    Subclasses compute ``z`` in ``forward`` (keeping ``self.y`` and, for softmax, ``self.logits``)
+    and implement :meth:`backward_from_logits`, the backward pass from ``dL/dz``.
+    """
+
+    weight_order = ("kernel", "bias")
+
+    def __init__(self, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = check_activation(activation, self.name)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def add_kernel_and_bias(self, kernel_shape):
+        """Create ``kernel`` of ``kernel_shape`` and, with ``use_bias``, a ``bias`` per output unit."""
+        self.add_param("kernel", kernel_shape, self.kernel_initializer, self.kernel_regularizer)
+        if self.use_bias:
+            self.add_param("bias", (kernel_shape[-1],), self.bias_initializer, self.bias_regularizer)
+
+    def backward(self, grad_out):
+        """``dL/dz = dL/dy * f'(z)``, then :meth:`backward_from_logits`."""
+        return self.backward_from_logits(activation_backward(grad_out, self.y, self.activation))
+
+    def backward_from_logits(self, grad_z):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation, "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
