@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from kernels import numpy_ref  # noqa: E402
+from kernels.memory import retain_freed_memory  # noqa: E402
 from kernels.shapes import window_geometry  # noqa: E402
 
 EPOCH_SAMPLES = 60_000
@@ -136,13 +137,14 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--skip-numpy", action="store_true", help="time only the Numba kernels")
-    parser.add_argument(
-        "--numpy-only", action="store_true",
-        help="time only numpy_ref, without importing kernels.cpu (which changes glibc's malloc settings)",
-    )
+    parser.add_argument("--numpy-only", action="store_true", help="time only numpy_ref")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc settings alone (minidl.backend changes them)")
     parser.add_argument("--skip-compile", action="store_true", help="do not time cold/cached compiles")
     args = parser.parse_args()
 
+    if not args.default_malloc:
+        retain_freed_memory()
     backends = [] if args.skip_numpy else [("numpy_ref", numpy_ref)]
     policy = "kernels.cpu not imported"
     if not args.numpy_only:
@@ -154,6 +156,7 @@ def main():
     print(f"# {' '.join(sys.argv)}")
     print(f"# {datetime.date.today()}  {platform.node()}  {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, numpy {np.__version__}; {policy}")
+    print(f"# malloc: {'glibc defaults' if args.default_malloc else 'freed blocks retained, as minidl sets it'}")
     print(f"{'backend':<10} {'batch':>5} {'ms/step':>9} {'s/epoch':>8}")
     for batch in args.batches:
         for name, module in backends:
