@@ -15,6 +15,7 @@ from minidl.backend import get_backend, ops
 from minidl.callbacks import CallbackList, History, ProgbarLogger, find_non_finite
 from minidl import layers as layers_module
 from minidl.layers import Input, Layer, MaxPooling2D
+from minidl.layers.kernel_layer import KernelLayer
 from minidl.utils import global_rng
 
 
@@ -115,8 +116,17 @@ class Sequential:
     # ---------------------------------------------------------------------------- one step
 
     def forward(self, x, training):
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        """Every layer in turn; a ReLU kernel layer followed by max pooling runs as one step that
+        pools before the bias and ReLU (:meth:`KernelLayer.forward_through_max_pooling`)."""
+        index = 0
+        while index < len(self.layers):
+            layer = self.layers[index]
+            if index + 1 < len(self.layers) and relu_feeds_max_pooling(layer, self.layers[index + 1]):
+                x = layer.forward_through_max_pooling(x, self.layers[index + 1], training)
+                index += 2
+            else:
+                x = layer.forward(x, training)
+                index += 1
         return x
 
     def backward(self, grad):
@@ -446,10 +456,9 @@ class Sequential:
 
 
 def relu_feeds_max_pooling(layer, next_layer):
-    """``layer`` ends in a ReLU (and can be differentiated from its logits) and ``next_layer`` is a
-    max pooling."""
-    return (isinstance(next_layer, MaxPooling2D) and getattr(layer, "activation", None) == "relu"
-            and hasattr(layer, "backward_from_logits"))
+    """``layer`` is a Dense or Conv2D ending in a ReLU and ``next_layer`` is a max pooling."""
+    return (isinstance(layer, KernelLayer) and layer.activation == "relu"
+            and isinstance(next_layer, MaxPooling2D))
 
 
 def is_loader(data):

@@ -43,8 +43,11 @@ class Conv2D(KernelLayer):
 
     # ------------------------------------------------------------------------------ forward
 
-    def forward(self, x, training=False):
-        """``z = im2col(x) @ W2d``, ``y = f(z + b)``.  ``x`` ``(N, H, W, C_in)`` -> ``(N, OH, OW, F)``."""
+    def linear(self, x):
+        """``z = im2col(x) @ W2d``, the convolution without bias or activation.
+
+        ``x`` ``(N, H, W, C_in)`` -> ``z`` ``(N, OH, OW, F)``; keeps ``x`` and (one chunk) ``cols``.
+        """
         self.x = x
         kernel2d = self.params["kernel"].reshape(-1, self.filters)  # (KH*KW*C_in, F)
         if self.images_per_chunk() >= x.shape[0]:
@@ -53,11 +56,7 @@ class Conv2D(KernelLayer):
         else:
             self.cols = None
             z = self.chunked_matmul(x, kernel2d)
-        y, logits = activate(z, self.params.get("bias"), self.activation)
-        batch_shape = (x.shape[0], *self.output_shape)
-        self.y = y.reshape(batch_shape)
-        self.logits = None if logits is None else logits.reshape(batch_shape)
-        return self.y
+        return z.reshape(x.shape[0], *self.output_shape)
 
     def im2col(self, x):
         return ops.im2col(x, self.kernel_size, self.strides, self.pads)

@@ -1,7 +1,6 @@
 """Fully connected layer."""
 
 from minidl.backend import ops
-from minidl.layers.activations import activate
 from minidl.layers.kernel_layer import KernelLayer
 
 
@@ -27,12 +26,10 @@ class Dense(KernelLayer):
         super().build(input_shape)
         self.add_kernel_and_bias((input_shape[0], self.units))
 
-    def forward(self, x, training=False):
-        """``z = x W + b``, ``y = f(z)``.  ``x`` ``(N, D_in)`` -> ``y`` ``(N, units)``."""
+    def linear(self, x):
+        """``z = x W``, without bias or activation.  ``x`` ``(N, D_in)`` -> ``z`` ``(N, units)``."""
         self.x = x
-        z = ops.matmul(x, self.params["kernel"])  # (N, units)
-        self.y, self.logits = activate(z, self.params.get("bias"), self.activation)
-        return self.y
+        return ops.matmul(x, self.params["kernel"])
 
     def backward_from_logits(self, grad_z):
         """From ``dL/dz`` ``(N, units)``::

@@ -1,15 +1,16 @@
 """What Dense and Conv2D share: a kernel, an optional bias, an activation, and their options."""
 
 from minidl import initializers, regularizers
-from minidl.layers.activations import activation_backward, check_activation
+from minidl.backend import ops
+from minidl.layers.activations import activate, activation_backward, check_activation
 from minidl.layers.base import Layer
 
 
 class KernelLayer(Layer):
-    """A layer computing ``y = f(z)`` with ``z`` linear in a ``kernel`` plus a ``bias``.
+    """A layer computing ``y = f(z + b)`` with ``z`` linear in its input and ``kernel``.
 
-    Subclasses compute ``z`` in ``forward`` (keeping ``self.y`` and, for softmax, ``self.logits``)
-    and implement :meth:`backward_from_logits`, the backward pass from ``dL/dz``.
+    Subclasses implement :meth:`linear` (``z`` without the bias) and :meth:`backward_from_logits`,
+    the backward pass from ``dL/d(z + b)``.
     """
 
     weight_order = ("kernel", "bias")
@@ -29,6 +30,29 @@ class KernelLayer(Layer):
         self.add_param("kernel", kernel_shape, self.kernel_initializer, self.kernel_regularizer)
         if self.use_bias:
             self.add_param("bias", (kernel_shape[-1],), self.bias_initializer, self.bias_regularizer)
+
+    def linear(self, x):
+        raise NotImplementedError
+
+    def forward(self, x, training=False):
+        """``y = f(z + b)`` with ``z = linear(x)``; keeps ``y`` (and, for softmax, the logits)."""
+        self.y, self.logits = activate(self.linear(x), self.params.get("bias"), self.activation)
+        return self.y
+
+    def forward_through_max_pooling(self, x, pool, training=False):
+        """This layer (with ReLU) and then ``pool`` (a ``MaxPooling2D``) in one pass, pooling first::
+
+            max_window relu(z + b) = relu(max_window z + b)
+
+        (``b`` is constant per channel and ReLU never decreases), so the bias and the ReLU run on the
+        pooled tensor, a quarter of the size for 2x2 pools.  ``self.y`` and ``pool.y`` are the
+        pooled activations; the argmax ``pool`` keeps may differ from the layer-by-layer one only in
+        windows whose activations are all zero, where the gradient is zero either way.
+        """
+        pooled = pool.forward(self.linear(x), training)
+        self.y = pool.y = ops.bias_activation(pooled, self.params.get("bias"), "relu")
+        self.logits = None
+        return self.y
 
     def backward(self, grad_out):
         """``dL/dz = dL/dy * f'(z)``, then :meth:`backward_from_logits`."""
