@@ -6,21 +6,15 @@ from hypothesis import strategies as st
 
 from kernels import numpy_ref
 from kernels.shapes import window_geometry
+from tests.kernels.strategies import window_problems
 
 
 @st.composite
-def window_problems(draw):
-    """A batch of images and a window (size, strides, padding) that fits them."""
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    padding = draw(st.sampled_from(["valid", "same"]))
-    height = draw(st.integers(kh if padding == "valid" else 1, 9))
-    width = draw(st.integers(kw if padding == "valid" else 1, 9))
-    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    seed = draw(st.integers(0, 2**16))
-    x = np.random.default_rng(seed).standard_normal((n, height, width, c))
-    pads, out_hw = window_geometry((height, width), (kh, kw), (sh, sw), padding)
-    return x, (kh, kw), (sh, sw), pads, out_hw
+def images_and_window(draw):
+    """A random batch of images and a window (size, strides, pads) that fits them."""
+    x_shape, window, strides, pads, out_hw = draw(window_problems())
+    x = np.random.default_rng(draw(st.integers(0, 2**16))).standard_normal(x_shape)
+    return x, window, strides, pads, out_hw
 
 
 def padded_pixel(x, n, row, col, c, pads, fill=0.0):
@@ -46,7 +40,7 @@ def direct_conv(x, kernel, strides, pads, out_hw):
 
 
 @settings(max_examples=40, deadline=None)
-@given(window_problems(), st.integers(1, 3))
+@given(images_and_window(), st.integers(1, 3))
 def test_im2col_gemm_equals_direct_convolution(problem, c_out):
     x, window, strides, pads, out_hw = problem
     kernel = np.random.default_rng(1).standard_normal((*window, x.shape[3], c_out))
@@ -56,7 +50,7 @@ def test_im2col_gemm_equals_direct_convolution(problem, c_out):
 
 
 @settings(max_examples=40, deadline=None)
-@given(window_problems())
+@given(images_and_window())
 def test_col2im_is_the_adjoint_of_im2col(problem):
     x, window, strides, pads, _ = problem
     cols = numpy_ref.im2col(x, window, strides, pads)
@@ -67,7 +61,7 @@ def test_col2im_is_the_adjoint_of_im2col(problem):
 
 
 @settings(max_examples=40, deadline=None)
-@given(window_problems())
+@given(images_and_window())
 def test_maxpool_equals_direct_window_maximum(problem):
     x, window, strides, pads, out_hw = problem
     out, argmax = numpy_ref.maxpool_forward(x, window, strides, pads)
@@ -79,7 +73,7 @@ def test_maxpool_equals_direct_window_maximum(problem):
 
 
 @settings(max_examples=40, deadline=None)
-@given(window_problems())
+@given(images_and_window())
 def test_avgpool_equals_direct_mean_of_real_pixels(problem):
     x, window, strides, pads, out_hw = problem
     out = numpy_ref.avgpool_forward(x, window, strides, pads)
@@ -92,7 +86,7 @@ def test_avgpool_equals_direct_mean_of_real_pixels(problem):
 
 
 @settings(max_examples=30, deadline=None)
-@given(window_problems())
+@given(images_and_window())
 def test_pooling_backwards_are_adjoint_to_their_linearisation(problem):
     x, window, strides, pads, _ = problem
     out, argmax = numpy_ref.maxpool_forward(x, window, strides, pads)

@@ -1,0 +1,19 @@
+"""Hypothesis strategies shared by the kernel tests."""
+
+from hypothesis import strategies as st
+
+from kernels.shapes import window_geometry
+
+
+@st.composite
+def window_problems(draw, max_batch=3, max_size=9, max_window=4, max_channels=3):
+    """``(x_shape, window, strides, pads, (OH, OW))``: an NHWC batch shape and a 2-D window (size,
+    strides 1-3, 'valid' or 'same' padding made explicit) that fits it."""
+    window = (draw(st.integers(1, max_window)), draw(st.integers(1, max_window)))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    smallest = window if padding == "valid" else (1, 1)  # 'same' fits any size
+    height, width = draw(st.integers(smallest[0], max_size)), draw(st.integers(smallest[1], max_size))
+    x_shape = (draw(st.integers(1, max_batch)), height, width, draw(st.integers(1, max_channels)))
+    pads, out_hw = window_geometry((height, width), window, strides, padding)
+    return x_shape, window, strides, pads, out_hw
