@@ -30,14 +30,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from minidl import losses, metrics, optimizers
 from minidl.model import Sequential
-from minidl.utils import get_rng_state, set_rng_state
+from minidl.utils import atomic_write, get_rng_state, set_rng_state
 
 FORMAT_VERSION = 1
 MODEL_FORMAT, WEIGHTS_FORMAT = "minidl.model", "minidl.weights"
@@ -66,33 +65,11 @@ def write_archive(path, file_format, members):
     path = os.fspath(path)
     manifest = {"format": file_format, "format_version": FORMAT_VERSION,
                 "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}}
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
-                archive.writestr("manifest.json", json.dumps(manifest, indent=1))
-                for name, data in members.items():
-                    archive.writestr(name, data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    sync_directory(directory)
-
-
-def sync_directory(directory):
-    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    with atomic_write(path) as file:
+        with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr("manifest.json", json.dumps(manifest, indent=1))
+            for name, data in members.items():
+                archive.writestr(name, data)
 
 
 def weight_members(model):

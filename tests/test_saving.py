@@ -278,3 +278,28 @@ def small_resume_model():
     return minidl.Sequential([
         layers.Input((6, 6, 1)), layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(2),
         layers.Flatten(), layers.Dropout(0.3), layers.Dense(3, activation="softmax")])
+
+
+def test_saved_files_get_the_permissions_a_plain_open_would_give(tmp_path):
+    from minidl.utils import atomic_write
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "file.bin") as file:
+            file.write(b"data")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "file.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    from minidl.utils import atomic_write
+
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as file:
+            file.write(b"half")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]

@@ -27,13 +27,14 @@ import dataclasses
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from minidl.utils import atomic_write
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -271,11 +272,9 @@ def download_file(url, destination, idx_file):
 
     The bytes go to a temporary file beside ``destination`` and are renamed only once verified.
     """
-    destination = Path(destination)
     digest = hashlib.sha256()
-    handle, temp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as temp_file, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+    with atomic_write(destination) as temp_file:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 temp_file.write(chunk)
@@ -284,10 +283,6 @@ def download_file(url, destination, idx_file):
                 f"download of {url} failed verification: SHA-256 {digest.hexdigest()}, "
                 f"expected {idx_file.archive_sha256}"
             )
-        os.replace(temp_name, destination)
-    finally:
-        if os.path.exists(temp_name):
-            os.remove(temp_name)
 
 
 def read_verified_idx(path, idx_file):
