@@ -101,16 +101,22 @@ def command_train(args):
         args.dataset, args.data_dir, (args.image_size, args.image_size), args.color_mode, args.seed)
     x_train, y_train = first(args.limit, x_train, y_train)
     x_test, y_test = first(args.limit, x_test, y_test)
-    model = build_model(args.model, x_train.shape[1:], len(class_names))
-    optimizer_class = optimizers.OPTIMIZERS[args.optimizer]
-    optimizer = optimizer_class() if args.learning_rate is None else optimizer_class(args.learning_rate)
-    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    if args.resume:
+        model = minidl.load_model(args.resume)
+        print(f"resuming {args.resume} after epoch {model.initial_epoch}")
+    else:
+        model = build_model(args.model, x_train.shape[1:], len(class_names))
+        optimizer_class = optimizers.OPTIMIZERS[args.optimizer]
+        optimizer = optimizer_class() if args.learning_rate is None else optimizer_class(args.learning_rate)
+        model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.class_names = class_names
     if args.verbose:
         model.summary()
+    checkpoints = [minidl.callbacks.ModelCheckpoint(args.checkpoint)] if args.checkpoint else []
     history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
                         validation_split=args.validation_split, verbose=args.verbose, seed=args.seed,
-                        augment=augmentation() if args.augment else None)
+                        augment=augmentation() if args.augment else None,
+                        initial_epoch=model.initial_epoch, callbacks=checkpoints)
     test_logs = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True)
     print(f"test ({len(x_test)} samples): " + " - ".join(f"{k}: {v:.4f}" for k, v in test_logs.items()))
     if args.output:
@@ -299,6 +305,10 @@ def build_parser():
                        help="for image folders (default grayscale)")
     train.add_argument("--output", default="model.minidl", help="model file to write (default model.minidl)")
     train.add_argument("--plots", metavar="DIR", help="write learning curves, confusion matrix, filters")
+    train.add_argument("--checkpoint", metavar="FILE", help="save a resumable checkpoint after every epoch")
+    train.add_argument("--resume", metavar="FILE",
+                       help="continue the run saved in this checkpoint (its model, optimizer state and epoch; "
+                            "give the same --dataset, --limit, --seed and --epochs)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="0 silent, 1 bar, 2 lines")
     add_common(train)
     train.set_defaults(run=command_train)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 
 import minidl
@@ -61,6 +62,24 @@ def test_train_writes_a_loadable_model_and_reports_test_accuracy(trained_on_shap
     assert "test (120 samples): loss:" in result.stdout
     model = minidl.load_model(folder / "shapes.minidl")
     assert model.initial_epoch == 2 and model.class_names == ["circle", "square", "triangle"]
+
+
+@needs_data
+def test_train_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(tmp_path):
+    common = ["train", "--model", "tiny-cnn", "--dataset", "shapes", "--limit", "120", "--verbose", "0",
+              "--seed", "3"]
+    whole = minidl_cli(*common, "--epochs", "3", "--output", tmp_path / "whole.minidl")
+    first = minidl_cli(*common, "--epochs", "1", "--checkpoint", tmp_path / "ckpt.minidl",
+                       "--output", tmp_path / "first.minidl")
+    resumed = minidl_cli(*common, "--epochs", "3", "--resume", tmp_path / "ckpt.minidl",
+                         "--output", tmp_path / "resumed.minidl")
+    for result in (whole, first, resumed):
+        assert result.returncode == 0, result.stderr
+    assert "resuming" in resumed.stdout and "after epoch 1" in resumed.stdout
+    expected = minidl.load_model(tmp_path / "whole.minidl").get_weights()
+    actual = minidl.load_model(tmp_path / "resumed.minidl").get_weights()
+    for w_expected, w_actual in zip(expected, actual):
+        np.testing.assert_array_equal(w_actual, w_expected)
 
 
 @needs_data
