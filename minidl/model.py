@@ -322,21 +322,29 @@ class Sequential:
 
     # --------------------------------------------------------------------- evaluate/predict
 
-    def evaluate_batches(self, batches):
-        """Mean loss and metrics over every batch, in inference mode."""
+    def evaluate_batches(self, batches, keep_outputs=False):
+        """Mean loss and metrics over every batch, in inference mode.  With ``keep_outputs`` also
+        returns every batch's ``(targets, predictions)`` as host arrays."""
         loss_mean = metrics_module.Mean()
         for metric in self.metrics:
             metric.reset()
-        logs = {}
+        logs, outputs = {}, []
         for x_batch, targets in batches.epoch(0):
             targets = ops.to_device(targets)
             y_pred = self.forward(ops.to_device(x_batch), training=False)
             loss, _ = self.loss_and_grad(y_pred, targets)
             logs = self.update_logs(loss_mean, loss + self.regularization_penalty(), targets, y_pred)
-        return logs
+            if keep_outputs:
+                outputs.append((ops.to_host(targets), ops.to_host(y_pred)))
+        return (logs, outputs) if keep_outputs else logs
 
-    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, return_dict=False):
-        """Loss (and metrics) on ``(x, y)``: a float, ``[loss, *metrics]``, or a dict."""
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False):
+        """Loss (and metrics) on ``(x, y)``: a float, ``[loss, *metrics]``, or a dict.
+
+        With ``report=True`` the result comes with a per-class report,
+        ``(result, minidl.metrics.classification_report(...))``, its rows named by ``class_names``
+        when the model has them.
+        """
         self.require_compiled("evaluate")
         if is_loader(x):
             batches = LoaderBatches(self, x)
@@ -344,12 +352,16 @@ class Sequential:
             x, targets = self.check_data(x, y)
             batches = ArrayBatches(self, x, targets, batch_size, shuffle=False)
         self.sync_backend()
-        logs = self.evaluate_batches(batches)
+        logs, outputs = self.evaluate_batches(batches, keep_outputs=True) if report \
+            else (self.evaluate_batches(batches), None)
         if verbose:
             print(" - ".join(f"{key}: {value:.4f}" for key, value in logs.items()), flush=True)
-        if return_dict:
-            return logs
-        return logs["loss"] if len(logs) == 1 else list(logs.values())
+        result = logs if return_dict else logs["loss"] if len(logs) == 1 else list(logs.values())
+        if not report:
+            return result
+        targets_all = np.concatenate([t for t, _ in outputs])
+        predictions_all = np.concatenate([p for _, p in outputs])
+        return result, metrics_module.classification_report(targets_all, predictions_all, self.class_names)
 
     def predict(self, x, batch_size=32, verbose=0):
         """Outputs for ``x`` ``(N, *input_shape)`` -> ``(N, *output_shape)`` as a NumPy array."""

@@ -228,3 +228,15 @@ def test_relu_and_max_pooling_run_as_one_step_with_the_layer_by_layer_results(ba
     np.testing.assert_array_equal(np.asarray(y_pred), np.asarray(chained_y))
     for expected, actual in zip(chained, paired):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_can_return_a_per_class_report():
+    x, y = blobs(120)
+    model = mlp()
+    model.fit(x, y, epochs=5, verbose=0)
+    model.class_names = ["north", "east", "west"]
+    (loss, accuracy), report = model.evaluate(x, y, verbose=0, report=True)
+    assert loss == pytest.approx(model.evaluate(x, y, verbose=0)[0])
+    assert set(["north", "east", "west"]) <= set(report)
+    assert sum(report[name]["support"] for name in ("north", "east", "west")) == 120
+    assert report["north"]["recall"] == pytest.approx(np.mean(model.predict(x[y == 0]).argmax(1) == 0))
