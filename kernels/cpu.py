@@ -66,7 +66,7 @@ __all__ = [
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
     "softmax_cross_entropy", "dropout_mask", "regularize_grad", "regularization_penalty",
     "sgd_update", "adam_update", "rmsprop_update",
-    "check_available", "set_num_threads", "thread_policy", "warmup",
+    "cache_report", "check_available", "set_num_threads", "thread_policy", "warmup",
 ]
 
 LINEAR, RELU, SIGMOID, TANH = (ACTIVATIONS.index(name) for name in ("linear", "relu", "sigmoid", "tanh"))
@@ -891,6 +891,15 @@ def _warmup_calls(dtype):
         "adam_update": lambda: adam_update(param, grad, slot_1, slot_2, 0.1, 0.9, 0.999, 1e-7, 1),
         "rmsprop_update": lambda: rmsprop_update(param, grad, slot_1, 0.1, 0.9, 1e-7),
     }
+
+
+def cache_report():
+    """``(loaded, compiled)``: how many kernel specialisations this process loaded from Numba's on-disk
+    cache and how many it had to compile."""
+    dispatchers = [value for value in globals().values() if isinstance(value, numba.core.registry.CPUDispatcher)]
+    loaded = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
+    compiled = sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
+    return loaded, compiled
 
 
 def warmup(dtype=np.float32):

@@ -254,7 +254,12 @@ def command_bench(args):
     print(f"backend {minidl.get_backend()}, seed-cnn on random 28x28x1 data, batch {args.batch_size}, "
           f"{args.steps} timed steps after {args.warmup_steps} warm-up steps, {os.cpu_count()} CPUs")
     if warmup_seconds is not None:
-        print(f"kernel warm-up (compilation): {warmup_seconds:.2f} s")
+        cache_report = getattr(ops, "cache_report", None)
+        origin = ""
+        if cache_report is not None:
+            loaded, compiled = cache_report()
+            origin = f" ({loaded} kernels loaded from the on-disk cache, {compiled} compiled)"
+        print(f"kernel warm-up: {warmup_seconds:.2f} s{origin}")
     print(f"{steps_per_second:.2f} steps/s, {steps_per_second * args.batch_size:.0f} samples/s, "
           f"{epoch_seconds:.1f} s per epoch of {args.epoch_samples} samples")
     return 0
