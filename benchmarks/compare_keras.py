@@ -12,7 +12,8 @@ accuracy.
 
 The table is printed, written as JSON and as a PNG chart to ``--out`` (default ``benchmarks/out``), and
 a dated section is appended to ``benchmarks/RESULTS.md`` unless ``--no-record``.
-Keras must be installed (``pip install -e .[bench]``); the workers pin nothing else.
+Keras must be installed (``pip install -e .[bench]``); ``--keras-backend jax|torch`` runs Keras on another
+backend (a GPU machine without TensorFlow), ``--backend cuda`` runs minidl on the GPU.
 """
 
 import argparse
@@ -190,7 +191,7 @@ def launch_worker(framework, optimizer, batch_size, args, weights_path):
                "--weights", str(weights_path), "--limit", str(args.limit or 0)]
     if args.backend:
         command += ["--backend", args.backend]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": args.keras_backend}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     for line in completed.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -265,11 +266,12 @@ def code_version():
 
 
 def record(results, command, args):
+    os.environ["KERAS_BACKEND"] = args.keras_backend
     import keras
     import numba
 
     section = [f"\n## {datetime.date.today().isoformat()}: minidl vs Keras {keras.__version__} "
-               f"(TensorFlow backend), seed CNN, Fashion-MNIST",
+               f"({args.keras_backend} backend), seed CNN, Fashion-MNIST",
                f"- command: `{command}`",
                f"- machine: {machine_description()}; code at commit {code_version()}",
                f"- numpy {np.__version__}, numba {numba.__version__}; {args.epochs} epochs per run; "
@@ -286,6 +288,8 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=["adam", "nesterov"])
     parser.add_argument("--backend", help="minidl backend (default: minidl's default)")
+    parser.add_argument("--keras-backend", choices=("tensorflow", "jax", "torch"), default="tensorflow",
+                        help="Keras 3 backend (default tensorflow; jax or torch on a GPU machine without TF)")
     parser.add_argument("--limit", type=int, default=0, help="train on the first N samples only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
