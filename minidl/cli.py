@@ -118,7 +118,7 @@ def command_train(args):
                         augment=augmentation() if args.augment else None,
                         initial_epoch=model.initial_epoch, callbacks=checkpoints)
     test_logs = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True)
-    print(f"test ({len(x_test)} samples): " + " - ".join(f"{k}: {v:.4f}" for k, v in test_logs.items()))
+    print(f"test ({len(x_test)} samples): " + minidl.callbacks.format_logs(test_logs))
     if args.output:
         model.save(args.output)
         print(f"saved model to {args.output}")
@@ -158,14 +158,15 @@ def command_evaluate(args):
     x_test, y_test = first(args.limit, x_test, y_test)
     if model.loss is None:
         model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    logs = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True)
-    print(f"{args.model} on {args.dataset} ({len(x_test)} samples): "
-          + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-    probabilities = model.predict(x_test, batch_size=args.batch_size)
-    print(metrics.classification_report(y_test, probabilities, class_names=class_names))
+    model.class_names = class_names
+    logs, report = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True,
+                                  report=True)
+    print(f"{args.model} on {args.dataset} ({len(x_test)} samples): " + minidl.callbacks.format_logs(logs))
+    print(report)
     if args.plots:
         from minidl import plots
 
+        probabilities = model.predict(x_test, batch_size=args.batch_size)
         matrix = metrics.confusion_matrix(y_test, probabilities, len(class_names))
         print("plot: " + plots.plot_confusion_matrix(matrix, os.path.join(args.plots, "confusion_matrix.png"),
                                                      class_names))

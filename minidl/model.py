@@ -12,7 +12,7 @@ from minidl import losses as losses_module
 from minidl import metrics as metrics_module
 from minidl import optimizers as optimizers_module
 from minidl.backend import get_backend, ops
-from minidl.callbacks import CallbackList, History, ProgbarLogger, find_non_finite
+from minidl.callbacks import CallbackList, History, ProgbarLogger, find_non_finite, format_logs
 from minidl import layers as layers_module
 from minidl.layers import Input, Layer, MaxPooling2D
 from minidl.layers.kernel_layer import KernelLayer
@@ -329,11 +329,12 @@ class Sequential:
         for metric in self.metrics:
             metric.reset()
         logs, outputs = {}, []
+        penalty = self.regularization_penalty()  # the weights do not change while evaluating
         for x_batch, targets in batches.epoch(0):
             targets = ops.to_device(targets)
             y_pred = self.forward(ops.to_device(x_batch), training=False)
             loss, _ = self.loss_and_grad(y_pred, targets)
-            logs = self.update_logs(loss_mean, loss + self.regularization_penalty(), targets, y_pred)
+            logs = self.update_logs(loss_mean, loss + penalty, targets, y_pred)
             if keep_outputs:
                 outputs.append((ops.to_host(targets), ops.to_host(y_pred)))
         return (logs, outputs) if keep_outputs else logs
@@ -355,7 +356,7 @@ class Sequential:
         logs, outputs = self.evaluate_batches(batches, keep_outputs=True) if report \
             else (self.evaluate_batches(batches), None)
         if verbose:
-            print(" - ".join(f"{key}: {value:.4f}" for key, value in logs.items()), flush=True)
+            print(format_logs(logs), flush=True)
         result = logs if return_dict else logs["loss"] if len(logs) == 1 else list(logs.values())
         if not report:
             return result
