@@ -35,7 +35,11 @@ class KernelLayer(Layer):
         raise NotImplementedError
 
     def forward(self, x, training=False):
-        """``y = f(z + b)`` with ``z = linear(x)``; keeps ``y`` (and, for softmax, the logits)."""
+        """``y = f(z + b)`` with ``z = linear(x)``; keeps ``y`` (and, for softmax, the logits).
+
+        ``x`` ``(N, ...)`` -> ``y`` ``(N, ..., units)``: ``(N, D_in) -> (N, units)`` for Dense,
+        ``(N, H, W, C_in) -> (N, OH, OW, filters)`` for Conv2D.
+        """
         self.y, self.logits = activate(self.linear(x), self.params.get("bias"), self.activation)
         return self.y
 
@@ -45,7 +49,8 @@ class KernelLayer(Layer):
             max_window relu(z + b) = relu(max_window z + b)
 
         (``b`` is constant per channel and ReLU never decreases), so the bias and the ReLU run on the
-        pooled tensor, a quarter of the size for 2x2 pools.  ``self.y`` and ``pool.y`` are the
+        pooled tensor, a quarter of the size for 2x2 pools.  ``x`` ``(N, H, W, C_in)`` -> ``z``
+        ``(N, OH, OW, F)`` -> pooled ``(N, PH, PW, F)``.  ``self.y`` and ``pool.y`` are the
         pooled activations; the argmax ``pool`` keeps may differ from the layer-by-layer one only in
         windows whose activations are all zero, where the gradient is zero either way.
         """
@@ -55,7 +60,8 @@ class KernelLayer(Layer):
         return self.y
 
     def backward(self, grad_out):
-        """``dL/dz = dL/dy * f'(z)``, then :meth:`backward_from_logits`."""
+        """``dL/dz = dL/dy * f'(z)`` (same shape as ``y``), then :meth:`backward_from_logits`, which
+        returns ``dL/dx`` of ``x``'s shape."""
         return self.backward_from_logits(activation_backward(grad_out, self.y, self.activation))
 
     def backward_from_logits(self, grad_z):

@@ -29,7 +29,8 @@ class MaxPooling2D(_Pooling2D):
     """
 
     def forward(self, x, training=False):
-        """Window maxima, keeping which element won (``argmax``) for backward."""
+        """``y[n, i, j, c] = max_{p, q} x_pad[n, i*SH + p, j*SW + q, c]``, keeping which element won
+        (``argmax``) for backward.  ``(N, H, W, C) -> (N, OH, OW, C)``."""
         self.x_shape = x.shape
         self.y, self.argmax = ops.maxpool_forward(x, self.pool_size, self.strides, self.pads)
         return self.y
@@ -46,7 +47,7 @@ class AveragePooling2D(_Pooling2D):
     (padding is not counted, as in Keras).  ``(N, H, W, C) -> (N, OH, OW, C)``."""
 
     def forward(self, x, training=False):
-        """Window means."""
+        """``y[n, i, j, c]`` = mean of the window's real pixels.  ``(N, H, W, C) -> (N, OH, OW, C)``."""
         self.x_shape = x.shape
         return ops.avgpool_forward(x, self.pool_size, self.strides, self.pads)
 
