@@ -15,18 +15,17 @@ GEMMs
 -----
 :func:`matmul`, :func:`matmul_tn` and :func:`matmul_nt` call NumPy's BLAS, which handles the
 transposes without copies.  The seed CNN's first conv has ``K = 3*3*1 = 9``; a direct Numba loop
-for such thin products was measured (batch 128, fp32, 2-core VM, 2026-11-23) and lost everywhere:
-``(86528, 9) @ (9, 32)`` BLAS 0.45-0.56 ms vs Numba 2.2-2.9 ms; ``(9, 86528) @ (86528, 32)`` 1.2 vs
-2.1-2.4 ms; ``(86528, 32) @ (32, 9)`` 0.6-0.8 vs 10 ms.  BLAS only looked slow on these shapes
-because every fresh output paid page faults, which :func:`kernels.memory.retain_freed_memory` removes.
+for such thin products was tried and lost to BLAS on every shape of the seed CNN, so it was not
+kept.  BLAS only looked slow on these shapes because every fresh output paid page faults, which
+:func:`kernels.memory.retain_freed_memory` removes.
 
 Memory
 ------
 ``minidl.backend`` calls :func:`kernels.memory.retain_freed_memory` for every backend: glibc then
 keeps freed blocks of up to 32 MiB for reuse instead of unmapping them, so the same large arrays
-allocated every step no longer page-fault.  Measured on the seed CNN step at batch 128: about 6,800 page faults and 20 ms of
-system time per 62 ms step before, none after (``benchmarks/kernel_step.py``).  The process keeps
-its peak heap instead of returning it to the OS.
+allocated every step no longer page-fault.  ``python benchmarks/kernel_step.py --default-malloc``
+shows the difference (2026-11-23, batch 128: 45 ms a step with glibc's defaults, 25 ms without the
+page faults).  The process keeps its peak heap instead of returning it to the OS.
 
 Threads
 -------
@@ -34,8 +33,9 @@ Policy: BLAS owns the cores; the Numba kernels run on one thread.  ``MINIDL_NUM_
 or :func:`set_num_threads`, gives them ``n`` threads (for the calling thread: Numba's rule).  BLAS
 threads are NumPy's default (all cores) unless ``OPENBLAS_NUM_THREADS`` is set before Python starts.
 ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` so idle Numba threads sleep instead of spinning against
-BLAS's.  Measured with ``benchmarks/kernel_step.py`` (seed CNN forward + backward + Adam, fp32,
-2-core VM, 2026-11-23, ms per step at batch 32 / 128, three runs each):
+BLAS's.  Measured with ``benchmarks/kernel_step.py --skip-compile`` under each setting, e.g.
+``MINIDL_NUM_THREADS=2 OMP_WAIT_POLICY=active`` or ``OPENBLAS_NUM_THREADS=1`` (seed CNN forward +
+backward + Adam, fp32, 2-core VM, 2026-11-23, ms per step at batch 32 / 128, three runs each):
 
 * Numba 1 thread, BLAS 2 (the default):        7.4-7.7 / 28.8-30.1
 * Numba 2 threads passive, BLAS 2:             8.1-12.3 / 32.5-38.0
@@ -251,8 +251,8 @@ def im2col(x, kernel_size, strides, pads):
     ``x_padded[n, oh*SH + i, ow*SW + j, c]`` at column ``(i*KW + j)*C + c``.  A convolution is then
     ``cols @ kernel.reshape(KH*KW*C, C_out)``.  For inputs of fewer than ``FEW_CHANNELS`` channels
     ``cols`` is the transpose of a C-contiguous ``(KH*KW*C, N*OH*OW)`` array (BLAS takes either
-    order): each of its rows is written contiguously, three times faster than rows of ``KH*KW*C``
-    scalars (measured for a 28x28x1 batch of 128, 2026-11-23: 0.62 ms against 1.93 ms).
+    order): each of its rows is written contiguously, which made the first conv's unfold about three
+    times faster than writing rows of ``KH*KW*C`` scalars (``benchmarks/profile_step.py`` times it).
     """
     (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
     out_h, out_w = _padded_output_hw(x.shape, kernel_size, strides, pads)
