@@ -16,7 +16,7 @@ EPSILON = 1e-7  # Keras's clip for probabilities
 
 class Loss:
     name = None
-    is_cross_entropy = False
+    is_cross_entropy = False  # categorical cross-entropy, which fuses with a final softmax
     from_logits = False
 
     # ----------------------------------------------------------------------------- targets
@@ -52,7 +52,17 @@ class Loss:
         return float(self.host_value_and_grad(y_pred, targets)[0].mean())
 
     def get_config(self):
-        return {"from_logits": self.from_logits} if self.is_cross_entropy else {}
+        return {}
+
+
+class LogitsOrProbabilitiesLoss(Loss):
+    """A loss that takes probabilities, or logits with ``from_logits=True``."""
+
+    def __init__(self, from_logits=False):
+        self.from_logits = bool(from_logits)
+
+    def get_config(self):
+        return {"from_logits": self.from_logits}
 
 
 def _sigmoid(z):
@@ -85,7 +95,7 @@ class MeanAbsoluteError(Loss):
         return _mean_over_features(np.abs(diff)), np.sign(diff) / diff.size
 
 
-class CategoricalCrossentropy(Loss):
+class CategoricalCrossentropy(LogitsOrProbabilitiesLoss):
     """``L = -mean_n sum_k t_nk log p_nk`` with one-hot (or probability) targets ``(N, K)``.
 
     From probabilities ``p`` (clipped to ``[eps, 1 - eps]``): ``dL/dp = -t / (N p)``.  From logits
@@ -94,9 +104,6 @@ class CategoricalCrossentropy(Loss):
 
     name = "categorical_crossentropy"
     is_cross_entropy = True
-
-    def __init__(self, from_logits=False):
-        self.from_logits = bool(from_logits)
 
     def value_and_grad(self, y_pred, targets):
         if self.from_logits:
@@ -144,7 +151,7 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         return one_hot
 
 
-class BinaryCrossentropy(Loss):
+class BinaryCrossentropy(LogitsOrProbabilitiesLoss):
     """``L = -mean_n mean_k [t log p + (1 - t) log(1 - p)]`` for sigmoid outputs.
 
     From probabilities (clipped): ``dL/dp = (p - t) / (p (1 - p) N K)``.  From logits ``z``:
@@ -152,10 +159,6 @@ class BinaryCrossentropy(Loss):
     """
 
     name = "binary_crossentropy"
-    is_cross_entropy = False
-
-    def __init__(self, from_logits=False):
-        self.from_logits = bool(from_logits)
 
     def host_value_and_grad(self, y_pred, targets):
         if self.from_logits:
@@ -166,10 +169,6 @@ class BinaryCrossentropy(Loss):
         inside = (y_pred > EPSILON) & (y_pred < 1 - EPSILON)
         losses = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
         return _mean_over_features(losses), (p - targets) / (p * (1 - p)) * inside / p.size
-
-    def get_config(self):
-        return {"from_logits": self.from_logits}
-
 
 LOSSES = {
     "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,

@@ -7,6 +7,11 @@ learning rate for that update.
 import math
 
 
+def require_positive(name, value):
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
 class LearningRateSchedule:
     def __call__(self, step):
         raise NotImplementedError
@@ -19,8 +24,7 @@ class ExponentialDecay(LearningRateSchedule):
     """``lr(t) = lr0 * rate^(t / decay_steps)``; with ``staircase`` the exponent is floored."""
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
-        if decay_steps <= 0:
-            raise ValueError(f"decay_steps must be positive, got {decay_steps}")
+        require_positive("decay_steps", decay_steps)
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps, self.decay_rate, self.staircase = decay_steps, decay_rate, staircase
 
@@ -35,8 +39,7 @@ class StepDecay(LearningRateSchedule):
     """``lr(t) = lr0 * factor^floor(t / step_size)``: drop by ``factor`` every ``step_size`` steps."""
 
     def __init__(self, initial_learning_rate, step_size, factor=0.1):
-        if step_size <= 0:
-            raise ValueError(f"step_size must be positive, got {step_size}")
+        require_positive("step_size", step_size)
         self.initial_learning_rate, self.step_size, self.factor = initial_learning_rate, step_size, factor
 
     def __call__(self, step):
@@ -63,8 +66,7 @@ class CosineDecay(LearningRateSchedule):
     """``lr(t) = lr0 * ((1 - alpha) * (1 + cos(pi * min(t, T) / T)) / 2 + alpha)``, ``T = decay_steps``."""
 
     def __init__(self, initial_learning_rate, decay_steps, alpha=0.0):
-        if decay_steps <= 0:
-            raise ValueError(f"decay_steps must be positive, got {decay_steps}")
+        require_positive("decay_steps", decay_steps)
         self.initial_learning_rate, self.decay_steps, self.alpha = initial_learning_rate, decay_steps, alpha
 
     def __call__(self, step):
