@@ -243,31 +243,32 @@ class Sequential:
         """Train for ``epochs`` passes over ``(x, y)``; returns a :class:`~minidl.callbacks.History`.
 
         ``x`` may also be a data loader yielding ``(x_batch, y_batch)``.  ``validation_split`` holds
-        out the last fraction of the arrays (before shuffling, as Keras does).  ``seed`` makes each
+        out the last fraction of the arrays (before shuffling, as Keras does) unless ``validation_data``
+        is given.  ``seed`` makes each
         epoch's shuffle a function of ``(seed, epoch)``; ``augment`` is a transform applied to every
         training batch.
         """
         self.require_compiled("fit")
         if not 0 <= validation_split < 1:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        validation = self.validation_batches(validation_data, batch_size or 32)
         if is_loader(x):
             if validation_split:
                 raise ValueError("validation_split needs arrays; pass validation_data with a loader")
             train = LoaderBatches(self, x)
         else:
             x, targets = self.check_data(x, y)
-            if validation_split:
+            if validation_split and validation is None:  # validation_data wins, as in Keras
                 n_val = int(len(x) * validation_split)
                 if n_val == 0 or n_val == len(x):
                     raise ValueError(f"validation_split={validation_split} leaves an empty set "
                                      f"for {len(x)} samples")
-                validation_data = (x[-n_val:], targets[-n_val:], "encoded")
+                validation = ArrayBatches(self, x[-n_val:], targets[-n_val:], batch_size or 32, shuffle=False)
                 x, targets = x[:-n_val], targets[:-n_val]
             if self.optimizer.full_batch:
                 batch_size = len(x)
             base_seed = int(global_rng().integers(2**31)) if seed is None else seed
             train = ArrayBatches(self, x, targets, batch_size or 32, shuffle, base_seed, augment)
-        validation = self.validation_batches(validation_data, batch_size or 32)
         self.sync_backend()
         self.history = History()
         # user callbacks first, so History records what they add to the logs (e.g. learning_rate)
@@ -314,10 +315,7 @@ class Sequential:
             return None
         if is_loader(validation_data):
             return LoaderBatches(self, validation_data)
-        if len(validation_data) == 3 and validation_data[2] == "encoded":
-            x_val, targets_val = validation_data[:2]
-        else:
-            x_val, targets_val = self.check_data(*validation_data[:2], what="validation x")
+        x_val, targets_val = self.check_data(*validation_data[:2], what="validation x")
         return ArrayBatches(self, x_val, targets_val, batch_size, shuffle=False)
 
     # --------------------------------------------------------------------- evaluate/predict
