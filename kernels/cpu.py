@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 
 from kernels import numpy_ref  # noqa: E402
 from kernels.numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
-from kernels.shapes import output_length  # noqa: E402
+from kernels.shapes import output_hw  # noqa: E402
 
 __all__ = [
     "to_device", "to_host", "zeros", "zeros_like", "multiply", "accumulate", "all_finite",
@@ -110,11 +110,6 @@ def _flat_inplace(function, name, x):
 def _check_same_shape(function, a_name, a, b_name, b):
     if a.shape != b.shape:
         raise ValueError(f"{function}: {a_name} has shape {a.shape} but {b_name} has shape {b.shape}")
-
-
-def _padded_output_hw(x_shape, window, strides, pads):
-    (_, height, width, _), (kh, kw), (sh, sw), (pad_h, pad_w) = x_shape, window, strides, pads
-    return output_length(height, kh, sh, *pad_h), output_length(width, kw, sw, *pad_w)
 
 
 # ------------------------------------------------------------------------------------ arrays
@@ -255,7 +250,7 @@ def im2col(x, kernel_size, strides, pads):
     times faster than writing rows of ``KH*KW*C`` scalars (``benchmarks/profile_step.py`` times it).
     """
     (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
-    out_h, out_w = _padded_output_hw(x.shape, kernel_size, strides, pads)
+    out_h, out_w = output_hw(x.shape, kernel_size, strides, pads)
     n, _, _, c = x.shape
     if c < FEW_CHANNELS:
         cols_t = np.empty((kh * kw * c, n * out_h * out_w), dtype=x.dtype)
@@ -295,7 +290,7 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
     ``cols`` ``(N*OH*OW, KH*KW*C)`` -> ``(N, H, W, C)``; overlapping windows sum, padding is dropped.
     """
     (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
-    out_h, out_w = _padded_output_hw(x_shape, kernel_size, strides, pads)
+    out_h, out_w = output_hw(x_shape, kernel_size, strides, pads)
     n, _, _, c = x_shape
     if cols.shape != (n * out_h * out_w, kh * kw * c):
         raise ValueError(
@@ -345,7 +340,7 @@ def maxpool_forward(x, pool_size, strides, pads):
     flat index ``i*PW + j`` of the maximum inside its window (padding never wins: it is ``-inf``).
     """
     (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
-    out_h, out_w = _padded_output_hw(x.shape, pool_size, strides, pads)
+    out_h, out_w = output_hw(x.shape, pool_size, strides, pads)
     shape = (x.shape[0], out_h, out_w, x.shape[3])
     out, argmax = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int32)
     _maxpool_forward_kernel(np.ascontiguousarray(x), ph, pw, sh, sw, top, left, out, argmax)
@@ -424,7 +419,7 @@ def avgpool_forward(x, pool_size, strides, pads):
     ``x`` ``(N, H, W, C)`` -> ``(N, OH, OW, C)``.
     """
     (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
-    out_h, out_w = _padded_output_hw(x.shape, pool_size, strides, pads)
+    out_h, out_w = output_hw(x.shape, pool_size, strides, pads)
     out = np.empty((x.shape[0], out_h, out_w, x.shape[3]), dtype=x.dtype)
     _avgpool_forward_kernel(np.ascontiguousarray(x), ph, pw, sh, sw, top, left, out)
     return out

@@ -39,7 +39,7 @@ from numba.cuda.random import (
 )
 
 from kernels.numpy_ref import ACTIVATIONS, check_activation
-from kernels.shapes import output_length
+from kernels.shapes import output_hw
 
 ON_SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
 
@@ -441,9 +441,9 @@ def im2col(x, kernel_size, strides, pads):
     ``x`` ``(N, H, W, C)`` -> ``cols`` ``(N*OH*OW, KH*KW*C)``; row ``(n, oh, ow)`` holds
     ``x_padded[n, oh*SH + i, ow*SW + j, c]`` at column ``(i*KW + j)*C + c``.
     """
-    n, height, width, channels = x.shape
-    (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_size, strides, pads
-    out_h, out_w = output_length(height, kh, sh, top, bottom), output_length(width, kw, sw, left, right)
+    n, _, _, channels = x.shape
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
+    out_h, out_w = output_hw(x.shape, kernel_size, strides, pads)
     cols = cuda.device_array((n * out_h * out_w, kh * kw * channels), dtype=x.dtype)
     _launch(_im2col, cols.size, x, kw, sh, sw, top, left, out_h, out_w, cols)
     return cols
@@ -478,9 +478,8 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 
     ``cols`` ``(N*OH*OW, KH*KW*C)`` -> ``(N, H, W, C)``; overlapping windows sum, padding is dropped.
     """
-    n, height, width, channels = x_shape
-    (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_size, strides, pads
-    out_h, out_w = output_length(height, kh, sh, top, bottom), output_length(width, kw, sw, left, right)
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
+    out_h, out_w = output_hw(x_shape, kernel_size, strides, pads)
     x = cuda.device_array(tuple(x_shape), dtype=cols.dtype)
     _launch(_col2im, x.size, cols, kh, kw, sh, sw, top, left, out_h, out_w, x)
     return x
@@ -513,9 +512,8 @@ def maxpool_forward(x, pool_size, strides, pads):
     ``x`` ``(N, H, W, C)`` -> ``(out (N, OH, OW, C), argmax (N, OH, OW, C) int32)``; ``argmax`` is the
     flat index ``i*PW + j`` of the maximum inside its window.
     """
-    n, height, width, channels = x.shape
-    (ph, pw), (sh, sw), ((top, bottom), (left, right)) = pool_size, strides, pads
-    out_shape = (n, output_length(height, ph, sh, top, bottom), output_length(width, pw, sw, left, right), channels)
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    out_shape = (x.shape[0], *output_hw(x.shape, pool_size, strides, pads), x.shape[3])
     out = cuda.device_array(out_shape, dtype=x.dtype)
     argmax = cuda.device_array(out_shape, dtype=np.int32)
     _launch(_maxpool_forward, out.size, x, ph, pw, sh, sw, top, left, out, argmax)
@@ -583,9 +581,8 @@ def avgpool_forward(x, pool_size, strides, pads):
 
     ``x`` ``(N, H, W, C)`` -> ``(N, OH, OW, C)``.
     """
-    n, height, width, channels = x.shape
-    (ph, pw), (sh, sw), ((top, bottom), (left, right)) = pool_size, strides, pads
-    out_shape = (n, output_length(height, ph, sh, top, bottom), output_length(width, pw, sw, left, right), channels)
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    out_shape = (x.shape[0], *output_hw(x.shape, pool_size, strides, pads), x.shape[3])
     out = cuda.device_array(out_shape, dtype=x.dtype)
     _launch(_avgpool_forward, out.size, x, ph, pw, sh, sw, top, left, out)
     return out

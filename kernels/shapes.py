@@ -24,6 +24,12 @@ def output_length(size, kernel, stride, pad_before, pad_after):
     return (size + pad_before + pad_after - kernel) // stride + 1
 
 
+def output_hw(x_shape, window, strides, pads):
+    """``(OH, OW)`` of a window sliding over images ``x_shape = (N, H, W, C)`` padded by ``pads``."""
+    (_, height, width, _), (kh, kw), (sh, sw), (pad_h, pad_w) = x_shape, window, strides, pads
+    return output_length(height, kh, sh, *pad_h), output_length(width, kw, sw, *pad_w)
+
+
 def window_geometry(input_hw, kernel_size, strides, padding):
     """Resolve a 2-D sliding window over an ``(H, W)`` image.
 
