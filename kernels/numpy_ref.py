@@ -3,7 +3,9 @@
 Every kernel module (``numpy_ref``, ``cpu``, ``cuda``) exposes the functions below with the same
 signatures and results.  Layout is channels-last: images are ``(N, H, W, C)``, conv kernels
 ``(KH, KW, C_in, C_out)``.  ``pads`` is always explicit, ``((top, bottom), (left, right))``, as
-computed by :func:`kernels.shapes.window_geometry`.
+computed by :func:`kernels.shapes.window_geometry`.  A negative ``bottom`` or ``right`` drops that many
+trailing rows or columns of the image, so a window's last outputs are not computed at all (a layer
+does this for outputs nothing reads).
 
 Arrays
     ``to_device(x)``, ``to_host(x)``, ``zeros(shape, dtype)``, ``zeros_like(x)``, ``multiply(a, b)``,
@@ -95,8 +97,19 @@ def bias_grad(grad_out):
 
 
 def _pad_images(x, pads, value=0.0):
+    """``x`` padded by ``pads``; a negative bottom or right padding drops that many trailing rows or
+    columns instead."""
     (top, bottom), (left, right) = pads
-    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
+    padded = np.pad(x, ((0, 0), (top, max(bottom, 0)), (left, max(right, 0)), (0, 0)), constant_values=value)
+    return padded[:, : x.shape[1] + top + bottom, : x.shape[2] + left + right]
+
+
+def _padded_zeros(x_shape, pads, dtype):
+    """Zeros the shape of ``x_shape`` images padded by ``pads`` (dropped rows and columns kept, so
+    that slicing ``[top : top + H, left : left + W]`` gives the whole image)."""
+    n, height, width, c = x_shape
+    (top, bottom), (left, right) = pads
+    return np.zeros((n, height + top + max(bottom, 0), width + left + max(right, 0), c), dtype)
 
 
 def _windows(x_padded, window, strides):
@@ -135,7 +148,7 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
     hp, wp = height + top + bottom, width + left + right
     oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     cols6 = cols.reshape(n, oh, ow, kh, kw, c)
-    x_padded = np.zeros((n, hp, wp, c), dtype=cols.dtype)
+    x_padded = _padded_zeros(x_shape, pads, cols.dtype)
     for i in range(kh):
         for j in range(kw):
             x_padded[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :] += cols6[:, :, :, i, j, :]
@@ -165,10 +178,10 @@ def maxpool_backward(grad_out, argmax, x_shape, pool_size, strides, pads):
     ``grad_out``, ``argmax`` ``(N, OH, OW, C)`` -> ``grad_in`` ``(N, H, W, C)``;
     ``grad_in[n, oh*SH + i, ow*SW + j, c] += grad_out[n, oh, ow, c]`` where ``argmax == i*PW + j``.
     """
-    n, height, width, c = x_shape
-    (ph, pw), (sh, sw), ((top, bottom), (left, right)) = pool_size, strides, pads
+    _, height, width, _ = x_shape
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
     oh, ow = grad_out.shape[1:3]
-    grad_padded = np.zeros((n, height + top + bottom, width + left + right, c), grad_out.dtype)
+    grad_padded = _padded_zeros(x_shape, pads, grad_out.dtype)
     for i in range(ph):
         for j in range(pw):
             routed = np.where(argmax == i * pw + j, grad_out, 0)
@@ -197,11 +210,11 @@ def avgpool_backward(grad_out, x_shape, pool_size, strides, pads):
     ``grad_out`` ``(N, OH, OW, C)`` -> ``(N, H, W, C)``;
     ``grad_in[n, oh*SH + i, ow*SW + j, c] += grad_out[n, oh, ow, c] / count[oh, ow]``.
     """
-    n, height, width, c = x_shape
-    (ph, pw), (sh, sw), ((top, bottom), (left, right)) = pool_size, strides, pads
+    _, height, width, _ = x_shape
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
     oh, ow = grad_out.shape[1:3]
     share = grad_out / _window_counts(x_shape, pool_size, strides, pads, grad_out.dtype)
-    grad_padded = np.zeros((n, height + top + bottom, width + left + right, c), grad_out.dtype)
+    grad_padded = _padded_zeros(x_shape, pads, grad_out.dtype)
     for i in range(ph):
         for j in range(pw):
             grad_padded[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :] += share

@@ -230,6 +230,38 @@ def test_relu_and_max_pooling_run_as_one_step_with_the_layer_by_layer_results(ba
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("conv, pool", [
+    ({"kernel_size": 3}, {"pool_size": 2}),  # 11 x 11 -> 5 x 5: the last row and column are never read
+    ({"kernel_size": 3, "strides": 2, "padding": "same"}, {"pool_size": 2}),
+    ({"kernel_size": (2, 3), "padding": "same"}, {"pool_size": (3, 2), "strides": (3, 1)}),
+    ({"kernel_size": 3}, {"pool_size": 2, "padding": "same"}),  # 'same' pooling reads every output
+    ({"kernel_size": 3, "max_workspace_bytes": 1}, {"pool_size": 2}),  # one image per im2col chunk
+])
+def test_a_conv_computes_only_the_outputs_its_max_pooling_reads(backend, conv, pool):
+    model = minidl.Sequential([layers.Input((13, 12, 2)), layers.Conv2D(3, activation="relu", **conv),
+                        layers.MaxPooling2D(**pool), layers.Flatten(), layers.Dense(2)]).cast("float64")
+    model.compile(optimizer="sgd", loss="mse")
+    model.layers[0].input_grad_needed = True
+    rng = np.random.default_rng(0)
+    x, grad_out = rng.standard_normal((3, 13, 12, 2)), rng.standard_normal((3, 2))
+
+    y_paired = np.asarray(model.forward(x, training=True))
+    grad_x_paired = np.asarray(model.backward(grad_out))
+    grads_paired = [np.array(g) for layer in model.layers for g in layer.grads.values()]
+    y_chained = x
+    for layer in model.layers:
+        y_chained = layer.forward(y_chained, training=True)
+    grad_x_chained = grad_out
+    for layer in reversed(model.layers):
+        grad_x_chained = layer.backward(grad_x_chained)
+    grads_chained = [np.array(g) for layer in model.layers for g in layer.grads.values()]
+
+    np.testing.assert_allclose(y_paired, np.asarray(y_chained), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad_x_paired, np.asarray(grad_x_chained), rtol=1e-12, atol=1e-12)
+    for expected, actual in zip(grads_chained, grads_paired):
+        np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_evaluate_can_return_a_per_class_report():
     x, y = blobs(120)
     model = mlp()

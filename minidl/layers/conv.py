@@ -2,8 +2,8 @@
 
 import os
 
+from kernels.shapes import output_hw
 from minidl.backend import ops
-from minidl.layers.activations import activate
 from minidl.layers.base import normalize_padding, normalize_pair, window_output_shape
 from minidl.layers.kernel_layer import KernelLayer
 
@@ -43,10 +43,37 @@ class Conv2D(KernelLayer):
 
     # ------------------------------------------------------------------------------ forward
 
+    def forward(self, x, training=False):
+        self.computed_pads = self.pads
+        return super().forward(x, training)
+
+    def forward_through_max_pooling(self, x, pool, training=False):
+        """As :meth:`KernelLayer.forward_through_max_pooling`, computing only the outputs ``pool`` reads
+        (:meth:`pads_read_by`): an ``11 x 11`` output under ``2 x 2`` pooling drops its last row and
+        column, 17% of the convolution's work in both passes."""
+        self.computed_pads = self.pads_read_by(pool)
+        return super().forward_through_max_pooling(x, pool, training)
+
+    def pads_read_by(self, pool):
+        """``pads`` with the bottom and right paddings lowered by whole strides (below zero if need be)
+        so that the output ends with the last row and column some window of ``pool`` reads.
+
+        The dropped outputs never reach ``pool``'s output, so their gradient is zero and the input
+        pixels only they read get a zero gradient from :func:`col2im`.
+        """
+        pads = []
+        for axis in (0, 1):
+            (before, after), out_size = self.pads[axis], self.output_shape[axis]
+            (pool_before, _), pooled_size = pool.pads[axis], pool.output_shape[axis]
+            read = (pooled_size - 1) * pool.strides[axis] + pool.pool_size[axis] - pool_before
+            pads.append((before, after - max(0, out_size - read) * self.strides[axis]))
+        return tuple(pads)
+
     def linear(self, x):
         """``z = im2col(x) @ W2d``, the convolution without bias or activation.
 
         ``x`` ``(N, H, W, C_in)`` -> ``z`` ``(N, OH, OW, F)``; keeps ``x`` and (one chunk) ``cols``.
+        ``OH, OW`` are ``output_shape``'s, or fewer under :meth:`forward_through_max_pooling`.
         """
         self.x = x
         kernel2d = self.params["kernel"].reshape(-1, self.filters)  # (KH*KW*C_in, F)
@@ -56,14 +83,19 @@ class Conv2D(KernelLayer):
         else:
             self.cols = None
             z = self.chunked_matmul(x, kernel2d)
-        return z.reshape(x.shape[0], *self.output_shape)
+        return z.reshape(x.shape[0], *self.computed_hw(), self.filters)
+
+    def computed_hw(self):
+        """``(OH, OW)`` of the outputs the last forward pass computed."""
+        return output_hw((None, *self.input_shape), self.kernel_size, self.strides, self.computed_pads)
 
     def im2col(self, x):
-        return ops.im2col(x, self.kernel_size, self.strides, self.pads)
+        return ops.im2col(x, self.kernel_size, self.strides, self.computed_pads)
 
     def chunked_matmul(self, x, kernel2d):
         """``im2col(x) @ W2d`` computed a chunk of images at a time: ``(N*OH*OW, F)``."""
-        rows_per_image = self.output_shape[0] * self.output_shape[1]
+        out_h, out_w = self.computed_hw()
+        rows_per_image = out_h * out_w
         z = ops.zeros((x.shape[0] * rows_per_image, self.filters), self.dtype)
         for chunk in self.image_chunks(x.shape[0]):
             rows = slice(chunk.start * rows_per_image, chunk.stop * rows_per_image)
@@ -94,7 +126,8 @@ class Conv2D(KernelLayer):
 
     def chunked_backward(self, grad_2d, kernel2d):
         """The backward GEMMs a chunk of images at a time, recomputing each chunk's columns."""
-        rows_per_image = self.output_shape[0] * self.output_shape[1]
+        out_h, out_w = self.computed_hw()
+        rows_per_image = out_h * out_w
         grad_kernel2d = ops.zeros(kernel2d.shape, self.dtype)
         grad_x = ops.zeros(self.x.shape, self.dtype) if self.input_grad_needed else None
         for chunk in self.image_chunks(self.x.shape[0]):
@@ -107,7 +140,7 @@ class Conv2D(KernelLayer):
 
     def input_grad(self, grad_cols, x_shape):
         """``dL/dx = col2im(dL/dcols)``: ``(n*OH*OW, KH*KW*C_in) -> (n, H, W, C_in)``."""
-        return ops.col2im(grad_cols, x_shape, self.kernel_size, self.strides, self.pads)
+        return ops.col2im(grad_cols, x_shape, self.kernel_size, self.strides, self.computed_pads)
 
     # ---------------------------------------------------------------------------- workspace
 

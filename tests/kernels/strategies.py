@@ -8,12 +8,17 @@ from kernels.shapes import window_geometry
 @st.composite
 def window_problems(draw, max_batch=3, max_size=9, max_window=4, max_channels=3):
     """``(x_shape, window, strides, pads, (OH, OW))``: an NHWC batch shape and a 2-D window (size,
-    strides 1-3, 'valid' or 'same' padding made explicit) that fits it."""
+    strides 1-3, 'valid' or 'same' padding made explicit) that fits it.  Sometimes the bottom and
+    right paddings are lowered by whole strides, below zero too, to drop trailing outputs (as a
+    layer does for outputs nothing reads)."""
     window = (draw(st.integers(1, max_window)), draw(st.integers(1, max_window)))
     strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = draw(st.sampled_from(["valid", "same"]))
     smallest = window if padding == "valid" else (1, 1)  # 'same' fits any size
     height, width = draw(st.integers(smallest[0], max_size)), draw(st.integers(smallest[1], max_size))
     x_shape = (draw(st.integers(1, max_batch)), height, width, draw(st.integers(1, max_channels)))
-    pads, out_hw = window_geometry((height, width), window, strides, padding)
-    return x_shape, window, strides, pads, out_hw
+    ((top, bottom), (left, right)), (out_h, out_w) = window_geometry((height, width), window, strides, padding)
+    dropped_h = draw(st.one_of(st.just(0), st.integers(0, out_h - 1)))
+    dropped_w = draw(st.one_of(st.just(0), st.integers(0, out_w - 1)))
+    pads = ((top, bottom - dropped_h * strides[0]), (left, right - dropped_w * strides[1]))
+    return x_shape, window, strides, pads, (out_h - dropped_h, out_w - dropped_w)

@@ -49,6 +49,15 @@ def test_im2col_gemm_equals_direct_convolution(problem, c_out):
     np.testing.assert_allclose(y, direct_conv(x, kernel, strides, pads, out_hw), atol=1e-12)
 
 
+def test_a_negative_after_padding_drops_trailing_outputs_like_cropping_the_images():
+    x = np.random.default_rng(3).standard_normal((2, 9, 9, 2))
+    dropped = numpy_ref.im2col(x, (3, 3), (1, 2), ((1, -2), (0, -2)))
+    np.testing.assert_array_equal(dropped, numpy_ref.im2col(x[:, :7, :7], (3, 3), (1, 2), ((1, 0), (0, 0))))
+    grad_x = numpy_ref.col2im(np.ones_like(dropped), x.shape, (3, 3), (1, 2), ((1, -2), (0, -2)))
+    assert grad_x.shape == x.shape
+    assert not grad_x[:, 7:].any() and not grad_x[:, :, 7:].any()
+
+
 @settings(max_examples=40, deadline=None)
 @given(images_and_window())
 def test_col2im_is_the_adjoint_of_im2col(problem):
