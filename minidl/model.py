@@ -133,9 +133,10 @@ class Sequential:
         """Backward from ``dL/d(output)``, or from ``dL/d(logits)`` when softmax is fused; returns
         ``dL/d(input)`` (``None`` unless the first layer's ``input_grad_needed`` is set).
 
-        A ReLU followed by max pooling is differentiated on the pooled side: the ReLU's derivative at
-        each window's maximum is ``[pooled > 0]``, so masking the small pooled gradient and skipping
-        the ReLU's full-size pass gives the same numbers, bit for bit.
+        A ReLU followed by max pooling is differentiated on the pooled side
+        (:meth:`KernelLayer.backward_through_max_pooling`): the ReLU's derivative at each window's
+        maximum is ``[pooled > 0]``, so masking the small pooled gradient and skipping the ReLU's
+        full-size pass gives the same numbers.
         """
         layers = list(self.layers)
         if self.softmax_fused_into_loss():
@@ -144,8 +145,7 @@ class Sequential:
         while index >= 0:
             layer = layers[index]
             if index > 0 and relu_feeds_max_pooling(layers[index - 1], layer):
-                grad = layer.backward(ops.activation_grad(grad, layer.y, "relu"))
-                grad = layers[index - 1].backward_from_logits(grad)
+                grad = layers[index - 1].backward_through_max_pooling(grad, layer)
                 index -= 2
             else:
                 grad = layer.backward(grad)

@@ -104,17 +104,14 @@ class Conv2D(KernelLayer):
 
     # ----------------------------------------------------------------------------- backward
 
-    def backward_from_logits(self, grad_z):
+    def linear_backward(self, grad_z):
         """From ``dL/dz`` ``(N, OH, OW, F)``, with ``G = dL/dz`` as ``(N*OH*OW, F)``::
 
             dL/dW = im2col(x)^T G         (KH*KW*C_in, F) -> (KH, KW, C_in, F)
-            dL/db = sum over rows of G    (F,)
             dL/dx = col2im(G W2d^T)       (N*OH*OW, KH*KW*C_in) -> (N, H, W, C_in)
         """
         kernel2d = self.params["kernel"].reshape(-1, self.filters)
         grad_2d = grad_z.reshape(-1, self.filters)
-        if self.use_bias:
-            self.grads["bias"] = ops.bias_grad(grad_2d)
         if self.cols is None:
             grad_kernel2d, grad_x = self.chunked_backward(grad_2d, kernel2d)
         else:

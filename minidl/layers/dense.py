@@ -31,16 +31,13 @@ class Dense(KernelLayer):
         self.x = x
         return ops.matmul(x, self.params["kernel"])
 
-    def backward_from_logits(self, grad_z):
+    def linear_backward(self, grad_z):
         """From ``dL/dz`` ``(N, units)``::
 
             dL/dW = x^T dL/dz      (D_in, units)
-            dL/db = sum_n dL/dz    (units,)
             dL/dx = dL/dz W^T      (N, D_in)
         """
         self.grads["kernel"] = ops.matmul_tn(self.x, grad_z)
-        if self.use_bias:
-            self.grads["bias"] = ops.bias_grad(grad_z)
         if not self.input_grad_needed:
             return None
         return ops.matmul_nt(grad_z, self.params["kernel"])

@@ -9,8 +9,8 @@ from minidl.layers.base import Layer
 class KernelLayer(Layer):
     """A layer computing ``y = f(z + b)`` with ``z`` linear in its input and ``kernel``.
 
-    Subclasses implement :meth:`linear` (``z`` without the bias) and :meth:`backward_from_logits`,
-    the backward pass from ``dL/d(z + b)``.
+    Subclasses implement :meth:`linear` (``z`` without the bias) and :meth:`linear_backward`, which
+    fills the kernel's gradient and returns the input's from ``dL/dz``.
     """
 
     weight_order = ("kernel", "bias")
@@ -65,6 +65,31 @@ class KernelLayer(Layer):
         return self.backward_from_logits(activation_backward(grad_out, self.y, self.activation))
 
     def backward_from_logits(self, grad_z):
+        """From ``dL/d(z + b)`` ``(N, ..., units)``: ``dL/db`` is its sum over every axis but the last,
+        then :meth:`linear_backward` gives ``dL/dW`` and returns ``dL/dx``."""
+        self.add_bias_grad(grad_z)
+        return self.linear_backward(grad_z)
+
+    def backward_through_max_pooling(self, grad_out, pool):
+        """Backward of :meth:`forward_through_max_pooling` from ``dL/dy`` of the pooled ``y``::
+
+            dL/d(pooled z + b) = dL/dy * [y > 0]           (N, PH, PW, F)
+            dL/db = its sum over N, PH, PW                 (F,)
+            dL/dz = pool.backward(dL/d(pooled z + b))      (N, OH, OW, F)
+
+        Every pooled value is exactly one element of ``z``, so the bias gradient sums the pooled
+        tensor, a quarter of ``z``'s size under 2x2 pooling.
+        """
+        grad_pooled = ops.activation_grad(grad_out, self.y, "relu")
+        self.add_bias_grad(grad_pooled)
+        return self.linear_backward(pool.backward(grad_pooled))
+
+    def add_bias_grad(self, grad_z):
+        """``dL/db`` = ``grad_z`` ``(N, ..., units)`` summed over every axis but the last."""
+        if self.use_bias:
+            self.grads["bias"] = ops.bias_grad(grad_z.reshape(-1, self.params["bias"].size))
+
+    def linear_backward(self, grad_z):
         raise NotImplementedError
 
     def get_config(self):
