@@ -44,6 +44,7 @@ class Conv2D(KernelLayer):
     # ------------------------------------------------------------------------------ forward
 
     def forward(self, x, training=False):
+        """``y = f(conv(x) + b)`` at every output position: ``(N, H, W, C_in) -> (N, OH, OW, F)``."""
         self.computed_pads = self.pads
         return super().forward(x, training)
 
