@@ -206,6 +206,23 @@ def test_keras_style_quickstart_runs_as_written():
     assert len(model.evaluate(x, y, verbose=0)) == 2
 
 
+def paired_and_chained(model, x, grad_out):
+    """``(output, input gradient, parameter gradients)`` from ``model``'s own forward/backward (which
+    pairs ReLU layers with max pooling), then from its layers called one by one."""
+    def gradients():
+        return [np.array(g) for layer in model.layers for g in layer.grads.values()]
+
+    y = np.asarray(model.forward(x, training=True))
+    grad_x = model.backward(grad_out)
+    paired = (y, None if grad_x is None else np.asarray(grad_x), gradients())
+    for layer in model.layers:
+        x = layer.forward(x, training=True)
+    for layer in reversed(model.layers):
+        grad_out = layer.backward(grad_out)
+    chained = (np.asarray(x), None if grad_out is None else np.asarray(grad_out), gradients())
+    return paired, chained
+
+
 def test_relu_and_max_pooling_run_as_one_step_with_the_layer_by_layer_results(backend):
     model = seed_cnn(input_shape=(12, 12, 1), classes=4)
     model.compile(optimizer="sgd", loss="mse")  # no fused softmax: backward starts from dL/dy
@@ -213,19 +230,9 @@ def test_relu_and_max_pooling_run_as_one_step_with_the_layer_by_layer_results(ba
     x = rng.standard_normal((6, 12, 12, 1)).astype(np.float32)
     grad_out = rng.standard_normal((6, 4)).astype(np.float32)
 
-    y_pred = model.forward(x, training=True)
-    model.backward(grad_out)
-    paired = [np.array(g) for layer in model.layers for g in layer.grads.values()]
+    (y_pred, _, paired), (chained_y, _, chained) = paired_and_chained(model, x, grad_out)
 
-    chained_y = x
-    for layer in model.layers:
-        chained_y = layer.forward(chained_y, training=True)
-    grad = grad_out
-    for layer in reversed(model.layers):
-        grad = layer.backward(grad)
-    chained = [np.array(g) for layer in model.layers for g in layer.grads.values()]
-
-    np.testing.assert_array_equal(np.asarray(y_pred), np.asarray(chained_y))
+    np.testing.assert_array_equal(y_pred, chained_y)
     for expected, actual in zip(chained, paired):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
 
@@ -239,25 +246,17 @@ def test_relu_and_max_pooling_run_as_one_step_with_the_layer_by_layer_results(ba
 ])
 def test_a_conv_computes_only_the_outputs_its_max_pooling_reads(backend, conv, pool):
     model = minidl.Sequential([layers.Input((13, 12, 2)), layers.Conv2D(3, activation="relu", **conv),
-                        layers.MaxPooling2D(**pool), layers.Flatten(), layers.Dense(2)]).cast("float64")
+                               layers.MaxPooling2D(**pool), layers.Flatten(), layers.Dense(2)]).cast("float64")
     model.compile(optimizer="sgd", loss="mse")
     model.layers[0].input_grad_needed = True
     rng = np.random.default_rng(0)
     x, grad_out = rng.standard_normal((3, 13, 12, 2)), rng.standard_normal((3, 2))
 
-    y_paired = np.asarray(model.forward(x, training=True))
-    grad_x_paired = np.asarray(model.backward(grad_out))
-    grads_paired = [np.array(g) for layer in model.layers for g in layer.grads.values()]
-    y_chained = x
-    for layer in model.layers:
-        y_chained = layer.forward(y_chained, training=True)
-    grad_x_chained = grad_out
-    for layer in reversed(model.layers):
-        grad_x_chained = layer.backward(grad_x_chained)
-    grads_chained = [np.array(g) for layer in model.layers for g in layer.grads.values()]
+    (y_paired, grad_x_paired, grads_paired), (y_chained, grad_x_chained, grads_chained) = \
+        paired_and_chained(model, x, grad_out)
 
-    np.testing.assert_allclose(y_paired, np.asarray(y_chained), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(grad_x_paired, np.asarray(grad_x_chained), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y_paired, y_chained, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad_x_paired, grad_x_chained, rtol=1e-12, atol=1e-12)
     for expected, actual in zip(grads_chained, grads_paired):
         np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
 
