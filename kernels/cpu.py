@@ -305,6 +305,12 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 # ---------------------------------------------------------------------------------------- pooling
 
 
+@jit
+def _window_span(start, size, length):
+    """The part ``[first, stop)`` of the window ``[start, start + size)`` inside ``[0, length)``."""
+    return max(start, 0), min(start + size, length)
+
+
 @jit_parallel
 def _maxpool_forward_kernel(x, ph, pw, sh, sw, top, left, out, argmax):
     """``out[n, oh, ow, c]`` = max of ``x`` over the window at ``(oh*SH - top, ow*SW - left)``;
@@ -319,18 +325,15 @@ def _maxpool_forward_kernel(x, ph, pw, sh, sw, top, left, out, argmax):
             best, best_index = out[n, oh, ow], argmax[n, oh, ow]
             best[:] = -np.inf
             best_index[:] = 0
-            for i in range(ph):
-                h = oh * sh + i - top
-                if h < 0 or h >= height:
-                    continue
-                for j in range(pw):
-                    w = ow * sw + j - left
-                    if w < 0 or w >= width:
-                        continue
+            h0, h1 = _window_span(oh * sh - top, ph, height)
+            w0, w1 = _window_span(ow * sw - left, pw, width)
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    window_index = (h - oh * sh + top) * pw + w - ow * sw + left
                     for c in range(channels):
                         value = x[n, h, w, c]
                         if value > best[c] or (value != value and best[c] == best[c]):
-                            best[c], best_index[c] = value, i * pw + j
+                            best[c], best_index[c] = value, window_index
 
 
 def maxpool_forward(x, pool_size, strides, pads):
@@ -356,17 +359,14 @@ def _maxpool_backward_kernel(grad_out, argmax, ph, pw, sh, sw, top, left, grad_i
     for n in numba.prange(n_images):
         grad_in[n] = 0
         for oh in range(out_h):
+            h0, h1 = _window_span(oh * sh - top, ph, height)
             for ow in range(out_w):
-                for i in range(ph):
-                    h = oh * sh + i - top
-                    if h < 0 or h >= height:
-                        continue
-                    for j in range(pw):
-                        w = ow * sw + j - left
-                        if w < 0 or w >= width:
-                            continue
+                w0, w1 = _window_span(ow * sw - left, pw, width)
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        window_index = (h - oh * sh + top) * pw + w - ow * sw + left
                         for c in range(channels):
-                            if argmax[n, oh, ow, c] == i * pw + j:
+                            if argmax[n, oh, ow, c] == window_index:
                                 grad_in[n, h, w, c] += grad_out[n, oh, ow, c]
 
 
@@ -383,12 +383,6 @@ def maxpool_backward(grad_out, argmax, x_shape, pool_size, strides, pads):
         np.ascontiguousarray(grad_out), np.ascontiguousarray(argmax), ph, pw, sh, sw, top, left, grad_in
     )
     return grad_in
-
-
-@jit
-def _window_span(start, size, length):
-    """The part ``[first, stop)`` of the window ``[start, start + size)`` inside ``[0, length)``."""
-    return max(start, 0), min(start + size, length)
 
 
 @jit_parallel
