@@ -57,11 +57,13 @@ import numpy as np  # noqa: E402
 
 from kernels import numpy_ref  # noqa: E402
 from kernels.numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
-from kernels.shapes import output_hw  # noqa: E402
+from kernels.shapes import output_hw, winograd_tile_grid  # noqa: E402
 
 __all__ = [
     "to_device", "to_host", "zeros", "zeros_like", "multiply", "accumulate", "all_finite",
     "matmul", "matmul_tn", "matmul_nt", "bias_grad", "im2col", "col2im",
+    "winograd_kernel", "winograd_kernel_grad", "winograd_tiles", "winograd_tiles_grad",
+    "winograd_outputs", "winograd_outputs_grad",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
     "softmax_cross_entropy", "dropout_mask", "regularize_grad", "regularization_penalty",
@@ -148,26 +150,32 @@ def all_finite(x):
 
 
 def _check_matmul(function, a, b, a_axis, b_axis):
-    if a.ndim != 2 or b.ndim != 2 or a.shape[a_axis] != b.shape[b_axis]:
+    """Both 2-D, or both stacks ``(S, ., .)`` of as many matrices; ``a_axis`` and ``b_axis`` (0 or 1)
+    pick each matrix's inner dimension."""
+    same_stack = a.ndim == b.ndim == 2 or (a.ndim == b.ndim == 3 and a.shape[0] == b.shape[0])
+    if not same_stack or a.shape[a_axis - 2] != b.shape[b_axis - 2]:
         raise ValueError(f"{function}: cannot multiply shapes {a.shape} and {b.shape}")
 
 
 def matmul(a, b):
-    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``, by NumPy's BLAS."""
+    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``, or ``(S, M, K) @ (S, K, N) -> (S, M, N)``, by NumPy's
+    BLAS."""
     _check_matmul("matmul", a, b, 1, 0)
     return a @ b
 
 
 def matmul_tn(a, b):
-    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``, by NumPy's BLAS (no transposed copy is made)."""
+    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``, or per slice ``(S, K, M)`` with ``(S, K, N)``, by
+    NumPy's BLAS (no transposed copy is made)."""
     _check_matmul("matmul_tn", a, b, 0, 0)
-    return a.T @ b
+    return np.swapaxes(a, -1, -2) @ b
 
 
 def matmul_nt(a, b):
-    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``, by NumPy's BLAS (no transposed copy is made)."""
+    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``, or per slice ``(S, M, K)`` with ``(S, N, K)``, by
+    NumPy's BLAS (no transposed copy is made)."""
     _check_matmul("matmul_nt", a, b, 1, 1)
-    return a @ b.T
+    return a @ np.swapaxes(b, -1, -2)
 
 
 @jit_parallel
@@ -300,6 +308,204 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
     x = np.empty(tuple(x_shape), dtype=cols.dtype)
     _col2im_kernel(np.ascontiguousarray(cols), kh, kw, sh, sw, top, left, out_h, out_w, x)
     return x
+
+
+# ------------------------------------------------------------------------ Winograd F(2x2, 3x3)
+#
+# The transforms of ``numpy_ref``'s Winograd section, as loops over tiles.  Tile ``t = (n*TH + i)*TW + j``
+# reads ``x[n, 2i - top : 2i - top + 4, 2j - left : 2j - left + 4]`` (zeros outside ``x``) and gives
+# the 2x2 output block at ``(2i, 2j)``.  Each tile is copied into a small ``(4, 4, C)`` scratch array
+# and transformed there one contiguous channel row at a time: loops that write one array row per
+# iteration vectorise; a single loop writing all 16 rows at once measured 4x slower.
+
+# kron(G, G): row 4a + b, column 3p + q holds G[a, p] * G[b, q], so ``U = KRON_G @ g.reshape(9, -1)``.
+WINOGRAD_KERNEL_MATRIX = np.kron(numpy_ref.WINOGRAD_G, numpy_ref.WINOGRAD_G)
+
+
+def winograd_kernel(kernel):
+    """``G g G^T`` for every ``(c_in, c_out)``: ``kernel (3, 3, C_in, C_out) -> (16, C_in, C_out)``, one
+    ``(16, 9) @ (9, C_in*C_out)`` GEMM."""
+    transform = WINOGRAD_KERNEL_MATRIX.astype(kernel.dtype)
+    return (transform @ kernel.reshape(9, -1)).reshape(16, *kernel.shape[2:])
+
+
+def winograd_kernel_grad(grad_kernel_tiles):
+    """Adjoint of :func:`winograd_kernel`: ``(16, C_in, C_out) -> (3, 3, C_in, C_out)``, one GEMM."""
+    transform = WINOGRAD_KERNEL_MATRIX.astype(grad_kernel_tiles.dtype)
+    return (transform.T @ grad_kernel_tiles.reshape(16, -1)).reshape(3, 3, *grad_kernel_tiles.shape[1:])
+
+
+@jit
+def _load_tile(x, n, row, col, tile):
+    """``tile (4, 4, C) = x[n, row : row + 4, col : col + 4]``, zero outside ``x``.  (Explicit channel
+    loops: Numba's slice assignment ran this 2x slower.)"""
+    _, height, width, channels = x.shape
+    for a in range(4):
+        for b in range(4):
+            if 0 <= row + a < height and 0 <= col + b < width:
+                for c in range(channels):
+                    tile[a, b, c] = x[n, row + a, col + b, c]
+            else:
+                for c in range(channels):
+                    tile[a, b, c] = 0
+
+
+@jit_parallel
+def _winograd_tiles_kernel(x, top, left, tiles_h, tiles_w, tiles):
+    """``tiles[4a + b, t, c] = (B^T d B)[a, b]`` for tile ``d`` of every ``(t, c)``, with
+    ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: columns, then rows."""
+    n_images, _, _, channels = x.shape
+    for n in numba.prange(n_images):
+        d = np.empty((4, 4, channels), x.dtype)
+        for i in range(tiles_h):
+            for j in range(tiles_w):
+                t = (n * tiles_h + i) * tiles_w + j
+                _load_tile(x, n, 2 * i - top, 2 * j - left, d)
+                for b in range(4):  # d <- B^T d
+                    for c in range(channels):
+                        d0, d1, d2, d3 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c]
+                        d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+                for a in range(4):  # tiles <- d B
+                    for c in range(channels):
+                        e0, e1, e2, e3 = d[a, 0, c], d[a, 1, c], d[a, 2, c], d[a, 3, c]
+                        tiles[4 * a, t, c] = e0 - e2
+                        tiles[4 * a + 1, t, c] = e1 + e2
+                        tiles[4 * a + 2, t, c] = e2 - e1
+                        tiles[4 * a + 3, t, c] = e1 - e3
+
+
+def winograd_tiles(x, pads):
+    """``B^T d B`` for every 4x4 tile ``d`` of ``x`` padded by ``pads`` (tiles at stride 2, in the
+    order of :func:`im2col`'s rows): ``x (N, H, W, C) -> tiles (16, N*TH*TW, C)``.
+
+    ``(TH, TW)`` come from :func:`kernels.shapes.winograd_tile_grid`; reads past the image are zeros.
+    """
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads)
+    tiles = np.empty((16, x.shape[0] * tiles_h * tiles_w, x.shape[3]), dtype=x.dtype)
+    _winograd_tiles_kernel(np.ascontiguousarray(x), top, left, tiles_h, tiles_w, tiles)
+    return tiles
+
+
+@jit_parallel
+def _winograd_tiles_grad_kernel(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
+    """``grad_x[n, 2i - top + p, 2j - left + q, c] += (B u B^T)[p, q]`` for ``u = grad_tiles[:, t, c]``
+    of every tile, inside the image.  One image per parallel task, so no two tasks add to one pixel."""
+    n_images, height, width, channels = grad_x.shape
+    for n in numba.prange(n_images):
+        grad_x[n] = 0
+        e = np.empty((4, 4, channels), grad_x.dtype)
+        for i in range(tiles_h):
+            for j in range(tiles_w):
+                t = (n * tiles_h + i) * tiles_w + j
+                for b in range(4):  # e <- B u
+                    for c in range(channels):
+                        u0, u1, u2, u3 = grad_tiles[b, t, c], grad_tiles[4 + b, t, c], \
+                            grad_tiles[8 + b, t, c], grad_tiles[12 + b, t, c]
+                        e[0, b, c], e[1, b, c], e[2, b, c], e[3, b, c] = u0, u1 - u2 + u3, u2 + u1 - u0, -u3
+                for p in range(4):  # e <- e B^T, then added onto the image
+                    for c in range(channels):
+                        e0, e1, e2, e3 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c]
+                        e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c] = e0, e1 - e2 + e3, e2 + e1 - e0, -e3
+                    row = 2 * i - top + p
+                    if 0 <= row < height:
+                        for q in range(4):
+                            col = 2 * j - left + q
+                            if 0 <= col < width:
+                                for c in range(channels):
+                                    grad_x[n, row, col, c] += e[p, q, c]
+
+
+def winograd_tiles_grad(grad_tiles, x_shape, pads):
+    """Adjoint of :func:`winograd_tiles`: ``B u B^T`` per tile, added back onto the pixels the tile
+    was read from: ``(16, N*TH*TW, C) -> (N, H, W, C)``."""
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x_shape, pads)
+    expected = (16, x_shape[0] * tiles_h * tiles_w, x_shape[3])
+    if grad_tiles.shape != expected:
+        raise ValueError(f"winograd_tiles_grad: grad_tiles must have shape {expected} for images "
+                         f"{tuple(x_shape)}, got {grad_tiles.shape}")
+    grad_x = np.empty(tuple(x_shape), dtype=grad_tiles.dtype)
+    _winograd_tiles_grad_kernel(np.ascontiguousarray(grad_tiles), top, left, tiles_h, tiles_w, grad_x)
+    return grad_x
+
+
+@jit_parallel
+def _winograd_outputs_kernel(products, tiles_h, tiles_w, out):
+    """``out[n, 2i + r, 2j + s, o] = (A^T m A)[r, s]`` for ``m = products[:, t, o]``, with
+    ``A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]``: rows, then columns; a block's row or column past
+    ``out`` is dropped."""
+    n_images, out_h, out_w, c_out = out.shape
+    for n in numba.prange(n_images):
+        half = np.empty((2, 4, c_out), out.dtype)  # A^T m
+        for i in range(tiles_h):
+            for j in range(tiles_w):
+                t = (n * tiles_h + i) * tiles_w + j
+                for b in range(4):
+                    for o in range(c_out):
+                        m0, m1, m2, m3 = products[b, t, o], products[4 + b, t, o], \
+                            products[8 + b, t, o], products[12 + b, t, o]
+                        half[0, b, o], half[1, b, o] = m0 + m1 + m2, m1 - m2 - m3
+                for r in range(min(2, out_h - 2 * i)):
+                    for o in range(c_out):
+                        out[n, 2 * i + r, 2 * j, o] = half[r, 0, o] + half[r, 1, o] + half[r, 2, o]
+                    if 2 * j + 1 < out_w:
+                        for o in range(c_out):
+                            out[n, 2 * i + r, 2 * j + 1, o] = half[r, 1, o] - half[r, 2, o] - half[r, 3, o]
+
+
+def winograd_outputs(products, out_shape):
+    """``A^T m A`` for every tile: ``products (16, N*TH*TW, C_out) -> y (N, OH, OW, C_out)``, the 2x2
+    output blocks laid side by side; an odd ``OH`` or ``OW`` drops the last block's second row or
+    column."""
+    n, out_h, out_w, c_out = out_shape
+    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    if products.shape != (16, n * tiles_h * tiles_w, c_out):
+        raise ValueError(f"winograd_outputs: products must have shape {(16, n * tiles_h * tiles_w, c_out)} "
+                         f"for outputs {tuple(out_shape)}, got {products.shape}")
+    out = np.empty(tuple(out_shape), dtype=products.dtype)
+    _winograd_outputs_kernel(np.ascontiguousarray(products), tiles_h, tiles_w, out)
+    return out
+
+
+@jit_parallel
+def _winograd_outputs_grad_kernel(grad_out, tiles_h, tiles_w, grad_products):
+    """``grad_products[:, t, o] = A g A^T`` for the 2x2 block ``g`` of ``grad_out`` at tile ``t`` (zero
+    past ``grad_out``): columns, then rows."""
+    n_images, out_h, out_w, c_out = grad_out.shape
+    for n in numba.prange(n_images):
+        g = np.empty((2, 2, c_out), grad_out.dtype)
+        half = np.empty((2, 4, c_out), grad_out.dtype)  # g A^T
+        for i in range(tiles_h):
+            for j in range(tiles_w):
+                t = (n * tiles_h + i) * tiles_w + j
+                for r in range(2):
+                    for s in range(2):
+                        if 2 * i + r < out_h and 2 * j + s < out_w:
+                            for o in range(c_out):
+                                g[r, s, o] = grad_out[n, 2 * i + r, 2 * j + s, o]
+                        else:
+                            for o in range(c_out):
+                                g[r, s, o] = 0
+                for r in range(2):
+                    for o in range(c_out):
+                        g0, g1 = g[r, 0, o], g[r, 1, o]
+                        half[r, 0, o], half[r, 1, o], half[r, 2, o], half[r, 3, o] = g0, g0 + g1, g0 - g1, -g1
+                for b in range(4):
+                    for o in range(c_out):
+                        h0, h1 = half[0, b, o], half[1, b, o]
+                        grad_products[b, t, o] = h0
+                        grad_products[4 + b, t, o] = h0 + h1
+                        grad_products[8 + b, t, o] = h0 - h1
+                        grad_products[12 + b, t, o] = -h1
+
+
+def winograd_outputs_grad(grad_out):
+    """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every 2x2 block of ``grad_out``
+    (zeros for the dropped row or column): ``(N, OH, OW, C_out) -> (16, N*TH*TW, C_out)``."""
+    n, out_h, out_w, c_out = grad_out.shape
+    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    grad_products = np.empty((16, n * tiles_h * tiles_w, c_out), dtype=grad_out.dtype)
+    _winograd_outputs_grad_kernel(np.ascontiguousarray(grad_out), tiles_h, tiles_w, grad_products)
+    return grad_products
 
 
 # ---------------------------------------------------------------------------------------- pooling
@@ -861,6 +1067,10 @@ def _warmup_calls(dtype):
         "im2col": lambda: im2col(x, window, strides, pads),
         "im2col (many channels)": lambda: im2col(array(2, 5, 5, FEW_CHANNELS), window, strides, pads),
         "col2im": lambda: col2im(array(50, 12), image, window, strides, pads),
+        "winograd_tiles": lambda: winograd_tiles(x, pads),
+        "winograd_tiles_grad": lambda: winograd_tiles_grad(array(16, 8, 3), image, pads),
+        "winograd_outputs": lambda: winograd_outputs(array(16, 18, 3), (2, 6, 6, 3)),
+        "winograd_outputs_grad": lambda: winograd_outputs_grad(array(2, 6, 6, 3)),
         "maxpool_forward": lambda: maxpool_forward(x, window, strides, pads),
         "maxpool_backward": lambda: maxpool_backward(pooled, argmax, image, window, strides, pads),
         "avgpool_forward": lambda: avgpool_forward(x, window, strides, pads),

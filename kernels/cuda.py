@@ -12,13 +12,17 @@ How the work is split (one idea per kernel):
 * Elementwise and gather kernels run one thread per output element, on a 1-D grid of
   ``ceil(n / THREADS_PER_BLOCK)`` blocks of ``THREADS_PER_BLOCK`` threads; a thread past the end
   returns at once.
-* ``col2im`` and the pooling backward passes let each *input* pixel gather from the windows that
-  cover it, so no two threads write the same element and no atomics are needed.
+* ``col2im``, ``winograd_tiles_grad`` and the pooling backward passes let each *input* pixel gather
+  from the windows (or Winograd tiles) that cover it, so no two threads write the same element and no
+  atomics are needed.
+* The Winograd F(2x2, 3x3) transforms of input tiles and output blocks run one thread per (tile,
+  channel), each doing its tile's small 2-D transform as two passes of 1-D ones on a few scalars.
 * Row-wise kernels (softmax, the fused loss) run one thread per row.
 * Sums (``bias_grad``, ``regularization_penalty``) fold rows into partial sums, then fold the
   partials again, until one row is left; no atomics, so results are deterministic.
 * ``matmul``, ``matmul_tn`` and ``matmul_nt`` share one tiled shared-memory GEMM kernel, compiled
-  per dtype and operand layout; a transposed operand is read transposed, never copied.  Setting
+  per dtype and operand layout; a transposed operand is read transposed, never copied.  A stack of
+  products ``(S, M, K) @ (S, K, N)`` is one launch, the products side by side on grid axis z.  Setting
   ``MINIDL_CUDA_GEMM=cublas`` (or :func:`set_gemm`) routes them through CuPy's cuBLAS instead.
 
 Without a GPU the kernels run on Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before
@@ -39,7 +43,7 @@ from numba.cuda.random import (
 )
 
 from kernels.numpy_ref import ACTIVATIONS, check_activation
-from kernels.shapes import output_hw
+from kernels.shapes import output_hw, winograd_tile_grid
 
 ON_SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
 
@@ -118,6 +122,13 @@ def _flat(x):
 
 def _last_axis(x):
     return tuple(x.shape)[-1]  # the simulator's shape objects do not take negative indices
+
+
+def _require_shape(function, name, array, expected):
+    if tuple(array.shape) != tuple(expected):
+        raise ValueError(
+            f"kernels.cuda.{function}: {name} must have shape {tuple(expected)}, got {tuple(array.shape)}"
+        )
 
 
 def _require_same_shape(function, **arrays):
@@ -250,31 +261,34 @@ def _element_or(matrix, row, col, zero):
 
 @functools.cache
 def _gemm_kernel(dtype, a_transposed, b_transposed):
-    """Compile ``out = op(a) @ op(b)`` for one dtype; ``op`` transposes where the flag says so.
+    """Compile ``out[s] = op(a[s]) @ op(b[s])`` for one dtype, for every matrix ``s`` of two stacks of
+    ``S``; ``op`` transposes where the flag says so.
 
-    ``op(a)`` is ``(M, K)`` (stored ``(K, M)`` when transposed), ``op(b)`` is ``(K, N)`` (stored
-    ``(N, K)``), ``out`` ``(S, M, N)`` (below).  Block ``(TILE, TILE)`` threads compute the output tile at rows
-    ``blockIdx.x * TILE + [0, TILE)`` and columns ``blockIdx.y * TILE + [0, TILE)``, thread
-    ``(ty, tx)`` its element ``out[z, row, col]``.  For each step of ``TILE`` along ``K`` the block
-    loads one ``TILE x TILE`` tile of each operand into shared memory (one element per thread,
-    zero past the edges), waits, and accumulates ``sum_k a_tile[ty, k] * b_tile[k, tx]``.  Loads
-    are coalesced: ``tx`` always walks the operand's contiguous axis, so a transposed operand is
-    written into its tile transposed.  Rows go on grid axis x because ``M = N*OH*OW`` can exceed
-    the 65535-block limit of axis y.
+    ``op(a[s])`` is ``(M, K)`` (stored ``(K, M)`` when transposed), ``op(b[s])`` is ``(K, N)`` (stored
+    ``(N, K)``), ``out`` ``(P, S, M, N)`` (below).  Block ``(TILE, TILE)`` threads compute the output
+    tile at rows ``blockIdx.x * TILE + [0, TILE)`` and columns ``blockIdx.y * TILE + [0, TILE)`` of
+    product ``s = blockIdx.z mod S``, thread ``(ty, tx)`` its element ``out[p, s, row, col]``.  For
+    each step of ``TILE`` along ``K`` the block loads one ``TILE x TILE`` tile of each operand into
+    shared memory (one element per thread, zero past the edges), waits, and accumulates
+    ``sum_k a_tile[ty, k] * b_tile[k, tx]``.  Loads are coalesced: ``tx`` always walks the operand's
+    contiguous axis, so a transposed operand is written into its tile transposed.  Rows go on grid
+    axis x because ``M = N*OH*OW`` can exceed the 65535-block limit of axis y.
 
-    Split K: block ``blockIdx.z`` only sums ``k`` in ``[z * k_per_split, (z + 1) * k_per_split)``
-    (``k_per_split`` a multiple of ``TILE``) and writes ``out[z]`` of ``out`` ``(S, M, N)``; the
-    caller adds the ``S`` slices.  With ``S = 1`` this is the plain product.
+    Split K: block ``blockIdx.z = p*S + s`` only sums ``k`` in ``[p * k_per_split, (p + 1) * k_per_split)``
+    (``k_per_split`` a multiple of ``TILE``) and writes ``out[p, s]``; the caller adds the ``P`` parts.
+    With ``P = 1`` this is the plain product; a single matrix product is a stack of ``S = 1``.
     """
     element = numba.from_dtype(dtype)
 
     @cuda.jit
-    def gemm(a, b, k_per_split, out):
+    def gemm(a_stack, b_stack, k_per_split, out):
         a_tile = cuda.shared.array((TILE, TILE_PADDED), element)  # a_tile[i, k] = op(a)[row0+i, k0+k]
         b_tile = cuda.shared.array((TILE, TILE_PADDED), element)  # b_tile[k, j] = op(b)[k0+k, col0+j]
         ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
         row0, col0 = cuda.blockIdx.x * TILE, cuda.blockIdx.y * TILE
-        k_begin = cuda.blockIdx.z * k_per_split
+        part, s = cuda.blockIdx.z // a_stack.shape[0], cuda.blockIdx.z % a_stack.shape[0]
+        a, b = a_stack[s], b_stack[s]  # this block's two matrices
+        k_begin = part * k_per_split
         k_end = min(k_begin + k_per_split, a.shape[0] if a_transposed else a.shape[1])
         zero = element(0)
         total = zero
@@ -292,8 +306,8 @@ def _gemm_kernel(dtype, a_transposed, b_transposed):
                 total += a_tile[ty, k] * b_tile[k, tx]
             cuda.syncthreads()
         row, col = row0 + ty, col0 + tx
-        if row < out.shape[1] and col < out.shape[2]:
-            out[cuda.blockIdx.z, row, col] = total
+        if row < out.shape[2] and col < out.shape[3]:
+            out[part, s, row, col] = total
 
     return gemm
 
@@ -326,63 +340,90 @@ def get_gemm():
     return _gemm["engine"]
 
 
-def _k_splits(m, n, depth):
-    """How many slices of ``K`` to give separate blocks: ``S = min(ceil(K / (TILE*MIN_TILES_PER_SPLIT)),
-    GEMM_TARGET_BLOCKS // output_tiles)``, at least 1.  A small output with a long ``K`` (a conv
-    weight gradient, ``(KH*KW*C_in, C_out)`` summed over ``N*OH*OW`` rows) would otherwise keep
-    only a few blocks busy while each walks all of ``K``."""
-    output_tiles = _blocks(m, TILE) * _blocks(n, TILE)
+def _k_splits(stack, m, n, depth):
+    """How many parts of ``K`` to give separate blocks: ``P = min(ceil(K / (TILE*MIN_TILES_PER_SPLIT)),
+    GEMM_TARGET_BLOCKS // output_tiles)``, at least 1, with ``output_tiles`` counted over all ``S = stack``
+    products.  A small output with a long ``K`` (a conv weight gradient, ``(KH*KW*C_in, C_out)``
+    summed over ``N*OH*OW`` rows) would otherwise keep only a few blocks busy while each walks all of ``K``."""
+    output_tiles = stack * _blocks(m, TILE) * _blocks(n, TILE)
     return max(1, min(_blocks(depth, TILE * MIN_TILES_PER_SPLIT), GEMM_TARGET_BLOCKS // output_tiles))
 
 
+MAX_GRID_Z = 65535  # CUDA's limit on gridDim.z, which holds the products of a stack
+
+
 def _product(function, a, b, a_transposed, b_transposed):
-    """``op(a) @ op(b)`` after checking the shapes agree.  Launch: grid
-    ``(ceil(M / TILE), ceil(N / TILE), S)`` of ``(TILE, TILE)`` blocks, ``S`` from :func:`_k_splits`;
-    the ``S`` partial products are then added by :func:`_column_sums`."""
+    """``op(a) @ op(b)`` for two matrices, or for each pair of matrices of two stacks ``(S, ., .)``,
+    after checking the shapes agree.  Launch: grid ``(ceil(M / TILE), ceil(N / TILE), P*S)`` of
+    ``(TILE, TILE)`` blocks, ``P`` from :func:`_k_splits` (``S = 1`` for matrices); the ``P``
+    partial products are then added by :func:`_column_sums`."""
     _reject_host_arrays(function, (a, b))
-    if a.ndim != 2 or b.ndim != 2:
-        raise ValueError(f"kernels.cuda.{function}: needs 2-D arrays, got shapes {a.shape} and {b.shape}")
+    a_shape, b_shape = tuple(a.shape), tuple(b.shape)
+    if not (a.ndim == b.ndim == 2 or a.ndim == b.ndim == 3):
+        raise ValueError(
+            f"kernels.cuda.{function}: needs two 2-D matrices or two 3-D stacks of them, "
+            f"got shapes {a_shape} and {b_shape}"
+        )
     if a.dtype != b.dtype:
         raise ValueError(f"kernels.cuda.{function}: dtypes differ, {a.dtype} and {b.dtype}")
-    m, depth = (a.shape[1], a.shape[0]) if a_transposed else a.shape
-    b_depth, n = (b.shape[1], b.shape[0]) if b_transposed else b.shape
+    stack = a_shape[0] if a.ndim == 3 else 1
+    if a.ndim == 3 and b_shape[0] != stack:
+        raise ValueError(
+            f"kernels.cuda.{function}: stacks differ in length, a {a_shape} holds {stack} matrices "
+            f"but b {b_shape} holds {b_shape[0]}"
+        )
+    m, depth = (a_shape[-1], a_shape[-2]) if a_transposed else a_shape[-2:]
+    b_depth, n = (b_shape[-1], b_shape[-2]) if b_transposed else b_shape[-2:]
     if depth != b_depth:
         raise ValueError(
-            f"kernels.cuda.{function}: inner dimensions differ, a {a.shape} gives K={depth} "
-            f"but b {b.shape} gives K={b_depth}"
+            f"kernels.cuda.{function}: inner dimensions differ, a {a_shape} gives K={depth} "
+            f"but b {b_shape} gives K={b_depth}"
         )
     if get_gemm() == "cublas":
         return _cublas_product(a, b, a_transposed, b_transposed)
+    if stack > MAX_GRID_Z:
+        raise ValueError(
+            f"kernels.cuda.{function}: at most {MAX_GRID_Z} matrices per stack, got shapes {a_shape} and {b_shape}"
+        )
+    out_shape = (stack, m, n) if a.ndim == 3 else (m, n)
+    if stack == 0:
+        return cuda.device_array(out_shape, dtype=a.dtype)
+    a, b = a.reshape(stack, *a_shape[-2:]), b.reshape(stack, *b_shape[-2:])  # matrices as stacks of one
     kernel = _gemm_kernel(np.dtype(a.dtype), a_transposed, b_transposed)
-    splits = _k_splits(m, n, depth)
-    k_per_split = TILE * _blocks(_blocks(depth, TILE), splits)  # whole tiles per slice of K
-    slices = cuda.device_array((splits, m, n), dtype=a.dtype)
-    kernel[(_blocks(m, TILE), _blocks(n, TILE), splits), (TILE, TILE)](a, b, k_per_split, slices)
-    if splits == 1:
-        return slices.reshape(m, n)
-    return _column_sums(slices.reshape(splits, m * n)).reshape(m, n)
+    parts = _k_splits(stack, m, n, depth)
+    k_per_split = TILE * _blocks(_blocks(depth, TILE), parts)  # whole tiles per part of K
+    partials = cuda.device_array((parts, stack, m, n), dtype=a.dtype)
+    kernel[(_blocks(m, TILE), _blocks(n, TILE), parts * stack), (TILE, TILE)](a, b, k_per_split, partials)
+    if parts == 1:
+        return partials.reshape(*out_shape)
+    return _column_sums(partials.reshape(parts, stack * m * n)).reshape(*out_shape)
 
 
 def _cublas_product(a, b, a_transposed, b_transposed):
-    """``op(a) @ op(b)`` by CuPy (cuBLAS) on views of the same device memory; returns a Numba array."""
+    """``op(a) @ op(b)`` by CuPy (cuBLAS, batched for stacks) on views of the same device memory;
+    ``op`` swaps the last two axes.  Returns a Numba array."""
     cupy = _gemm["cupy"]
     a_view, b_view = cupy.asarray(a), cupy.asarray(b)  # zero-copy, via __cuda_array_interface__
-    product = (a_view.T if a_transposed else a_view) @ (b_view.T if b_transposed else b_view)
+    product = (cupy.swapaxes(a_view, -1, -2) if a_transposed else a_view) @ (
+        cupy.swapaxes(b_view, -1, -2) if b_transposed else b_view
+    )
     return cuda.as_cuda_array(product)
 
 
 def matmul(a, b):
-    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``."""
+    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``, or ``(S, M, K) @ (S, K, N) -> (S, M, N)``."""
     return _product("matmul", a, b, a_transposed=False, b_transposed=False)
 
 
 def matmul_tn(a, b):
-    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``, reading ``a`` transposed in place."""
+    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``, or per slice ``(S, K, M)`` with ``(S, K, N)``,
+    reading ``a`` transposed in place."""
     return _product("matmul_tn", a, b, a_transposed=True, b_transposed=False)
 
 
 def matmul_nt(a, b):
-    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``, reading ``b`` transposed in place."""
+    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``, or per slice ``(S, M, K)`` with ``(S, N, K)``,
+    reading ``b`` transposed in place."""
     return _product("matmul_nt", a, b, a_transposed=False, b_transposed=True)
 
 
@@ -483,6 +524,360 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
     x = cuda.device_array(tuple(x_shape), dtype=cols.dtype)
     _launch(_col2im, x.size, cols, kh, kw, sh, sw, top, left, out_h, out_w, x)
     return x
+
+
+# ------------------------------------------------------------------------------ Winograd F(2x2, 3x3)
+#
+# The transforms of ``numpy_ref``'s Winograd section.  Tile ``t = (n*TH + i)*TW + j`` reads the 4x4
+# block ``x[n, 2i - top : 2i - top + 4, 2j - left : 2j - left + 4]`` (zeros outside ``x``) and gives
+# the 2x2 output block at ``(2i, 2j)``.  Each 2-D transform ``L v R^T`` of a small block is two passes
+# of 1-D transforms, e.g. ``(L v R^T)[a, b] = (R e)[b]`` with ``e[q] = (L v[:, q])[a]``; the device
+# functions below give one entry ``k`` of a 1-D transform, so a thread keeps only a few scalars.  The
+# tile and block transforms run one thread per (tile, channel) writing all of the tile's values, the
+# tiny kernel transforms one thread per output element; winograd_tiles_grad lets each input pixel
+# gather from the (at most 2x2) tiles that cover it, as col2im does.
+
+
+@cuda.jit(device=True)
+def _g_times(k, v0, v1, v2):
+    """``(G v)[k]``, ``G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]``: ``(3,) -> (4,)``."""
+    if k == 0:
+        return v0
+    if k == 1:
+        return (v0 + v1 + v2) * 0.5
+    if k == 2:
+        return (v0 - v1 + v2) * 0.5
+    return v2
+
+
+@cuda.jit(device=True)
+def _g_t_times(k, u0, u1, u2, u3):
+    """``(G^T u)[k]``: ``(4,) -> (3,)``, the adjoint of :func:`_g_times`."""
+    if k == 0:
+        return u0 + (u1 + u2) * 0.5
+    if k == 1:
+        return (u1 - u2) * 0.5
+    return (u1 + u2) * 0.5 + u3
+
+
+@cuda.jit(device=True)
+def _b_t_times(k, v0, v1, v2, v3):
+    """``(B^T v)[k]``, ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: ``(4,) -> (4,)``."""
+    if k == 0:
+        return v0 - v2
+    if k == 1:
+        return v1 + v2
+    if k == 2:
+        return v2 - v1
+    return v1 - v3
+
+
+@cuda.jit(device=True)
+def _b_times(k, u0, u1, u2, u3):
+    """``(B u)[k]``: ``(4,) -> (4,)``, the adjoint of :func:`_b_t_times`."""
+    if k == 0:
+        return u0
+    if k == 1:
+        return u1 - u2 + u3
+    if k == 2:
+        return u1 + u2 - u0
+    return -u3
+
+
+@cuda.jit(device=True)
+def _a_t_times(k, m0, m1, m2, m3):
+    """``(A^T m)[k]``, ``A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]``: ``(4,) -> (2,)``."""
+    if k == 0:
+        return m0 + m1 + m2
+    return m1 - m2 - m3
+
+
+@cuda.jit(device=True)
+def _a_times(k, g0, g1):
+    """``(A g)[k]``: ``(2,) -> (4,)``, the adjoint of :func:`_a_t_times`."""
+    if k == 0:
+        return g0
+    if k == 1:
+        return g0 + g1
+    if k == 2:
+        return g0 - g1
+    return -g1
+
+
+@cuda.jit(device=True)
+def _pixel_or(x, n, h, w, c, zero):
+    """``x[n, h, w, c]``, or ``zero`` outside the image."""
+    if 0 <= h < x.shape[1] and 0 <= w < x.shape[2]:
+        return x[n, h, w, c]
+    return zero
+
+
+@cuda.jit(device=True)
+def _split_tile(t, tiles_h, tiles_w):
+    """The ``(n, i, j)`` of tile ``t = (n*TH + i)*TW + j``."""
+    rest, j = t // tiles_w, t % tiles_w
+    return rest // tiles_h, rest % tiles_h, j
+
+
+@cuda.jit
+def _winograd_kernel(kernel, out):
+    """``out[4a + b, k] = (G g G^T)[a, b] = (G e)[a]`` with ``e[p] = (G g[p, :])[b]``, ``g = kernel[:, :, k]``.
+
+    ``kernel`` ``(3, 3, C_in*C_out)`` -> ``out`` ``(16, C_in*C_out)``, one thread per element of ``out``.
+    """
+    index = cuda.grid(1)
+    if index >= out.size:
+        return
+    ab, k = index // out.shape[1], index % out.shape[1]
+    a, b = ab // 4, ab % 4
+    e0 = _g_times(b, kernel[0, 0, k], kernel[0, 1, k], kernel[0, 2, k])
+    e1 = _g_times(b, kernel[1, 0, k], kernel[1, 1, k], kernel[1, 2, k])
+    e2 = _g_times(b, kernel[2, 0, k], kernel[2, 1, k], kernel[2, 2, k])
+    out[ab, k] = _g_times(a, e0, e1, e2)
+
+
+def winograd_kernel(kernel):
+    """``G g G^T`` for every ``(c_in, c_out)``: ``kernel (3, 3, C_in, C_out) -> (16, C_in, C_out)``.
+
+    Launch: one thread per output element, ``16 * C_in * C_out`` threads.
+    """
+    _reject_host_arrays("winograd_kernel", (kernel,))
+    if kernel.ndim != 4 or tuple(kernel.shape)[:2] != (3, 3):
+        raise ValueError(f"kernels.cuda.winograd_kernel: kernel must be (3, 3, C_in, C_out), got {kernel.shape}")
+    c_in, c_out = kernel.shape[2], kernel.shape[3]
+    out = cuda.device_array((16, c_in, c_out), dtype=kernel.dtype)
+    _launch(_winograd_kernel, out.size, kernel.reshape(3, 3, c_in * c_out), out.reshape(16, c_in * c_out))
+    return out
+
+
+@cuda.jit
+def _winograd_kernel_grad(grad_tiles, grad_kernel):
+    """``grad_kernel[3p + q, k] = (G^T u G)[p, q] = (G^T v)[p]`` with ``v[a] = (G^T u[a, :])[q]``,
+    ``u = grad_tiles[:, k]`` as 4x4.
+
+    ``grad_tiles`` ``(16, C_in*C_out)`` -> ``grad_kernel`` ``(9, C_in*C_out)``, one thread per element
+    of ``grad_kernel``.
+    """
+    index = cuda.grid(1)
+    if index >= grad_kernel.size:
+        return
+    pq, k = index // grad_kernel.shape[1], index % grad_kernel.shape[1]
+    p, q = pq // 3, pq % 3
+    v0 = _g_t_times(q, grad_tiles[0, k], grad_tiles[1, k], grad_tiles[2, k], grad_tiles[3, k])
+    v1 = _g_t_times(q, grad_tiles[4, k], grad_tiles[5, k], grad_tiles[6, k], grad_tiles[7, k])
+    v2 = _g_t_times(q, grad_tiles[8, k], grad_tiles[9, k], grad_tiles[10, k], grad_tiles[11, k])
+    v3 = _g_t_times(q, grad_tiles[12, k], grad_tiles[13, k], grad_tiles[14, k], grad_tiles[15, k])
+    grad_kernel[pq, k] = _g_t_times(p, v0, v1, v2, v3)
+
+
+def winograd_kernel_grad(grad_kernel_tiles):
+    """Adjoint of :func:`winograd_kernel`: ``G^T u G``, ``(16, C_in, C_out) -> (3, 3, C_in, C_out)``.
+
+    Launch: one thread per output element, ``9 * C_in * C_out`` threads.
+    """
+    _reject_host_arrays("winograd_kernel_grad", (grad_kernel_tiles,))
+    if grad_kernel_tiles.ndim != 3 or grad_kernel_tiles.shape[0] != 16:
+        raise ValueError(
+            f"kernels.cuda.winograd_kernel_grad: grad_kernel_tiles must be (16, C_in, C_out), "
+            f"got {grad_kernel_tiles.shape}"
+        )
+    c_in, c_out = grad_kernel_tiles.shape[1], grad_kernel_tiles.shape[2]
+    grad_kernel = cuda.device_array((3, 3, c_in, c_out), dtype=grad_kernel_tiles.dtype)
+    _launch(
+        _winograd_kernel_grad,
+        grad_kernel.size,
+        grad_kernel_tiles.reshape(16, c_in * c_out),
+        grad_kernel.reshape(9, c_in * c_out),
+    )
+    return grad_kernel
+
+
+@cuda.jit(device=True)
+def _b_t_column(x, n, row, col, c, a, zero):
+    """``(B^T d[:, q])[a]`` for column ``q`` of a tile ``d`` at image column ``col``, top row ``row``."""
+    return _b_t_times(
+        a,
+        _pixel_or(x, n, row, col, c, zero),
+        _pixel_or(x, n, row + 1, col, c, zero),
+        _pixel_or(x, n, row + 2, col, c, zero),
+        _pixel_or(x, n, row + 3, col, c, zero),
+    )
+
+
+@cuda.jit
+def _winograd_tiles(x, top, left, tiles_h, tiles_w, zero, tiles):
+    """``tiles[4a + b, t, c] = (B^T d B)[a, b] = (B^T e)[b]`` with ``e[q] = (B^T d[:, q])[a]``, for the
+    tile ``d = x[n, 2i - top : +4, 2j - left : +4, c]`` (zeros outside ``x``).
+
+    ``x`` ``(N, H, W, C)`` -> ``tiles`` ``(16, N*TH*TW, C)``, one thread per ``(t, c)`` writing all 16
+    values, one row ``a`` at a time (adjacent threads read and write adjacent channels).
+    """
+    index = cuda.grid(1)
+    channels = tiles.shape[2]
+    if index >= tiles.shape[1] * channels:
+        return
+    t, c = index // channels, index % channels
+    n, i, j = _split_tile(t, tiles_h, tiles_w)
+    row, col = 2 * i - top, 2 * j - left
+    for a in range(4):
+        e0 = _b_t_column(x, n, row, col, c, a, zero)
+        e1 = _b_t_column(x, n, row, col + 1, c, a, zero)
+        e2 = _b_t_column(x, n, row, col + 2, c, a, zero)
+        e3 = _b_t_column(x, n, row, col + 3, c, a, zero)
+        for b in range(4):
+            tiles[4 * a + b, t, c] = _b_t_times(b, e0, e1, e2, e3)
+
+
+def winograd_tiles(x, pads):
+    """``B^T d B`` for every 4x4 tile ``d`` of ``x`` padded by ``pads`` (tiles at stride 2, in the
+    order of :func:`im2col`'s rows): ``x (N, H, W, C) -> tiles (16, N*TH*TW, C)``.
+
+    ``(TH, TW)`` come from :func:`kernels.shapes.winograd_tile_grid`; reads past the image are zeros.
+    Launch: one thread per (tile, channel), ``N*TH*TW*C`` threads.
+    """
+    _reject_host_arrays("winograd_tiles", (x,))
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads)
+    n, _, _, channels = x.shape
+    tiles = cuda.device_array((16, n * tiles_h * tiles_w, channels), dtype=x.dtype)
+    zero = np.dtype(x.dtype).type(0)
+    _launch(_winograd_tiles, n * tiles_h * tiles_w * channels, x, top, left, tiles_h, tiles_w, zero, tiles)
+    return tiles
+
+
+@cuda.jit(device=True)
+def _b_row_of_grad(grad_tiles, a, t, c, q):
+    """``(B u[a, :])[q]`` for ``u = grad_tiles[:, t, c]`` as 4x4."""
+    u = 4 * a
+    return _b_times(q, grad_tiles[u, t, c], grad_tiles[u + 1, t, c], grad_tiles[u + 2, t, c], grad_tiles[u + 3, t, c])
+
+
+@cuda.jit
+def _winograd_tiles_grad(grad_tiles, top, left, tiles_h, tiles_w, zero, grad_x):
+    """``grad_x[n, h, w, c] = sum over the tiles (i, j) covering it of (B u B^T)[p, q] = (B v)[p]``
+    with ``v[a] = (B u[a, :])[q]``, ``u = grad_tiles[:, t, c]`` as 4x4, ``p = h + top - 2i``,
+    ``q = w + left - 2j``.
+
+    ``grad_tiles`` ``(16, N*TH*TW, C)`` -> ``grad_x`` ``(N, H, W, C)``, one thread per pixel of ``grad_x``
+    gathering from its covering tiles (at most 2 x 2; no two threads write one element).
+    """
+    index = cuda.grid(1)
+    if index >= grad_x.size:
+        return
+    n, h, w, c = _split_nhwc(index, grad_x.shape)
+    hp, wp = h + top, w + left
+    i_first, i_stop = _covering_windows(hp, 4, 2, tiles_h)
+    j_first, j_stop = _covering_windows(wp, 4, 2, tiles_w)
+    total = zero
+    for i in range(i_first, i_stop):
+        for j in range(j_first, j_stop):
+            t = (n * tiles_h + i) * tiles_w + j
+            p, q = hp - 2 * i, wp - 2 * j
+            v0 = _b_row_of_grad(grad_tiles, 0, t, c, q)
+            v1 = _b_row_of_grad(grad_tiles, 1, t, c, q)
+            v2 = _b_row_of_grad(grad_tiles, 2, t, c, q)
+            v3 = _b_row_of_grad(grad_tiles, 3, t, c, q)
+            total += _b_times(p, v0, v1, v2, v3)
+    grad_x[n, h, w, c] = total
+
+
+def winograd_tiles_grad(grad_tiles, x_shape, pads):
+    """Adjoint of :func:`winograd_tiles`: ``B u B^T`` per tile, added back onto the pixels the tile
+    was read from: ``(16, N*TH*TW, C) -> (N, H, W, C)``.
+
+    Launch: one thread per input pixel and channel, ``N*H*W*C`` threads.
+    """
+    _reject_host_arrays("winograd_tiles_grad", (grad_tiles,))
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x_shape, pads)
+    _require_shape("winograd_tiles_grad", "grad_tiles", grad_tiles, (16, x_shape[0] * tiles_h * tiles_w, x_shape[3]))
+    grad_x = cuda.device_array(tuple(x_shape), dtype=grad_tiles.dtype)
+    zero = np.dtype(grad_tiles.dtype).type(0)
+    _launch(_winograd_tiles_grad, grad_x.size, grad_tiles, top, left, tiles_h, tiles_w, zero, grad_x)
+    return grad_x
+
+
+@cuda.jit(device=True)
+def _a_t_column_of(products, r, b, t, o):
+    """``(A^T m[:, b])[r]`` for ``m = products[:, t, o]`` as 4x4."""
+    return _a_t_times(r, products[b, t, o], products[4 + b, t, o], products[8 + b, t, o], products[12 + b, t, o])
+
+
+@cuda.jit
+def _winograd_outputs(products, tiles_h, tiles_w, out):
+    """``out[n, 2i + r, 2j + s, o] = (A^T m A)[r, s] = (A^T e)[s]`` with ``e[b] = (A^T m[:, b])[r]``,
+    ``m = products[:, t, o]`` as 4x4.
+
+    ``products`` ``(16, N*TH*TW, C_out)`` -> ``out`` ``(N, OH, OW, C_out)``, one thread per ``(t, o)``
+    writing the elements of its 2x2 block that lie inside ``out``.
+    """
+    index = cuda.grid(1)
+    c_out = products.shape[2]
+    if index >= products.shape[1] * c_out:
+        return
+    t, o = index // c_out, index % c_out
+    n, i, j = _split_tile(t, tiles_h, tiles_w)
+    for r in range(min(2, out.shape[1] - 2 * i)):
+        e0 = _a_t_column_of(products, r, 0, t, o)
+        e1 = _a_t_column_of(products, r, 1, t, o)
+        e2 = _a_t_column_of(products, r, 2, t, o)
+        e3 = _a_t_column_of(products, r, 3, t, o)
+        for s in range(min(2, out.shape[2] - 2 * j)):
+            out[n, 2 * i + r, 2 * j + s, o] = _a_t_times(s, e0, e1, e2, e3)
+
+
+def winograd_outputs(products, out_shape):
+    """``A^T m A`` for every tile: ``products (16, N*TH*TW, C_out) -> y (N, OH, OW, C_out)``, the 2x2
+    output blocks laid side by side; an odd ``OH`` or ``OW`` drops the last block's second row or
+    column.
+
+    Launch: one thread per (tile, output channel), ``N*TH*TW*C_out`` threads.
+    """
+    _reject_host_arrays("winograd_outputs", (products,))
+    n, out_h, out_w, c_out = out_shape
+    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    _require_shape("winograd_outputs", "products", products, (16, n * tiles_h * tiles_w, c_out))
+    out = cuda.device_array(tuple(out_shape), dtype=products.dtype)
+    _launch(_winograd_outputs, n * tiles_h * tiles_w * c_out, products, tiles_h, tiles_w, out)
+    return out
+
+
+@cuda.jit
+def _winograd_outputs_grad(grad_out, tiles_h, tiles_w, zero, grad_products):
+    """``grad_products[4a + b, t, o] = (A g A^T)[a, b] = (A e)[b]`` with ``e[s] = (A g[:, s])[a]``,
+    ``g = grad_out[n, 2i : 2i + 2, 2j : 2j + 2, o]`` (zeros past ``grad_out``).
+
+    ``grad_out`` ``(N, OH, OW, C_out)`` -> ``grad_products`` ``(16, N*TH*TW, C_out)``, one thread per
+    ``(t, o)`` writing all 16 values.
+    """
+    index = cuda.grid(1)
+    c_out = grad_products.shape[2]
+    if index >= grad_products.shape[1] * c_out:
+        return
+    t, o = index // c_out, index % c_out
+    n, i, j = _split_tile(t, tiles_h, tiles_w)
+    g00 = _pixel_or(grad_out, n, 2 * i, 2 * j, o, zero)
+    g01 = _pixel_or(grad_out, n, 2 * i, 2 * j + 1, o, zero)
+    g10 = _pixel_or(grad_out, n, 2 * i + 1, 2 * j, o, zero)
+    g11 = _pixel_or(grad_out, n, 2 * i + 1, 2 * j + 1, o, zero)
+    for a in range(4):
+        e0, e1 = _a_times(a, g00, g10), _a_times(a, g01, g11)
+        for b in range(4):
+            grad_products[4 * a + b, t, o] = _a_times(b, e0, e1)
+
+
+def winograd_outputs_grad(grad_out):
+    """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every 2x2 block of ``grad_out``
+    (zeros for the dropped row or column): ``(N, OH, OW, C_out) -> (16, N*TH*TW, C_out)``.
+
+    Launch: one thread per (tile, output channel), ``N*TH*TW*C_out`` threads.
+    """
+    _reject_host_arrays("winograd_outputs_grad", (grad_out,))
+    n, out_h, out_w, c_out = grad_out.shape
+    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    grad_products = cuda.device_array((16, n * tiles_h * tiles_w, c_out), dtype=grad_out.dtype)
+    zero = np.dtype(grad_out.dtype).type(0)
+    n_threads = n * tiles_h * tiles_w * c_out
+    _launch(_winograd_outputs_grad, n_threads, grad_out, tiles_h, tiles_w, zero, grad_products)
+    return grad_products
 
 
 # ------------------------------------------------------------------------------------------- pooling

@@ -11,10 +11,13 @@ Arrays
     ``to_device(x)``, ``to_host(x)``, ``zeros(shape, dtype)``, ``zeros_like(x)``, ``multiply(a, b)``,
     ``accumulate(total, x)``, ``all_finite(x)``
 Linear algebra
-    ``matmul(a, b) = a @ b``, ``matmul_tn(a, b) = a.T @ b``, ``matmul_nt(a, b) = a @ b.T``,
+    ``matmul(a, b) = a @ b``, ``matmul_tn(a, b) = a.T @ b``, ``matmul_nt(a, b) = a @ b.T`` (also
+    on stacks of matrices, ``(S, M, K)`` with ``(S, K, N)``, one product per slice),
     ``bias_grad(g) = g.sum(axis=0)``
 Convolution
-    ``im2col``, ``col2im``
+    ``im2col``, ``col2im``; Winograd F(2x2, 3x3): ``winograd_kernel``, ``winograd_tiles``,
+    ``winograd_outputs`` and their adjoints ``winograd_kernel_grad``, ``winograd_tiles_grad``,
+    ``winograd_outputs_grad``
 Pooling
     ``maxpool_forward``, ``maxpool_backward``, ``avgpool_forward``, ``avgpool_backward``
 Activations
@@ -30,6 +33,8 @@ Optimizer updates (in place)
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from kernels.shapes import winograd_tile_grid
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
 
@@ -74,18 +79,18 @@ def all_finite(x):
 
 
 def matmul(a, b):
-    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``."""
+    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``, or ``(S, M, K) @ (S, K, N) -> (S, M, N)``."""
     return a @ b
 
 
 def matmul_tn(a, b):
-    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``."""
-    return a.T @ b
+    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``, or per slice ``(S, K, M)`` with ``(S, K, N)``."""
+    return np.swapaxes(a, -1, -2) @ b
 
 
 def matmul_nt(a, b):
-    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``."""
-    return a @ b.T
+    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``, or per slice ``(S, M, K)`` with ``(S, N, K)``."""
+    return a @ np.swapaxes(b, -1, -2)
 
 
 def bias_grad(grad_out):
@@ -153,6 +158,82 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
         for j in range(kw):
             x_padded[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :] += cols6[:, :, :, i, j, :]
     return x_padded[:, top : top + height, left : left + width, :]
+
+
+# ------------------------------------------------------------------------ Winograd F(2x2, 3x3)
+#
+# A 3x3 stride-1 convolution computed 2x2 outputs at a time from 4x4 input tiles (Lavin & Gray,
+# "Fast Algorithms for Convolutional Neural Networks", 2015).  For one tile ``d`` and one kernel ``g``:
+#
+#     y (2x2) = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise, 16 products instead of 36)
+#
+# Over a batch, the elementwise product summed over input channels is 16 GEMMs, one per position
+# ``(a, b)`` of the 4x4 transformed tile: ``products[4a+b] = tiles[4a+b] @ kernel[4a+b]``, with
+# ``tiles (16, N*TH*TW, C_in)``, ``kernel (16, C_in, C_out)``, ``products (16, N*TH*TW, C_out)``.
+# Every transform is linear, so each backward is its transpose (the ``_grad`` functions).
+
+WINOGRAD_B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+WINOGRAD_A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+
+
+def winograd_kernel(kernel):
+    """``G g G^T`` for every ``(c_in, c_out)``: ``kernel (3, 3, C_in, C_out) -> (16, C_in, C_out)``."""
+    g = WINOGRAD_G.astype(kernel.dtype)
+    return np.einsum("ap,pqco,bq->abco", g, kernel, g).reshape(16, *kernel.shape[2:])
+
+
+def winograd_kernel_grad(grad_kernel_tiles):
+    """Adjoint of :func:`winograd_kernel`: ``G^T u G``, ``(16, C_in, C_out) -> (3, 3, C_in, C_out)``."""
+    g = WINOGRAD_G.astype(grad_kernel_tiles.dtype)
+    u = grad_kernel_tiles.reshape(4, 4, *grad_kernel_tiles.shape[1:])
+    return np.einsum("ap,abco,bq->pqco", g, u, g)
+
+
+def winograd_tiles(x, pads):
+    """``B^T d B`` for every 4x4 tile ``d`` of ``x`` padded by ``pads`` (tiles at stride 2, in the
+    order of :func:`im2col`'s rows): ``x (N, H, W, C) -> tiles (16, N*TH*TW, C)``.
+
+    ``(TH, TW)`` come from :func:`kernels.shapes.winograd_tile_grid`; reads past the image are zeros.
+    """
+    _, tile_pads = winograd_tile_grid(x.shape, pads)
+    d = im2col(x, (4, 4), (2, 2), tile_pads).reshape(-1, 4, 4, x.shape[3])  # (N*TH*TW, 4, 4, C)
+    b_t = WINOGRAD_B_T.astype(x.dtype)
+    return np.einsum("ap,tpqc,bq->abtc", b_t, d, b_t).reshape(16, -1, x.shape[3])
+
+
+def winograd_tiles_grad(grad_tiles, x_shape, pads):
+    """Adjoint of :func:`winograd_tiles`: ``B u B^T`` per tile, added back onto the pixels the tile
+    was read from: ``(16, N*TH*TW, C) -> (N, H, W, C)``."""
+    _, tile_pads = winograd_tile_grid(x_shape, pads)
+    b_t = WINOGRAD_B_T.astype(grad_tiles.dtype)
+    u = grad_tiles.reshape(4, 4, -1, x_shape[3])
+    d = np.einsum("ap,abtc,bq->tpqc", b_t, u, b_t)
+    return col2im(d.reshape(d.shape[0], -1), x_shape, (4, 4), (2, 2), tile_pads)
+
+
+def winograd_outputs(products, out_shape):
+    """``A^T m A`` for every tile: ``products (16, N*TH*TW, C_out) -> y (N, OH, OW, C_out)``, the 2x2
+    output blocks laid side by side; an odd ``OH`` or ``OW`` drops the last block's second row or
+    column."""
+    n, out_h, out_w, c_out = out_shape
+    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    a_t = WINOGRAD_A_T.astype(products.dtype)
+    m = products.reshape(4, 4, n, tiles_h, tiles_w, c_out)
+    blocks = np.einsum("ia,abnhwo,jb->nhiwjo", a_t, m, a_t)  # (N, TH, 2, TW, 2, C_out)
+    return blocks.reshape(n, 2 * tiles_h, 2 * tiles_w, c_out)[:, :out_h, :out_w]
+
+
+def winograd_outputs_grad(grad_out):
+    """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every 2x2 block of ``grad_out``
+    (zeros for the dropped row or column): ``(N, OH, OW, C_out) -> (16, N*TH*TW, C_out)``."""
+    n, out_h, out_w, c_out = grad_out.shape
+    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    padded = np.zeros((n, 2 * tiles_h, 2 * tiles_w, c_out), grad_out.dtype)
+    padded[:, :out_h, :out_w] = grad_out
+    blocks = padded.reshape(n, tiles_h, 2, tiles_w, 2, c_out)
+    a_t = WINOGRAD_A_T.astype(grad_out.dtype)
+    return np.einsum("ia,nhiwjo,jb->abnhwo", a_t, blocks, a_t).reshape(16, -1, c_out)
 
 
 # ---------------------------------------------------------------------------------------- pooling

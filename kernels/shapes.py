@@ -46,3 +46,19 @@ def window_geometry(input_hw, kernel_size, strides, padding):
             f"an input of height x width {height}x{width}"
         )
     return pads, (out_h, out_w)
+
+
+def winograd_tile_grid(x_shape, pads):
+    """The tiles of a Winograd F(2x2, 3x3) convolution of images ``x_shape = (N, H, W, C)`` padded by ``pads``.
+
+    Each tile is a ``4 x 4`` window of the padded image, taken at stride 2, that gives a ``2 x 2`` block
+    of the 3x3 stride-1 convolution's ``(OH, OW)`` output.  Returns ``((TH, TW), tile_pads)``:
+    ``TH = ceil(OH / 2)`` rows of tiles, and the padding under which the tiles are exactly the windows
+    of a ``4 x 4``, stride-2 ``im2col``.  When ``OH`` is odd the last row of tiles reaches one row past
+    the padded image (zeros, or a real row that ``pads`` dropped); the output it gives is not kept.
+    """
+    out_h, out_w = output_hw(x_shape, (3, 3), (1, 1), pads)
+    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    (top, _), (left, _) = pads
+    tile_pads = ((top, 2 * tiles_h + 2 - x_shape[1] - top), (left, 2 * tiles_w + 2 - x_shape[2] - left))
+    return (tiles_h, tiles_w), tile_pads

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from kernels import cpu
 from kernels import numpy_ref as ref
-from tests.kernels.strategies import window_problems
+from tests.kernels.strategies import window_problems, winograd_problems
 
 DTYPES = (np.float32, np.float64)
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -66,6 +66,41 @@ def test_col2im_matches_reference_and_is_a_fresh_contiguous_array(case):
 def test_col2im_names_the_expected_cols_shape():
     with pytest.raises(ValueError, match=r"col2im: cols must have shape \(18, 4\)"):
         cpu.col2im(np.zeros((5, 4)), (2, 4, 4, 1), (2, 2), (1, 1), ((0, 0), (0, 0)))
+
+
+@st.composite
+def winograd_images(draw):
+    """``(x, pads, (OH, OW))``: a random image batch and the padding of a 3x3 stride-1 convolution."""
+    x_shape, _, _, pads, out_hw = draw(winograd_problems())
+    seed = draw(st.integers(0, 2**16))
+    x = np.random.default_rng(seed).standard_normal(x_shape).astype(draw(st.sampled_from(DTYPES)))
+    return x, pads, out_hw
+
+
+@SETTINGS
+@given(winograd_images(), st.integers(1, 5))
+def test_winograd_transforms_and_their_grads_match_reference(case, c_out):
+    x, pads, out_hw = case
+    tiles = cpu.winograd_tiles(x, pads)
+    assert_close(tiles, ref.winograd_tiles(x, pads))
+    grad_tiles = like(tiles)
+    assert_close(cpu.winograd_tiles_grad(grad_tiles, x.shape, pads), ref.winograd_tiles_grad(grad_tiles, x.shape, pads))
+    products = like(np.empty((16, tiles.shape[1], c_out), x.dtype))
+    out_shape = (x.shape[0], *out_hw, c_out)
+    assert_close(cpu.winograd_outputs(products, out_shape), ref.winograd_outputs(products, out_shape))
+    grad_out = like(np.empty(out_shape, x.dtype), seed=2)
+    assert_close(cpu.winograd_outputs_grad(grad_out), ref.winograd_outputs_grad(grad_out))
+    kernel = like(np.empty((3, 3, x.shape[3], c_out), x.dtype), seed=3)
+    assert_close(cpu.winograd_kernel(kernel), ref.winograd_kernel(kernel))
+    grad_kernel_tiles = like(np.empty((16, x.shape[3], c_out), x.dtype), seed=4)
+    assert_close(cpu.winograd_kernel_grad(grad_kernel_tiles), ref.winograd_kernel_grad(grad_kernel_tiles))
+
+
+def test_winograd_grads_name_the_shape_they_expected():
+    with pytest.raises(ValueError, match=r"winograd_tiles_grad: grad_tiles must have shape \(16, 8, 3\)"):
+        cpu.winograd_tiles_grad(np.zeros((16, 9, 3)), (2, 6, 6, 3), ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match=r"winograd_outputs: products must have shape \(16, 8, 3\)"):
+        cpu.winograd_outputs(np.zeros((16, 9, 3)), (2, 4, 4, 3))
 
 
 # ---------------------------------------------------------------------------------------- pooling
@@ -208,9 +243,21 @@ def test_matmul_variants_match_reference(m, k, n, dtype):
     assert_close(cpu.matmul_nt(a, np.ascontiguousarray(b.T)), ref.matmul(a, b))
 
 
+@SETTINGS
+@given(st.integers(1, 4), st.integers(1, 20), st.integers(1, 20), st.integers(1, 20), st.sampled_from(DTYPES))
+def test_matmul_variants_on_stacks_match_reference(stack, m, k, n, dtype):
+    rng = np.random.default_rng(stack * m * k * n)
+    a, b = rng.standard_normal((stack, m, k)).astype(dtype), rng.standard_normal((stack, k, n)).astype(dtype)
+    assert_close(cpu.matmul(a, b), ref.matmul(a, b))
+    assert_close(cpu.matmul_tn(np.ascontiguousarray(np.swapaxes(a, 1, 2)), b), ref.matmul(a, b))
+    assert_close(cpu.matmul_nt(a, np.ascontiguousarray(np.swapaxes(b, 1, 2))), ref.matmul(a, b))
+
+
 def test_matmul_names_both_shapes_when_they_do_not_chain():
     with pytest.raises(ValueError, match=r"matmul_tn: cannot multiply shapes \(3, 2\) and \(4, 5\)"):
         cpu.matmul_tn(np.zeros((3, 2)), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match=r"matmul: cannot multiply shapes \(2, 3, 4\) and \(3, 4, 5\)"):
+        cpu.matmul(np.zeros((2, 3, 4)), np.zeros((3, 4, 5)))
 
 
 @SETTINGS

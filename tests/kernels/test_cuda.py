@@ -7,6 +7,7 @@ shapes are tiny and the examples few.
 """
 
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ if not (numba_cuda.config.ENABLE_CUDASIM or numba_cuda.is_available()):
 
 from kernels import cuda as gpu  # noqa: E402  (only importable once the device question is settled)
 from kernels import numpy_ref  # noqa: E402
-from tests.kernels.strategies import window_problems  # noqa: E402
+from tests.kernels.strategies import window_problems, winograd_problems  # noqa: E402
 
 FEW = settings(max_examples=8, deadline=None)
 DTYPES = [np.float32, np.float64]
@@ -138,6 +139,44 @@ def test_matmul_names_both_shapes_when_the_inner_dimensions_differ():
         gpu.matmul(a, b)
 
 
+STACKED_MATMULS = {
+    "matmul": lambda a, b: (a, b),
+    "matmul_tn": lambda a, b: (np.ascontiguousarray(np.swapaxes(a, 1, 2)), b),
+    "matmul_nt": lambda a, b: (a, np.ascontiguousarray(np.swapaxes(b, 1, 2))),
+}
+
+
+@FEW
+@given(
+    st.sampled_from(sorted(STACKED_MATMULS)),
+    st.integers(1, 2), st.integers(1, 8), st.integers(0, 8), st.integers(1, 8),
+    st.sampled_from(DTYPES), seeds,
+)
+@example("matmul_tn", 2, 3, 129, 4, np.float64, 0)  # long K, tiny outputs: K is split in two in each product
+def test_every_matmul_variant_multiplies_stacks_slice_by_slice(variant, stack, m, k, n, dtype, seed):
+    a, b = random_array(seed, (stack, m, k), dtype), random_array(seed + 1, (stack, k, n), dtype)
+    stored_a, stored_b = STACKED_MATMULS[variant](a, b)
+    result = getattr(gpu, variant)(gpu.to_device(stored_a), gpu.to_device(stored_b))
+    assert tuple(result.shape) == (stack, m, n)
+    assert_close(result, a @ b, dtype)
+
+
+@pytest.mark.parametrize(
+    "variant, a_shape, b_shape",
+    [
+        ("matmul", (2, 3, 4), (3, 4, 5)),  # stacks of different lengths
+        ("matmul_tn", (2, 4, 3), (2, 5, 5)),  # inner dimensions differ
+        ("matmul_nt", (2, 3, 4), (2, 5, 3)),
+        ("matmul", (2, 3, 4), (4, 5)),  # a stack and a matrix
+    ],
+)
+def test_stacked_matmul_names_the_function_and_both_shapes_when_they_do_not_fit(variant, a_shape, b_shape):
+    a, b = gpu.zeros(a_shape, np.float32), gpu.zeros(b_shape, np.float32)
+    pattern = rf"{variant}.*{re.escape(str(a_shape))}.*{re.escape(str(b_shape))}"
+    with pytest.raises(ValueError, match=pattern):
+        getattr(gpu, variant)(a, b)
+
+
 @FEW
 @given(st.integers(1, 600), st.integers(1, 4), st.sampled_from(DTYPES), seeds)
 @example(600, 2, np.float64, 0)  # more rows than one fold pass handles
@@ -174,6 +213,87 @@ def test_im2col_and_col2im_match_the_reference(problem, dtype, seed):
         numpy_ref.col2im(grad_cols, x_shape, window, strides, pads),
         dtype,
     )
+
+
+# ---------------------------------------------------------------------------- Winograd F(2x2, 3x3)
+
+
+def small_winograd_problems():
+    return winograd_problems(max_batch=2, max_size=6, max_channels=3)
+
+
+# 'same' padding with two output rows dropped: OH = OW = 3 (odd), and the last tile row reads x's row 4,
+# which the padding dropped
+ODD_OUTPUTS_FROM_A_DROPPED_ROW = ((2, 5, 4, 1), (3, 3), (1, 1), ((1, -1), (1, 0)), (3, 3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(st.integers(1, 3), st.integers(1, 3), seeds)
+def test_winograd_kernel_transform_and_its_adjoint_match_the_reference(dtype, c_in, c_out, seed):
+    kernel = random_array(seed, (3, 3, c_in, c_out), dtype)
+    assert_close(gpu.winograd_kernel(gpu.to_device(kernel)), numpy_ref.winograd_kernel(kernel), dtype)
+    grad_kernel_tiles = random_array(seed + 1, (16, c_in, c_out), dtype)
+    assert_close(
+        gpu.winograd_kernel_grad(gpu.to_device(grad_kernel_tiles)),
+        numpy_ref.winograd_kernel_grad(grad_kernel_tiles),
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(small_winograd_problems(), seeds)
+@example(ODD_OUTPUTS_FROM_A_DROPPED_ROW, 0)
+def test_winograd_input_tiles_and_their_adjoint_match_the_reference(dtype, problem, seed):
+    x_shape, _, _, pads, _ = problem
+    x = random_array(seed, x_shape, dtype)
+    tiles = numpy_ref.winograd_tiles(x, pads)
+    assert_close(gpu.winograd_tiles(gpu.to_device(x), pads), tiles, dtype)
+    grad_tiles = random_array(seed + 1, tiles.shape, dtype)
+    assert_close(
+        gpu.winograd_tiles_grad(gpu.to_device(grad_tiles), x_shape, pads),
+        numpy_ref.winograd_tiles_grad(grad_tiles, x_shape, pads),
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(small_winograd_problems(), st.integers(1, 3), seeds)
+@example(ODD_OUTPUTS_FROM_A_DROPPED_ROW, 2, 0)
+def test_winograd_outputs_and_their_adjoint_match_the_reference_for_odd_sizes_too(dtype, problem, c_out, seed):
+    x_shape, _, _, _, (out_h, out_w) = problem
+    out_shape = (x_shape[0], out_h, out_w, c_out)
+    n_tiles = x_shape[0] * -(-out_h // 2) * -(-out_w // 2)
+    products = random_array(seed, (16, n_tiles, c_out), dtype)
+    y = numpy_ref.winograd_outputs(products, out_shape)
+    assert_close(gpu.winograd_outputs(gpu.to_device(products), out_shape), y, dtype)
+    grad_out = random_array(seed + 1, out_shape, dtype)
+    assert_close(gpu.winograd_outputs_grad(gpu.to_device(grad_out)), numpy_ref.winograd_outputs_grad(grad_out), dtype)
+
+
+@pytest.mark.parametrize(
+    "function, args",
+    [
+        ("winograd_kernel", (np.ones((3, 3, 1, 1)),)),
+        ("winograd_kernel_grad", (np.ones((16, 1, 1)),)),
+        ("winograd_tiles", (np.ones((1, 4, 4, 1)), ((0, 0), (0, 0)))),
+        ("winograd_tiles_grad", (np.ones((16, 1, 1)), (1, 4, 4, 1), ((0, 0), (0, 0)))),
+        ("winograd_outputs", (np.ones((16, 1, 1)), (1, 2, 2, 1))),
+        ("winograd_outputs_grad", (np.ones((1, 2, 2, 1)),)),
+    ],
+)
+def test_winograd_transforms_refuse_host_arrays(function, args):
+    with pytest.raises(TypeError, match=rf"{function}.*to_device"):
+        getattr(gpu, function)(*args)
+
+
+def test_winograd_transforms_reject_a_tile_count_that_does_not_fit_the_images():
+    with pytest.raises(ValueError, match=r"winograd_outputs.*\(16, 4, 1\).*\(16, 1, 1\)"):
+        gpu.winograd_outputs(gpu.zeros((16, 1, 1), np.float32), (1, 4, 3, 1))
+    with pytest.raises(ValueError, match=r"winograd_tiles_grad.*\(16, 2, 1\).*\(16, 1, 1\)"):
+        gpu.winograd_tiles_grad(gpu.zeros((16, 1, 1), np.float32), (1, 4, 6, 1), ((0, 0), (0, 0)))
 
 
 # ------------------------------------------------------------------------------------------ pooling

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from kernels import numpy_ref
 from kernels.shapes import window_geometry
-from tests.kernels.strategies import window_problems
+from tests.kernels.strategies import window_problems, winograd_problems
 
 
 @st.composite
@@ -67,6 +67,53 @@ def test_col2im_is_the_adjoint_of_im2col(problem):
     back = numpy_ref.col2im(g, x.shape, window, strides, pads)
     assert back.shape == x.shape
     np.testing.assert_allclose((cols * g).sum(), (x * back).sum(), rtol=1e-10)
+
+
+@st.composite
+def winograd_cases(draw):
+    """Images, a 3x3 kernel, ``pads`` and ``(OH, OW)`` of a stride-1 convolution, in float64."""
+    x_shape, _, _, pads, out_hw = draw(winograd_problems())
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    kernel = rng.standard_normal((3, 3, x_shape[3], draw(st.integers(1, 3))))
+    return rng.standard_normal(x_shape), kernel, pads, out_hw
+
+
+@settings(max_examples=40, deadline=None)
+@given(winograd_cases())
+def test_winograd_convolution_equals_direct_convolution(case):
+    x, kernel, pads, out_hw = case
+    products = numpy_ref.matmul(numpy_ref.winograd_tiles(x, pads), numpy_ref.winograd_kernel(kernel))
+    y = numpy_ref.winograd_outputs(products, (x.shape[0], *out_hw, kernel.shape[3]))
+    np.testing.assert_allclose(y, direct_conv(x, kernel, (1, 1), pads, out_hw), atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(winograd_cases())
+def test_each_winograd_grad_is_the_adjoint_of_its_transform(case):
+    x, kernel, pads, out_hw = case
+    rng = np.random.default_rng(4)
+    tiles = numpy_ref.winograd_tiles(x, pads)
+    grad_tiles = rng.standard_normal(tiles.shape)
+    np.testing.assert_allclose((tiles * grad_tiles).sum(),
+                               (x * numpy_ref.winograd_tiles_grad(grad_tiles, x.shape, pads)).sum(), rtol=1e-10)
+    kernel_tiles = numpy_ref.winograd_kernel(kernel)
+    grad_kernel_tiles = rng.standard_normal(kernel_tiles.shape)
+    np.testing.assert_allclose((kernel_tiles * grad_kernel_tiles).sum(),
+                               (kernel * numpy_ref.winograd_kernel_grad(grad_kernel_tiles)).sum(), rtol=1e-10)
+    products = rng.standard_normal((16, tiles.shape[1], kernel.shape[3]))
+    y = numpy_ref.winograd_outputs(products, (x.shape[0], *out_hw, kernel.shape[3]))
+    grad_out = rng.standard_normal(y.shape)
+    np.testing.assert_allclose((y * grad_out).sum(),
+                               (products * numpy_ref.winograd_outputs_grad(grad_out)).sum(), rtol=1e-10)
+
+
+def test_stacked_matmuls_multiply_slice_by_slice():
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 5, 2))
+    expected = np.stack([a[s] @ b[s] for s in range(3)])
+    np.testing.assert_allclose(numpy_ref.matmul(a, b), expected)
+    np.testing.assert_allclose(numpy_ref.matmul_tn(np.swapaxes(a, 1, 2).copy(), b), expected)
+    np.testing.assert_allclose(numpy_ref.matmul_nt(a, np.swapaxes(b, 1, 2).copy()), expected)
 
 
 @settings(max_examples=40, deadline=None)
