@@ -243,6 +243,9 @@ def test_relu_and_max_pooling_run_as_one_step_with_the_layer_by_layer_results(ba
     ({"kernel_size": (2, 3), "padding": "same"}, {"pool_size": (3, 2), "strides": (3, 1)}),
     ({"kernel_size": 3}, {"pool_size": 2, "padding": "same"}),  # 'same' pooling reads every output
     ({"kernel_size": 3, "max_workspace_bytes": 1}, {"pool_size": 2}),  # one image per im2col chunk
+    ({"kernel_size": 3, "algorithm": "winograd"}, {"pool_size": 2}),  # 11 x 10 outputs from 6 x 5 tiles
+    ({"kernel_size": 3, "padding": "same", "algorithm": "winograd", "max_workspace_bytes": 1},
+     {"pool_size": (3, 2), "strides": (3, 1)}),
 ])
 def test_a_conv_computes_only_the_outputs_its_max_pooling_reads(backend, conv, pool):
     model = minidl.Sequential([layers.Input((13, 12, 2)), layers.Conv2D(3, activation="relu", **conv),

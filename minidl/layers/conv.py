@@ -1,28 +1,43 @@
-"""2-D convolution (cross-correlation, as in every DL framework), channels-last, via im2col + GEMM."""
+"""2-D convolution (cross-correlation, as in every DL framework), channels-last, via im2col + GEMM
+or Winograd F(2x2, 3x3) (:mod:`minidl.layers.conv_algorithms`)."""
 
 import os
 
 from kernels.shapes import output_hw
 from minidl.backend import ops
 from minidl.layers.base import normalize_padding, normalize_pair, window_output_shape
+from minidl.layers.conv_algorithms import Im2colGemm, WinogradF2x2
 from minidl.layers.kernel_layer import KernelLayer
 
-#: im2col scratch allowed per conv layer; larger batches are processed in chunks of images.
+#: Scratch (im2col columns or Winograd tiles) allowed per conv layer; larger batches are processed in
+#: chunks of images.
 DEFAULT_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_WORKSPACE_MB", "256")) * 2**20)
+
+ALGORITHMS = ("auto", "im2col", "winograd")
+
+#: ``algorithm="auto"`` picks Winograd for 3x3 stride-1 kernels with at least this many input channels:
+#: the seed CNN's second conv, where it was measured (``benchmarks/ab_step.py --decision winograd``).
+WINOGRAD_MIN_CHANNELS = 32
 
 
 class Conv2D(KernelLayer):
     """``y[n, i, j, o] = f(b[o] + sum_{p, q, c} x_pad[n, i*SH + p, j*SW + q, c] * W[p, q, c, o])``.
 
     Inputs ``(N, H, W, C_in)``, kernel ``W`` ``(KH, KW, C_in, filters)``, bias ``(filters,)``, outputs
-    ``(N, OH, OW, filters)``; padding ``"valid"`` or ``"same"`` as in Keras.  The sum is one GEMM:
-    ``im2col(x) (N*OH*OW, KH*KW*C_in) @ W.reshape(KH*KW*C_in, filters)``.  When the im2col matrix of a
-    batch would exceed ``max_workspace_bytes`` the batch is processed in chunks of images and the
-    chunks' columns are recomputed in backward instead of kept.
+    ``(N, OH, OW, filters)``; padding ``"valid"`` or ``"same"`` as in Keras.
+
+    ``algorithm`` says how the sum is computed (:mod:`minidl.layers.conv_algorithms`):
+    ``"im2col"`` is one GEMM, ``im2col(x) (N*OH*OW, KH*KW*C_in) @ W.reshape(KH*KW*C_in, filters)``;
+    ``"winograd"`` (3x3 kernels, stride 1) needs 2.25x fewer multiplications; ``"auto"`` picks
+    Winograd for those kernels from ``WINOGRAD_MIN_CHANNELS`` input channels on (its GEMMs have
+    ``K = C_in``; thinner ones were not measured to pay for the transforms) and im2col otherwise.
+
+    When a batch's scratch would exceed ``max_workspace_bytes`` it is processed in chunks of images,
+    and each chunk's unfolded input is recomputed in backward instead of kept.
     """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
-                 max_workspace_bytes=DEFAULT_WORKSPACE_BYTES, **kwargs):
+                 max_workspace_bytes=DEFAULT_WORKSPACE_BYTES, algorithm="auto", **kwargs):
         super().__init__(activation=activation, **kwargs)
         if not isinstance(filters, int) or filters < 1:
             raise ValueError(f"{self.name}: filters must be a positive int, got {filters!r}")
@@ -31,6 +46,15 @@ class Conv2D(KernelLayer):
         self.strides = normalize_pair(strides, "strides", self.name)
         self.padding = normalize_padding(padding, self.name)
         self.max_workspace_bytes = int(max_workspace_bytes)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"{self.name}: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        if algorithm == "winograd" and not self.winograd_applies():
+            raise ValueError(f"{self.name}: algorithm 'winograd' needs a 3x3 kernel at stride 1, got kernel_size "
+                             f"{self.kernel_size} and strides {self.strides}")
+        self.algorithm = algorithm
+
+    def winograd_applies(self):
+        return self.kernel_size == (3, 3) and self.strides == (1, 1)
 
     def compute_output_shape(self, input_shape):
         self.pads, (out_h, out_w) = window_output_shape(self, input_shape, self.kernel_size, self.strides,
@@ -40,6 +64,13 @@ class Conv2D(KernelLayer):
     def build(self, input_shape):
         super().build(input_shape)
         self.add_kernel_and_bias((*self.kernel_size, input_shape[2], self.filters))
+        self.method = WinogradF2x2() if self.uses_winograd() else Im2colGemm(self.kernel_size, self.strides)
+
+    def uses_winograd(self):
+        """Whether ``algorithm`` resolves to Winograd for this layer's input channels."""
+        if self.algorithm == "auto":
+            return self.winograd_applies() and self.input_shape[2] >= WINOGRAD_MIN_CHANNELS
+        return self.algorithm == "winograd"
 
     # ------------------------------------------------------------------------------ forward
 
@@ -60,7 +91,7 @@ class Conv2D(KernelLayer):
         so that the output ends with the last row and column some window of ``pool`` reads.
 
         The dropped outputs never reach ``pool``'s output, so their gradient is zero and the input
-        pixels only they read get a zero gradient from :func:`col2im`.
+        pixels only they read get no gradient (under Winograd, one of rounding size).
         """
         pads = []
         for axis in (0, 1):
@@ -71,93 +102,75 @@ class Conv2D(KernelLayer):
         return tuple(pads)
 
     def linear(self, x):
-        """``z = im2col(x) @ W2d``, the convolution without bias or activation.
+        """``z``, the convolution without bias or activation, by ``self.method``.
 
-        ``x`` ``(N, H, W, C_in)`` -> ``z`` ``(N, OH, OW, F)``; keeps ``x`` and (one chunk) ``cols``.
-        ``OH, OW`` are ``output_shape``'s, or fewer under :meth:`forward_through_max_pooling`.
+        ``x`` ``(N, H, W, C_in)`` -> ``z`` ``(N, OH, OW, F)``; keeps ``x``, the kernel matrix and (for
+        a single chunk) the unfolded input.  ``OH, OW`` are ``output_shape``'s, or fewer under
+        :meth:`forward_through_max_pooling`.
         """
         self.x = x
-        kernel2d = self.params["kernel"].reshape(-1, self.filters)  # (KH*KW*C_in, F)
+        self.kernel_matrix = self.method.kernel_matrix(self.params["kernel"])
+        out_shape = (x.shape[0], *self.computed_hw(), self.filters)
         if self.images_per_chunk() >= x.shape[0]:
-            self.cols = self.im2col(x)  # (N*OH*OW, KH*KW*C_in), kept for backward
-            z = ops.matmul(self.cols, kernel2d)  # (N*OH*OW, F)
-        else:
-            self.cols = None
-            z = self.chunked_matmul(x, kernel2d)
-        return z.reshape(x.shape[0], *self.computed_hw(), self.filters)
+            self.unfolded = self.method.unfold(x, self.computed_pads)
+            return self.method.outputs(self.unfolded, self.kernel_matrix, out_shape)
+        self.unfolded = None
+        z = ops.zeros(out_shape, self.dtype)
+        for chunk in self.image_chunks(x.shape[0]):
+            unfolded = self.method.unfold(x[chunk], self.computed_pads)
+            z[chunk] = self.method.outputs(unfolded, self.kernel_matrix, (chunk.stop - chunk.start, *out_shape[1:]))
+        return z
 
     def computed_hw(self):
         """``(OH, OW)`` of the outputs the last forward pass computed."""
         return output_hw((None, *self.input_shape), self.kernel_size, self.strides, self.computed_pads)
 
-    def im2col(self, x):
-        return ops.im2col(x, self.kernel_size, self.strides, self.computed_pads)
-
-    def chunked_matmul(self, x, kernel2d):
-        """``im2col(x) @ W2d`` computed a chunk of images at a time: ``(N*OH*OW, F)``."""
-        out_h, out_w = self.computed_hw()
-        rows_per_image = out_h * out_w
-        z = ops.zeros((x.shape[0] * rows_per_image, self.filters), self.dtype)
-        for chunk in self.image_chunks(x.shape[0]):
-            rows = slice(chunk.start * rows_per_image, chunk.stop * rows_per_image)
-            z[rows] = ops.matmul(self.im2col(x[chunk]), kernel2d)
-        return z
-
     # ----------------------------------------------------------------------------- backward
 
     def linear_backward(self, grad_z):
-        """From ``dL/dz`` ``(N, OH, OW, F)``, with ``G = dL/dz`` as ``(N*OH*OW, F)``::
-
-            dL/dW = im2col(x)^T G         (KH*KW*C_in, F) -> (KH, KW, C_in, F)
-            dL/dx = col2im(G W2d^T)       (N*OH*OW, KH*KW*C_in) -> (N, H, W, C_in)
-        """
-        kernel2d = self.params["kernel"].reshape(-1, self.filters)
-        grad_2d = grad_z.reshape(-1, self.filters)
-        if self.cols is None:
-            grad_kernel2d, grad_x = self.chunked_backward(grad_2d, kernel2d)
+        """From ``dL/dz`` ``(N, OH, OW, F)``: ``dL/dW`` ``(KH, KW, C_in, F)`` into ``grads``, and
+        ``dL/dx`` ``(N, H, W, C_in)`` returned (``None`` unless ``input_grad_needed``); the formulas
+        are ``self.method``'s."""
+        if self.unfolded is None:
+            grad_kernel_matrix, grad_x = self.chunked_backward(grad_z)
         else:
-            grad_kernel2d = ops.matmul_tn(self.cols, grad_2d)
-            grad_x = self.input_grad(ops.matmul_nt(grad_2d, kernel2d), self.x.shape) \
-                if self.input_grad_needed else None
-        self.grads["kernel"] = grad_kernel2d.reshape(self.params["kernel"].shape)
+            grad_kernel_matrix, grad_x = self.method.grads(self.unfolded, self.kernel_matrix, grad_z, self.x.shape,
+                                                           self.computed_pads, self.input_grad_needed)
+        self.grads["kernel"] = self.method.kernel_grad(grad_kernel_matrix, self.params["kernel"].shape)
         return grad_x
 
-    def chunked_backward(self, grad_2d, kernel2d):
-        """The backward GEMMs a chunk of images at a time, recomputing each chunk's columns."""
-        out_h, out_w = self.computed_hw()
-        rows_per_image = out_h * out_w
-        grad_kernel2d = ops.zeros(kernel2d.shape, self.dtype)
+    def chunked_backward(self, grad_z):
+        """The backward GEMMs a chunk of images at a time, unfolding each chunk again."""
+        grad_kernel_matrix = ops.zeros(self.kernel_matrix.shape, self.dtype)
         grad_x = ops.zeros(self.x.shape, self.dtype) if self.input_grad_needed else None
         for chunk in self.image_chunks(self.x.shape[0]):
             x_chunk = self.x[chunk]
-            grad_rows = grad_2d[chunk.start * rows_per_image: chunk.stop * rows_per_image]
-            ops.accumulate(grad_kernel2d, ops.matmul_tn(self.im2col(x_chunk), grad_rows))
+            unfolded = self.method.unfold(x_chunk, self.computed_pads)
+            grad_chunk_matrix, grad_x_chunk = self.method.grads(unfolded, self.kernel_matrix, grad_z[chunk],
+                                                                x_chunk.shape, self.computed_pads,
+                                                                self.input_grad_needed)
+            ops.accumulate(grad_kernel_matrix, grad_chunk_matrix)
             if self.input_grad_needed:
-                grad_x[chunk] = self.input_grad(ops.matmul_nt(grad_rows, kernel2d), x_chunk.shape)
-        return grad_kernel2d, grad_x
-
-    def input_grad(self, grad_cols, x_shape):
-        """``dL/dx = col2im(dL/dcols)``: ``(n*OH*OW, KH*KW*C_in) -> (n, H, W, C_in)``."""
-        return ops.col2im(grad_cols, x_shape, self.kernel_size, self.strides, self.computed_pads)
+                grad_x[chunk] = grad_x_chunk
+        return grad_kernel_matrix, grad_x
 
     # ---------------------------------------------------------------------------- workspace
 
-    def cols_bytes_per_image(self):
-        out_h, out_w, _ = self.output_shape
-        return out_h * out_w * self.kernel_size[0] * self.kernel_size[1] * self.input_shape[2] \
-            * self.dtype.itemsize
+    def bytes_per_image(self):
+        """Scratch one image needs in a forward pass (``self.method``'s im2col columns or Winograd
+        tiles and products), at the full ``output_shape``."""
+        return self.method.bytes_per_image(self.input_shape, self.output_shape[:2], self.filters, self.dtype.itemsize)
 
     def images_per_chunk(self):
-        return max(1, self.max_workspace_bytes // self.cols_bytes_per_image())
+        return max(1, self.max_workspace_bytes // self.bytes_per_image())
 
     def image_chunks(self, batch_size):
         step = self.images_per_chunk()
         return [slice(start, min(start + step, batch_size)) for start in range(0, batch_size, step)]
 
     def workspace_bytes(self, batch_size):
-        """im2col columns and their gradient for one chunk: ``2 * min(N, chunk) * OH*OW*KH*KW*C_in``
-        elements."""
-        return 2 * min(batch_size, self.images_per_chunk()) * self.cols_bytes_per_image()
+        """One chunk's scratch and its gradient: ``2 * min(N, chunk) * bytes_per_image()``."""
+        return 2 * min(batch_size, self.images_per_chunk()) * self.bytes_per_image()
 
     def get_config(self):
         config = {**super().get_config(), "filters": self.filters,
@@ -165,4 +178,6 @@ class Conv2D(KernelLayer):
                   "padding": self.padding}
         if self.max_workspace_bytes != DEFAULT_WORKSPACE_BYTES:
             config["max_workspace_bytes"] = self.max_workspace_bytes
+        if self.algorithm != "auto":
+            config["algorithm"] = self.algorithm
         return config
