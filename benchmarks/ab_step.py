@@ -1,12 +1,20 @@
-"""A/B of one design decision in the seed CNN's training step, both sides in one process.
+"""A/B of one design decision in the seed CNN, both sides in one process.
 
-    python benchmarks/ab_step.py [--batch-size 128] [--rounds 30] [--steps 10]
+    python benchmarks/ab_step.py [--decision crop|winograd] [--task train|predict] [--batch-size 128]
+                                 [--rounds 30] [--steps 10]
 
-Side A is minidl as it is: a conv followed by max pooling computes only the outputs the pooling
-reads (``Conv2D.pads_read_by``).  Side B patches that method to return the layer's full padding, so
-the conv computes every output, as it did before that change.  The two sides alternate every
-``--steps`` steps on one model and one batch, so both see the same caches and the same load from the
-rest of the machine; comparing separate runs on a shared 2-core VM cannot resolve 10% differences.
+Side A is minidl as it is; side B undoes one decision:
+
+* ``crop``: a conv followed by max pooling computes only the outputs the pooling reads
+  (``Conv2D.pads_read_by``).  Side B patches that method to return the layer's full padding, so the
+  conv computes every output.
+* ``winograd``: ``Conv2D(algorithm="auto")`` computes the second conv (3x3, 32 input channels) by
+  Winograd F(2x2, 3x3).  Side B gives that layer the im2col + GEMM method instead.
+
+``--task train`` times ``train_on_batch`` steps; ``--task predict`` times ``predict`` on 10,000 random
+images at ``--batch-size`` (one call per step).  The two sides alternate every ``--steps`` steps on
+one model and one batch, so both see the same caches and the same load from the rest of the machine;
+comparing separate runs on a shared 2-core VM cannot resolve 10% differences.
 """
 
 import argparse
@@ -15,40 +23,70 @@ import time
 import numpy as np
 
 from minidl.layers.conv import Conv2D
+from minidl.layers.conv_algorithms import Im2colGemm
 from minidl.presets import seed_cnn
 
 
 def summary(seconds):
     ms = np.asarray(seconds) * 1e3
-    return f"min {ms.min():.2f}, 25th percentile {np.percentile(ms, 25):.2f}, median {np.median(ms):.2f} ms"
+    return (f"min {ms.min():.2f}, 25th percentile {np.percentile(ms, 25):.2f}, median {np.median(ms):.2f}, "
+            f"mean {ms.mean():.2f} ms (an epoch is the sum)")
+
+
+def crop_sides(model):
+    """``{side name: switch}``; each switch puts the model on that side."""
+    pads_read_by = Conv2D.pads_read_by
+
+    def every_output():
+        Conv2D.pads_read_by = lambda layer, pool: layer.pads
+
+    def only_pooled():
+        Conv2D.pads_read_by = pads_read_by
+
+    return {"A: only the pooled outputs": only_pooled, "B: every output": every_output}
+
+
+def winograd_sides(model):
+    conv = model.layers[2]
+    winograd, im2col = conv.method, Im2colGemm(conv.kernel_size, conv.strides)
+    if winograd.name != "winograd":
+        raise SystemExit(f"{conv.name} does not use Winograd here, so there is nothing to compare")
+    return {"A: Winograd F(2x2, 3x3)": lambda: setattr(conv, "method", winograd),
+            "B: im2col + GEMM": lambda: setattr(conv, "method", im2col)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decision", choices=["crop", "winograd"], default="crop")
+    parser.add_argument("--task", choices=["train", "predict"], default="train")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side per round")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    x = rng.random((args.batch_size, 28, 28, 1), dtype=np.float32)
-    y = rng.integers(0, 10, args.batch_size)
     model = seed_cnn()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    sides = {"A: only the pooled outputs": Conv2D.pads_read_by,
-             "B: every output": lambda layer, pool: layer.pads}
+    if args.task == "train":
+        x = rng.random((args.batch_size, 28, 28, 1), dtype=np.float32)
+        y = rng.integers(0, 10, args.batch_size)
+        step = lambda: model.train_on_batch(x, y)  # noqa: E731
+    else:
+        x = rng.random((10_000, 28, 28, 1), dtype=np.float32)
+        step = lambda: model.predict(x, batch_size=args.batch_size)  # noqa: E731
+    sides = (crop_sides if args.decision == "crop" else winograd_sides)(model)
     seconds = {name: [] for name in sides}
     try:
         for _ in range(args.rounds):
-            for name, pads_read_by in sides.items():
-                Conv2D.pads_read_by = pads_read_by
-                model.train_on_batch(x, y)  # untimed: the first step after a switch reallocates
+            for name, switch in sides.items():
+                switch()
+                step()  # untimed: the first step after a switch reallocates
                 for _ in range(args.steps):
                     start = time.perf_counter()
-                    model.train_on_batch(x, y)
+                    step()
                     seconds[name].append(time.perf_counter() - start)
     finally:
-        Conv2D.pads_read_by = sides["A: only the pooled outputs"]
-    print(f"batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps per side:")
+        next(iter(sides.values()))()
+    print(f"{args.decision}, {args.task}, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps per side:")
     for name, times in seconds.items():
         print(f"  {name}: {summary(times)}")
 
