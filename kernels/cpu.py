@@ -8,7 +8,8 @@ Every returned array is a fresh C-contiguous array the caller may keep; the opti
 :func:`regularize_grad` work in place and need C-contiguous targets.
 
 Loops whose size is an activation tensor (im2col, col2im, pooling, activations, ...) are compiled
-``parallel=True`` over images or rows; loops over parameters or a batch of logits are serial.
+``parallel=True`` over images or rows, except the Winograd transforms (see their section); loops over
+parameters or a batch of logits are serial.
 Division follows IEEE rules as in NumPy (``x / 0`` is ``inf``), which also lets loops vectorise.
 
 GEMMs
@@ -316,7 +317,9 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 # reads ``x[n, 2i - top : 2i - top + 4, 2j - left : 2j - left + 4]`` (zeros outside ``x``) and gives
 # the 2x2 output block at ``(2i, 2j)``.  Each tile is copied into a small ``(4, 4, C)`` scratch array
 # and transformed there one contiguous channel row at a time: loops that write one array row per
-# iteration vectorise; a single loop writing all 16 rows at once measured 4x slower.
+# iteration vectorise; a single loop writing all 16 rows at once measured 4-7x slower.  These loops
+# are serial: compiled ``parallel=True`` they ran no faster on the default one thread and took 2-4x
+# longer to compile (about 6 s for the tiles and their gradient).
 
 # kron(G, G): row 4a + b, column 3p + q holds G[a, p] * G[b, q], so ``U = KRON_G @ g.reshape(9, -1)``.
 WINOGRAD_KERNEL_MATRIX = np.kron(numpy_ref.WINOGRAD_G, numpy_ref.WINOGRAD_G)
@@ -350,12 +353,12 @@ def _load_tile(x, n, row, col, tile):
                     tile[a, b, c] = 0
 
 
-@jit_parallel
+@jit
 def _winograd_tiles_kernel(x, top, left, tiles_h, tiles_w, tiles):
     """``tiles[4a + b, t, c] = (B^T d B)[a, b]`` for tile ``d`` of every ``(t, c)``, with
     ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: columns, then rows."""
     n_images, _, _, channels = x.shape
-    for n in numba.prange(n_images):
+    for n in range(n_images):
         d = np.empty((4, 4, channels), x.dtype)
         for i in range(tiles_h):
             for j in range(tiles_w):
@@ -386,14 +389,14 @@ def winograd_tiles(x, pads):
     return tiles
 
 
-@jit_parallel
+@jit
 def _winograd_tiles_grad_kernel(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
     """``grad_x[n, 2i - top + p, 2j - left + q, c] += (B u B^T)[p, q]`` for ``u = grad_tiles[:, t, c]``
-    of every tile, inside the image.  One image per parallel task, so no two tasks add to one pixel."""
+    of every tile, inside the image; overlapping tiles add up."""
     n_images, height, width, channels = grad_x.shape
-    for n in numba.prange(n_images):
-        grad_x[n] = 0
-        e = np.empty((4, 4, channels), grad_x.dtype)
+    grad_x[:] = 0
+    e = np.empty((4, 4, channels), grad_x.dtype)
+    for n in range(n_images):
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -428,14 +431,14 @@ def winograd_tiles_grad(grad_tiles, x_shape, pads):
     return grad_x
 
 
-@jit_parallel
+@jit
 def _winograd_outputs_kernel(products, tiles_h, tiles_w, out):
     """``out[n, 2i + r, 2j + s, o] = (A^T m A)[r, s]`` for ``m = products[:, t, o]``, with
     ``A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]``: rows, then columns; a block's row or column past
     ``out`` is dropped."""
     n_images, out_h, out_w, c_out = out.shape
-    for n in numba.prange(n_images):
-        half = np.empty((2, 4, c_out), out.dtype)  # A^T m
+    half = np.empty((2, 4, c_out), out.dtype)  # A^T m
+    for n in range(n_images):
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -466,14 +469,14 @@ def winograd_outputs(products, out_shape):
     return out
 
 
-@jit_parallel
+@jit
 def _winograd_outputs_grad_kernel(grad_out, tiles_h, tiles_w, grad_products):
     """``grad_products[:, t, o] = A g A^T`` for the 2x2 block ``g`` of ``grad_out`` at tile ``t`` (zero
     past ``grad_out``): columns, then rows."""
     n_images, out_h, out_w, c_out = grad_out.shape
-    for n in numba.prange(n_images):
-        g = np.empty((2, 2, c_out), grad_out.dtype)
-        half = np.empty((2, 4, c_out), grad_out.dtype)  # g A^T
+    g = np.empty((2, 2, c_out), grad_out.dtype)
+    half = np.empty((2, 4, c_out), grad_out.dtype)  # g A^T
+    for n in range(n_images):
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
