@@ -427,16 +427,15 @@ class Sequential:
         return model
 
     def summary(self, batch_size=32, print_fn=print):
-        """Print each layer's output shape and parameter count (and a conv's im2col workspace at
-        ``batch_size``), then the totals."""
+        """Print each layer's output shape and parameter count (and a conv's workspace at ``batch_size``
+        and its method, im2col or winograd), then the totals."""
         if not self.built:
             raise ValueError(f"{self.name}: the model is not built yet; give the first layer "
                              f"input_shape=..., start with Input(shape=...), or call build()")
         rows = [("Layer (type)", "Output Shape", "Param #", f"Workspace (batch {batch_size})")]
         for layer in self.layers:
-            workspace = layer.workspace_bytes(batch_size)
             rows.append((f"{layer.name} ({type(layer).__name__})", str((None, *layer.output_shape)),
-                         f"{layer.count_params():,}", f"{workspace / 2**20:.1f} MiB" if workspace else ""))
+                         f"{layer.count_params():,}", layer.workspace_summary(batch_size)))
         widths = [max(len(row[i]) for row in rows) + 2 for i in range(4)]
         rule = "=" * sum(widths)
         lines = [f'Model: "{self.name}"', rule]

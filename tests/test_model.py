@@ -31,7 +31,7 @@ def test_seed_cnn_has_the_keras_parameter_counts():
     lines = []
     model.summary(print_fn=lines.append)
     assert "Total params: 121,930" in lines[0] and "(None, 26, 26, 32)" in lines[0]
-    assert "MiB" in lines[0]  # the conv layers' im2col workspace
+    assert "MiB (im2col)" in lines[0] and "MiB (winograd)" in lines[0]  # each conv's workspace and method
 
 
 def test_fit_learns_separable_data_and_records_history(backend):

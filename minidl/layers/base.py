@@ -150,6 +150,11 @@ class Layer:
         """Scratch memory one forward/backward pass needs beyond inputs and outputs (0 for most)."""
         return 0
 
+    def workspace_summary(self, batch_size):
+        """:meth:`workspace_bytes` for ``summary()``: ``"12.5 MiB"``, or ``""`` when there is none."""
+        workspace = self.workspace_bytes(batch_size)
+        return f"{workspace / 2**20:.1f} MiB" if workspace else ""
+
     # ------------------------------------------------------------------------------- config
 
     def get_config(self):

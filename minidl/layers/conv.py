@@ -172,6 +172,10 @@ class Conv2D(KernelLayer):
         """One chunk's scratch and its gradient: ``2 * min(N, chunk) * bytes_per_image()``."""
         return 2 * min(batch_size, self.images_per_chunk()) * self.bytes_per_image()
 
+    def workspace_summary(self, batch_size):
+        """The workspace and the method it is for, e.g. ``"1.7 MiB (winograd)"``."""
+        return f"{super().workspace_summary(batch_size)} ({self.method.name})"
+
     def get_config(self):
         config = {**super().get_config(), "filters": self.filters,
                   "kernel_size": list(self.kernel_size), "strides": list(self.strides),
