@@ -1,7 +1,7 @@
 """A/B of one design decision in the seed CNN, both sides in one process.
 
-    python benchmarks/ab_step.py [--decision crop|winograd] [--task train|predict] [--batch-size 128]
-                                 [--rounds 30] [--steps 10]
+    python benchmarks/ab_step.py [--decision crop|winograd|maxima] [--task train|predict]
+                                 [--batch-size 128] [--rounds 30] [--steps 10]
 
 Side A is minidl as it is; side B undoes one decision:
 
@@ -10,6 +10,8 @@ Side A is minidl as it is; side B undoes one decision:
   conv computes every output.
 * ``winograd``: ``Conv2D(algorithm="auto")`` computes the second conv (3x3, 32 input channels) by
   Winograd F(2x2, 3x3).  Side B gives that layer the im2col + GEMM method instead.
+* ``maxima`` (for ``--task predict``): outside training, max pooling computes the maxima alone
+  (``maxpool_values``).  Side B computes them with the argmax, as training does, and drops it.
 
 ``--task train`` times ``train_on_batch`` steps; ``--task predict`` times ``predict`` on 10,000 random
 images at ``--batch-size`` (one call per step).  The two sides alternate every ``--steps`` steps on
@@ -55,9 +57,24 @@ def winograd_sides(model):
             "B: im2col + GEMM": lambda: setattr(conv, "method", im2col)}
 
 
+def maxima_sides(model):
+    from kernels import cpu
+
+    maxima_alone = cpu.maxpool_values
+
+    def maxima_from_forward(x, pool_size, strides, pads):
+        return cpu.maxpool_forward(x, pool_size, strides, pads)[0]
+
+    return {"A: the maxima alone": lambda: setattr(cpu, "maxpool_values", maxima_alone),
+            "B: maxima and argmax": lambda: setattr(cpu, "maxpool_values", maxima_from_forward)}
+
+
+SIDES = {"crop": crop_sides, "winograd": winograd_sides, "maxima": maxima_sides}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decision", choices=["crop", "winograd"], default="crop")
+    parser.add_argument("--decision", choices=sorted(SIDES), default="crop")
     parser.add_argument("--task", choices=["train", "predict"], default="train")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=30)
@@ -73,7 +90,7 @@ def main():
     else:
         x = rng.random((10_000, 28, 28, 1), dtype=np.float32)
         step = lambda: model.predict(x, batch_size=args.batch_size)  # noqa: E731
-    sides = (crop_sides if args.decision == "crop" else winograd_sides)(model)
+    sides = SIDES[args.decision](model)
     seconds = {name: [] for name in sides}
     try:
         for _ in range(args.rounds):

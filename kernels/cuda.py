@@ -915,6 +915,12 @@ def maxpool_forward(x, pool_size, strides, pads):
     return out, argmax
 
 
+def maxpool_values(x, pool_size, strides, pads):
+    """``maxpool_forward``'s ``out`` alone, for inference: ``x`` ``(N, H, W, C)`` -> ``(N, OH, OW, C)``.
+    It runs :func:`maxpool_forward`'s kernel and drops the argmax that kernel also writes."""
+    return maxpool_forward(x, pool_size, strides, pads)[0]
+
+
 @cuda.jit
 def _maxpool_backward(grad_out, argmax, pool_h, pool_w, stride_h, stride_w, top, left, grad_in):
     """``grad_in[n, h, w, c] = sum of grad_out[n, oh, ow, c]`` over the windows covering ``(h, w)``

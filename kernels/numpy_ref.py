@@ -19,7 +19,8 @@ Convolution
     ``winograd_outputs`` and their adjoints ``winograd_kernel_grad``, ``winograd_tiles_grad``,
     ``winograd_outputs_grad``
 Pooling
-    ``maxpool_forward``, ``maxpool_backward``, ``avgpool_forward``, ``avgpool_backward``
+    ``maxpool_forward``, ``maxpool_values`` (the maxima without the argmax), ``maxpool_backward``,
+    ``avgpool_forward``, ``avgpool_backward``
 Activations
     ``bias_activation``, ``activation_grad`` (linear, relu, sigmoid, tanh), ``leaky_relu``,
     ``leaky_relu_grad``, ``softmax``, ``softmax_grad``
@@ -251,6 +252,11 @@ def maxpool_forward(x, pool_size, strides, pads):
     argmax = flat.argmax(axis=3).astype(np.int32)
     out = np.take_along_axis(flat, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]
     return out, argmax
+
+
+def maxpool_values(x, pool_size, strides, pads):
+    """``maxpool_forward``'s ``out`` alone, for inference: ``x`` ``(N, H, W, C)`` -> ``(N, OH, OW, C)``."""
+    return maxpool_forward(x, pool_size, strides, pads)[0]
 
 
 def maxpool_backward(grad_out, argmax, x_shape, pool_size, strides, pads):

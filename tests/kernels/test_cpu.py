@@ -108,13 +108,14 @@ def test_winograd_grads_name_the_shape_they_expected():
 
 @SETTINGS
 @given(windowed_images())
-def test_maxpool_forward_matches_reference_values_and_argmax(case):
+def test_maxpool_forward_matches_reference_values_and_argmax_and_maxpool_values_its_values(case):
     x, window, strides, pads = case
     out, argmax = cpu.maxpool_forward(x, window, strides, pads)
     expected_out, expected_argmax = ref.maxpool_forward(x, window, strides, pads)
     assert_close(out, expected_out)
     assert argmax.dtype == np.int32
     np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(cpu.maxpool_values(x, window, strides, pads), out)
 
 
 @SETTINGS
@@ -127,10 +128,11 @@ def test_maxpool_forward_breaks_ties_like_numpy_argmax(case):
     np.testing.assert_array_equal(argmax, ref.maxpool_forward(ties, window, strides, pads)[1])
 
 
-def test_maxpool_forward_lets_the_first_nan_win_like_numpy_argmax():
+def test_maxpool_forward_and_values_let_the_first_nan_win_like_numpy_argmax():
     x = np.array([1.0, np.nan, 5.0, np.nan], dtype=np.float32).reshape(1, 2, 2, 1)
     out, argmax = cpu.maxpool_forward(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
     assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 1
+    assert np.isnan(cpu.maxpool_values(x, (2, 2), (2, 2), ((0, 0), (0, 0)))[0, 0, 0, 0])
 
 
 @SETTINGS

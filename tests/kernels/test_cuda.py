@@ -301,13 +301,14 @@ def test_winograd_transforms_reject_a_tile_count_that_does_not_fit_the_images():
 
 @FEW
 @given(small_window_problems(), st.sampled_from(DTYPES), seeds)
-def test_max_pooling_forward_argmax_and_backward_match_the_reference(problem, dtype, seed):
+def test_max_pooling_forward_argmax_values_and_backward_match_the_reference(problem, dtype, seed):
     x_shape, window, strides, pads = problem
     x = random_array(seed, x_shape, dtype)
     out, argmax = numpy_ref.maxpool_forward(x, window, strides, pads)
     gpu_out, gpu_argmax = gpu.maxpool_forward(gpu.to_device(x), window, strides, pads)
     assert_close(gpu_out, out, dtype)
     np.testing.assert_array_equal(gpu.to_host(gpu_argmax), argmax)
+    assert_close(gpu.maxpool_values(gpu.to_device(x), window, strides, pads), out, dtype)
     grad_out = random_array(seed + 1, out.shape, dtype)
     assert_close(
         gpu.maxpool_backward(gpu.to_device(grad_out), gpu_argmax, x_shape, window, strides, pads),
