@@ -43,7 +43,7 @@ from numba.cuda.random import (
 )
 
 from kernels.numpy_ref import ACTIVATIONS, check_activation
-from kernels.shapes import output_hw, winograd_tile_grid
+from kernels.shapes import output_hw, winograd_tile_grid, winograd_tiles_hw
 
 ON_SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
 
@@ -833,7 +833,7 @@ def winograd_outputs(products, out_shape):
     """
     _reject_host_arrays("winograd_outputs", (products,))
     n, out_h, out_w, c_out = out_shape
-    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
     _require_shape("winograd_outputs", "products", products, (16, n * tiles_h * tiles_w, c_out))
     out = cuda.device_array(tuple(out_shape), dtype=products.dtype)
     _launch(_winograd_outputs, n * tiles_h * tiles_w * c_out, products, tiles_h, tiles_w, out)
@@ -872,7 +872,7 @@ def winograd_outputs_grad(grad_out):
     """
     _reject_host_arrays("winograd_outputs_grad", (grad_out,))
     n, out_h, out_w, c_out = grad_out.shape
-    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
     grad_products = cuda.device_array((16, n * tiles_h * tiles_w, c_out), dtype=grad_out.dtype)
     zero = np.dtype(grad_out.dtype).type(0)
     n_threads = n * tiles_h * tiles_w * c_out

@@ -35,7 +35,7 @@ Optimizer updates (in place)
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from kernels.shapes import winograd_tile_grid
+from kernels.shapes import winograd_tile_grid, winograd_tiles_hw
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
 
@@ -218,7 +218,7 @@ def winograd_outputs(products, out_shape):
     output blocks laid side by side; an odd ``OH`` or ``OW`` drops the last block's second row or
     column."""
     n, out_h, out_w, c_out = out_shape
-    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
     a_t = WINOGRAD_A_T.astype(products.dtype)
     m = products.reshape(4, 4, n, tiles_h, tiles_w, c_out)
     blocks = np.einsum("ia,abnhwo,jb->nhiwjo", a_t, m, a_t)  # (N, TH, 2, TW, 2, C_out)
@@ -229,7 +229,7 @@ def winograd_outputs_grad(grad_out):
     """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every 2x2 block of ``grad_out``
     (zeros for the dropped row or column): ``(N, OH, OW, C_out) -> (16, N*TH*TW, C_out)``."""
     n, out_h, out_w, c_out = grad_out.shape
-    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
     padded = np.zeros((n, 2 * tiles_h, 2 * tiles_w, c_out), grad_out.dtype)
     padded[:, :out_h, :out_w] = grad_out
     blocks = padded.reshape(n, tiles_h, 2, tiles_w, 2, c_out)

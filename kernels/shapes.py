@@ -48,6 +48,12 @@ def window_geometry(input_hw, kernel_size, strides, padding):
     return pads, (out_h, out_w)
 
 
+def winograd_tiles_hw(out_hw):
+    """``(TH, TW) = (ceil(OH / 2), ceil(OW / 2))``: the rows and columns of Winograd F(2x2, 3x3) tiles,
+    each giving a ``2 x 2`` block of an ``(OH, OW)`` output."""
+    return -(-out_hw[0] // 2), -(-out_hw[1] // 2)
+
+
 def winograd_tile_grid(x_shape, pads):
     """The tiles of a Winograd F(2x2, 3x3) convolution of images ``x_shape = (N, H, W, C)`` padded by ``pads``.
 
@@ -57,8 +63,7 @@ def winograd_tile_grid(x_shape, pads):
     of a ``4 x 4``, stride-2 ``im2col``.  When ``OH`` is odd the last row of tiles reaches one row past
     the padded image (zeros, or a real row that ``pads`` dropped); the output it gives is not kept.
     """
-    out_h, out_w = output_hw(x_shape, (3, 3), (1, 1), pads)
-    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    tiles_h, tiles_w = winograd_tiles_hw(output_hw(x_shape, (3, 3), (1, 1), pads))
     (top, _), (left, _) = pads
     tile_pads = ((top, 2 * tiles_h + 2 - x_shape[1] - top), (left, 2 * tiles_w + 2 - x_shape[2] - left))
     return (tiles_h, tiles_w), tile_pads

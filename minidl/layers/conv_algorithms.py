@@ -11,6 +11,7 @@ chunk), and the outputs are folded back from the products.  Shapes are for ``n``
   multiplications than im2col, paid for by the tile transforms (``kernels.numpy_ref`` explains them).
 """
 
+from kernels.shapes import winograd_tiles_hw
 from minidl.backend import ops
 
 
@@ -100,5 +101,5 @@ class WinogradF2x2:
 
     def bytes_per_image(self, input_shape, output_hw, filters, itemsize):
         """Scratch one image needs in a forward pass: its tiles ``V`` and products ``M``."""
-        tiles_h, tiles_w = -(-output_hw[0] // 2), -(-output_hw[1] // 2)
+        tiles_h, tiles_w = winograd_tiles_hw(output_hw)
         return 16 * tiles_h * tiles_w * (input_shape[2] + filters) * itemsize

@@ -23,6 +23,7 @@ if not (numba_cuda.config.ENABLE_CUDASIM or numba_cuda.is_available()):
 
 from kernels import cuda as gpu  # noqa: E402  (only importable once the device question is settled)
 from kernels import numpy_ref  # noqa: E402
+from kernels.shapes import winograd_tiles_hw  # noqa: E402
 from tests.kernels.strategies import window_problems, winograd_problems  # noqa: E402
 
 FEW = settings(max_examples=8, deadline=None)
@@ -265,8 +266,8 @@ def test_winograd_input_tiles_and_their_adjoint_match_the_reference(dtype, probl
 def test_winograd_outputs_and_their_adjoint_match_the_reference_for_odd_sizes_too(dtype, problem, c_out, seed):
     x_shape, _, _, _, (out_h, out_w) = problem
     out_shape = (x_shape[0], out_h, out_w, c_out)
-    n_tiles = x_shape[0] * -(-out_h // 2) * -(-out_w // 2)
-    products = random_array(seed, (16, n_tiles, c_out), dtype)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
+    products = random_array(seed, (16, x_shape[0] * tiles_h * tiles_w, c_out), dtype)
     y = numpy_ref.winograd_outputs(products, out_shape)
     assert_close(gpu.winograd_outputs(gpu.to_device(products), out_shape), y, dtype)
     grad_out = random_array(seed + 1, out_shape, dtype)
