@@ -58,7 +58,7 @@ import numpy as np  # noqa: E402
 
 from kernels import numpy_ref  # noqa: E402
 from kernels.numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
-from kernels.shapes import output_hw, winograd_tile_grid  # noqa: E402
+from kernels.shapes import output_hw, winograd_tile_grid, winograd_tiles_hw  # noqa: E402
 
 __all__ = [
     "to_device", "to_host", "zeros", "zeros_like", "multiply", "accumulate", "all_finite",
@@ -317,9 +317,9 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 # reads ``x[n, 2i - top : 2i - top + 4, 2j - left : 2j - left + 4]`` (zeros outside ``x``) and gives
 # the 2x2 output block at ``(2i, 2j)``.  Each tile is copied into a small ``(4, 4, C)`` scratch array
 # and transformed there one contiguous channel row at a time: loops that write one array row per
-# iteration vectorise; a single loop writing all 16 rows at once measured 4-7x slower.  These loops
-# are serial: compiled ``parallel=True`` they ran no faster on the default one thread and took 2-4x
-# longer to compile (about 6 s for the tiles and their gradient).
+# iteration vectorise, a single loop writing all 16 rows at once did not.  These loops are serial:
+# compiled ``parallel=True`` they ran no faster on the default one thread and took several times
+# longer to compile (benchmarks/RESULTS.md, "Winograd F(2x2, 3x3) in the second conv").
 
 # kron(G, G): row 4a + b, column 3p + q holds G[a, p] * G[b, q], so ``U = KRON_G @ g.reshape(9, -1)``.
 WINOGRAD_KERNEL_MATRIX = np.kron(numpy_ref.WINOGRAD_G, numpy_ref.WINOGRAD_G)
@@ -340,8 +340,8 @@ def winograd_kernel_grad(grad_kernel_tiles):
 
 @jit
 def _load_tile(x, n, row, col, tile):
-    """``tile (4, 4, C) = x[n, row : row + 4, col : col + 4]``, zero outside ``x``.  (Explicit channel
-    loops: Numba's slice assignment ran this 2x slower.)"""
+    """``tile (4, 4, C) = x[n, row : row + 4, col : col + 4]``, zero outside ``x`` (explicit channel
+    loops: Numba's slice assignment was slower)."""
     _, height, width, channels = x.shape
     for a in range(4):
         for b in range(4):
@@ -358,8 +358,8 @@ def _winograd_tiles_kernel(x, top, left, tiles_h, tiles_w, tiles):
     """``tiles[4a + b, t, c] = (B^T d B)[a, b]`` for tile ``d`` of every ``(t, c)``, with
     ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: columns, then rows."""
     n_images, _, _, channels = x.shape
+    d = np.empty((4, 4, channels), x.dtype)
     for n in range(n_images):
-        d = np.empty((4, 4, channels), x.dtype)
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -460,7 +460,7 @@ def winograd_outputs(products, out_shape):
     output blocks laid side by side; an odd ``OH`` or ``OW`` drops the last block's second row or
     column."""
     n, out_h, out_w, c_out = out_shape
-    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
     if products.shape != (16, n * tiles_h * tiles_w, c_out):
         raise ValueError(f"winograd_outputs: products must have shape {(16, n * tiles_h * tiles_w, c_out)} "
                          f"for outputs {tuple(out_shape)}, got {products.shape}")
@@ -505,7 +505,7 @@ def winograd_outputs_grad(grad_out):
     """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every 2x2 block of ``grad_out``
     (zeros for the dropped row or column): ``(N, OH, OW, C_out) -> (16, N*TH*TW, C_out)``."""
     n, out_h, out_w, c_out = grad_out.shape
-    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
     grad_products = np.empty((16, n * tiles_h * tiles_w, c_out), dtype=grad_out.dtype)
     _winograd_outputs_grad_kernel(np.ascontiguousarray(grad_out), tiles_h, tiles_w, grad_products)
     return grad_products
@@ -561,8 +561,9 @@ def maxpool_forward(x, pool_size, strides, pads):
 
 @jit_parallel
 def _maxpool_values_kernel(x, ph, pw, sh, sw, top, left, out):
-    """:func:`_maxpool_forward_kernel` without the argmax: one select per value, which vectorises (a
-    third less time on the seed CNN's first pooling), with the same winner: a NaN beats every number."""
+    """:func:`_maxpool_forward_kernel` without the argmax: one select per value, which vectorises
+    (``benchmarks/ab_step.py --decision maxima --task predict``), with the same winner: a NaN beats
+    every number."""
     n_images, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     for image_row in numba.prange(n_images * out_h):
