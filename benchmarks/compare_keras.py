@@ -4,7 +4,10 @@
 
 For every (optimizer, batch size) the two frameworks train the same architecture from the same initial
 weights (created once by minidl, loaded into Keras with ``set_weights``), with the same optimizer and
-hyper-parameters, each in a fresh worker process, one after the other, alternating which goes first.
+hyper-parameters, on the same batches in the same order, each in a fresh worker process, one after the
+other, alternating which goes first.  The order of every epoch is a permutation drawn from ``(--seed,
+epoch)``, applied before the epoch's ``fit`` call (``shuffle=False``, outside the timed epoch), so the
+two test accuracies differ by the frameworks' arithmetic alone and not by which batches each drew.
 Each worker reports seconds per epoch (first; steady = median of the rest; best = fastest of the rest),
 samples/s, the time of its first training step (compile / warm-up), the per-step overhead (median step
 time at batch size 1), predict throughput on the 10,000 test images, peak resident memory and test
@@ -57,6 +60,11 @@ def initial_weights(path, seed):
 
     minidl.utils.set_random_seed(seed)
     np.savez(path, *seed_cnn().get_weights())
+
+
+def epoch_order(seed, epoch, n_samples):
+    """The order in which both frameworks see the training samples in ``epoch``."""
+    return np.random.default_rng([seed, epoch]).permutation(n_samples)
 
 
 def load_weights(path):
@@ -145,17 +153,21 @@ def run_worker(args):
     x_train, y_train, x_test, y_test = fashion_mnist()
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    model.set_weights(load_weights(args.weights))
-    model.compile(optimizer=make_optimizer(optimizer_module, OPTIMIZERS[args.optimizer]),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    def start_from_initial_weights():
+        model.set_weights(load_weights(args.weights))
+        model.compile(optimizer=make_optimizer(optimizer_module, OPTIMIZERS[args.optimizer]),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
+    start_from_initial_weights()
     start = time.perf_counter()
     model.train_on_batch(x_train[:args.batch_size], y_train[:args.batch_size])
     first_step_seconds = time.perf_counter() - start
-    model.set_weights(load_weights(args.weights))
+    start_from_initial_weights()  # the warm-up step's update and optimizer state are discarded
     timer = EpochTimer(callback_base)
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
-              callbacks=[timer.callback()])
+    for epoch in range(args.epochs):
+        order = epoch_order(args.seed, epoch, len(x_train))
+        model.fit(x_train[order], y_train[order], batch_size=args.batch_size, epochs=epoch + 1,
+                  initial_epoch=epoch, shuffle=False, verbose=0, callbacks=[timer.callback()])
     _, test_accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
 
     model.predict(x_test[:256], batch_size=256, verbose=0)
@@ -188,7 +200,7 @@ def run_worker(args):
 def launch_worker(framework, optimizer, batch_size, args, weights_path):
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", framework,
                "--optimizer", optimizer, "--batch-size", str(batch_size), "--epochs", str(args.epochs),
-               "--weights", str(weights_path), "--limit", str(args.limit or 0)]
+               "--weights", str(weights_path), "--limit", str(args.limit or 0), "--seed", str(args.seed)]
     if args.backend:
         command += ["--backend", args.backend]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": args.keras_backend}
@@ -291,7 +303,7 @@ def main(argv=None):
     parser.add_argument("--keras-backend", choices=("tensorflow", "jax", "torch"), default="tensorflow",
                         help="Keras 3 backend (default tensorflow; jax or torch on a GPU machine without TF)")
     parser.add_argument("--limit", type=int, default=0, help="train on the first N samples only")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the epochs' order")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--worker", choices=["minidl", "keras"], help=argparse.SUPPRESS)
