@@ -153,6 +153,7 @@ def run_worker(args):
     x_train, y_train, x_test, y_test = fashion_mnist()
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
+
     def start_from_initial_weights():
         model.set_weights(load_weights(args.weights))
         model.compile(optimizer=make_optimizer(optimizer_module, OPTIMIZERS[args.optimizer]),
