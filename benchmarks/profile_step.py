@@ -1,14 +1,21 @@
 """Time and profile the seed CNN's training step through the real model (``train_on_batch``).
 
     python benchmarks/profile_step.py [--batch-size 128] [--steps 150] [--backend numba] [--top 15]
+                                      [--kernels]
 
 Prints the fastest and the median of ``--steps`` timed steps (the fastest is the least disturbed by
 other load on a shared machine), then the functions that took the most time under cProfile over 100
-steps: the kernel calls and GEMMs that make up a step.
+steps: the kernel calls and GEMMs that make up a step.  cProfile's own overhead inflates them (the
+GEMMs most).  ``--kernels`` instead times every call into the backend's kernel module with a wall
+clock and prints the milliseconds per step of each kernel and argument shape: the figures that add up
+to a step (``numpy`` and ``numba`` backends; ``cuda`` launches return before the GPU is done).
 """
 
 import argparse
 import cProfile
+import collections
+import importlib
+import inspect
 import pstats
 import statistics
 import time
@@ -16,7 +23,43 @@ import time
 import numpy as np
 
 import minidl
+from minidl.backend import KERNEL_MODULES
 from minidl.presets import seed_cnn
+
+
+def kernel_milliseconds(step, steps):
+    """``{(kernel, argument shapes): ms per step}`` over ``steps`` calls of ``step``, every public
+    function of the active kernel module wrapped in a wall-clock timer for the duration.  A kernel
+    that calls another public one counts the time as its own."""
+    module = importlib.import_module(KERNEL_MODULES[minidl.get_backend()])
+    seconds = collections.defaultdict(float)
+    depth = [0]
+
+    def timed(name, kernel):
+        def call(*args, **kwargs):
+            if depth[0]:
+                return kernel(*args, **kwargs)
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return kernel(*args, **kwargs)
+            finally:
+                shapes = tuple(arg.shape for arg in args if hasattr(arg, "shape"))
+                seconds[name, shapes] += time.perf_counter() - start
+                depth[0] -= 1
+        return call
+
+    originals = {name: value for name, value in vars(module).items()
+                 if inspect.isfunction(value) and not name.startswith("_")}
+    try:
+        for name, kernel in originals.items():
+            setattr(module, name, timed(name, kernel))
+        for _ in range(steps):
+            step()
+    finally:
+        for name, kernel in originals.items():
+            setattr(module, name, kernel)
+    return {key: total * 1e3 / steps for key, total in seconds.items()}
 
 
 def main():
@@ -25,6 +68,7 @@ def main():
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--backend", help="default: minidl's default")
     parser.add_argument("--top", type=int, default=15, help="functions to list from the profile")
+    parser.add_argument("--kernels", action="store_true", help="time every kernel call instead of cProfile")
     args = parser.parse_args()
     if args.backend:
         minidl.set_backend(args.backend)
@@ -42,6 +86,14 @@ def main():
         seconds.append(time.perf_counter() - start)
     print(f"backend {minidl.get_backend()}, batch {args.batch_size}: fastest {min(seconds) * 1e3:.2f} ms, "
           f"median {statistics.median(seconds) * 1e3:.2f} ms per step over {args.steps} steps")
+    if args.kernels:
+        if minidl.get_backend() == "cuda":
+            raise SystemExit("--kernels times host calls; cuda kernels run asynchronously")
+        per_kernel = kernel_milliseconds(lambda: model.train_on_batch(x, y), 100)
+        print(f"kernel calls over 100 steps, ms per step (sum {sum(per_kernel.values()):.2f}):")
+        for (name, shapes), ms in sorted(per_kernel.items(), key=lambda item: -item[1])[:args.top]:
+            print(f"  {ms:7.3f}  {name}{shapes}")
+        return
     profile = cProfile.Profile()
     profile.runcall(lambda: [model.train_on_batch(x, y) for _ in range(100)])
     pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
