@@ -58,7 +58,8 @@ import numpy as np  # noqa: E402
 
 from kernels import numpy_ref  # noqa: E402
 from kernels.numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
-from kernels.shapes import output_hw, winograd_tile_grid, winograd_tiles_hw  # noqa: E402
+from kernels.shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
+                            winograd_tile_grid, winograd_tiles_hw)
 
 __all__ = [
     "to_device", "to_host", "zeros", "zeros_like", "multiply", "accumulate", "all_finite",
@@ -66,6 +67,7 @@ __all__ = [
     "winograd_kernel", "winograd_kernel_grad", "winograd_tiles", "winograd_tiles_grad",
     "winograd_outputs", "winograd_outputs_grad",
     "maxpool_forward", "maxpool_values", "maxpool_backward", "avgpool_forward", "avgpool_backward",
+    "conv3x3_maxpool", "conv3x3_maxpool_values", "conv3x3_maxpool_kernel_grad",
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
     "softmax_cross_entropy", "dropout_mask", "regularize_grad", "regularization_penalty",
     "sgd_update", "adam_update", "rmsprop_update",
@@ -688,6 +690,145 @@ def avgpool_backward(grad_out, x_shape, pool_size, strides, pads):
     return grad_in
 
 
+# ------------------------------------------------- one-channel 3x3 convolution under 2x2 max pooling
+#
+# ``numpy_ref``'s section of the same name, computed directly.  For every pooling window the 16 pixels
+# of the 4x4 patch under it are read once, as scalars; then one loop over the filters (contiguous in
+# the kernel and in the output) forms the window's four 3x3 dot products and keeps their maximum.
+# That loop vectorises across filters with the patch in registers, and nothing of the convolution's
+# full-size output is stored (``benchmarks/RESULTS.md``, "A direct first convolution under max
+# pooling"; ``benchmarks/ab_step.py --decision direct`` times it against im2col + GEMM + pooling).
+
+
+@jit
+def _patch(image, row, col):
+    """The 16 pixels ``image[row : row + 4, col : col + 4]`` of an ``(H, W)`` image, row by row."""
+    r0, r1, r2, r3 = image[row], image[row + 1], image[row + 2], image[row + 3]
+    return (r0[col], r0[col + 1], r0[col + 2], r0[col + 3], r1[col], r1[col + 1], r1[col + 2], r1[col + 3],
+            r2[col], r2[col + 1], r2[col + 2], r2[col + 3], r3[col], r3[col + 1], r3[col + 2], r3[col + 3])
+
+
+@jit
+def _window_outputs(p, kernel, f):
+    """``(z00, z01, z10, z11)``: filter ``f`` of ``kernel (9, F)`` applied at the four places ``(r, s)``
+    of the 4x4 patch ``p``, ``z_rs = sum_{a, b} p[4(r + a) + s + b] * kernel[3a + b, f]``."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = (kernel[0, f], kernel[1, f], kernel[2, f], kernel[3, f], kernel[4, f],
+                                          kernel[5, f], kernel[6, f], kernel[7, f], kernel[8, f])
+    z00 = p[0] * w0 + p[1] * w1 + p[2] * w2 + p[4] * w3 + p[5] * w4 + p[6] * w5 + p[8] * w6 + p[9] * w7 + p[10] * w8
+    z01 = p[1] * w0 + p[2] * w1 + p[3] * w2 + p[5] * w3 + p[6] * w4 + p[7] * w5 + p[9] * w6 + p[10] * w7 + p[11] * w8
+    z10 = p[4] * w0 + p[5] * w1 + p[6] * w2 + p[8] * w3 + p[9] * w4 + p[10] * w5 + p[12] * w6 + p[13] * w7 + p[14] * w8
+    z11 = p[5] * w0 + p[6] * w1 + p[7] * w2 + p[9] * w3 + p[10] * w4 + p[11] * w5 + p[13] * w6 + p[14] * w7 + p[15] * w8
+    return z00, z01, z10, z11
+
+
+@jit
+def _wins(value, best):
+    """Whether ``value`` replaces ``best`` as a window's maximum: larger, or the first NaN (as
+    ``numpy.argmax`` decides)."""
+    return value > best or (value != value and best == best)
+
+
+@jit
+def _conv3x3_maxpool_kernel(images, kernel, pooled, argmax):
+    """``pooled[n, i, j, f]`` = the largest of the four outputs of filter ``f`` on the patch at
+    ``(2i, 2j)``, ``argmax`` its ``2r + s``; ``images (N, H, W)``, ``kernel (9, F)``."""
+    n_images, pooled_h, pooled_w, filters = pooled.shape
+    for n in range(n_images):
+        for i in range(pooled_h):
+            for j in range(pooled_w):
+                p = _patch(images[n], 2 * i, 2 * j)
+                best, best_index = pooled[n, i, j], argmax[n, i, j]
+                for f in range(filters):
+                    z00, z01, z10, z11 = _window_outputs(p, kernel, f)
+                    value, index = z00, 0
+                    value, index = (z01, 1) if _wins(z01, value) else (value, index)
+                    value, index = (z10, 2) if _wins(z10, value) else (value, index)
+                    value, index = (z11, 3) if _wins(z11, value) else (value, index)
+                    best[f], best_index[f] = value, index
+
+
+@jit
+def _conv3x3_maxpool_values_kernel(images, kernel, pooled):
+    """:func:`_conv3x3_maxpool_kernel` without the argmax: a NaN still wins (any NaN will do, as
+    the value is all that is kept)."""
+    n_images, pooled_h, pooled_w, filters = pooled.shape
+    for n in range(n_images):
+        for i in range(pooled_h):
+            for j in range(pooled_w):
+                p = _patch(images[n], 2 * i, 2 * j)
+                best = pooled[n, i, j]
+                for f in range(filters):
+                    z00, z01, z10, z11 = _window_outputs(p, kernel, f)
+                    value = z00
+                    value = z01 if z01 > value or z01 != z01 else value
+                    value = z10 if z10 > value or z10 != z10 else value
+                    best[f] = z11 if z11 > value or z11 != z11 else value
+
+
+@jit
+def _pick(top_left, top_right, bottom_left, bottom_right, down, right):
+    """One of four values by two flags."""
+    return (bottom_right if right else bottom_left) if down else (top_right if right else top_left)
+
+
+@jit
+def _conv3x3_maxpool_kernel_grad_kernel(images, grad_pooled, argmax, grad_kernel):
+    """``grad_kernel[3a + b, f] += grad_pooled[n, i, j, f] * p[4(r + a) + s + b]`` for the patch ``p``
+    at ``(2i, 2j)`` and the winner ``2r + s = argmax[n, i, j, f]``; ``grad_kernel (9, F)``."""
+    n_images, pooled_h, pooled_w, filters = grad_pooled.shape
+    grad_kernel[:] = 0
+    for n in range(n_images):
+        for i in range(pooled_h):
+            for j in range(pooled_w):
+                p = _patch(images[n], 2 * i, 2 * j)
+                grads, winners = grad_pooled[n, i, j], argmax[n, i, j]
+                for f in range(filters):
+                    g, down, right = grads[f], winners[f] >= 2, winners[f] % 2 == 1
+                    grad_kernel[0, f] += g * _pick(p[0], p[1], p[4], p[5], down, right)
+                    grad_kernel[1, f] += g * _pick(p[1], p[2], p[5], p[6], down, right)
+                    grad_kernel[2, f] += g * _pick(p[2], p[3], p[6], p[7], down, right)
+                    grad_kernel[3, f] += g * _pick(p[4], p[5], p[8], p[9], down, right)
+                    grad_kernel[4, f] += g * _pick(p[5], p[6], p[9], p[10], down, right)
+                    grad_kernel[5, f] += g * _pick(p[6], p[7], p[10], p[11], down, right)
+                    grad_kernel[6, f] += g * _pick(p[8], p[9], p[12], p[13], down, right)
+                    grad_kernel[7, f] += g * _pick(p[9], p[10], p[13], p[14], down, right)
+                    grad_kernel[8, f] += g * _pick(p[10], p[11], p[14], p[15], down, right)
+
+
+def _images_and_taps(x, kernel):
+    """``x (N, H, W, 1)`` as contiguous ``(N, H, W)`` and ``kernel (3, 3, 1, F)`` as ``(9, F)``."""
+    return np.ascontiguousarray(x[..., 0]), np.ascontiguousarray(kernel.reshape(9, -1))
+
+
+def conv3x3_maxpool(x, kernel):
+    """``z = conv(x, kernel)`` (3x3, stride 1, no padding, no bias) under 2x2 max pooling at stride 2:
+    ``x (N, H, W, 1)``, ``kernel (3, 3, 1, F)`` -> ``(pooled, argmax)``, both ``(N, PH, PW, F)`` with
+    ``PH = (H - 2) // 2``; ``argmax`` (int32) is the ``2r + s`` of the maximum ``z[n, 2i + r, 2j + s, f]``."""
+    shape = conv3x3_maxpool_shape("conv3x3_maxpool", x.shape, kernel.shape)
+    pooled, argmax = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int32)
+    _conv3x3_maxpool_kernel(*_images_and_taps(x, kernel), pooled, argmax)
+    return pooled, argmax
+
+
+def conv3x3_maxpool_values(x, kernel):
+    """:func:`conv3x3_maxpool`'s ``pooled`` alone, for inference: ``(N, H, W, 1) -> (N, PH, PW, F)``."""
+    pooled = np.empty(conv3x3_maxpool_shape("conv3x3_maxpool_values", x.shape, kernel.shape), dtype=x.dtype)
+    _conv3x3_maxpool_values_kernel(*_images_and_taps(x, kernel), pooled)
+    return pooled
+
+
+def conv3x3_maxpool_kernel_grad(x, grad_pooled, argmax):
+    """``dL/dkernel`` ``(3, 3, 1, F)`` of :func:`conv3x3_maxpool` from ``dL/dpooled`` and ``argmax``
+    ``(N, PH, PW, F)``: each pooled gradient times the 3x3 pixels under the output that won its window."""
+    filters = conv3x3_maxpool_grad_shape("conv3x3_maxpool_kernel_grad", x.shape, grad_pooled.shape,
+                                         argmax.shape)[3]
+    grad_kernel = np.empty((9, filters), dtype=grad_pooled.dtype)
+    images = np.ascontiguousarray(x[..., 0])
+    _conv3x3_maxpool_kernel_grad_kernel(images, np.ascontiguousarray(grad_pooled), np.ascontiguousarray(argmax),
+                                        grad_kernel)
+    return grad_kernel.reshape(3, 3, 1, filters)
+
+
 # ------------------------------------------------------------------------------------ activations
 
 
@@ -1089,6 +1230,8 @@ def _warmup_calls(dtype):
     x, image, window, strides = array(2, 5, 5, 3), (2, 5, 5, 3), (2, 2), (1, 1)
     pads = ((0, 1), (0, 1))
     pooled, argmax = numpy_ref.maxpool_forward(x, window, strides, pads)
+    gray, taps = array(2, 6, 6, 1), array(3, 3, 1, 3)
+    gray_pooled, gray_argmax = numpy_ref.conv3x3_maxpool(gray, taps)
     rows = array(8, 4)
     logits, targets = array(4, 3), np.full((4, 3), 1 / 3, dtype=dtype)
     param, grad, slot_1, slot_2 = array(8), array(8), np.zeros(8, dtype), np.zeros(8, dtype)
@@ -1108,6 +1251,9 @@ def _warmup_calls(dtype):
         "maxpool_backward": lambda: maxpool_backward(pooled, argmax, image, window, strides, pads),
         "avgpool_forward": lambda: avgpool_forward(x, window, strides, pads),
         "avgpool_backward": lambda: avgpool_backward(pooled, image, window, strides, pads),
+        "conv3x3_maxpool": lambda: conv3x3_maxpool(gray, taps),
+        "conv3x3_maxpool_values": lambda: conv3x3_maxpool_values(gray, taps),
+        "conv3x3_maxpool_kernel_grad": lambda: conv3x3_maxpool_kernel_grad(gray, gray_pooled, gray_argmax),
         "bias_activation": lambda: bias_activation(logits, logits[0], "relu"),
         "activation": lambda: bias_activation(logits, None, "relu"),
         "activation_grad": lambda: activation_grad(logits, logits, "relu"),

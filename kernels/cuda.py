@@ -43,7 +43,8 @@ from numba.cuda.random import (
 )
 
 from kernels.numpy_ref import ACTIVATIONS, check_activation
-from kernels.shapes import output_hw, winograd_tile_grid, winograd_tiles_hw
+from kernels.shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
+                            winograd_tile_grid, winograd_tiles_hw)
 
 ON_SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
 
@@ -1018,6 +1019,41 @@ def avgpool_backward(grad_out, x_shape, pool_size, strides, pads):
     grad_in = cuda.device_array(tuple(x_shape), dtype=grad_out.dtype)
     _launch(_avgpool_backward, grad_in.size, grad_out, ph, pw, sh, sw, top, left, grad_in)
     return grad_in
+
+
+# --------------------------------------------------- one-channel 3x3 convolution under 2x2 max pooling
+#
+# numpy_ref's composition of the kernels above, on the GPU: the outputs the pooling reads by im2col
+# and a GEMM, then max pooling.  The CPU backend's direct kernel exists because im2col with K = 9 is
+# memory-bound on a small CPU; on a GPU that is unmeasured.
+
+
+def conv3x3_maxpool(x, kernel):
+    """``z = conv(x, kernel)`` (3x3, stride 1, no padding, no bias) under 2x2 max pooling at stride 2:
+    ``x (N, H, W, 1)``, ``kernel (3, 3, 1, F)`` -> ``(pooled, argmax)``, both ``(N, PH, PW, F)``."""
+    _reject_host_arrays("conv3x3_maxpool", (x, kernel))
+    n, pooled_h, pooled_w, filters = conv3x3_maxpool_shape("conv3x3_maxpool", x.shape, kernel.shape)
+    z = matmul(im2col(x, (3, 3), (1, 1), conv3x3_maxpool_pads(x.shape)), kernel.reshape(9, filters))
+    return maxpool_forward(z.reshape(n, 2 * pooled_h, 2 * pooled_w, filters), (2, 2), (2, 2), ((0, 0), (0, 0)))
+
+
+def conv3x3_maxpool_values(x, kernel):
+    """:func:`conv3x3_maxpool`'s ``pooled`` alone: ``(N, H, W, 1) -> (N, PH, PW, F)``."""
+    _reject_host_arrays("conv3x3_maxpool_values", (x, kernel))
+    conv3x3_maxpool_shape("conv3x3_maxpool_values", x.shape, kernel.shape)
+    return conv3x3_maxpool(x, kernel)[0]
+
+
+def conv3x3_maxpool_kernel_grad(x, grad_pooled, argmax):
+    """``dL/dkernel`` ``(3, 3, 1, F)`` of :func:`conv3x3_maxpool`: the pooled gradient routed to the
+    winning outputs, then ``im2col(x)^T @`` it."""
+    _reject_host_arrays("conv3x3_maxpool_kernel_grad", (x, grad_pooled, argmax))
+    n, pooled_h, pooled_w, filters = conv3x3_maxpool_grad_shape("conv3x3_maxpool_kernel_grad", x.shape,
+                                                                grad_pooled.shape, argmax.shape)
+    grad_z = maxpool_backward(grad_pooled, argmax, (n, 2 * pooled_h, 2 * pooled_w, filters), (2, 2), (2, 2),
+                              ((0, 0), (0, 0)))
+    cols = im2col(x, (3, 3), (1, 1), conv3x3_maxpool_pads(x.shape))
+    return matmul_tn(cols, grad_z.reshape(-1, filters)).reshape(3, 3, 1, filters)
 
 
 # ---------------------------------------------------------------------------------------- activations

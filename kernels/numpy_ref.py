@@ -21,6 +21,8 @@ Convolution
 Pooling
     ``maxpool_forward``, ``maxpool_values`` (the maxima without the argmax), ``maxpool_backward``,
     ``avgpool_forward``, ``avgpool_backward``
+One-channel 3x3 convolution under 2x2 max pooling, in one pass
+    ``conv3x3_maxpool``, ``conv3x3_maxpool_values``, ``conv3x3_maxpool_kernel_grad``
 Activations
     ``bias_activation``, ``activation_grad`` (linear, relu, sigmoid, tanh), ``leaky_relu``,
     ``leaky_relu_grad``, ``softmax``, ``softmax_grad``
@@ -35,7 +37,8 @@ Optimizer updates (in place)
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from kernels.shapes import winograd_tile_grid, winograd_tiles_hw
+from kernels.shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape,
+                            winograd_tile_grid, winograd_tiles_hw)
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
 
@@ -306,6 +309,54 @@ def avgpool_backward(grad_out, x_shape, pool_size, strides, pads):
         for j in range(pw):
             grad_padded[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :] += share
     return grad_padded[:, top : top + height, left : left + width, :]
+
+
+# ------------------------------------------------- one-channel 3x3 convolution under 2x2 max pooling
+#
+# The first convolution of a grayscale network (one input channel, so im2col's rows are only K = 9
+# long) followed by 2x2 max pooling, as one operation: the backends compute each pooling window's four
+# convolution outputs directly from the 4x4 pixels under it and keep only the maximum, so neither the
+# ``(N, OH, OW, F)`` outputs nor their gradient is ever stored.  Here it is the composition it stands
+# for.  Outputs no window reads (an odd last row or column) are not computed
+# (:func:`kernels.shapes.conv3x3_maxpool_pads`).
+
+VALID = ((0, 0), (0, 0))
+
+
+def conv3x3_maxpool(x, kernel):
+    """``z = conv(x, kernel)`` (3x3, stride 1, no padding, no bias) under 2x2 max pooling at stride 2.
+
+    ``x`` ``(N, H, W, 1)``, ``kernel`` ``(3, 3, 1, F)`` -> ``(pooled, argmax)``, both
+    ``(N, PH, PW, F)`` with ``PH = (H - 2) // 2``, ``PW = (W - 2) // 2``::
+
+        pooled[n, i, j, f] = max_{r, s in {0, 1}} z[n, 2i + r, 2j + s, f]
+
+    and ``argmax`` the ``2r + s`` of that maximum (int32; ties and NaN as :func:`maxpool_forward`).
+    """
+    n, pooled_h, pooled_w, filters = conv3x3_maxpool_shape("conv3x3_maxpool", x.shape, kernel.shape)
+    z = matmul(im2col(x, (3, 3), (1, 1), conv3x3_maxpool_pads(x.shape)), kernel.reshape(9, filters))
+    return maxpool_forward(z.reshape(n, 2 * pooled_h, 2 * pooled_w, filters), (2, 2), (2, 2), VALID)
+
+
+def conv3x3_maxpool_values(x, kernel):
+    """:func:`conv3x3_maxpool`'s ``pooled`` alone, for inference: ``(N, H, W, 1) -> (N, PH, PW, F)``."""
+    conv3x3_maxpool_shape("conv3x3_maxpool_values", x.shape, kernel.shape)
+    return conv3x3_maxpool(x, kernel)[0]
+
+
+def conv3x3_maxpool_kernel_grad(x, grad_pooled, argmax):
+    """``dL/dkernel`` ``(3, 3, 1, F)`` of :func:`conv3x3_maxpool` from ``dL/dpooled`` and ``argmax``
+    (both ``(N, PH, PW, F)``): each pooled gradient reaches the one output that won its window::
+
+        dL/dkernel[p, q, 0, f] = sum_{n, i, j} dL/dpooled[n, i, j, f] * x[n, 2i + r + p, 2j + s + q, 0]
+
+    with ``2r + s = argmax[n, i, j, f]``.
+    """
+    n, pooled_h, pooled_w, filters = conv3x3_maxpool_grad_shape("conv3x3_maxpool_kernel_grad", x.shape,
+                                                                grad_pooled.shape, argmax.shape)
+    cols = im2col(x, (3, 3), (1, 1), conv3x3_maxpool_pads(x.shape))
+    grad_z = maxpool_backward(grad_pooled, argmax, (n, 2 * pooled_h, 2 * pooled_w, filters), (2, 2), (2, 2), VALID)
+    return matmul_tn(cols, grad_z.reshape(-1, filters)).reshape(3, 3, 1, filters)
 
 
 # ------------------------------------------------------------------------------------ activations

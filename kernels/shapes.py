@@ -67,3 +67,33 @@ def winograd_tile_grid(x_shape, pads):
     (top, _), (left, _) = pads
     tile_pads = ((top, 2 * tiles_h + 2 - x_shape[1] - top), (left, 2 * tiles_w + 2 - x_shape[2] - left))
     return (tiles_h, tiles_w), tile_pads
+
+
+def conv3x3_maxpool_shape(function, x_shape, kernel_shape):
+    """``(N, PH, PW, F)`` with ``PH = (H - 2) // 2``: the pooled output of a one-channel 3x3 valid,
+    stride-1 convolution (``x_shape = (N, H, W, 1)``, ``kernel_shape = (3, 3, 1, F)``) under 2x2 max
+    pooling at stride 2.  Raises ``ValueError`` naming ``function`` for any other shapes."""
+    if len(x_shape) != 4 or x_shape[3] != 1 or x_shape[1] < 4 or x_shape[2] < 4:
+        raise ValueError(f"{function}: x must be (N, H, W, 1) with H and W at least 4, got {tuple(x_shape)}")
+    if len(kernel_shape) != 4 or tuple(kernel_shape[:3]) != (3, 3, 1):
+        raise ValueError(f"{function}: kernel must be (3, 3, 1, F), got {tuple(kernel_shape)}")
+    return x_shape[0], (x_shape[1] - 2) // 2, (x_shape[2] - 2) // 2, kernel_shape[3]
+
+
+def conv3x3_maxpool_pads(x_shape):
+    """The pads ``((0, bottom), (0, right))``, ``bottom, right <= 0``, under which a 3x3 stride-1
+    convolution of ``x_shape`` computes exactly the ``(2*PH, 2*PW)`` outputs 2x2 pooling reads."""
+    _, pooled_h, pooled_w, _ = conv3x3_maxpool_shape("conv3x3_maxpool_pads", x_shape, (3, 3, 1, 1))
+    return (0, 2 * pooled_h + 2 - x_shape[1]), (0, 2 * pooled_w + 2 - x_shape[2])
+
+
+def conv3x3_maxpool_grad_shape(function, x_shape, grad_pooled_shape, argmax_shape):
+    """:func:`conv3x3_maxpool_shape` for the backward pass, from the pooled gradient's filters; raises
+    ``ValueError`` naming ``function`` unless ``grad_pooled`` and ``argmax`` both have that shape."""
+    grad_pooled_shape, argmax_shape = tuple(grad_pooled_shape), tuple(argmax_shape)
+    expected = conv3x3_maxpool_shape(function, x_shape, (3, 3, 1, grad_pooled_shape[-1]))
+    for name, shape in (("grad_pooled", grad_pooled_shape), ("argmax", argmax_shape)):
+        if shape != expected:
+            raise ValueError(f"{function}: {name} must have shape {expected} for images {tuple(x_shape)}, "
+                             f"got {shape}")
+    return expected

@@ -147,6 +147,57 @@ def test_maxpool_backward_matches_reference(case):
     )
 
 
+@st.composite
+def gray_conv_cases(draw):
+    """One-channel images (odd and even sizes from 4), a 3x3 kernel of 1 to 10 filters (vector
+    remainders included), float32 or float64."""
+    dtype = draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x_shape = (draw(st.integers(1, 3)), draw(st.integers(4, 11)), draw(st.integers(4, 11)), 1)
+    kernel = rng.standard_normal((3, 3, 1, draw(st.integers(1, 10)))).astype(dtype)
+    return rng.standard_normal(x_shape).astype(dtype), kernel
+
+
+@SETTINGS
+@given(gray_conv_cases())
+def test_conv3x3_maxpool_its_values_and_its_kernel_grad_match_reference(case):
+    x, kernel = case
+    pooled, argmax = cpu.conv3x3_maxpool(x, kernel)
+    expected, expected_argmax = ref.conv3x3_maxpool(x, kernel)
+    assert_close(pooled, expected)
+    assert argmax.dtype == np.int32
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    assert_close(cpu.conv3x3_maxpool_values(x, kernel), expected)
+    grad_pooled = like(pooled)
+    assert_close(cpu.conv3x3_maxpool_kernel_grad(x, grad_pooled, expected_argmax),
+                 ref.conv3x3_maxpool_kernel_grad(x, grad_pooled, expected_argmax))
+
+
+@SETTINGS
+@given(gray_conv_cases())
+def test_conv3x3_maxpool_breaks_ties_and_lets_the_first_nan_win_like_numpy_argmax(case):
+    x, kernel = case
+    x, kernel = np.round(x).clip(-1, 1), np.round(kernel)  # small integers: exact sums, many ties
+    x[0, 0, 0, 0] = np.nan  # the first window's top-left output is NaN
+    pooled, argmax = cpu.conv3x3_maxpool(x, kernel)
+    expected, expected_argmax = ref.conv3x3_maxpool(x, kernel)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(pooled, expected)  # NaN where the reference has NaN
+    np.testing.assert_array_equal(cpu.conv3x3_maxpool_values(x, kernel), expected)
+
+
+@pytest.mark.parametrize("module", [cpu, ref], ids=["cpu", "numpy_ref"])
+def test_conv3x3_maxpool_names_the_shapes_it_refuses(module):
+    with pytest.raises(ValueError, match=r"conv3x3_maxpool: x must be \(N, H, W, 1\) .*got \(2, 6, 6, 3\)"):
+        module.conv3x3_maxpool(np.zeros((2, 6, 6, 3)), np.zeros((3, 3, 1, 4)))
+    with pytest.raises(ValueError, match=r"conv3x3_maxpool_values: kernel must be \(3, 3, 1, F\), got \(5, 5, 1, 4\)"):
+        module.conv3x3_maxpool_values(np.zeros((2, 6, 6, 1)), np.zeros((5, 5, 1, 4)))
+    with pytest.raises(ValueError, match=r"conv3x3_maxpool_kernel_grad: argmax must have shape \(2, 2, 2, 4\) "
+                                         r"for images \(2, 6, 6, 1\), got \(2, 3, 3, 4\)"):
+        module.conv3x3_maxpool_kernel_grad(np.zeros((2, 6, 6, 1)), np.zeros((2, 2, 2, 4)),
+                                           np.zeros((2, 3, 3, 4), np.int32))
+
+
 @SETTINGS
 @given(windowed_images())
 def test_avgpool_forward_matches_reference(case):

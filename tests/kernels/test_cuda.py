@@ -339,6 +339,35 @@ def test_average_pooling_forward_and_backward_match_the_reference(problem, dtype
     )
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(st.integers(1, 2), st.integers(4, 7), st.integers(4, 7), st.integers(1, 3), seeds)
+def test_conv3x3_maxpool_its_values_and_its_kernel_grad_match_the_reference(dtype, n, height, width, filters, seed):
+    x = random_array(seed, (n, height, width, 1), dtype)
+    kernel = random_array(seed + 1, (3, 3, 1, filters), dtype)
+    expected, expected_argmax = numpy_ref.conv3x3_maxpool(x, kernel)
+    pooled, argmax = gpu.conv3x3_maxpool(gpu.to_device(x), gpu.to_device(kernel))
+    assert_close(pooled, expected, dtype)
+    np.testing.assert_array_equal(gpu.to_host(argmax), expected_argmax)
+    assert_close(gpu.conv3x3_maxpool_values(gpu.to_device(x), gpu.to_device(kernel)), expected, dtype)
+    grad_pooled = random_array(seed + 2, expected.shape, dtype)
+    assert_close(
+        gpu.conv3x3_maxpool_kernel_grad(gpu.to_device(x), gpu.to_device(grad_pooled), gpu.to_device(expected_argmax)),
+        numpy_ref.conv3x3_maxpool_kernel_grad(x, grad_pooled, expected_argmax),
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("function, args", [
+    ("conv3x3_maxpool", (np.ones((1, 4, 4, 1)), np.ones((3, 3, 1, 1)))),
+    ("conv3x3_maxpool_values", (np.ones((1, 4, 4, 1)), np.ones((3, 3, 1, 1)))),
+    ("conv3x3_maxpool_kernel_grad", (np.ones((1, 4, 4, 1)), np.ones((1, 1, 1, 1)), np.zeros((1, 1, 1, 1), np.int32))),
+])
+def test_conv3x3_maxpool_refuses_host_arrays(function, args):
+    with pytest.raises(TypeError, match=rf"{function}.*to_device"):
+        getattr(gpu, function)(*args)
+
 # -------------------------------------------------------------------------------------- activations
 
 

@@ -1,6 +1,7 @@
 """The reference kernels against direct loop implementations written here from the definitions."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -171,3 +172,41 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits():
     assert np.isfinite(losses).all() and np.isfinite(grad).all()
     np.testing.assert_allclose(losses, [0.0, np.log(3)], atol=1e-12)
     np.testing.assert_allclose(grad[1], (np.full(3, 1 / 3) - targets[1]) / 2)
+
+
+@st.composite
+def gray_conv_cases(draw):
+    """One-channel images (odd and even sizes from 4) and a 3x3 kernel of 1 to 3 filters, float64."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x_shape = (draw(st.integers(1, 3)), draw(st.integers(4, 9)), draw(st.integers(4, 9)), 1)
+    return rng.standard_normal(x_shape), rng.standard_normal((3, 3, 1, draw(st.integers(1, 3))))
+
+
+@settings(max_examples=40, deadline=None)
+@given(gray_conv_cases())
+def test_conv3x3_maxpool_is_the_window_maximum_of_the_direct_convolution(case):
+    x, kernel = case
+    z = direct_conv(x, kernel, (1, 1), ((0, 0), (0, 0)), (x.shape[1] - 2, x.shape[2] - 2))
+    pooled, argmax = numpy_ref.conv3x3_maxpool(x, kernel)
+    assert pooled.shape == argmax.shape == (x.shape[0], (x.shape[1] - 2) // 2, (x.shape[2] - 2) // 2, kernel.shape[3])
+    for n, i, j, f in np.ndindex(*pooled.shape):
+        window = [z[n, 2 * i + r, 2 * j + s, f] for r in (0, 1) for s in (0, 1)]
+        assert pooled[n, i, j, f] == pytest.approx(max(window), rel=1e-12)
+        assert int(np.argmax(window)) == argmax[n, i, j, f]
+    np.testing.assert_array_equal(numpy_ref.conv3x3_maxpool_values(x, kernel), pooled)
+
+
+@settings(max_examples=20, deadline=None)
+@given(gray_conv_cases())
+def test_conv3x3_maxpool_kernel_grad_matches_central_differences(case):
+    x, kernel = case
+    pooled, argmax = numpy_ref.conv3x3_maxpool(x, kernel)
+    grad_pooled = np.random.default_rng(7).standard_normal(pooled.shape)
+    loss = lambda k: (numpy_ref.conv3x3_maxpool_values(x, k) * grad_pooled).sum()  # noqa: E731
+    numeric, step = np.zeros_like(kernel), 1e-6
+    for index in np.ndindex(*kernel.shape):
+        shift = np.zeros_like(kernel)
+        shift[index] = step
+        numeric[index] = (loss(kernel + shift) - loss(kernel - shift)) / (2 * step)
+    np.testing.assert_allclose(numpy_ref.conv3x3_maxpool_kernel_grad(x, grad_pooled, argmax), numeric,
+                               rtol=1e-6, atol=1e-7)
