@@ -428,14 +428,16 @@ class Sequential:
 
     def summary(self, batch_size=32, print_fn=print):
         """Print each layer's output shape and parameter count (and a conv's workspace at ``batch_size``
-        and its method, im2col or winograd), then the totals."""
+        and its method: im2col, winograd, or direct with the pooling after it), then the totals."""
         if not self.built:
             raise ValueError(f"{self.name}: the model is not built yet; give the first layer "
                              f"input_shape=..., start with Input(shape=...), or call build()")
         rows = [("Layer (type)", "Output Shape", "Param #", f"Workspace (batch {batch_size})")]
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            following = self.layers[index + 1] if index + 1 < len(self.layers) else None
+            pool = following if relu_feeds_max_pooling(layer, following) else None
             rows.append((f"{layer.name} ({type(layer).__name__})", str((None, *layer.output_shape)),
-                         f"{layer.count_params():,}", layer.workspace_summary(batch_size)))
+                         f"{layer.count_params():,}", layer.workspace_summary(batch_size, pool)))
         widths = [max(len(row[i]) for row in rows) + 2 for i in range(4)]
         rule = "=" * sum(widths)
         lines = [f'Model: "{self.name}"', rule]

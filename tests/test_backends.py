@@ -49,16 +49,18 @@ def test_numba_and_numpy_train_the_seed_cnn_to_the_same_weights():
 
 
 def tiny_cnn():
-    """Both conv algorithms: im2col in the first conv, Winograd in the second."""
-    return minidl.Sequential([layers.Input((8, 8, 1)), layers.Conv2D(3, 3, activation="relu"),
+    """Every way a conv runs: the first with its max pooling as one kernel (``conv3x3_maxpool``), the
+    second by Winograd, the third (1x1) by im2col."""
+    return minidl.Sequential([layers.Input((10, 10, 1)), layers.Conv2D(3, 3, activation="relu"), layers.MaxPooling2D(2),
                               layers.Conv2D(2, 3, activation="relu", algorithm="winograd"),
-                              layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(3, activation="softmax")])
+                              layers.Conv2D(2, 1, activation="relu"), layers.MaxPooling2D(2),
+                              layers.Flatten(), layers.Dense(3, activation="softmax")])
 
 
 @needs_cuda
 def test_cuda_and_numpy_train_to_the_same_weights():
     rng = np.random.default_rng(0)
-    x, y = rng.random((8, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, 8)
+    x, y = rng.random((8, 10, 10, 1), dtype=np.float32), rng.integers(0, 3, 8)
     reference = train("numpy", tiny_cnn, x, y, steps=2, batch_size=4)
     assert_same_weights(reference, train("cuda", tiny_cnn, x, y, steps=2, batch_size=4), atol=1e-6)
 
@@ -71,7 +73,7 @@ def test_a_cuda_training_step_copies_only_the_batch_in_and_scalars_out():
     model = tiny_cnn()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
-    x_batch = cuda.to_device(rng.random((4, 8, 8, 1), dtype=np.float32))
+    x_batch = cuda.to_device(rng.random((4, 10, 10, 1), dtype=np.float32))
     targets = cuda.to_device(model.loss.encode_targets(rng.integers(0, 3, 4), (3,), np.float32))
     model.train_step(x_batch, targets)  # first step creates the optimizer's slots on the device
     cuda.reset_transfer_count()

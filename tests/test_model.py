@@ -31,7 +31,7 @@ def test_seed_cnn_has_the_keras_parameter_counts():
     lines = []
     model.summary(print_fn=lines.append)
     assert "Total params: 121,930" in lines[0] and "(None, 26, 26, 32)" in lines[0]
-    assert "MiB (im2col)" in lines[0] and "MiB (winograd)" in lines[0]  # each conv's workspace and method
+    assert "none (direct, with pooling)" in lines[0] and "MiB (winograd)" in lines[0]  # each conv's method
 
 
 def test_fit_learns_separable_data_and_records_history(backend):
@@ -232,7 +232,8 @@ def test_relu_and_max_pooling_run_as_one_step_with_the_layer_by_layer_results(ba
 
     (y_pred, _, paired), (chained_y, _, chained) = paired_and_chained(model, x, grad_out)
 
-    np.testing.assert_array_equal(y_pred, chained_y)
+    # the first conv's direct kernel (ops.conv3x3_maxpool) sums its 9 taps in another order than BLAS
+    np.testing.assert_allclose(y_pred, chained_y, rtol=1e-5, atol=1e-6)
     for expected, actual in zip(chained, paired):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
 

@@ -150,8 +150,9 @@ class Layer:
         """Scratch memory one forward/backward pass needs beyond inputs and outputs (0 for most)."""
         return 0
 
-    def workspace_summary(self, batch_size):
-        """:meth:`workspace_bytes` for ``summary()``: ``"12.5 MiB"``, or ``""`` when there is none."""
+    def workspace_summary(self, batch_size, pool=None):
+        """:meth:`workspace_bytes` for ``summary()``: ``"12.5 MiB"``, or ``""`` when there is none.
+        ``pool`` is the max pooling this layer runs fused with, if any."""
         workspace = self.workspace_bytes(batch_size)
         return f"{workspace / 2**20:.1f} MiB" if workspace else ""
 

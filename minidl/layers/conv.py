@@ -79,12 +79,34 @@ class Conv2D(KernelLayer):
         self.computed_pads = self.pads
         return super().forward(x, training)
 
-    def forward_through_max_pooling(self, x, pool, training=False):
-        """As :meth:`KernelLayer.forward_through_max_pooling`, computing only the outputs ``pool`` reads
+    def pooled_linear(self, x, pool, training):
+        """``pool`` over the convolution ``z``, computing only the outputs ``pool`` reads
         (:meth:`pads_read_by`): an ``11 x 11`` output under ``2 x 2`` pooling drops its last row and
-        column, 17% of the convolution's work in both passes."""
-        self.computed_pads = self.pads_read_by(pool)
-        return super().forward_through_max_pooling(x, pool, training)
+        column, 17% of the convolution's work in both passes.
+
+        Where :meth:`pools_directly` holds, one direct kernel (``ops.conv3x3_maxpool``) computes each
+        pooling window's four outputs from the pixels under it and keeps the maximum, so ``z``
+        ``(N, OH, OW, F)`` is never stored.  ``x`` ``(N, H, W, C_in)`` -> ``(N, PH, PW, F)``.
+        """
+        self.pooled_directly = self.pools_directly(pool)
+        if not self.pooled_directly:
+            self.computed_pads = self.pads_read_by(pool)
+            return super().pooled_linear(x, pool, training)
+        self.x = x
+        if training:
+            pooled, self.pooled_argmax = ops.conv3x3_maxpool(x, self.params["kernel"])
+        else:
+            pooled, self.pooled_argmax = ops.conv3x3_maxpool_values(x, self.params["kernel"]), None
+        return pooled
+
+    def pools_directly(self, pool):
+        """Whether this layer and ``pool`` run as ``ops.conv3x3_maxpool``: a 3x3, stride-1, unpadded
+        convolution of one-channel images (a grayscale network's first conv, whose im2col rows are only
+        ``K = 9`` long) under 2x2 max pooling at stride 2, with ``algorithm="auto"`` and no input
+        gradient wanted (that kernel has no input gradient)."""
+        return (self.algorithm == "auto" and self.kernel_size == (3, 3) and self.strides == (1, 1)
+                and self.pads == ((0, 0), (0, 0)) and self.input_shape[2] == 1 and not self.input_grad_needed
+                and pool.pool_size == (2, 2) and pool.strides == (2, 2) and pool.pads == ((0, 0), (0, 0)))
 
     def pads_read_by(self, pool):
         """``pads`` with the bottom and right paddings lowered by whole strides (below zero if need be)
@@ -106,7 +128,7 @@ class Conv2D(KernelLayer):
 
         ``x`` ``(N, H, W, C_in)`` -> ``z`` ``(N, OH, OW, F)``; keeps ``x``, the kernel matrix and (for
         a single chunk) the unfolded input.  ``OH, OW`` are ``output_shape``'s, or fewer under
-        :meth:`forward_through_max_pooling`.
+        :meth:`pooled_linear`.
         """
         self.x = x
         self.kernel_matrix = self.method.kernel_matrix(self.params["kernel"])
@@ -126,6 +148,17 @@ class Conv2D(KernelLayer):
         return output_hw((None, *self.input_shape), self.kernel_size, self.strides, self.computed_pads)
 
     # ----------------------------------------------------------------------------- backward
+
+    def pooled_linear_backward(self, grad_pooled, pool):
+        """Backward of :meth:`pooled_linear` from ``dL/dpooled`` ``(N, PH, PW, F)``.  After the direct
+        kernel, ``dL/dW`` comes straight from the pooled gradient and the winners' pixels
+        (``ops.conv3x3_maxpool_kernel_grad``) and no ``dL/dx`` is returned."""
+        if not self.pooled_directly:
+            return super().pooled_linear_backward(grad_pooled, pool)
+        if self.pooled_argmax is None:  # the forward pass was an inference pass (a whole-model gradient check)
+            _, self.pooled_argmax = ops.conv3x3_maxpool(self.x, self.params["kernel"])
+        self.grads["kernel"] = ops.conv3x3_maxpool_kernel_grad(self.x, grad_pooled, self.pooled_argmax)
+        return None
 
     def linear_backward(self, grad_z):
         """From ``dL/dz`` ``(N, OH, OW, F)``: ``dL/dW`` ``(KH, KW, C_in, F)`` into ``grads``, and
@@ -172,8 +205,11 @@ class Conv2D(KernelLayer):
         """One chunk's scratch and its gradient: ``2 * min(N, chunk) * bytes_per_image()``."""
         return 2 * min(batch_size, self.images_per_chunk()) * self.bytes_per_image()
 
-    def workspace_summary(self, batch_size):
-        """The workspace and the method it is for, e.g. ``"1.7 MiB (winograd)"``."""
+    def workspace_summary(self, batch_size, pool=None):
+        """The workspace and the method it is for, e.g. ``"1.7 MiB (winograd)"``; ``"none (direct, with
+        pooling)"`` when this layer runs with ``pool`` as one direct kernel (:meth:`pools_directly`)."""
+        if pool is not None and self.pools_directly(pool):
+            return "none (direct, with pooling)"
         return f"{super().workspace_summary(batch_size)} ({self.method.name})"
 
     def get_config(self):

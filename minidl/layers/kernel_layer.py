@@ -54,10 +54,14 @@ class KernelLayer(Layer):
         pooled activations; the argmax ``pool`` keeps may differ from the layer-by-layer one only in
         windows whose activations are all zero, where the gradient is zero either way.
         """
-        pooled = pool.forward(self.linear(x), training)
+        pooled = self.pooled_linear(x, pool, training)
         self.y = pool.y = ops.bias_activation(pooled, self.params.get("bias"), "relu")
         self.logits = None
         return self.y
+
+    def pooled_linear(self, x, pool, training):
+        """``max_window z``: ``pool`` applied to :meth:`linear`'s ``z``.  ``(N, ...) -> (N, PH, PW, F)``."""
+        return pool.forward(self.linear(x), training)
 
     def backward(self, grad_out):
         """``dL/dz = dL/dy * f'(z)`` (same shape as ``y``), then :meth:`backward_from_logits`, which
@@ -82,6 +86,11 @@ class KernelLayer(Layer):
         """
         grad_pooled = ops.activation_grad(grad_out, self.y, "relu")
         self.add_bias_grad(grad_pooled)
+        return self.pooled_linear_backward(grad_pooled, pool)
+
+    def pooled_linear_backward(self, grad_pooled, pool):
+        """Backward of :meth:`pooled_linear`: ``dL/dz = pool.backward(dL/dpooled)``, then
+        :meth:`linear_backward` fills ``dL/dW`` and returns ``dL/dx``."""
         return self.linear_backward(pool.backward(grad_pooled))
 
     def add_bias_grad(self, grad_z):
