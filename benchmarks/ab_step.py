@@ -1,6 +1,6 @@
 """A/B of one design decision in the seed CNN, both sides in one process.
 
-    python benchmarks/ab_step.py [--decision crop|winograd|maxima] [--task train|predict]
+    python benchmarks/ab_step.py [--decision crop|winograd|maxima|direct] [--task train|predict]
                                  [--batch-size 128] [--rounds 30] [--steps 10]
 
 Side A is minidl as it is; side B undoes one decision:
@@ -10,6 +10,9 @@ Side A is minidl as it is; side B undoes one decision:
   conv computes every output.
 * ``winograd``: ``Conv2D(algorithm="auto")`` computes the second conv (3x3, 32 input channels) by
   Winograd F(2x2, 3x3).  Side B gives that layer the im2col + GEMM method instead.
+* ``direct``: the first conv (one input channel, 3x3) and its 2x2 max pooling run as one direct kernel
+  (``Conv2D.pools_directly``, ``conv3x3_maxpool``).  Side B gives that conv ``algorithm="im2col"``, so
+  it runs as im2col + GEMM and then max pooling.
 * ``maxima`` (for ``--task predict``): outside training, max pooling computes the maxima alone
   (``maxpool_values``).  Side B computes them with the argmax, as training does, and drops it.
 
@@ -70,7 +73,15 @@ def maxima_sides(model):
             "B: maxima and argmax": lambda: setattr(cpu, "maxpool_values", maxima_from_forward)}
 
 
-SIDES = {"crop": crop_sides, "winograd": winograd_sides, "maxima": maxima_sides}
+def direct_sides(model):
+    conv, pool = model.layers[0], model.layers[1]
+    if not conv.pools_directly(pool):
+        raise SystemExit(f"{conv.name} does not run with {pool.name} as one kernel here, so there is nothing to compare")
+    return {"A: direct conv + pooling": lambda: setattr(conv, "algorithm", "auto"),
+            "B: im2col + GEMM, then pooling": lambda: setattr(conv, "algorithm", "im2col")}
+
+
+SIDES = {"crop": crop_sides, "winograd": winograd_sides, "maxima": maxima_sides, "direct": direct_sides}
 
 
 def main():
