@@ -1,5 +1,6 @@
 """2-D convolution (cross-correlation, as in every DL framework), channels-last, via im2col + GEMM
-or Winograd F(2x2, 3x3) (:mod:`minidl.layers.conv_algorithms`)."""
+or Winograd F(2x2, 3x3) (:mod:`minidl.layers.conv_algorithms`), or, for a grayscale first conv under
+max pooling, one direct kernel that pools as it convolves (:meth:`Conv2D.pools_directly`)."""
 
 import os
 
@@ -31,6 +32,8 @@ class Conv2D(KernelLayer):
     ``"winograd"`` (3x3 kernels, stride 1) needs 2.25x fewer multiplications; ``"auto"`` picks
     Winograd for those kernels from ``WINOGRAD_MIN_CHANNELS`` input channels on (its GEMMs have
     ``K = C_in``; thinner ones were not measured to pay for the transforms) and im2col otherwise.
+    Under ``"auto"``, a 3x3 conv of one-channel images followed by 2x2 max pooling runs with the
+    pooling as one direct kernel when it is the first layer (:meth:`pools_directly`).
 
     When a batch's scratch would exceed ``max_workspace_bytes`` it is processed in chunks of images,
     and each chunk's unfolded input is recomputed in backward instead of kept.
@@ -92,7 +95,7 @@ class Conv2D(KernelLayer):
         if not self.pooled_directly:
             self.computed_pads = self.pads_read_by(pool)
             return super().pooled_linear(x, pool, training)
-        self.x = x
+        self.x, self.unfolded = x, None
         if training:
             pooled, self.pooled_argmax = ops.conv3x3_maxpool(x, self.params["kernel"])
         else:
