@@ -12,7 +12,6 @@ time a training epoch takes.
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 
@@ -24,16 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minidl.data import DataLoader, load_fashion_mnist  # noqa: E402
 from minidl.data import transforms as T  # noqa: E402
 
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 
 def seconds_per_epoch(loader, epoch):
@@ -65,8 +55,7 @@ def main():
     count = len(x_train)
     print(f"command: python {' '.join(sys.argv)}")
     print(f"date:    {datetime.date.today().isoformat()}")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}, "
-          f"numpy {np.__version__}, OpenCV {cv2.__version__}")
+    print(f"machine: {machine.describe()}; numpy {np.__version__}, OpenCV {cv2.__version__}")
     print(f"data:    Fashion-MNIST train, {count} images 28x28x1, batch {args.batch_size}, prefetch {args.prefetch}, "
           f"best of {args.repeats} epochs")
     print(f"augmentation: {augment!r}")

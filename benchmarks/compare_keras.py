@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import machine  # benchmarks/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIMIZERS = {
@@ -261,16 +262,6 @@ def chart(results, path):
     figure.savefig(path, dpi=100)
 
 
-def machine_description():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
-
-
 def code_version():
     completed = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
@@ -286,7 +277,7 @@ def record(results, command, args):
     section = [f"\n## {datetime.date.today().isoformat()}: minidl vs Keras {keras.__version__} "
                f"({args.keras_backend} backend), seed CNN, Fashion-MNIST",
                f"- command: `{command}`",
-               f"- machine: {machine_description()}; code at commit {code_version()}",
+               f"- machine: {machine.describe()}; code at commit {code_version()}",
                f"- numpy {np.__version__}, numba {numba.__version__}; {args.epochs} epochs per run; "
                f"steady = median of epochs 2..n, best = fastest of them; epoch ratio = minidl steady / Keras "
                f"steady, best ratio = minidl best / Keras best (same run; the best is the least disturbed by "

@@ -1,0 +1,49 @@
+"""What the benchmark scripts print about the machine they ran on: the CPU's name and the vector
+extensions its compiled code can use (Numba's kernels and TensorFlow's both compile for the host, so
+two machines of the same name but different extensions give different figures)."""
+
+import os
+import platform
+
+VECTOR_EXTENSIONS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
+
+
+def cpu_flags():
+    """The ``flags`` set of the first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_name():
+    """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def vector_extensions():
+    """``"AVX, AVX2, FMA, no AVX-512"``-style: which of :data:`VECTOR_EXTENSIONS` the CPU has, and that
+    it lacks AVX-512 where it does; ``"flags unknown"`` off Linux."""
+    flags = cpu_flags()
+    if not flags:
+        return "flags unknown"
+    present = [name.upper() for name in VECTOR_EXTENSIONS if name in flags]
+    if "avx512f" not in flags:
+        present.append("no AVX-512")
+    return ", ".join(present)
+
+
+def describe():
+    """One line: cores, CPU name, vector extensions, Python version."""
+    return f"{os.cpu_count()} cores, {cpu_name()} ({vector_extensions()}), Python {platform.python_version()}"
