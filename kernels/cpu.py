@@ -1273,7 +1273,11 @@ def _warmup_calls(dtype):
 
 def cache_report():
     """``(loaded, compiled)``: how many kernel specialisations this process loaded from Numba's on-disk
-    cache and how many it had to compile."""
+    cache and how many it had to compile.
+
+    A cold start also compiles the small helpers the kernels call (``_patch``, ``_softmax_row``, ...);
+    a warm start loads only the kernels, whose cached code holds the helpers, so ``compiled`` on a
+    cold start is larger than ``loaded`` on a warm one."""
     dispatchers = [value for value in globals().values() if isinstance(value, numba.core.registry.CPUDispatcher)]
     loaded = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
     compiled = sum(sum(d.stats.cache_misses.values()) for d in dispatchers)

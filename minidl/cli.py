@@ -259,7 +259,7 @@ def command_bench(args):
         origin = ""
         if cache_report is not None:
             loaded, compiled = cache_report()
-            origin = f" ({loaded} kernels loaded from the on-disk cache, {compiled} compiled)"
+            origin = f" ({loaded} kernels loaded from the on-disk cache, {compiled} kernels and helpers compiled)"
         print(f"kernel warm-up: {warmup_seconds:.2f} s{origin}")
     print(f"{steps_per_second:.2f} steps/s, {steps_per_second * args.batch_size:.0f} samples/s, "
           f"{epoch_seconds:.1f} s per epoch of {args.epoch_samples} samples")
