@@ -35,6 +35,8 @@ import numpy as np
 from kernels import cuda as gpu
 from kernels.shapes import output_length
 
+import machine  # benchmarks/machine.py, beside this script
+
 DRY_RUN_SIZES = "20x9x8,6x18x5"
 
 
@@ -151,7 +153,7 @@ def main(argv=None):
 
     header = [
         f"command: python {' '.join(sys.argv)}",
-        f"device: {device_description()}; host: {platform.node()}, {platform.processor() or platform.machine()}",
+        f"device: {device_description()}; host: {platform.node()}, {machine.describe()}",
         f"date: {datetime.date.today().isoformat()}; float32; {repeats} timed calls per product after 1 warm-up",
     ]
     if args.dry_run:

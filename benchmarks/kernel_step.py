@@ -30,6 +30,8 @@ from kernels import numpy_ref  # noqa: E402
 from kernels.memory import retain_freed_memory  # noqa: E402
 from kernels.shapes import window_geometry  # noqa: E402
 
+import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
+
 EPOCH_SAMPLES = 60_000
 KERNEL_SHAPES = {"W1": (3, 3, 1, 32), "W2": (3, 3, 32, 64), "W3": (5 * 5 * 64, 64), "W4": (64, 10)}
 
@@ -154,8 +156,7 @@ def main():
         backends.append(("cpu", cpu))
         policy = cpu.thread_policy()
     print(f"# {' '.join(sys.argv)}")
-    print(f"# {datetime.date.today()}  {platform.node()}  {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, numpy {np.__version__}; {policy}")
+    print(f"# {datetime.date.today()}  {platform.node()}  {machine.describe()}, numpy {np.__version__}; {policy}")
     print(f"# malloc: {'glibc defaults' if args.default_malloc else 'freed blocks retained, as minidl sets it'}")
     print(f"{'backend':<10} {'batch':>5} {'ms/step':>9} {'s/epoch':>8}")
     for batch in args.batches:

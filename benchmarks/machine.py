@@ -8,34 +8,27 @@ import platform
 VECTOR_EXTENSIONS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
 
 
-def cpu_flags():
-    """The ``flags`` set of the first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
+def cpuinfo_field(name):
+    """The value of field ``name`` for the first CPU in ``/proc/cpuinfo``; ``None`` where there is none."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
 
 
 def cpu_name():
     """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def vector_extensions():
     """``"AVX, AVX2, FMA, no AVX-512"``-style: which of :data:`VECTOR_EXTENSIONS` the CPU has, and that
     it lacks AVX-512 where it does; ``"flags unknown"`` off Linux."""
-    flags = cpu_flags()
+    flags = set((cpuinfo_field("flags") or "").split())
     if not flags:
         return "flags unknown"
     present = [name.upper() for name in VECTOR_EXTENSIONS if name in flags]
