@@ -62,7 +62,7 @@ def winograd_sides(model):
 
 
 def maxima_sides(model):
-    from kernels import cpu
+    from minidl.kernels import cpu
 
     maxima_alone = cpu.maxpool_values
 

@@ -32,8 +32,8 @@ import time
 
 import numpy as np
 
-from kernels import cuda as gpu
-from kernels.shapes import output_length
+from minidl.kernels import cuda as gpu
+from minidl.kernels.shapes import output_length
 
 import machine  # benchmarks/machine.py, beside this script
 

@@ -26,9 +26,9 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from kernels import numpy_ref  # noqa: E402
-from kernels.memory import retain_freed_memory  # noqa: E402
-from kernels.shapes import window_geometry  # noqa: E402
+from minidl.kernels import numpy_ref  # noqa: E402
+from minidl.kernels.memory import retain_freed_memory  # noqa: E402
+from minidl.kernels.shapes import window_geometry  # noqa: E402
 
 import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 
@@ -119,7 +119,7 @@ def time_steps(k, batch, steps, seed=0):
 
 WARMUP_SCRIPT = (
     "import sys, time; sys.path.insert(0, sys.argv[1]); start = time.perf_counter(); "
-    "from kernels import cpu; import numpy as np; seconds = cpu.warmup(np.float32); "
+    "from minidl.kernels import cpu; import numpy as np; seconds = cpu.warmup(np.float32); "
     "print(f'{time.perf_counter() - start:.2f} {sum(seconds.values()):.2f}')"
 )
 
@@ -148,9 +148,9 @@ def main():
     if not args.default_malloc:
         retain_freed_memory()
     backends = [] if args.skip_numpy else [("numpy_ref", numpy_ref)]
-    policy = "kernels.cpu not imported"
+    policy = "minidl.kernels.cpu not imported"
     if not args.numpy_only:
-        from kernels import cpu
+        from minidl.kernels import cpu
 
         cpu.warmup(np.float32)
         backends.append(("cpu", cpu))

@@ -42,8 +42,8 @@ from numba.cuda.random import (
     xoroshiro128p_uniform_float32,
 )
 
-from kernels.numpy_ref import ACTIVATIONS, check_activation
-from kernels.shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
+from .numpy_ref import ACTIVATIONS, check_activation
+from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
 
 ON_SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
@@ -100,7 +100,7 @@ def _reject_host_arrays(name, args):
     for position, arg in enumerate(args):
         if isinstance(arg, np.ndarray):
             raise TypeError(
-                f"kernels.cuda: {name} got a host numpy array of shape "
+                f"minidl.kernels.cuda: {name} got a host numpy array of shape "
                 f"{arg.shape} as argument {position}; move it with kernels.cuda.to_device() first"
             )
 
@@ -128,14 +128,14 @@ def _last_axis(x):
 def _require_shape(function, name, array, expected):
     if tuple(array.shape) != tuple(expected):
         raise ValueError(
-            f"kernels.cuda.{function}: {name} must have shape {tuple(expected)}, got {tuple(array.shape)}"
+            f"minidl.kernels.cuda.{function}: {name} must have shape {tuple(expected)}, got {tuple(array.shape)}"
         )
 
 
 def _require_same_shape(function, **arrays):
     shapes = {name: tuple(array.shape) for name, array in arrays.items()}
     if len(set(shapes.values())) > 1:
-        raise ValueError(f"kernels.cuda.{function}: arrays must have one shape, got {shapes}")
+        raise ValueError(f"minidl.kernels.cuda.{function}: arrays must have one shape, got {shapes}")
 
 
 # -------------------------------------------------------------------------------------------- arrays
@@ -321,7 +321,7 @@ def set_gemm(engine):
     ``"cublas"`` (CuPy's matmul on the same device memory, no copy).  Raises ``ValueError`` for an
     unknown name and ``RuntimeError`` when ``"cublas"`` is asked for and CuPy cannot be imported."""
     if engine not in GEMM_ENGINES:
-        raise ValueError(f"kernels.cuda.set_gemm: engine must be one of {GEMM_ENGINES}, got {engine!r}")
+        raise ValueError(f"minidl.kernels.cuda.set_gemm: engine must be one of {GEMM_ENGINES}, got {engine!r}")
     cupy = None
     if engine == "cublas":
         try:
@@ -362,29 +362,29 @@ def _product(function, a, b, a_transposed, b_transposed):
     a_shape, b_shape = tuple(a.shape), tuple(b.shape)
     if not (a.ndim == b.ndim == 2 or a.ndim == b.ndim == 3):
         raise ValueError(
-            f"kernels.cuda.{function}: needs two 2-D matrices or two 3-D stacks of them, "
+            f"minidl.kernels.cuda.{function}: needs two 2-D matrices or two 3-D stacks of them, "
             f"got shapes {a_shape} and {b_shape}"
         )
     if a.dtype != b.dtype:
-        raise ValueError(f"kernels.cuda.{function}: dtypes differ, {a.dtype} and {b.dtype}")
+        raise ValueError(f"minidl.kernels.cuda.{function}: dtypes differ, {a.dtype} and {b.dtype}")
     stack = a_shape[0] if a.ndim == 3 else 1
     if a.ndim == 3 and b_shape[0] != stack:
         raise ValueError(
-            f"kernels.cuda.{function}: stacks differ in length, a {a_shape} holds {stack} matrices "
+            f"minidl.kernels.cuda.{function}: stacks differ in length, a {a_shape} holds {stack} matrices "
             f"but b {b_shape} holds {b_shape[0]}"
         )
     m, depth = (a_shape[-1], a_shape[-2]) if a_transposed else a_shape[-2:]
     b_depth, n = (b_shape[-1], b_shape[-2]) if b_transposed else b_shape[-2:]
     if depth != b_depth:
         raise ValueError(
-            f"kernels.cuda.{function}: inner dimensions differ, a {a_shape} gives K={depth} "
+            f"minidl.kernels.cuda.{function}: inner dimensions differ, a {a_shape} gives K={depth} "
             f"but b {b_shape} gives K={b_depth}"
         )
     if get_gemm() == "cublas":
         return _cublas_product(a, b, a_transposed, b_transposed)
     if stack > MAX_GRID_Z:
         raise ValueError(
-            f"kernels.cuda.{function}: at most {MAX_GRID_Z} matrices per stack, got shapes {a_shape} and {b_shape}"
+            f"minidl.kernels.cuda.{function}: at most {MAX_GRID_Z} matrices per stack, got shapes {a_shape} and {b_shape}"
         )
     out_shape = (stack, m, n) if a.ndim == 3 else (m, n)
     if stack == 0:
@@ -644,7 +644,7 @@ def winograd_kernel(kernel):
     """
     _reject_host_arrays("winograd_kernel", (kernel,))
     if kernel.ndim != 4 or tuple(kernel.shape)[:2] != (3, 3):
-        raise ValueError(f"kernels.cuda.winograd_kernel: kernel must be (3, 3, C_in, C_out), got {kernel.shape}")
+        raise ValueError(f"minidl.kernels.cuda.winograd_kernel: kernel must be (3, 3, C_in, C_out), got {kernel.shape}")
     c_in, c_out = kernel.shape[2], kernel.shape[3]
     out = cuda.device_array((16, c_in, c_out), dtype=kernel.dtype)
     _launch(_winograd_kernel, out.size, kernel.reshape(3, 3, c_in * c_out), out.reshape(16, c_in * c_out))
@@ -679,7 +679,7 @@ def winograd_kernel_grad(grad_kernel_tiles):
     _reject_host_arrays("winograd_kernel_grad", (grad_kernel_tiles,))
     if grad_kernel_tiles.ndim != 3 or grad_kernel_tiles.shape[0] != 16:
         raise ValueError(
-            f"kernels.cuda.winograd_kernel_grad: grad_kernel_tiles must be (16, C_in, C_out), "
+            f"minidl.kernels.cuda.winograd_kernel_grad: grad_kernel_tiles must be (16, C_in, C_out), "
             f"got {grad_kernel_tiles.shape}"
         )
     c_in, c_out = grad_kernel_tiles.shape[1], grad_kernel_tiles.shape[2]
@@ -1107,7 +1107,7 @@ def bias_activation(z, bias, activation):
     check_activation(activation)
     channels = _last_axis(z)
     if bias is not None and tuple(bias.shape) != (channels,):
-        raise ValueError(f"kernels.cuda.bias_activation: bias must have shape ({channels},), got {bias.shape}")
+        raise ValueError(f"minidl.kernels.cuda.bias_activation: bias must have shape ({channels},), got {bias.shape}")
     y = cuda.device_array(z.shape, dtype=z.dtype)
     _launch(_bias_activation, y.size, _flat(z), bias, ACTIVATIONS.index(activation), _flat(y))
     return y

@@ -37,7 +37,7 @@ Optimizer updates (in place)
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from kernels.shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape,
+from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape,
                             winograd_tile_grid, winograd_tiles_hw)
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")

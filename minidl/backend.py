@@ -1,12 +1,12 @@
 """Which kernel module the layers compute with: ``"numpy"``, ``"numba"`` or ``"cuda"``.
 
 Layers never branch on the backend; they call ``ops.<kernel>(...)``, and ``ops`` forwards to the
-active module of the ``kernels`` package.  The choice, in order: :func:`set_backend`, the environment
+active module of the ``minidl.kernels`` package.  The choice, in order: :func:`set_backend`, the environment
 variable ``MINIDL_BACKEND``, else ``"numba"`` when Numba is installed and ``"numpy"`` otherwise.  The
 module is imported on first use, so ``import minidl`` stays fast.
 
 Choosing a backend also makes glibc keep freed blocks for reuse
-(:func:`kernels.memory.retain_freed_memory`): every training step allocates the same large arrays, and
+(:func:`minidl.kernels.memory.retain_freed_memory`): every training step allocates the same large arrays, and
 without it each one page-faults afresh.
 """
 
@@ -14,9 +14,9 @@ import importlib
 import importlib.util
 import os
 
-from kernels.memory import retain_freed_memory
+from minidl.kernels.memory import retain_freed_memory
 
-KERNEL_MODULES = {"numpy": "kernels.numpy_ref", "numba": "kernels.cpu", "cuda": "kernels.cuda"}
+KERNEL_MODULES = {"numpy": "minidl.kernels.numpy_ref", "numba": "minidl.kernels.cpu", "cuda": "minidl.kernels.cuda"}
 
 _active = {"name": None, "module": None}
 

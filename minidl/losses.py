@@ -8,7 +8,7 @@ softmax, ``Sequential`` hands them the pre-softmax logits and the fused kernel r
 
 import numpy as np
 
-from kernels import numpy_ref
+from minidl.kernels import numpy_ref
 from minidl.backend import ops
 
 EPSILON = 1e-7  # Keras's clip for probabilities

@@ -67,7 +67,7 @@ def test_cuda_and_numpy_train_to_the_same_weights():
 
 @needs_cuda
 def test_a_cuda_training_step_copies_only_the_batch_in_and_scalars_out():
-    from kernels import cuda
+    from minidl.kernels import cuda
 
     minidl.set_backend("cuda")
     model = tiny_cnn()

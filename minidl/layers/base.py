@@ -13,7 +13,7 @@ import collections
 
 import numpy as np
 
-from kernels.shapes import window_geometry
+from minidl.kernels.shapes import window_geometry
 from minidl.backend import ops
 from minidl.utils import global_rng
 

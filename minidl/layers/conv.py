@@ -4,7 +4,7 @@ max pooling, one direct kernel that pools as it convolves (:meth:`Conv2D.pools_d
 
 import os
 
-from kernels.shapes import output_hw
+from minidl.kernels.shapes import output_hw
 from minidl.backend import ops
 from minidl.layers.base import normalize_padding, normalize_pair, window_output_shape
 from minidl.layers.conv_algorithms import Im2colGemm, WinogradF2x2

@@ -11,7 +11,7 @@ chunk), and the outputs are folded back from the products.  Shapes are for ``n``
   multiplications than im2col, paid for by the tile transforms (``kernels.numpy_ref`` explains them).
 """
 
-from kernels.shapes import winograd_tiles_hw
+from minidl.kernels.shapes import winograd_tiles_hw
 from minidl.backend import ops
 
 

@@ -2,7 +2,7 @@
 
 from hypothesis import strategies as st
 
-from kernels.shapes import window_geometry
+from minidl.kernels.shapes import window_geometry
 
 
 @st.composite

@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 
-from kernels import numpy_ref
+from minidl.kernels import numpy_ref
 
 
 def contract_functions():
@@ -13,7 +13,7 @@ def contract_functions():
                   and value.__module__ == numpy_ref.__name__ and name != "check_activation")
 
 
-@pytest.mark.parametrize("module_name", ["kernels.cpu", "kernels.cuda"])
+@pytest.mark.parametrize("module_name", ["minidl.kernels.cpu", "minidl.kernels.cuda"])
 def test_backend_module_implements_the_whole_contract(module_name):
     module = pytest.importorskip(module_name)
     missing = [name for name in contract_functions() if not callable(getattr(module, name, None))]
@@ -21,7 +21,7 @@ def test_backend_module_implements_the_whole_contract(module_name):
 
 
 def test_backend_functions_take_the_reference_arguments():
-    from kernels import cpu
+    from minidl.kernels import cpu
 
     for name in contract_functions():
         reference = list(inspect.signature(getattr(numpy_ref, name)).parameters)

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import cpu
-from kernels import numpy_ref as ref
+from minidl.kernels import cpu
+from minidl.kernels import numpy_ref as ref
 from tests.kernels.strategies import window_problems, winograd_problems
 
 DTYPES = (np.float32, np.float64)

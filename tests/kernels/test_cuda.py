@@ -21,9 +21,9 @@ if not (numba_cuda.config.ENABLE_CUDASIM or numba_cuda.is_available()):
         allow_module_level=True,
     )
 
-from kernels import cuda as gpu  # noqa: E402  (only importable once the device question is settled)
-from kernels import numpy_ref  # noqa: E402
-from kernels.shapes import winograd_tiles_hw  # noqa: E402
+from minidl.kernels import cuda as gpu  # noqa: E402  (only importable once the device question is settled)
+from minidl.kernels import numpy_ref  # noqa: E402
+from minidl.kernels.shapes import winograd_tiles_hw  # noqa: E402
 from tests.kernels.strategies import window_problems, winograd_problems  # noqa: E402
 
 FEW = settings(max_examples=8, deadline=None)

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import numpy_ref
-from kernels.shapes import window_geometry
+from minidl.kernels import numpy_ref
+from minidl.kernels.shapes import window_geometry
 from tests.kernels.strategies import window_problems, winograd_problems
 
 
