@@ -1,7 +1,7 @@
 """Time and profile the seed CNN's training step through the real model (``train_on_batch``).
 
     python benchmarks/profile_step.py [--batch-size 128] [--steps 150] [--backend numba] [--top 15]
-                                      [--kernels] [--first-conv auto|im2col]
+                                      [--kernels] [--without PASS ...]
 
 Prints the fastest and the median of ``--steps`` timed steps (the fastest is the least disturbed by
 other load on a shared machine), then the functions that took the most time under cProfile over 100
@@ -9,8 +9,8 @@ steps: the kernel calls and GEMMs that make up a step.  cProfile's own overhead 
 GEMMs most).  ``--kernels`` instead times every call into the backend's kernel module with a wall
 clock and prints the milliseconds per step of each kernel and argument shape: the figures that add up
 to a step (``numpy`` and ``numba`` backends; ``cuda`` launches return before the GPU is done).
-``--first-conv im2col`` profiles the first conv as im2col + GEMM with its pooling apart, instead of the
-direct kernel that pools as it convolves (``Conv2D.pools_directly``).
+``--without direct_conv_pool`` profiles the first conv as im2col + GEMM and then its pooling, instead
+of the direct kernel that pools as it convolves; any planner pass can be switched off so.
 """
 
 import argparse
@@ -26,6 +26,7 @@ import numpy as np
 
 import minidl
 from minidl.backend import KERNEL_MODULES
+from minidl.engine import PASSES
 from minidl.presets import seed_cnn
 
 
@@ -71,8 +72,9 @@ def main():
     parser.add_argument("--backend", help="default: minidl's default")
     parser.add_argument("--top", type=int, default=15, help="functions to list from the profile")
     parser.add_argument("--kernels", action="store_true", help="time every kernel call instead of cProfile")
-    parser.add_argument("--first-conv", choices=["auto", "im2col"], default="auto",
-                        help="the first conv's algorithm (auto: the direct kernel with its pooling)")
+    parser.add_argument("--without", action="append", default=[], choices=list(PASSES), metavar="PASS",
+                        help="switch this planner pass off (repeatable), e.g. direct_conv_pool to profile "
+                             "the first conv as im2col + GEMM with its pooling")
     args = parser.parse_args()
     if args.backend:
         minidl.set_backend(args.backend)
@@ -80,8 +82,8 @@ def main():
     x = rng.random((args.batch_size, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, args.batch_size)
     model = seed_cnn()
-    model.layers[0].algorithm = args.first_conv
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  optimize={name: False for name in args.without})
     for _ in range(5):
         model.train_on_batch(x, y)
     seconds = []

@@ -4,7 +4,8 @@ Every loop kernel is an ``@numba.njit(cache=True)`` function over C-contiguous a
 per dtype (float32, float64) and cached on disk, so a second process starts warm (:func:`warmup`
 compiles or loads them all and reports the seconds each took).  The public functions are thin
 wrappers that resolve shapes (``kernels.shapes``), allocate the fresh output and call the kernel.
-Every returned array is a fresh C-contiguous array the caller may keep; the optimizer updates and
+Every returned array is a fresh array the caller may keep, C-contiguous except :func:`im2col`'s (see
+there and ``minidl.kernels.contract``); the optimizer updates and
 :func:`regularize_grad` work in place and need C-contiguous targets.
 
 Loops whose size is an activation tensor (im2col, col2im, pooling, activations, ...) are compiled
@@ -15,43 +16,29 @@ Division follows IEEE rules as in NumPy (``x / 0`` is ``inf``), which also lets 
 GEMMs
 -----
 :func:`matmul`, :func:`matmul_tn` and :func:`matmul_nt` call NumPy's BLAS, which handles the
-transposes without copies.  The seed CNN's first conv has ``K = 3*3*1 = 9``; a direct Numba loop
-for such thin products was tried and lost to BLAS on every shape of the seed CNN, so it was not
-kept.  BLAS only looked slow on these shapes because every fresh output paid page faults, which
-:func:`kernels.memory.retain_freed_memory` removes.
+transposes without copies.  A direct Numba loop for the thin products of a grayscale first conv
+(``K = 9``) lost to BLAS on every shape tried (``benchmarks/RESULTS.md``), once fresh outputs stopped
+paying page faults (see Memory).
 
 Memory
 ------
-``minidl.backend`` calls :func:`kernels.memory.retain_freed_memory` for every backend: glibc then
-keeps freed blocks of up to 32 MiB for reuse instead of unmapping them, so the same large arrays
-allocated every step no longer page-fault.  ``python benchmarks/kernel_step.py --default-malloc``
-shows the difference (2026-11-23, batch 128: 45 ms a step with glibc's defaults, 25 ms without the
-page faults).  The process keeps its peak heap instead of returning it to the OS.
+:func:`memory.retain_freed_memory` makes glibc keep freed blocks for reuse, so the same large arrays
+allocated every step do not page-fault; ``minidl.backend.apply_process_settings`` applies it where a
+model first runs (``benchmarks/RESULTS.md`` [P1]; ``python benchmarks/kernel_step.py --default-malloc``
+shows the difference).  The process then keeps its peak heap instead of returning it to the OS.
 
 Threads
 -------
-Policy: BLAS owns the cores; the Numba kernels run on one thread.  ``MINIDL_NUM_THREADS=n`` at import,
-or :func:`set_num_threads`, gives them ``n`` threads (for the calling thread: Numba's rule).  BLAS
-threads are NumPy's default (all cores) unless ``OPENBLAS_NUM_THREADS`` is set before Python starts.
-``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` so idle Numba threads sleep instead of spinning against
-BLAS's.  Measured with ``benchmarks/kernel_step.py --skip-compile`` under each setting, e.g.
-``MINIDL_NUM_THREADS=2 OMP_WAIT_POLICY=active`` or ``OPENBLAS_NUM_THREADS=1`` (seed CNN forward +
-backward + Adam, fp32, 2-core VM, 2026-11-23, ms per step at batch 32 / 128, three runs each):
-
-* Numba 1 thread, BLAS 2 (the default):        7.4-7.7 / 28.8-30.1
-* Numba 2 threads passive, BLAS 2:             8.1-12.3 / 32.5-38.0
-* Numba 2 threads spinning (``OMP_WAIT_POLICY=active``), BLAS 2: 72-305 / 88-264, the fight
-* Numba 1 thread, BLAS 1:                      9.2-11.5 / 44.0-49.1
-
-The GEMMs are over half the step and use both cores; the Numba loops are memory-bound and gain
-little from a second core that BLAS's threads are about to claim.
+Policy (:func:`apply_thread_policy`): BLAS owns the cores; the Numba kernels run on one thread
+(``MINIDL_NUM_THREADS=n`` or :func:`set_num_threads` gives them ``n``, for the calling thread: Numba's
+rule), and ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` so idle Numba threads sleep instead of spinning
+against BLAS's.  The GEMMs are over half a step and use both cores; the Numba loops are memory-bound
+and gain little from a second core that BLAS's threads are about to claim.  The measurements behind it
+(``benchmarks/kernel_step.py --skip-compile`` under each setting) are in ``benchmarks/RESULTS.md`` [P2].
 """
 
 import os
 import time
-
-# Numba's OpenMP threads must sleep, not spin, while BLAS runs; libgomp reads this when it loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -71,7 +58,7 @@ __all__ = [
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
     "softmax_cross_entropy", "dropout_mask", "regularize_grad", "regularization_penalty",
     "sgd_update", "adam_update", "rmsprop_update",
-    "cache_report", "check_available", "set_num_threads", "thread_policy", "warmup",
+    "apply_thread_policy", "cache_report", "check_available", "set_num_threads", "thread_policy", "warmup",
 ]
 
 LINEAR, RELU, SIGMOID, TANH = (ACTIVATIONS.index(name) for name in ("linear", "relu", "sigmoid", "tanh"))
@@ -1197,6 +1184,15 @@ def set_num_threads(n):
     numba.set_num_threads(int(n))
 
 
+def apply_thread_policy():
+    """The policy above, for the calling thread: ``MINIDL_NUM_THREADS`` (default 1) Numba threads, and
+    ``OMP_WAIT_POLICY=PASSIVE`` unless it is set, so idle Numba threads sleep instead of spinning
+    against BLAS's (libgomp reads it when it loads, at the first parallel kernel of the process).
+    ``minidl.backend.apply_process_settings`` calls it where a model first runs, never on import."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_num_threads(_threads_from_environment())
+
+
 def _threads_from_environment():
     """``MINIDL_NUM_THREADS`` as an int, else :data:`DEFAULT_NUM_THREADS`."""
     value = os.environ.get("MINIDL_NUM_THREADS")
@@ -1217,7 +1213,6 @@ def thread_policy():
     )
 
 
-set_num_threads(_threads_from_environment())
 
 
 def _warmup_calls(dtype):

@@ -5,14 +5,14 @@ active module of the ``minidl.kernels`` package.  The choice, in order: :func:`s
 variable ``MINIDL_BACKEND``, else ``"numba"`` when Numba is installed and ``"numpy"`` otherwise.  The
 module is imported on first use, so ``import minidl`` stays fast.
 
-Choosing a backend also makes glibc keep freed blocks for reuse
-(:func:`minidl.kernels.memory.retain_freed_memory`): every training step allocates the same large arrays, and
-without it each one page-faults afresh.
+Importing minidl or choosing a backend changes no process-wide setting; :func:`apply_process_settings`
+does, where a model first runs.
 """
 
 import importlib
 import importlib.util
 import os
+import threading
 
 from minidl.kernels.memory import retain_freed_memory
 
@@ -44,7 +44,6 @@ def set_backend(name):
     check = getattr(module, "check_available", None)
     if check is not None:
         check()
-    retain_freed_memory()
     _active["name"], _active["module"] = name, module
 
 
@@ -64,3 +63,28 @@ class _ActiveKernels:
 
 
 ops = _ActiveKernels()
+
+
+_settings = threading.local()
+
+
+def apply_process_settings():
+    """The process-wide settings that make training fast, applied once per thread by the first
+    ``fit``, ``evaluate``, ``predict`` or ``train_on_batch`` (or by calling this), never on import:
+
+    * glibc keeps freed blocks of up to 32 MiB for reuse
+      (:func:`minidl.kernels.memory.retain_freed_memory`): every step allocates the same large arrays,
+      and without it each one page-faults afresh (``benchmarks/RESULTS.md`` [P1]: 45 against 25 ms per
+      seed-CNN step at batch 128).
+    * on the ``numba`` backend, its thread policy (``minidl.kernels.cpu.apply_thread_policy``): one
+      Numba thread unless ``MINIDL_NUM_THREADS`` says otherwise, BLAS owning the cores, and
+      ``OMP_WAIT_POLICY=PASSIVE`` unless set ([P2]).
+
+    ``MINIDL_PROCESS_SETTINGS=0`` leaves the process as it is.
+    """
+    if os.environ.get("MINIDL_PROCESS_SETTINGS", "1") == "0" or getattr(_settings, "applied", False):
+        return
+    retain_freed_memory()
+    if get_backend() == "numba":
+        _active["module"].apply_thread_policy()
+    _settings.applied = True

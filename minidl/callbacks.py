@@ -393,15 +393,13 @@ def find_non_finite(model, loss=None):
     """Where the first NaN/inf of the last training step is, as ``(layer name, where, what)``, or
     ``None`` when everything is finite.
 
-    Checked in the order the values were computed: each layer's kept forward output ``layer.y``
-    (forward pass), then the loss, then each layer's ``grads`` from the last layer back (backward
-    pass), then the parameters after the update.  Layers that keep no output (pooling, flatten) are
-    skipped; a NaN they produce shows up in the next layer that does.
+    Checked in the order the values were computed: each step's output in the model's plan (forward
+    pass, named by the step's last layer), then the loss, then each layer's ``grads`` from the last
+    layer back (backward pass), then the parameters after the update.
     """
-    for layer in model.layers:
-        output = getattr(layer, "y", None)
-        if output is not None and not ops.all_finite(output):
-            return layer.name, "forward pass", "output"
+    for step in model.plan.steps:
+        if step.y is not None and not ops.all_finite(step.y):
+            return step.layers[-1].name, "forward pass", "output"
     if loss is not None and not math.isfinite(loss):
         return "loss", "forward pass", "value"
     for layer in reversed(model.layers):

@@ -142,8 +142,8 @@ def check_model(model, x, y, eps=1e-6, max_checks=30, seed=0, check_input=True):
 
     The model runs in float64 for the check and gets its weights and dtype back afterwards; at most
     ``max_checks`` random elements of each tensor are perturbed.  ``check_input=False`` leaves out the
-    input's gradient, which training never computes, so the model runs its training-time path (a
-    grayscale first conv then pools in the same kernel, ``Conv2D.pools_directly``).
+    input's gradient, which training never computes, so the model runs its training-time plan (where a
+    grayscale first conv may pool in the same kernel: the ``direct_conv_pool`` pass).
     """
     rng = np.random.default_rng(seed)
     original_dtype, original_weights = model.dtype, model.get_weights()
@@ -151,8 +151,7 @@ def check_model(model, x, y, eps=1e-6, max_checks=30, seed=0, check_input=True):
     model.cast(np.float64)
     x = np.asarray(x, dtype=np.float64)
     targets = ops.to_device(targets.astype(np.float64))
-    first = model.layers[0]
-    first.input_grad_needed = check_input
+    input_grad_needed, model.input_grad_needed = model.input_grad_needed, check_input
     try:
         def objective():
             y_pred = model.forward(ops.to_device(x), training=False)
@@ -176,7 +175,7 @@ def check_model(model, x, y, eps=1e-6, max_checks=30, seed=0, check_input=True):
                                                     numerical_gradient(objective, x, indices, eps))
             report.checked["input"] = len(indices)
     finally:
-        first.input_grad_needed = False
+        model.input_grad_needed = input_grad_needed
         model.cast(original_dtype)
         model.set_weights(original_weights)
     return report

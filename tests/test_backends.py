@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import minidl
-from minidl import layers
+from minidl import layers, training
+from minidl.engine import passes
 from minidl.presets import seed_cnn
 
 needs_cuda = pytest.mark.skipif(
@@ -48,16 +49,22 @@ def test_numba_and_numpy_train_the_seed_cnn_to_the_same_weights():
     assert_same_weights(reference, train("numba", seed_cnn, x, y, steps=5, batch_size=32), atol=1e-5)
 
 
+@pytest.fixture
+def winograd_from_one_channel(monkeypatch):
+    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+
+
 def tiny_cnn():
-    """Every way a conv runs: the first with its max pooling as one kernel (``conv3x3_maxpool``), the
-    second by Winograd, the third (1x1) by im2col."""
+    """Every way a conv runs (with ``winograd_from_one_channel``): the first with its max pooling as one
+    kernel (``conv3x3_maxpool``), the second by Winograd, the third (1x1) by im2col."""
     return minidl.Sequential([layers.Input((10, 10, 1)), layers.Conv2D(3, 3, activation="relu"), layers.MaxPooling2D(2),
-                              layers.Conv2D(2, 3, activation="relu", algorithm="winograd"),
+                              layers.Conv2D(2, 3, activation="relu"),
                               layers.Conv2D(2, 1, activation="relu"), layers.MaxPooling2D(2),
                               layers.Flatten(), layers.Dense(3, activation="softmax")])
 
 
 @needs_cuda
+@pytest.mark.usefixtures("winograd_from_one_channel")
 def test_cuda_and_numpy_train_to_the_same_weights():
     rng = np.random.default_rng(0)
     x, y = rng.random((8, 10, 10, 1), dtype=np.float32), rng.integers(0, 3, 8)
@@ -66,6 +73,7 @@ def test_cuda_and_numpy_train_to_the_same_weights():
 
 
 @needs_cuda
+@pytest.mark.usefixtures("winograd_from_one_channel")
 def test_a_cuda_training_step_copies_only_the_batch_in_and_scalars_out():
     from minidl.kernels import cuda
 
@@ -75,9 +83,9 @@ def test_a_cuda_training_step_copies_only_the_batch_in_and_scalars_out():
     rng = np.random.default_rng(0)
     x_batch = cuda.to_device(rng.random((4, 10, 10, 1), dtype=np.float32))
     targets = cuda.to_device(model.loss.encode_targets(rng.integers(0, 3, 4), (3,), np.float32))
-    model.train_step(x_batch, targets)  # first step creates the optimizer's slots on the device
+    training.train_step(model, x_batch, targets)  # first step creates the optimizer's slots on the device
     cuda.reset_transfer_count()
-    loss, _ = model.train_step(x_batch, targets)
+    loss, _ = training.train_step(model, x_batch, targets)
     parameter_tensors = sum(len(layer.params) for layer in model.layers)
     # the per-sample losses, and one finiteness flag per gradient; parameters never leave the device
     assert cuda.transfer_count() == 1 + parameter_tensors
@@ -97,3 +105,26 @@ def test_cuda_without_a_gpu_or_simulator_says_what_to_do():
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert completed.returncode != 0
     assert "NUMBA_ENABLE_CUDASIM=1" in completed.stderr and "minidl[gpu]" in completed.stderr
+
+
+def run_python(script, **environment):
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "MINIDL_NUM_THREADS")}
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               env={**env, **environment}, check=True)
+    return completed.stdout.split()
+
+
+def test_importing_minidl_and_choosing_a_backend_change_no_process_setting():
+    script = ("import os, minidl, minidl.kernels.cpu; minidl.set_backend('numba'); "
+              "from minidl import backend; print(os.environ.get('OMP_WAIT_POLICY'), "
+              "getattr(backend._settings, 'applied', False))")
+    assert run_python(script) == ["None", "False"]
+
+
+def test_the_first_training_call_applies_the_process_settings_unless_told_not_to():
+    script = ("import os, numba, numpy as np, minidl; from minidl import layers; minidl.set_backend('numba'); "
+              "m = minidl.Sequential([layers.Input((3,)), layers.Dense(2)]); m.compile('sgd', 'mse'); "
+              "m.train_on_batch(np.ones((4, 3)), np.ones((4, 2))); "
+              "print(os.environ.get('OMP_WAIT_POLICY'), numba.get_num_threads())")
+    assert run_python(script) == ["PASSIVE", "1"]
+    assert run_python(script, MINIDL_PROCESS_SETTINGS="0")[0] == "None"

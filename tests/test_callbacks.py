@@ -197,8 +197,9 @@ def guard_error(model, loss=0.5):
 def test_nan_guard_names_the_layer_whose_forward_output_is_not_finite():
     model = fitted_conv_model()
     conv = model.layers[0]
-    conv.y = conv.y.copy()
-    conv.y[0, 0, 0, 0] = np.inf
+    step = model.plan.step_of(conv)
+    step.y = step.y.copy()
+    step.y[0, 0, 0, 0] = np.inf
     message = guard_error(model)
     assert repr(conv.name) in message and "forward pass" in message and "batch 7" in message
 

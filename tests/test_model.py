@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import minidl
-from minidl import layers, optimizers
+from minidl import layers, optimizers, training
 from minidl.presets import seed_cnn
 
 
@@ -31,7 +31,7 @@ def test_seed_cnn_has_the_keras_parameter_counts():
     lines = []
     model.summary(print_fn=lines.append)
     assert "Total params: 121,930" in lines[0] and "(None, 26, 26, 32)" in lines[0]
-    assert "none (direct, with pooling)" in lines[0] and "MiB (winograd)" in lines[0]  # each conv's method
+    assert "direct_conv_pool" in lines[0] and "winograd" in lines[0]  # the passes that apply
 
 
 def test_fit_learns_separable_data_and_records_history(backend):
@@ -60,11 +60,11 @@ def test_every_optimizer_alias_reduces_the_loss(optimizer):
     assert history.history["loss"][-1] < history.history["loss"][0]
 
 
-def test_validation_split_holds_out_the_last_samples_before_shuffling():
+def test_validation_split_holds_out_the_last_samples_before_shuffling(monkeypatch):
     x, y = blobs(100)
     model = mlp()
     held_out = []
-    model.evaluate_batches = lambda batches: held_out.append(batches.x.copy()) or {"loss": 0.0}
+    monkeypatch.setattr(training, "evaluate_batches", lambda model, batches: held_out.append(batches.x.copy()) or {"loss": 0.0})
     model.fit(x, y, epochs=1, validation_split=0.2, verbose=0)
     np.testing.assert_array_equal(held_out[0], x[80:])
 
@@ -204,65 +204,6 @@ def test_keras_style_quickstart_runs_as_written():
     history = model.fit(x, y, epochs=1, batch_size=8, validation_split=0.2, verbose=0)
     assert len(history.history["val_accuracy"]) == 1
     assert len(model.evaluate(x, y, verbose=0)) == 2
-
-
-def paired_and_chained(model, x, grad_out):
-    """``(output, input gradient, parameter gradients)`` from ``model``'s own forward/backward (which
-    pairs ReLU layers with max pooling), then from its layers called one by one."""
-    def gradients():
-        return [np.array(g) for layer in model.layers for g in layer.grads.values()]
-
-    y = np.asarray(model.forward(x, training=True))
-    grad_x = model.backward(grad_out)
-    paired = (y, None if grad_x is None else np.asarray(grad_x), gradients())
-    for layer in model.layers:
-        x = layer.forward(x, training=True)
-    for layer in reversed(model.layers):
-        grad_out = layer.backward(grad_out)
-    chained = (np.asarray(x), None if grad_out is None else np.asarray(grad_out), gradients())
-    return paired, chained
-
-
-def test_relu_and_max_pooling_run_as_one_step_with_the_layer_by_layer_results(backend):
-    model = seed_cnn(input_shape=(12, 12, 1), classes=4)
-    model.compile(optimizer="sgd", loss="mse")  # no fused softmax: backward starts from dL/dy
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((6, 12, 12, 1)).astype(np.float32)
-    grad_out = rng.standard_normal((6, 4)).astype(np.float32)
-
-    (y_pred, _, paired), (chained_y, _, chained) = paired_and_chained(model, x, grad_out)
-
-    # the first conv's direct kernel (ops.conv3x3_maxpool) sums its 9 taps in another order than BLAS
-    np.testing.assert_allclose(y_pred, chained_y, rtol=1e-5, atol=1e-6)
-    for expected, actual in zip(chained, paired):
-        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("conv, pool", [
-    ({"kernel_size": 3}, {"pool_size": 2}),  # 11 x 11 -> 5 x 5: the last row and column are never read
-    ({"kernel_size": 3, "strides": 2, "padding": "same"}, {"pool_size": 2}),
-    ({"kernel_size": (2, 3), "padding": "same"}, {"pool_size": (3, 2), "strides": (3, 1)}),
-    ({"kernel_size": 3}, {"pool_size": 2, "padding": "same"}),  # 'same' pooling reads every output
-    ({"kernel_size": 3, "max_workspace_bytes": 1}, {"pool_size": 2}),  # one image per im2col chunk
-    ({"kernel_size": 3, "algorithm": "winograd"}, {"pool_size": 2}),  # 11 x 10 outputs from 6 x 5 tiles
-    ({"kernel_size": 3, "padding": "same", "algorithm": "winograd", "max_workspace_bytes": 1},
-     {"pool_size": (3, 2), "strides": (3, 1)}),
-])
-def test_a_conv_computes_only_the_outputs_its_max_pooling_reads(backend, conv, pool):
-    model = minidl.Sequential([layers.Input((13, 12, 2)), layers.Conv2D(3, activation="relu", **conv),
-                               layers.MaxPooling2D(**pool), layers.Flatten(), layers.Dense(2)]).cast("float64")
-    model.compile(optimizer="sgd", loss="mse")
-    model.layers[0].input_grad_needed = True
-    rng = np.random.default_rng(0)
-    x, grad_out = rng.standard_normal((3, 13, 12, 2)), rng.standard_normal((3, 2))
-
-    (y_paired, grad_x_paired, grads_paired), (y_chained, grad_x_chained, grads_chained) = \
-        paired_and_chained(model, x, grad_out)
-
-    np.testing.assert_allclose(y_paired, y_chained, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(grad_x_paired, grad_x_chained, rtol=1e-12, atol=1e-12)
-    for expected, actual in zip(grads_chained, grads_paired):
-        np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_evaluate_can_return_a_per_class_report():

@@ -60,6 +60,8 @@ def window_output_shape(layer, input_shape, window, strides, padding):
 class Layer:
     #: names of the parameters in Keras's ``get_weights`` order
     weight_order = ()
+    #: True for layers that combine several tensors (``forward`` takes a list, ``backward`` returns one)
+    takes_several_inputs = False
 
     def __init__(self, name=None, input_shape=None, dtype=None, trainable=True):
         self.name = name or unique_layer_name(type(self).__name__)
@@ -69,7 +71,7 @@ class Layer:
         self.params, self.grads, self.regularizers = {}, {}, {}
         self.input_shape = self.output_shape = None
         self.built = False
-        #: False for a model's first layer, whose input gradient nobody uses (backward returns None)
+        #: False when nobody uses this layer's input gradient (a model's first layer): backward returns None
         self.input_grad_needed = True
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -145,16 +147,6 @@ class Layer:
 
     def count_params(self):
         return int(sum(np.prod(value.shape) for value in self.params.values()))
-
-    def workspace_bytes(self, batch_size):
-        """Scratch memory one forward/backward pass needs beyond inputs and outputs (0 for most)."""
-        return 0
-
-    def workspace_summary(self, batch_size, pool=None):
-        """:meth:`workspace_bytes` for ``summary()``: ``"12.5 MiB"``, or ``""`` when there is none.
-        ``pool`` is the max pooling this layer runs fused with, if any."""
-        workspace = self.workspace_bytes(batch_size)
-        return f"{workspace / 2**20:.1f} MiB" if workspace else ""
 
     # ------------------------------------------------------------------------------- config
 

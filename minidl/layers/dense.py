@@ -1,6 +1,7 @@
 """Fully connected layer."""
 
 from minidl.backend import ops
+from minidl.layers.activations import activate, activation_backward
 from minidl.layers.kernel_layer import KernelLayer
 
 
@@ -26,17 +27,29 @@ class Dense(KernelLayer):
         super().build(input_shape)
         self.add_kernel_and_bias((input_shape[0], self.units))
 
-    def linear(self, x):
-        """``z = x W``, without bias or activation.  ``x`` ``(N, D_in)`` -> ``z`` ``(N, units)``."""
-        self.x = x
-        return ops.matmul(x, self.params["kernel"])
+    def forward(self, x, training=False):
+        """``y = f(z + b)`` with ``z = x W``.  ``x`` ``(N, D_in)`` -> ``y`` ``(N, units)``.
 
-    def linear_backward(self, grad_z):
-        """From ``dL/dz`` ``(N, units)``::
-
-            dL/dW = x^T dL/dz      (D_in, units)
-            dL/dx = dL/dz W^T      (N, D_in)
+        Keeps ``x`` and ``y`` for backward (and, for softmax, the logits ``z + b``).
         """
+        self.x = x
+        z = ops.matmul(x, self.params["kernel"])                                          # (N, units)
+        self.y, self.logits = activate(z, self.params.get("bias"), self.activation)
+        return self.y
+
+    def backward(self, grad_out):
+        """``dL/dz = dL/dy * f'(z)``, then :meth:`backward_from_logits`.  ``(N, units) -> (N, D_in)``."""
+        return self.backward_from_logits(activation_backward(grad_out, self.y, self.activation))
+
+    def backward_from_logits(self, grad_z):
+        """From ``G = dL/d(z + b)`` ``(N, units)``::
+
+            dL/db = sum_n G[n]      (units,)
+            dL/dW = x^T G           (D_in, units)
+            dL/dx = G W^T           (N, D_in), returned (None unless ``input_grad_needed``)
+        """
+        if self.use_bias:
+            self.grads["bias"] = ops.bias_grad(grad_z)
         self.grads["kernel"] = ops.matmul_tn(self.x, grad_z)
         if not self.input_grad_needed:
             return None

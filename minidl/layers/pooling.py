@@ -31,24 +31,15 @@ class MaxPooling2D(_Pooling2D):
     def forward(self, x, training=False):
         """``y[n, i, j, c] = max_{p, q} x_pad[n, i*SH + p, j*SW + q, c]``.  ``(N, H, W, C) -> (N, OH, OW, C)``.
 
-        In training it keeps which element won (``argmax``) for backward.  Otherwise it computes the
-        maxima alone, which is faster, and keeps ``x`` instead: a backward after an inference pass
-        (a whole-model gradient check does that) finds the argmax from it then.
+        Keeps which element of each window won (``argmax``, ``(N, OH, OW, C)``) for backward.
         """
         self.x_shape = x.shape
-        if training:
-            self.y, self.argmax = ops.maxpool_forward(x, self.pool_size, self.strides, self.pads)
-            self.x_for_argmax = None
-        else:
-            self.y, self.argmax = ops.maxpool_values(x, self.pool_size, self.strides, self.pads), None
-            self.x_for_argmax = x
-        return self.y
+        y, self.argmax = ops.maxpool_forward(x, self.pool_size, self.strides, self.pads)
+        return y
 
     def backward(self, grad_out):
         """``dL/dx`` is ``dL/dy`` at each window's maximum and 0 elsewhere (summed where windows
         overlap).  ``(N, OH, OW, C) -> (N, H, W, C)``."""
-        if self.argmax is None:
-            _, self.argmax = ops.maxpool_forward(self.x_for_argmax, self.pool_size, self.strides, self.pads)
         return ops.maxpool_backward(grad_out, self.argmax, self.x_shape, self.pool_size, self.strides,
                                     self.pads)
 

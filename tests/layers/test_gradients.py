@@ -30,13 +30,6 @@ def test_conv2d_gradients_match_central_differences(backend, case):
     assert report.passed(TOLERANCE), str(report)
 
 
-def test_conv2d_chunked_workspace_gives_the_same_gradients(backend):
-    # a workspace of 1 byte forces one image per chunk, recomputing columns in backward
-    layer = layers.Conv2D(2, 3, strides=2, padding="same", activation="tanh", max_workspace_bytes=1)
-    report = gradcheck.check_layer(layer, (3, 7, 6, 2))
-    assert report.passed(TOLERANCE), str(report)
-
-
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh", "softmax"])
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_dense_gradients_match_central_differences(backend, activation, use_bias):

@@ -1,0 +1,79 @@
+"""A/B of the seed CNN's training step between two checkouts of minidl (e.g. before and after a change).
+
+    git worktree add /tmp/minidl-before <commit>
+    python benchmarks/ab_commits.py /tmp/minidl-before . [--batch-size 128] [--rounds 10] [--steps 20]
+
+Each round runs one process per checkout in turn (its own code first on ``sys.path``): it trains the
+seed CNN with Adam on one random batch, untimed for 3 steps (kernels loaded from the cache, buffers
+warm), then times ``--steps`` calls of ``train_on_batch``.  Alternating the checkouts round by round
+lets both see the same load from the rest of the machine.  Each side's minimum, 25th percentile,
+median and mean step are printed with the machine line.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import machine  # benchmarks/machine.py, beside this script
+
+TIMED_STEPS = """
+import json, sys, time
+import numpy as np
+from minidl.presets import seed_cnn
+batch_size, steps = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+x, y = rng.random((batch_size, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, batch_size)
+model = seed_cnn()
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+for _ in range(3):
+    model.train_on_batch(x, y)
+seconds = []
+for _ in range(steps):
+    start = time.perf_counter()
+    model.train_on_batch(x, y)
+    seconds.append(time.perf_counter() - start)
+print(json.dumps(seconds))
+"""
+
+
+def step_seconds(checkout, batch_size, steps):
+    """``steps`` timed training steps in a fresh process that imports minidl from ``checkout``."""
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
+    completed = subprocess.run([sys.executable, "-c", TIMED_STEPS, str(batch_size), str(steps)],
+                               cwd=checkout, env=env, capture_output=True, text=True, check=True)
+    return json.loads(completed.stdout.splitlines()[-1])
+
+
+def describe(seconds):
+    ms = np.asarray(seconds) * 1e3
+    return (f"min {ms.min():.2f}, 25th percentile {np.percentile(ms, 25):.2f}, median {np.median(ms):.2f}, "
+            f"mean {ms.mean():.2f} ms")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkout_a")
+    parser.add_argument("checkout_b")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    checkouts = [args.checkout_a, args.checkout_b]
+    for checkout in checkouts:  # the first process of a checkout may compile its kernels
+        step_seconds(checkout, args.batch_size, 1)
+    seconds = {checkout: [] for checkout in checkouts}
+    for _ in range(args.rounds):
+        for checkout in checkouts:
+            seconds[checkout] += step_seconds(checkout, args.batch_size, args.steps)
+    print(machine.describe())
+    print(f"seed CNN training step, Adam, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps:")
+    for checkout, times in seconds.items():
+        print(f"  {checkout}: {describe(times)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The kernel contract: every function each backend (``numpy_ref``, ``cpu``, ``cuda``) implements, with
+its parameters, shapes and dtypes.  ``tests/kernels/test_contract.py`` checks that the three modules
+implement exactly this, with these parameter names, and declare nothing else but their ``EXTRAS``.
+
+Conventions for every kernel unless its entry says otherwise:
+
+* arrays are the backend's own (NumPy for ``numpy_ref`` and ``cpu``, device arrays for ``cuda``);
+  :func:`to_device` and :func:`to_host` cross over;
+* dtypes are float32 or float64, the same for every float argument, and outputs have the inputs' dtype;
+  ``argmax`` arrays are int32;
+* images are channels-last ``(N, H, W, C)``; ``kernel_size``, ``strides``, ``pool_size`` are pairs of
+  ints; ``pads`` is ``((top, bottom), (left, right))`` from ``minidl.kernels.shapes``, where a negative
+  bottom or right padding drops that many trailing rows or columns;
+* outputs are fresh arrays the caller may keep and write (C-contiguous on ``cpu`` except ``im2col``'s);
+  kernels marked *in place* write their first argument(s) and return ``None``.
+"""
+
+#: name -> (parameters, what it computes with its shapes)
+KERNELS = {
+    # arrays and elementwise helpers
+    "to_device": (("x",), "a host array as this backend's array (C-contiguous)"),
+    "to_host": (("x",), "this backend's array as a NumPy array"),
+    "zeros": (("shape", "dtype"), "a zero array of shape and dtype"),
+    "zeros_like": (("x",), "a zero array of x's shape and dtype"),
+    "multiply": (("a", "b"), "a * b elementwise, same shapes"),
+    "accumulate": (("total", "x"), "in place: total += x, same shapes"),
+    "all_finite": (("x",), "True when no element is NaN or inf (a Python bool)"),
+    # GEMMs: 2-D matrices, or stacks (S, M, K) @ (S, K, N)
+    "matmul": (("a", "b"), "a @ b: (M, K) @ (K, N) -> (M, N), or stacked (S, M, K) @ (S, K, N) -> (S, M, N)"),
+    "matmul_tn": (("a", "b"), "a^T @ b: (K, M), (K, N) -> (M, N), or stacked"),
+    "matmul_nt": (("a", "b"), "a @ b^T: (M, K), (N, K) -> (M, N), or stacked"),
+    "bias_grad": (("grad_out",), "column sums: (M, N) -> (N,)"),
+    # convolution by im2col
+    "im2col": (("x", "kernel_size", "strides", "pads"),
+               "(N, H, W, C) -> cols (N*OH*OW, KH*KW*C), row (n, oh, ow) holding the window at (oh, ow); "
+               "cpu returns the transpose of a C-contiguous array for fewer than 4 channels"),
+    "col2im": (("cols", "x_shape", "kernel_size", "strides", "pads"),
+               "adjoint of im2col: (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlapping windows summed"),
+    # convolution by Winograd F(2x2, 3x3)
+    "winograd_kernel": (("kernel",), "U = G W G^T: (3, 3, C_in, F) -> (16, C_in, F)"),
+    "winograd_kernel_grad": (("grad_kernel_tiles",), "adjoint of winograd_kernel: (16, C_in, F) -> (3, 3, C_in, F)"),
+    "winograd_tiles": (("x", "pads"), "V = B^T d B of every 4x4 tile: (N, H, W, C) -> (16, N*TH*TW, C)"),
+    "winograd_tiles_grad": (("grad_tiles", "x_shape", "pads"), "adjoint of winograd_tiles: (16, N*TH*TW, C) -> x_shape"),
+    "winograd_outputs": (("products", "out_shape"), "A^T M A of every tile: (16, N*TH*TW, F) -> out_shape (N, OH, OW, F)"),
+    "winograd_outputs_grad": (("grad_out",), "adjoint of winograd_outputs: (N, OH, OW, F) -> (16, N*TH*TW, F)"),
+    # pooling
+    "maxpool_forward": (("x", "pool_size", "strides", "pads"), "(N, H, W, C) -> (out, argmax), both (N, OH, OW, C)"),
+    "maxpool_values": (("x", "pool_size", "strides", "pads"), "maxpool_forward's out alone: (N, H, W, C) -> (N, OH, OW, C)"),
+    "maxpool_backward": (("grad_out", "argmax", "x_shape", "pool_size", "strides", "pads"),
+                         "(N, OH, OW, C) routed to each window's maximum -> x_shape"),
+    "avgpool_forward": (("x", "pool_size", "strides", "pads"), "mean of each window's real pixels: -> (N, OH, OW, C)"),
+    "avgpool_backward": (("grad_out", "x_shape", "pool_size", "strides", "pads"),
+                         "(N, OH, OW, C) spread evenly over each window's real pixels -> x_shape"),
+    # a one-channel 3x3 convolution under 2x2 max pooling in one pass
+    "conv3x3_maxpool": (("x", "kernel"), "(N, H, W, 1), (3, 3, 1, F) -> (pooled, argmax), both (N, (H-2)//2, (W-2)//2, F)"),
+    "conv3x3_maxpool_values": (("x", "kernel"), "conv3x3_maxpool's pooled alone"),
+    "conv3x3_maxpool_kernel_grad": (("x", "grad_pooled", "argmax"), "dL/dkernel (3, 3, 1, F) from the pooled gradient"),
+    # activations
+    "bias_activation": (("z", "bias", "activation"), "f(z + bias), bias (C,) or None over the last axis; any shape"),
+    "activation_grad": (("grad_out", "y", "activation"), "dL/dy * f'(z) from y = f(z); same shape"),
+    "leaky_relu": (("z", "alpha"), "where(z > 0, z, alpha z); same shape"),
+    "leaky_relu_grad": (("grad_out", "z", "alpha"), "dL/dz of leaky_relu; same shape"),
+    "softmax": (("z",), "row-wise softmax: (M, K) -> (M, K)"),
+    "softmax_grad": (("grad_out", "y"), "y * (g - sum_k g_k y_k) row-wise: (M, K) -> (M, K)"),
+    # losses, regularization, dropout
+    "softmax_cross_entropy": (("logits", "targets"), "(N, K), (N, K) -> (losses (N,), dL/dlogits (N, K))"),
+    "dropout_mask": (("shape", "rate", "seed", "dtype"), "1/(1-rate) with probability 1-rate, else 0; of shape"),
+    "regularize_grad": (("grad", "param", "l1", "l2"), "in place: grad += l1 sign(param) + 2 l2 param"),
+    "regularization_penalty": (("param", "l1", "l2"), "l1 sum|w| + l2 sum w^2 (a Python float)"),
+    # optimizer updates, in place on param and its slots
+    "sgd_update": (("param", "grad", "velocity", "lr", "momentum", "nesterov"), "in place: Keras's SGD"),
+    "adam_update": (("param", "grad", "m", "v", "lr", "beta_1", "beta_2", "epsilon", "step"), "in place: Keras's Adam"),
+    "rmsprop_update": (("param", "grad", "mean_square", "lr", "rho", "epsilon"), "in place: Keras's RMSprop"),
+}
+
+#: Functions a backend offers beyond the contract (and no other module has to).
+EXTRAS = {
+    "minidl.kernels.numpy_ref": ("check_activation",),
+    "minidl.kernels.cpu": ("apply_thread_policy", "cache_report", "check_available", "set_num_threads",
+                           "thread_policy", "warmup"),
+    "minidl.kernels.cuda": ("check_available", "get_gemm", "reset_transfer_count", "set_gemm", "transfer_count"),
+}

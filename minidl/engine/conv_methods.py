@@ -1,0 +1,183 @@
+"""Two ways to compute a convolution's sum ``z = conv(x, W)``, with the same results, and
+:class:`ConvLinear`, which runs one of them for a Conv2D, over all of a batch or a chunk of images
+at a time.
+
+Both methods work the same way: the kernel is turned into a matrix (or a stack of them) once per step,
+the images are *unfolded* into the matrix the GEMMs read (kept for backward, or recomputed chunk by
+chunk), and the outputs are folded back from the products.  Shapes are for ``n`` images
+``(n, H, W, C_in)``, a kernel ``(KH, KW, C_in, F)`` and outputs ``(n, OH, OW, F)``.
+
+* :class:`Im2colGemm`: any window and strides; one GEMM of ``K = KH*KW*C_in`` per pass (the layer's
+  own formula, :class:`minidl.layers.Conv2D`).
+* :class:`WinogradF2x2`: 3x3 kernels at stride 1 only; 16 GEMMs of ``K = C_in`` (forward), 2.25x fewer
+  multiplications than im2col, paid for by the tile transforms (``minidl.kernels.numpy_ref`` explains them).
+"""
+
+from minidl.kernels.shapes import output_hw, winograd_tiles_hw
+from minidl.backend import ops
+
+
+class Im2colGemm:
+    """``z = im2col(x) @ W2d`` with ``W2d = W.reshape(KH*KW*C_in, F)``; backward::
+
+        dL/dW2d = im2col(x)^T G          G = dL/dz as (n*OH*OW, F)
+        dL/dx   = col2im(G W2d^T)
+    """
+
+    name = "im2col"
+
+    def __init__(self, kernel_size, strides):
+        self.kernel_size, self.strides = kernel_size, strides
+
+    def kernel_matrix(self, kernel):
+        """``(KH, KW, C_in, F) -> (KH*KW*C_in, F)``."""
+        return kernel.reshape(-1, kernel.shape[3])
+
+    def kernel_grad(self, grad_kernel_matrix, kernel_shape):
+        """``dL/dW`` from ``dL/dW2d``: ``(KH*KW*C_in, F) -> (KH, KW, C_in, F)``."""
+        return grad_kernel_matrix.reshape(kernel_shape)
+
+    def unfold(self, x, pads):
+        """``cols`` ``(n*OH*OW, KH*KW*C_in)``: every receptive field as a row."""
+        return ops.im2col(x, self.kernel_size, self.strides, pads)
+
+    def outputs(self, cols, kernel_matrix, out_shape):
+        """``z = cols @ W2d`` as ``out_shape`` ``(n, OH, OW, F)``."""
+        return ops.matmul(cols, kernel_matrix).reshape(out_shape)
+
+    def grads(self, cols, kernel_matrix, grad_z, x_shape, pads, input_grad_needed):
+        """``(dL/dW2d, dL/dx or None)`` from ``grad_z = dL/dz`` ``(n, OH, OW, F)``."""
+        grad_2d = grad_z.reshape(-1, kernel_matrix.shape[1])
+        grad_kernel_matrix = ops.matmul_tn(cols, grad_2d)
+        if not input_grad_needed:
+            return grad_kernel_matrix, None
+        grad_cols = ops.matmul_nt(grad_2d, kernel_matrix)
+        return grad_kernel_matrix, ops.col2im(grad_cols, x_shape, self.kernel_size, self.strides, pads)
+
+    def bytes_per_image(self, input_shape, output_hw, filters, itemsize):
+        """Scratch one image needs in a forward pass: its ``cols`` rows."""
+        (out_h, out_w), (kh, kw) = output_hw, self.kernel_size
+        return out_h * out_w * kh * kw * input_shape[2] * itemsize
+
+
+class WinogradF2x2:
+    """Winograd F(2x2, 3x3): for each 4x4 input tile ``d`` and 2x2 output block,
+    ``y = A^T [U * (B^T d B)] A`` with ``U = G W G^T``.  Per position ``p`` of the 16 in a transformed
+    tile the sum over input channels is a GEMM::
+
+        M[p] = V[p] @ U[p]        V = tiles (16, n*TH*TW, C_in), U (16, C_in, F), M (16, n*TH*TW, F)
+        z    = winograd_outputs(M)
+
+    Backward, with ``dM = winograd_outputs_grad(dL/dz)``::
+
+        dL/dU[p] = V[p]^T dM[p]             dL/dW = winograd_kernel_grad(dL/dU)
+        dL/dV[p] = dM[p] U[p]^T             dL/dx = winograd_tiles_grad(dL/dV)
+    """
+
+    name = "winograd"
+
+    def kernel_matrix(self, kernel):
+        """``U = G W G^T``: ``(3, 3, C_in, F) -> (16, C_in, F)``."""
+        return ops.winograd_kernel(kernel)
+
+    def kernel_grad(self, grad_kernel_matrix, kernel_shape):
+        """``dL/dW`` from ``dL/dU``: ``(16, C_in, F) -> (3, 3, C_in, F)``."""
+        return ops.winograd_kernel_grad(grad_kernel_matrix)
+
+    def unfold(self, x, pads):
+        """``V`` ``(16, n*TH*TW, C_in)``: every 4x4 tile, transformed."""
+        return ops.winograd_tiles(x, pads)
+
+    def outputs(self, tiles, kernel_matrix, out_shape):
+        """``z = winograd_outputs(V @ U)`` as ``out_shape`` ``(n, OH, OW, F)``."""
+        return ops.winograd_outputs(ops.matmul(tiles, kernel_matrix), out_shape)
+
+    def grads(self, tiles, kernel_matrix, grad_z, x_shape, pads, input_grad_needed):
+        """``(dL/dU, dL/dx or None)`` from ``grad_z = dL/dz`` ``(n, OH, OW, F)``."""
+        grad_products = ops.winograd_outputs_grad(grad_z)
+        grad_kernel_matrix = ops.matmul_tn(tiles, grad_products)
+        if not input_grad_needed:
+            return grad_kernel_matrix, None
+        grad_tiles = ops.matmul_nt(grad_products, kernel_matrix)
+        return grad_kernel_matrix, ops.winograd_tiles_grad(grad_tiles, x_shape, pads)
+
+    def bytes_per_image(self, input_shape, output_hw, filters, itemsize):
+        """Scratch one image needs in a forward pass: its tiles ``V`` and products ``M``."""
+        tiles_h, tiles_w = winograd_tiles_hw(output_hw)
+        return 16 * tiles_h * tiles_w * (input_shape[2] + filters) * itemsize
+
+
+class ConvLinear:
+    """``z = conv(x, W)`` of ``conv`` (no bias, no activation) by ``method`` over ``pads``.
+
+    ``pads`` are the layer's own, or smaller ones that leave out trailing outputs nobody reads
+    (:func:`minidl.engine.passes.crop_unread_outputs`).  With ``images_per_chunk`` set, a larger batch
+    is computed that many images at a time, and each chunk's unfolded input is recomputed in backward
+    instead of kept, which bounds the scratch memory.
+    """
+
+    def __init__(self, conv, method, pads=None, images_per_chunk=None):
+        self.conv, self.method = conv, method
+        self.pads = conv.pads if pads is None else pads
+        self.images_per_chunk = images_per_chunk
+
+    def output_hw(self):
+        """``(OH, OW)`` of the outputs computed (fewer than the layer's when ``pads`` crop)."""
+        return output_hw((None, *self.conv.input_shape), self.conv.kernel_size, self.conv.strides, self.pads)
+
+    def bytes_per_image(self):
+        """Scratch one image needs in a forward pass (im2col rows, or Winograd tiles and products)."""
+        return self.method.bytes_per_image(self.conv.input_shape, self.output_hw(), self.conv.filters,
+                                           self.conv.dtype.itemsize)
+
+    def chunks(self, batch_size):
+        """Slices of the batch, each at most ``images_per_chunk`` images (one slice without chunking)."""
+        step = batch_size if self.images_per_chunk is None else self.images_per_chunk
+        return [slice(start, min(start + step, batch_size)) for start in range(0, batch_size, step)]
+
+    def workspace_bytes(self, batch_size):
+        """One chunk's scratch and its gradient."""
+        images = batch_size if self.images_per_chunk is None else min(batch_size, self.images_per_chunk)
+        return 2 * images * self.bytes_per_image()
+
+    def forward(self, x):
+        """``z`` ``(N, OH, OW, F)`` from ``x`` ``(N, H, W, C_in)``; keeps ``x``, the kernel matrix and
+        (for a single chunk) the unfolded input."""
+        self.x = x
+        self.kernel_matrix = self.method.kernel_matrix(self.conv.params["kernel"])
+        out_shape = (x.shape[0], *self.output_hw(), self.conv.filters)
+        chunks = self.chunks(x.shape[0])
+        if len(chunks) == 1:
+            self.unfolded = self.method.unfold(x, self.pads)
+            return self.method.outputs(self.unfolded, self.kernel_matrix, out_shape)
+        self.unfolded = None
+        z = ops.zeros(out_shape, self.conv.dtype)
+        for chunk in chunks:
+            unfolded = self.method.unfold(x[chunk], self.pads)
+            z[chunk] = self.method.outputs(unfolded, self.kernel_matrix, (chunk.stop - chunk.start, *out_shape[1:]))
+        return z
+
+    def backward(self, grad_z, input_grad_needed):
+        """From ``dL/dz`` ``(N, OH, OW, F)``: ``dL/dW`` into the layer's ``grads``; returns ``dL/dx``
+        ``(N, H, W, C_in)``, or ``None`` unless ``input_grad_needed``."""
+        if self.unfolded is None:
+            grad_kernel_matrix, grad_x = self.chunked_backward(grad_z, input_grad_needed)
+        else:
+            grad_kernel_matrix, grad_x = self.method.grads(self.unfolded, self.kernel_matrix, grad_z, self.x.shape,
+                                                           self.pads, input_grad_needed)
+        self.conv.grads["kernel"] = self.method.kernel_grad(grad_kernel_matrix, self.conv.params["kernel"].shape)
+        return grad_x
+
+    def chunked_backward(self, grad_z, input_grad_needed):
+        """The backward GEMMs a chunk of images at a time, unfolding each chunk again."""
+        grad_kernel_matrix = ops.zeros(self.kernel_matrix.shape, self.conv.dtype)
+        grad_x = ops.zeros(self.x.shape, self.conv.dtype) if input_grad_needed else None
+        for chunk in self.chunks(self.x.shape[0]):
+            x_chunk = self.x[chunk]
+            unfolded = self.method.unfold(x_chunk, self.pads)
+            grad_chunk_matrix, grad_x_chunk = self.method.grads(unfolded, self.kernel_matrix, grad_z[chunk],
+                                                                x_chunk.shape, self.pads, input_grad_needed)
+            ops.accumulate(grad_kernel_matrix, grad_chunk_matrix)
+            if input_grad_needed:
+                grad_x[chunk] = grad_x_chunk
+        return grad_kernel_matrix, grad_x

@@ -1,0 +1,227 @@
+"""The planner: builds a model's plain plan, then lets each enabled pass make parts of it faster.
+
+Every pass sees layer types, shapes and options only, never a particular network, and each is
+switchable: ``compile(optimize={"winograd": False})``.  Each pass cites the decision in
+``benchmarks/RESULTS.md`` that measured it (its id, e.g. ``[D3]``).  They run in the order of
+:data:`PASSES`:
+
+* ``direct_conv_pool``: a first conv of one-channel images and its max pooling as one direct kernel.
+* ``activation_after_max_pool``: a conv followed by max pooling pools before its bias and activation.
+* ``crop_unread_outputs``: such a conv computes only the outputs some pooling window reads.
+* ``winograd``: 3x3 stride-1 convs over many channels by Winograd F(2x2, 3x3).
+* ``workspace_chunking``: a conv whose scratch would pass ``max_workspace_bytes`` runs in chunks of images.
+* ``inference_maxima``: max pooling outside training computes the maxima without the argmax.
+"""
+
+import os
+
+from minidl.engine.conv_methods import ConvLinear, Im2colGemm, WinogradF2x2
+from minidl.engine.plan import LayerStep, Plan
+from minidl.engine.steps import (MONOTONE_ACTIVATIONS, ConvMaxPoolStep, ConvStep, DirectConvMaxPoolStep,
+                                 MaxPoolStep)
+from minidl.layers.conv import Conv2D
+from minidl.layers.pooling import MaxPooling2D
+
+#: Scratch (im2col columns or Winograd tiles) allowed per conv step before it runs in chunks of images.
+DEFAULT_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_WORKSPACE_MB", "256")) * 2**20)
+
+#: The ``winograd`` pass picks Winograd for 3x3 stride-1 convs with at least this many input channels:
+#: its GEMMs have ``K = C_in``, and thinner ones were not measured to pay for the tile transforms.
+WINOGRAD_MIN_CHANNELS = 32
+
+
+def record_pass(step, name):
+    """Note on ``step`` that pass ``name`` shaped it (listed in the order the passes run)."""
+    step.passes = sorted({*step.passes, name}, key=list(PASSES).index)
+
+
+class Draft:
+    """A plan being rewritten: its steps, which steps read each node, and the planner's settings."""
+
+    def __init__(self, steps, input_node, output_node, input_grad_needed, max_workspace_bytes):
+        self.steps, self.input_node, self.output_node = steps, input_node, output_node
+        self.input_grad_needed, self.max_workspace_bytes = input_grad_needed, max_workspace_bytes
+
+    def needs_input_grad(self, inputs):
+        """Whether a step reading ``inputs`` must return their gradient: not when all it reads is the
+        model's input and nobody asked for that input's gradient."""
+        return self.input_grad_needed or any(node != self.input_node for node in inputs)
+
+    def sole_reader(self, step):
+        """The only step that reads ``step``'s output, or ``None`` (several readers, or the model's output)."""
+        if step.output == self.output_node:
+            return None
+        readers = [other for other in self.steps if step.output in other.inputs]
+        return readers[0] if len(readers) == 1 else None
+
+    def plain_steps(self, layer_type):
+        return [step for step in self.steps if type(step) is LayerStep and isinstance(step.layer, layer_type)]
+
+    def conv_then_max_pool(self):
+        """``(conv step, pool step)`` for every plain Conv2D whose output only a plain MaxPooling2D reads."""
+        pairs = []
+        for conv_step in self.plain_steps(Conv2D):
+            reader = self.sole_reader(conv_step)
+            if type(reader) is LayerStep and isinstance(reader.layer, MaxPooling2D):
+                pairs.append((conv_step, reader))
+        return pairs
+
+    def replace(self, old_steps, new_step, pass_name):
+        """Put ``new_step`` where the first of ``old_steps`` was and drop them all."""
+        for name in [name for step in old_steps for name in step.passes] + [pass_name]:
+            record_pass(new_step, name)
+        position = self.steps.index(old_steps[0])
+        for step in old_steps:
+            self.steps.remove(step)
+        self.steps.insert(position, new_step)
+
+    def steps_with_conv_linear(self):
+        return [step for step in self.steps if isinstance(step, (ConvStep, ConvMaxPoolStep))]
+
+
+def direct_conv_pool(draft):
+    """[D5] A 3x3, stride-1, unpadded conv of one-channel images (a grayscale network's first conv,
+    whose im2col rows are only ``K = 9`` long) with a non-decreasing activation, read only by a 2x2
+    max pooling at stride 2, runs as one :class:`~minidl.engine.steps.DirectConvMaxPoolStep`.  The
+    kernel has no input gradient, so the conv must read the model's input."""
+    for conv_step, pool_step in draft.conv_then_max_pool():
+        conv, pool = conv_step.layer, pool_step.layer
+        if (conv.kernel_size == (3, 3) and conv.strides == (1, 1) and conv.pads == ((0, 0), (0, 0))
+                and conv.input_shape[2] == 1 and conv.activation in MONOTONE_ACTIVATIONS
+                and not draft.needs_input_grad(conv_step.inputs)
+                and pool.pool_size == (2, 2) and pool.strides == (2, 2) and pool.pads == ((0, 0), (0, 0))):
+            fused = DirectConvMaxPoolStep(conv, pool, conv_step.inputs, pool_step.output)
+            draft.replace([conv_step, pool_step], fused, "direct_conv_pool")
+
+
+def activation_after_max_pool(draft):
+    """[D1] A conv with a non-decreasing activation read only by max pooling pools first, then adds
+    the bias and applies the activation on the pooled tensor (:class:`~minidl.engine.steps.ConvMaxPoolStep`)."""
+    for conv_step, pool_step in draft.conv_then_max_pool():
+        conv, pool = conv_step.layer, pool_step.layer
+        if conv.activation in MONOTONE_ACTIVATIONS:
+            linear = ConvLinear(conv, Im2colGemm(conv.kernel_size, conv.strides))
+            fused = ConvMaxPoolStep(conv, pool, linear, conv_step.inputs, pool_step.output,
+                                    draft.needs_input_grad(conv_step.inputs))
+            draft.replace([conv_step, pool_step], fused, "activation_after_max_pool")
+
+
+def pads_read_by(conv, pool):
+    """``conv.pads`` with the bottom and right paddings lowered by whole strides (below zero if need
+    be) so that the conv's output ends with the last row and column some window of ``pool`` reads.
+
+    The dropped outputs never reach ``pool``'s output, so their gradient is zero and the input pixels
+    only they read get no gradient (under Winograd, one of rounding size).
+    """
+    pads = []
+    for axis in (0, 1):
+        (before, after), out_size = conv.pads[axis], conv.output_shape[axis]
+        (pool_before, _), pooled_size = pool.pads[axis], pool.output_shape[axis]
+        read = (pooled_size - 1) * pool.strides[axis] + pool.pool_size[axis] - pool_before
+        pads.append((before, after - max(0, out_size - read) * conv.strides[axis]))
+    return tuple(pads)
+
+
+def crop_unread_outputs(draft):
+    """[D2] A conv fused with its max pooling computes only the outputs the pooling reads: an 11 x 11
+    output under 2 x 2 pooling drops its last row and column, 17% of the conv's work."""
+    for step in draft.steps:
+        if isinstance(step, ConvMaxPoolStep):
+            conv, pool = step.layers
+            cropped = pads_read_by(conv, pool)
+            if cropped != conv.pads:
+                step.linear.pads = cropped
+                record_pass(step, "crop_unread_outputs")
+
+
+def winograd_pays(conv):
+    return (conv.kernel_size == (3, 3) and conv.strides == (1, 1)
+            and conv.input_shape[2] >= WINOGRAD_MIN_CHANNELS)
+
+
+def winograd(draft):
+    """[D3] 3x3 stride-1 convs over at least ``WINOGRAD_MIN_CHANNELS`` input channels compute their
+    sum by Winograd F(2x2, 3x3)."""
+    for step in draft.steps_with_conv_linear():
+        if winograd_pays(step.conv):
+            step.linear.method = WinogradF2x2()
+            record_pass(step, "winograd")
+    for conv_step in draft.plain_steps(Conv2D):
+        if winograd_pays(conv_step.layer):
+            linear = ConvLinear(conv_step.layer, WinogradF2x2())
+            step = ConvStep(conv_step.layer, linear, conv_step.inputs, conv_step.output,
+                            draft.needs_input_grad(conv_step.inputs))
+            draft.replace([conv_step], step, "winograd")
+
+
+def workspace_chunking(draft):
+    """[D4] A conv whose batch would need more than ``max_workspace_bytes`` of scratch (im2col
+    columns, Winograd tiles) computes that many bytes' worth of images at a time."""
+    for conv_step in draft.plain_steps(Conv2D):
+        conv = conv_step.layer
+        linear = ConvLinear(conv, Im2colGemm(conv.kernel_size, conv.strides))
+        step = ConvStep(conv, linear, conv_step.inputs, conv_step.output, draft.needs_input_grad(conv_step.inputs))
+        draft.replace([conv_step], step, "workspace_chunking")
+    for step in draft.steps_with_conv_linear():
+        step.linear.images_per_chunk = max(1, draft.max_workspace_bytes // step.linear.bytes_per_image())
+        record_pass(step, "workspace_chunking")
+
+
+def inference_maxima(draft):
+    """[D6] Max pooling outside training computes the maxima alone (``maxpool_values``), without
+    the argmax that only backward needs."""
+    for pool_step in draft.plain_steps(MaxPooling2D):
+        step = MaxPoolStep(pool_step.layer, pool_step.inputs, pool_step.output, maxima_alone=True)
+        draft.replace([pool_step], step, "inference_maxima")
+    for step in draft.steps:
+        if isinstance(step, ConvMaxPoolStep):
+            step.winners.maxima_alone = True
+        elif isinstance(step, DirectConvMaxPoolStep):
+            step.maxima_alone = True
+        else:
+            continue
+        record_pass(step, "inference_maxima")
+
+
+#: Every pass, in the order the planner runs them.
+PASSES = {
+    "direct_conv_pool": direct_conv_pool,
+    "activation_after_max_pool": activation_after_max_pool,
+    "crop_unread_outputs": crop_unread_outputs,
+    "winograd": winograd,
+    "workspace_chunking": workspace_chunking,
+    "inference_maxima": inference_maxima,
+}
+
+
+def enabled_passes(optimize):
+    """``optimize`` (``True``, ``False`` or ``{pass name: bool}``, unnamed passes on) -> the names of
+    the passes to run; raises ``ValueError`` naming an unknown pass or a value that is not a bool."""
+    if isinstance(optimize, bool):
+        return list(PASSES) if optimize else []
+    if not isinstance(optimize, dict):
+        raise ValueError(f"optimize must be True, False or a dict of pass names to bools, got {optimize!r}")
+    unknown = sorted(set(optimize) - set(PASSES))
+    if unknown:
+        raise ValueError(f"optimize: unknown pass {unknown[0]!r}; the passes are {list(PASSES)}")
+    not_bool = {name: value for name, value in optimize.items() if not isinstance(value, bool)}
+    if not_bool:
+        raise ValueError(f"optimize: each pass is switched by True or False, got {not_bool}")
+    return [name for name in PASSES if optimize.get(name, True)]
+
+
+def build_plan(nodes, input_node, output_node, optimize=True, input_grad_needed=False,
+               max_workspace_bytes=DEFAULT_WORKSPACE_BYTES):
+    """The plan of a built model given as ``nodes``: ``(layer, input node ids, output node id)`` in an
+    order where each layer's inputs are written first.
+
+    ``optimize`` switches the passes (:func:`enabled_passes`); ``input_grad_needed`` asks ``backward``
+    for the gradient of the model's input (a gradient check does; training does not).
+    """
+    passes = enabled_passes(optimize)
+    steps = [LayerStep(layer, inputs, output, input_grad_needed or any(node != input_node for node in inputs))
+             for layer, inputs, output in nodes]
+    draft = Draft(steps, input_node, output_node, input_grad_needed, max_workspace_bytes)
+    for name in passes:
+        PASSES[name](draft)
+    return Plan(draft.steps, input_node, output_node)

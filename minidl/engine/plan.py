@@ -1,0 +1,112 @@
+"""A plan: the steps that compute a model, in an order where every step's inputs are ready before it.
+
+A model is a graph: numbered tensors (nodes) and layers that read some nodes and write one.  The plain
+plan has one :class:`LayerStep` per layer, which calls the layer's own ``forward`` and ``backward``.
+The passes in :mod:`minidl.engine.passes` replace steps by faster ones that compute the same numbers;
+a step keeps its own state (argmax, pads, scratch) and writes only ``grads`` into its layers.
+"""
+
+from minidl.backend import ops
+
+
+class Step:
+    """One unit of work: reads the nodes ``inputs``, writes the node ``output``.
+
+    ``layers`` are the layers it computes, in order; ``passes`` names the passes that made it.
+    ``forward(inputs, training)`` takes one array per input node and returns the output;
+    ``backward(grad_out)`` returns one gradient per input node (``None`` where nobody needs it).
+    After a forward pass ``y`` holds the output.
+    """
+
+    def __init__(self, layers, inputs, output):
+        self.layers, self.inputs, self.output = tuple(layers), tuple(inputs), output
+        self.passes = []
+        self.y = None
+
+    def forward(self, inputs, training):
+        raise NotImplementedError
+
+    def backward(self, grad_out):
+        raise NotImplementedError
+
+    def backward_from_logits(self, grad_logits):
+        """``backward`` from ``dL/d(logits)`` of a step that ends in softmax (fused with its loss)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot start backward from logits")
+
+    def logits(self):
+        """The logits (pre-softmax values) of the last forward pass, for a step ending in softmax."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no logits")
+
+    def workspace_bytes(self, batch_size):
+        """Scratch memory beyond inputs and outputs for a batch of ``batch_size`` (0 unless said)."""
+        return 0
+
+
+class LayerStep(Step):
+    """The plain path: the layer's own ``forward`` and ``backward``."""
+
+    def __init__(self, layer, inputs, output, input_grad_needed):
+        super().__init__((layer,), inputs, output)
+        self.layer = layer
+        layer.input_grad_needed = input_grad_needed
+
+    def forward(self, inputs, training):
+        self.y = self.layer.forward(inputs if self.layer.takes_several_inputs else inputs[0], training)
+        return self.y
+
+    def backward(self, grad_out):
+        grad_in = self.layer.backward(grad_out)
+        return list(grad_in) if self.layer.takes_several_inputs else [grad_in]
+
+    def backward_from_logits(self, grad_logits):
+        return [self.layer.backward_from_logits(grad_logits)]
+
+    def logits(self):
+        return self.layer.logits
+
+
+def summed(a, b):
+    """``a + b`` as a fresh array: the gradient of a tensor that several steps read."""
+    total = ops.zeros_like(a)
+    ops.accumulate(total, a)
+    ops.accumulate(total, b)
+    return total
+
+
+class Plan:
+    """``steps`` in a valid order over the nodes; ``input_node`` is the model's input, ``output_node``
+    its output.  ``forward`` runs the steps in order, ``backward`` in reverse, summing the gradients of
+    a node that several steps read (fan-out)."""
+
+    def __init__(self, steps, input_node, output_node):
+        self.steps, self.input_node, self.output_node = list(steps), input_node, output_node
+
+    def forward(self, x, training):
+        """The model's output for ``x`` (every step's output is kept on the step as ``y``)."""
+        values = {self.input_node: x}
+        for step in self.steps:
+            values[step.output] = step.forward([values[node] for node in step.inputs], training)
+        return values[self.output_node]
+
+    def logits(self):
+        """The logits of the last step (the model ends in softmax)."""
+        return self.steps[-1].logits()
+
+    def backward(self, grad_output, from_logits=False):
+        """Gradients from ``dL/d(output)`` (or ``dL/d(logits)`` with ``from_logits``) back through
+        every step; returns ``dL/d(input)``, or ``None`` when the plan computes no input gradient."""
+        grads = {self.output_node: grad_output}
+        for step in reversed(self.steps):
+            grad_out = grads.pop(step.output)
+            if from_logits and step.output == self.output_node:
+                grads_in = step.backward_from_logits(grad_out)
+            else:
+                grads_in = step.backward(grad_out)
+            for node, grad in zip(step.inputs, grads_in):
+                if grad is not None:
+                    grads[node] = summed(grads[node], grad) if node in grads else grad
+        return grads.get(self.input_node)
+
+    def step_of(self, layer):
+        """The step that computes ``layer``."""
+        return next(step for step in self.steps if layer in step.layers)

@@ -1,0 +1,155 @@
+"""The fast steps the passes put in a plan; each computes what its layers' own forward and backward
+would, by other means.  Shapes: ``x`` ``(N, H, W, C_in)``, conv outputs ``z`` ``(N, OH, OW, F)``,
+pooled ``(N, PH, PW, F)``."""
+
+from minidl.backend import ops
+from minidl.engine.plan import Step
+from minidl.layers.activations import activate, activation_backward, rows_of_last_axis
+
+#: Non-decreasing activations: for them ``max_window f(v) = f(max_window v)``.
+MONOTONE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
+
+
+def add_bias_grad(layer, grad_z):
+    """``dL/db`` = ``grad_z`` ``(..., F)`` summed over every axis but the last (when there is a bias)."""
+    if layer.use_bias:
+        layer.grads["bias"] = ops.bias_grad(rows_of_last_axis(grad_z))
+
+
+class MaxPoolWinners:
+    """Max pooling with ``pool``'s window that keeps what its backward needs: the argmax after a
+    training pass.  With ``maxima_alone`` an inference pass computes the maxima without the argmax
+    (faster) and keeps its input instead, from which a later backward finds the argmax (a whole-model
+    gradient check runs backward after an inference pass)."""
+
+    def __init__(self, pool, maxima_alone=False):
+        self.pool, self.maxima_alone = pool, maxima_alone
+
+    def forward(self, x, training):
+        """``(N, H, W, C) -> (N, OH, OW, C)``."""
+        pool = self.pool
+        self.x_shape, self.x = x.shape, None
+        if training or not self.maxima_alone:
+            y, self.argmax = ops.maxpool_forward(x, pool.pool_size, pool.strides, pool.pads)
+            return y
+        self.x, self.argmax = x, None
+        return ops.maxpool_values(x, pool.pool_size, pool.strides, pool.pads)
+
+    def backward(self, grad_out):
+        """``dL/dy`` routed to each window's maximum.  ``(N, OH, OW, C) -> (N, H, W, C)``."""
+        pool = self.pool
+        if self.argmax is None:
+            _, self.argmax = ops.maxpool_forward(self.x, pool.pool_size, pool.strides, pool.pads)
+        return ops.maxpool_backward(grad_out, self.argmax, self.x_shape, pool.pool_size, pool.strides, pool.pads)
+
+
+class MaxPoolStep(Step):
+    """A MaxPooling2D through :class:`MaxPoolWinners`."""
+
+    def __init__(self, pool, inputs, output, maxima_alone):
+        super().__init__((pool,), inputs, output)
+        self.winners = MaxPoolWinners(pool, maxima_alone)
+
+    def forward(self, inputs, training):
+        self.y = self.winners.forward(inputs[0], training)
+        return self.y
+
+    def backward(self, grad_out):
+        return [self.winners.backward(grad_out)]
+
+
+class ConvStep(Step):
+    """A Conv2D whose ``z`` comes from a :class:`~minidl.engine.conv_methods.ConvLinear` (another
+    algorithm, or chunks of images): ``y = f(z + b)``."""
+
+    def __init__(self, conv, linear, inputs, output, input_grad_needed):
+        super().__init__((conv,), inputs, output)
+        self.conv, self.linear, self.input_grad_needed = conv, linear, input_grad_needed
+
+    def forward(self, inputs, training):
+        z = self.linear.forward(inputs[0])
+        self.y, self.kept_logits = activate(z, self.conv.params.get("bias"), self.conv.activation)
+        return self.y
+
+    def backward(self, grad_out):
+        return self.backward_from_logits(activation_backward(grad_out, self.y, self.conv.activation))
+
+    def backward_from_logits(self, grad_z):
+        add_bias_grad(self.conv, grad_z)
+        return [self.linear.backward(grad_z, self.input_grad_needed)]
+
+    def logits(self):
+        return self.kept_logits
+
+    def workspace_bytes(self, batch_size):
+        return self.linear.workspace_bytes(batch_size)
+
+
+class ConvMaxPoolStep(Step):
+    """A Conv2D with a non-decreasing activation ``f``, then max pooling, pooling first::
+
+        max_window f(z + b) = f(max_window z + b)
+
+    (``b`` is constant per channel), so the bias and ``f`` run on the pooled tensor, a quarter of
+    ``z``'s size under 2x2 pooling.  Backward, from ``dL/dy`` of the pooled ``y``::
+
+        G_pooled = dL/dy * f'(pooled z + b)          (N, PH, PW, F)
+        dL/db    = G_pooled summed over N, PH, PW    (F,)   every pooled value is one element of z
+        dL/dz    = G_pooled routed to each window's maximum   (N, OH, OW, F)
+
+    and the conv's backward from ``dL/dz``.  The argmax may differ from the layer-by-layer one only
+    where ``f`` is flat over a whole window (ReLU's zeros), where the gradient is zero either way.
+    """
+
+    def __init__(self, conv, pool, linear, inputs, output, input_grad_needed):
+        super().__init__((conv, pool), inputs, output)
+        self.conv, self.linear, self.input_grad_needed = conv, linear, input_grad_needed
+        self.winners = MaxPoolWinners(pool)
+
+    def forward(self, inputs, training):
+        pooled = self.winners.forward(self.linear.forward(inputs[0]), training)
+        self.y = ops.bias_activation(pooled, self.conv.params.get("bias"), self.conv.activation)
+        return self.y
+
+    def backward(self, grad_out):
+        grad_pooled = ops.activation_grad(grad_out, self.y, self.conv.activation)
+        add_bias_grad(self.conv, grad_pooled)
+        return [self.linear.backward(self.winners.backward(grad_pooled), self.input_grad_needed)]
+
+    def workspace_bytes(self, batch_size):
+        return self.linear.workspace_bytes(batch_size)
+
+
+class DirectConvMaxPoolStep(Step):
+    """A 3x3, stride-1, unpadded Conv2D of one-channel images, with a non-decreasing activation, under
+    2x2 max pooling at stride 2, as one direct kernel (``ops.conv3x3_maxpool``): each pooling window's
+    four outputs are computed from the pixels under it and only the maximum is kept, so ``z`` is never
+    stored.  Then ``y = f(pooled + b)`` as in :class:`ConvMaxPoolStep`.  The kernel has no input
+    gradient: the conv must read the model's input, whose gradient nobody needs.
+
+    With ``maxima_alone`` an inference pass skips the argmax; a later backward recomputes it.
+    """
+
+    def __init__(self, conv, pool, inputs, output, maxima_alone=False):
+        super().__init__((conv, pool), inputs, output)
+        self.conv, self.maxima_alone = conv, maxima_alone
+
+    def forward(self, inputs, training):
+        self.x = x = inputs[0]
+        kernel = self.conv.params["kernel"]
+        if training or not self.maxima_alone:
+            pooled, self.argmax = ops.conv3x3_maxpool(x, kernel)
+        else:
+            pooled, self.argmax = ops.conv3x3_maxpool_values(x, kernel), None
+        self.y = ops.bias_activation(pooled, self.conv.params.get("bias"), self.conv.activation)
+        return self.y
+
+    def backward(self, grad_out):
+        """``dL/dW`` straight from the pooled gradient and the winners' pixels
+        (``ops.conv3x3_maxpool_kernel_grad``); no input gradient."""
+        grad_pooled = ops.activation_grad(grad_out, self.y, self.conv.activation)
+        add_bias_grad(self.conv, grad_pooled)
+        if self.argmax is None:
+            _, self.argmax = ops.conv3x3_maxpool(self.x, self.conv.params["kernel"])
+        self.conv.grads["kernel"] = ops.conv3x3_maxpool_kernel_grad(self.x, grad_pooled, self.argmax)
+        return [None]

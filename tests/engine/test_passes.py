@@ -1,0 +1,313 @@
+"""The planner's passes: where each applies, that each gives the plain layers' outputs and gradients,
+and that each passes the gradient check on its own."""
+
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import minidl
+from minidl import gradcheck, layers
+from minidl.engine import PASSES, build_plan, passes
+from minidl.engine.conv_methods import ConvLinear, Im2colGemm, WinogradF2x2
+from minidl.presets import seed_cnn
+
+TOLERANCE = 1e-6
+
+
+def only(pass_name):
+    """``optimize`` with one pass on and every other off."""
+    return {name: name == pass_name for name in PASSES}
+
+
+def passes_of(model, layer_index):
+    return model.plan.step_of(model.layers[layer_index]).passes
+
+
+def test_optimize_takes_true_false_or_a_dict_of_known_passes():
+    model = minidl.Sequential([layers.Input((4,)), layers.Dense(2)])
+    with pytest.raises(ValueError, match="unknown pass 'fusion'; the passes are"):
+        model.compile(optimizer="sgd", loss="mse", optimize={"fusion": False})
+    with pytest.raises(ValueError, match="switched by True or False, got {'winograd': 'no'}"):
+        model.compile(optimizer="sgd", loss="mse", optimize={"winograd": "no"})
+    with pytest.raises(ValueError, match="optimize must be True, False or a dict"):
+        model.compile(optimizer="sgd", loss="mse", optimize="fast")
+
+
+def test_the_conv_layer_file_names_no_algorithm_chunk_or_pooling():
+    source = (pathlib.Path(minidl.__file__).parent / "layers" / "conv.py").read_text().lower()
+    assert not [word for word in ("winograd", "chunk", "pool", "direct") if word in source]
+
+
+@pytest.mark.parametrize("options, input_shape, expected", [
+    ({}, (13, 13, 32), True),
+    ({}, (28, 28, 3), False),  # too few input channels for its 16 GEMMs to pay off
+    ({"kernel_size": 5}, (13, 13, 32), False),
+    ({"strides": 2}, (13, 13, 32), False),
+    ({"kernel_size": (3, 1)}, (13, 13, 32), False),
+    ({"padding": "same"}, (13, 13, 64), True),
+])
+def test_winograd_applies_to_3x3_stride_1_convs_over_enough_channels(options, input_shape, expected):
+    model = minidl.Sequential([layers.Input(input_shape), layers.Conv2D(4, options.pop("kernel_size", 3), **options)])
+    assert ("winograd" in passes_of(model, 0)) == expected
+
+
+def conv_then_pool(input_shape=(9, 8, 1), conv_options=None, pool_options=None, first=True, dtype="float32"):
+    """``[Input, (Conv2D 1x1,) Conv2D(relu), MaxPooling2D, Flatten, Dense]``; with ``first=False`` a
+    1x1 conv before the conv makes the conv's input gradient needed."""
+    model = minidl.Sequential([layers.Input(input_shape)])
+    if not first:
+        model.add(layers.Conv2D(input_shape[-1], 1, dtype=dtype))
+    model.add(layers.Conv2D(3, **{"kernel_size": 3, "activation": "relu", "dtype": dtype, **(conv_options or {})}))
+    model.add(layers.MaxPooling2D(**{"pool_size": 2, **(pool_options or {})}))
+    model.add(layers.Flatten())
+    model.add(layers.Dense(2, dtype=dtype))
+    return model
+
+
+@pytest.mark.parametrize("conv_options, pool_options, input_shape, first, expected", [
+    ({}, {}, (9, 8, 1), True, True),
+    ({"activation": "tanh"}, {}, (9, 8, 1), True, True),  # any non-decreasing activation
+    ({"activation": "softmax"}, {}, (9, 8, 1), True, False),
+    ({"padding": "same"}, {}, (9, 8, 1), True, False),
+    ({"strides": 2}, {}, (9, 8, 1), True, False),
+    ({"kernel_size": 5}, {}, (9, 8, 1), True, False),
+    ({}, {}, (9, 8, 3), True, False),  # three input channels
+    ({}, {}, (9, 8, 1), False, False),  # not the first layer: its input gradient is needed
+    ({}, {"pool_size": 3}, (9, 8, 1), True, False),
+    ({}, {"strides": 1}, (9, 8, 1), True, False),
+    ({}, {"padding": "same"}, (9, 9, 1), True, False),  # a 7x7 output, padded by one for its last window
+])
+def test_a_gray_first_conv_runs_with_its_pooling_as_one_kernel_only_where_that_kernel_applies(
+        conv_options, pool_options, input_shape, first, expected):
+    model = conv_then_pool(input_shape, conv_options, pool_options, first)
+    conv_index = 0 if first else 1
+    assert ("direct_conv_pool" in passes_of(model, conv_index)) == expected
+    lines = []
+    model.summary(print_fn=lines.append)
+    conv, pool = model.layers[conv_index:conv_index + 2]
+    assert (f"{conv.name} + {pool.name}: direct_conv_pool" in lines[0]) == expected
+
+
+def test_the_direct_kernel_needs_no_input_gradient_so_a_gradient_check_of_the_input_plans_without_it():
+    model = conv_then_pool()
+    model.input_grad_needed = True
+    assert "direct_conv_pool" not in passes_of(model, 0)
+    model.input_grad_needed = False
+    assert "direct_conv_pool" in passes_of(model, 0)
+
+
+def outputs_and_gradients(model, x, grad_out, training):
+    """``(y, dL/dx, [every parameter gradient])`` of one forward and one backward pass (backward from
+    ``dL/dy``: the models here are compiled with MSE)."""
+    y = np.array(model.forward(x, training=training))
+    grad_x = model.backward(grad_out)
+    grads = [np.array(layer.grads[key]) for layer in model.layers for key in sorted(layer.grads)]
+    return y, None if grad_x is None else np.array(grad_x), grads
+
+
+def assert_same_results(planned, plain, rtol, atol):
+    for actual, expected in zip(planned[:2], plain[:2]):
+        if expected is None:
+            assert actual is None
+        else:
+            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+    assert len(planned[2]) == len(plain[2])
+    for actual, expected in zip(planned[2], plain[2]):
+        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+CONV_POOL_CASES = [
+    ({"kernel_size": 3}, {"pool_size": 2}, (13, 12, 2)),  # 11 x 10 -> 5 x 5: the last row is never read
+    ({"kernel_size": 3, "strides": 2, "padding": "same"}, {"pool_size": 2}, (13, 12, 2)),
+    ({"kernel_size": (2, 3), "padding": "same"}, {"pool_size": (3, 2), "strides": (3, 1)}, (13, 12, 2)),
+    ({"kernel_size": 3}, {"pool_size": 2, "padding": "same"}, (13, 12, 2)),  # 'same' pooling reads every output
+    ({"kernel_size": 3, "activation": "sigmoid"}, {"pool_size": 2}, (13, 12, 1)),
+    ({"kernel_size": 3, "padding": "same"}, {"pool_size": (3, 2), "strides": (3, 1)}, (13, 12, 2)),
+]
+
+
+@pytest.mark.parametrize("pass_name", [*PASSES, "all"])
+@pytest.mark.parametrize("conv, pool, input_shape", CONV_POOL_CASES)
+@pytest.mark.parametrize("training", [True, False], ids=["training", "after an inference pass"])
+@pytest.mark.parametrize("input_grad_needed", [False, True], ids=["", "with dL/dx"])
+def test_each_pass_gives_the_plain_outputs_and_gradients(backend, pass_name, conv, pool, input_shape, training,
+                                                         input_grad_needed, monkeypatch):
+    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    models = []
+    for optimize in (True if pass_name == "all" else only(pass_name), False):
+        model = minidl.Sequential([layers.Input(input_shape), layers.Conv2D(3, **{"activation": "relu", **conv}),
+                                   layers.MaxPooling2D(**pool), layers.Flatten(), layers.Dense(2)]).cast("float64")
+        model.compile(optimizer="sgd", loss="mse", optimize=optimize, max_workspace_bytes=1)  # one image a chunk
+        model.input_grad_needed = input_grad_needed
+        models.append(model)
+    models[0].set_weights(models[1].get_weights())
+    rng = np.random.default_rng(0)
+    x, grad_out = rng.standard_normal((3, *input_shape)), rng.standard_normal((3, 2))
+    planned = outputs_and_gradients(models[0], x, grad_out, training)
+    plain = outputs_and_gradients(models[1], x, grad_out, training=True)
+    assert_same_results(planned, plain, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("pass_name", list(PASSES))
+@pytest.mark.parametrize("check_input", [False, True])
+def test_each_pass_alone_passes_the_gradient_check(backend, pass_name, check_input, monkeypatch):
+    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    model = minidl.Sequential([layers.Input((10, 9, 1)), layers.Conv2D(3, 3, activation="tanh"), layers.MaxPooling2D(2),
+                               layers.Conv2D(4, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
+                               layers.Flatten(), layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", optimize=only(pass_name), max_workspace_bytes=1)
+    rng = np.random.default_rng(2)
+    report = gradcheck.check_model(model, rng.standard_normal((3, 10, 9, 1)), np.eye(3)[[0, 2, 1]],
+                                   check_input=check_input)
+    assert report.passed(TOLERANCE), str(report)
+
+
+# ---------------------------------------------------------------- random models, planned against plain
+
+
+@st.composite
+def small_models(draw):
+    """Layer configs for ``Input -> [conv/pool/activation/dropout blocks] -> Flatten -> Dense -> Dense``
+    over a small image, and that image's shape."""
+    height, width, channels = draw(st.integers(6, 10)), draw(st.integers(6, 10)), draw(st.integers(1, 3))
+    blocks = []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["conv", "conv", "max", "average", "activation", "leaky", "dropout"]))
+        if kind == "conv":
+            blocks.append(("conv", {"filters": draw(st.integers(1, 4)), "kernel_size": draw(st.sampled_from([1, 2, 3])),
+                                    "strides": draw(st.sampled_from([1, 1, 2])),
+                                    "padding": draw(st.sampled_from(["valid", "same"])),
+                                    "activation": draw(st.sampled_from([None, "relu", "tanh", "sigmoid"])),
+                                    "use_bias": draw(st.booleans())}))
+        elif kind in ("max", "average"):
+            blocks.append((kind, {"pool_size": draw(st.sampled_from([1, 2])), "padding": draw(st.sampled_from(["valid", "same"]))}))
+        elif kind == "activation":
+            blocks.append(("activation", {"activation": draw(st.sampled_from(["relu", "tanh", "sigmoid"]))}))
+        else:
+            blocks.append((kind, {}))
+    return (height, width, channels), blocks, draw(st.sampled_from(["mse", "categorical_crossentropy"]))
+
+
+def model_from(input_shape, blocks, seed):
+    made = {"conv": lambda o: layers.Conv2D(**o), "max": lambda o: layers.MaxPooling2D(**o),
+            "average": lambda o: layers.AveragePooling2D(**o), "activation": lambda o: layers.Activation(**o),
+            "leaky": lambda o: layers.LeakyReLU(0.1), "dropout": lambda o: layers.Dropout(0.3, seed=seed)}
+    model = minidl.Sequential([layers.Input(input_shape)])
+    for kind, options in blocks:
+        try:
+            model.add(made[kind](options))
+        except ValueError:  # a window that no longer fits the shrunken image
+            return None
+    model.add(layers.Flatten())
+    model.add(layers.Dense(4, activation="relu"))
+    model.add(layers.Dense(3, activation="softmax"))
+    return model
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=small_models())
+def test_random_models_give_the_plain_outputs_and_gradients_when_planned(case, monkeypatch):
+    input_shape, blocks, loss = case
+    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    models = [model_from(input_shape, blocks, seed=7) for _ in range(2)]
+    if models[0] is None:
+        return
+    for model, optimize in zip(models, (True, False)):
+        model.compile(optimizer="sgd", loss=loss, optimize=optimize, max_workspace_bytes=4096)
+    models[0].set_weights(models[1].get_weights())
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((5, *input_shape)).astype(np.float32), np.eye(3, dtype=np.float32)[[0, 1, 2, 1, 0]]
+    results = []
+    for model in models:
+        y_pred = model.forward(x, training=True)
+        _, grad = model.loss_and_grad(y_pred, y)
+        model.backward(grad)
+        results.append((np.array(y_pred), None, [np.array(layer.grads[key]) for layer in model.layers
+                                                 for key in sorted(layer.grads)]))
+    assert_same_results(*results, rtol=1e-4, atol=1e-5)
+
+
+def test_one_sgd_step_of_the_seed_cnn_gives_the_plain_weights(backend):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 64)
+    weights = []
+    for optimize in (True, False):
+        minidl.utils.set_random_seed(3)
+        model = seed_cnn()
+        model.compile(optimizer=minidl.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", optimize=optimize)
+        model.train_on_batch(x, y)
+        weights.append(model.get_weights())
+    for planned, plain in zip(*weights):
+        assert np.linalg.norm(planned - plain) <= 1e-4 * np.linalg.norm(plain)
+
+
+def test_summary_says_which_passes_shape_which_layers():
+    lines = []
+    model = seed_cnn()
+    model.summary(print_fn=lines.append)
+    conv, pool = model.layers[:2]
+    assert f"{conv.name} + {pool.name}: direct_conv_pool, inference_maxima" in lines[0]
+    assert "activation_after_max_pool, crop_unread_outputs, winograd" in lines[0]
+    plain = seed_cnn()
+    plain.compile(optimizer="sgd", loss="mse", optimize=False)
+    plain.summary(print_fn=lines.append)
+    assert "none: every layer runs its own forward and backward" in lines[1]
+
+
+# ------------------------------------------------------------------------ chunks and the workspace
+
+
+@pytest.mark.parametrize("method", [Im2colGemm((3, 3), (1, 1)), WinogradF2x2()], ids=["im2col", "winograd"])
+def test_chunked_forward_and_backward_equal_the_single_chunk_ones(method):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 9, 9, 3)).astype(np.float32)
+    grad_z = rng.standard_normal((5, 9, 9, 4)).astype(np.float32)
+    conv = layers.Conv2D(4, 3, padding="same")
+    conv.build(x.shape[1:])
+    whole, chunked = ConvLinear(conv, method), ConvLinear(conv, method, images_per_chunk=2)
+    assert [c.stop - c.start for c in chunked.chunks(5)] == [2, 2, 1]
+    np.testing.assert_allclose(chunked.forward(x), whole.forward(x), rtol=1e-5, atol=1e-6)
+    grad_x_chunked, grad_kernel_chunked = chunked.backward(grad_z, True), conv.grads["kernel"]
+    np.testing.assert_allclose(grad_x_chunked, whole.backward(grad_z, True), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_kernel_chunked, conv.grads["kernel"], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("winograd, per_image", [(False, 109 * 109 * 3 * 3 * 32 * 4),
+                                                 (True, 16 * 55 * 55 * (32 + 64) * 4)])
+def test_workspace_of_a_224_pixel_batch_stays_under_the_bound(winograd, per_image):
+    conv = layers.Conv2D(64, 3)
+    conv.build((111, 111, 32))
+    plan = build_plan([(conv, (0,), 1)], 0, 1, optimize={"winograd": winograd}, max_workspace_bytes=256 * 2**20)
+    step = plan.steps[0]
+    assert step.linear.images_per_chunk == 256 * 2**20 // per_image
+    assert step.workspace_bytes(32) == 2 * step.linear.images_per_chunk * per_image <= 2 * 256 * 2**20
+
+
+@pytest.mark.slow
+def test_a_training_step_on_224_pixel_images_fits_in_memory():
+    script = textwrap.dedent("""
+        import resource
+        import numpy as np
+        import minidl
+        from minidl import layers
+        model = minidl.Sequential([
+            layers.Input((224, 224, 3)),
+            layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
+            layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(10, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        rng = np.random.default_rng(0)
+        loss = model.train_on_batch(rng.random((32, 224, 224, 3), dtype=np.float32), rng.integers(0, 10, 32))
+        assert np.isfinite(loss)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    peak_mib = int(completed.stdout.split()[-1])
+    # activations and their gradients are about 1.3 GiB at this size; unchunked im2col would add 1.8 GiB
+    assert peak_mib < 3000
