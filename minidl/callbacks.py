@@ -3,6 +3,11 @@
 ``logs`` are dicts of floats: ``loss`` and the metrics (running means over the epoch so far), and at
 epoch end the ``val_`` versions when there is validation data.  A callback can stop training by
 setting ``self.model.stop_training = True``.
+
+Callbacks that carry something from epoch to epoch (a best value, a patience counter) return it from
+:meth:`Callback.get_state`; checkpoints store it, and a ``fit`` that resumes a loaded checkpoint
+(``initial_epoch=model.initial_epoch``) hands it back to the callbacks of the same class, in the same
+order, so the resumed run makes the same decisions as the uninterrupted one.
 """
 
 import csv
@@ -14,9 +19,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minidl.backend import ops
+from minidl.utils import set_rng_state
 
 
 class Callback:
+    #: True for callbacks that save the model: their ``on_epoch_end`` runs after every other
+    #: callback's, so the file holds the epoch's final state (a learning rate cut included)
+    writes_checkpoints = False
+
     def set_model(self, model):
         self.model = model
 
@@ -41,12 +51,25 @@ class Callback:
     def on_train_batch_end(self, batch, logs=None):
         pass
 
+    def get_state(self):
+        """What this callback carries from one epoch to the next, as JSON data (lists of arrays
+        allowed), for checkpoints; ``None`` when it carries nothing."""
+        return None
+
+    def set_state(self, state):
+        """Continue from :meth:`get_state`'s ``state`` (called after ``on_train_begin`` on a resume)."""
+
 
 class CallbackList(Callback):
-    """Forwards every hook to each callback in order."""
+    """Forwards every hook to each callback in order (checkpoint writers last at epoch end).
+
+    At ``on_train_begin`` it becomes ``model.fit_callbacks``, whose :meth:`states` a saved model
+    holds; :meth:`resume_saved_run` gives them back when a loaded checkpoint's run goes on.
+    """
 
     def __init__(self, callbacks, model, params):
         self.callbacks = list(callbacks)
+        self.model = model
         for callback in self.callbacks:
             callback.set_model(model)
             callback.set_params(params)
@@ -56,6 +79,7 @@ class CallbackList(Callback):
             getattr(callback, hook)(*args)
 
     def on_train_begin(self, logs=None):
+        self.model.fit_callbacks = self
         self._call_all("on_train_begin", logs)
 
     def on_train_end(self, logs=None):
@@ -65,13 +89,43 @@ class CallbackList(Callback):
         self._call_all("on_epoch_begin", epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._call_all("on_epoch_end", epoch, logs)
+        in_order = sorted(self.callbacks, key=lambda callback: callback.writes_checkpoints)
+        for callback in in_order:
+            callback.on_epoch_end(epoch, logs)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._call_all("on_train_batch_begin", batch, logs)
 
     def on_train_batch_end(self, batch, logs=None):
         self._call_all("on_train_batch_end", batch, logs)
+
+    def keyed_callbacks(self):
+        """``{key: callback}``, the key being the class name and, from the second callback of a
+        class on, its rank: ``"ModelCheckpoint"``, ``"ModelCheckpoint_1"``."""
+        seen, keyed = {}, {}
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            rank = seen[name] = seen.get(name, -1) + 1
+            keyed[name if rank == 0 else f"{name}_{rank}"] = callback
+        return keyed
+
+    def states(self):
+        """``{key: state}`` of every callback that carries state (see :meth:`keyed_callbacks`)."""
+        states = {key: callback.get_state() for key, callback in self.keyed_callbacks().items()}
+        return {key: state for key, state in states.items() if state is not None}
+
+    def resume_saved_run(self, initial_epoch):
+        """When this ``fit`` continues the run of a loaded checkpoint (``initial_epoch`` equals its
+        finished epochs), restore the global random generator and each callback's state as they were
+        when it was saved.  Happens once per load: a later ``fit`` starts afresh."""
+        saved = getattr(self.model, "saved_run", None)
+        if saved is None or initial_epoch != self.model.initial_epoch:
+            return
+        self.model.saved_run = None
+        set_rng_state(saved["rng_state"])
+        for key, callback in self.keyed_callbacks().items():
+            if key in saved["callbacks"]:
+                callback.set_state(saved["callbacks"][key])
 
 
 class History(Callback):
@@ -156,6 +210,19 @@ class MonitorImprovement:
             return value < reference - self.min_delta
         return value > reference + self.min_delta
 
+    def get_state(self):
+        return {"monitor": self.monitor, "direction": self.direction, "best": self.best}
+
+    def set_state(self, state, callback_name):
+        """Take the saved best value; ``False`` (with a warning) when it tracked another quantity."""
+        if (state["monitor"], state["direction"]) != (self.monitor, self.direction):
+            warnings.warn(f"{callback_name}: the checkpoint's {callback_name} monitored "
+                          f"{state['monitor']!r} ({state['direction']}), this one {self.monitor!r} "
+                          f"({self.direction}); starting afresh", RuntimeWarning, stacklevel=4)
+            return False
+        self.best = float(state["best"])
+        return True
+
     def value(self, logs, callback_name):
         """The monitored value from ``logs``, or ``None`` (with a warning) when it is missing."""
         value = (logs or {}).get(self.monitor)
@@ -188,6 +255,16 @@ class EarlyStopping(Callback):
     @property
     def best(self):
         return self.tracker.best
+
+    def get_state(self):
+        return {**self.tracker.get_state(), "wait": self.wait, "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch, "best_weights": self.best_weights}
+
+    def set_state(self, state):
+        if self.tracker.set_state(state, "EarlyStopping"):
+            self.wait, self.best_epoch = int(state["wait"]), int(state["best_epoch"])
+            self.stopped_epoch = int(state["stopped_epoch"])
+            self.best_weights = state["best_weights"]
 
     def on_epoch_end(self, epoch, logs=None):
         current = self.tracker.value(logs, "EarlyStopping")
@@ -224,8 +301,13 @@ class ModelCheckpoint(Callback):
     value (``{val_loss:.3f}``).  Each file is written atomically (a temporary file, fsync, rename), so
     a crash never leaves a half-written checkpoint.  A full checkpoint holds the optimizer state, the
     number of finished epochs and the random state: ``minidl.load_model`` + ``fit(initial_epoch=
-    model.initial_epoch)`` resumes training exactly.
+    model.initial_epoch)`` resumes training exactly.  It writes after every other callback's
+    ``on_epoch_end``, so the file holds the epoch's final state (e.g. a rate ``ReduceLROnPlateau``
+    just cut) and every callback's state; with ``save_best_only`` the best value so far is part of
+    that state, so a resumed run overwrites the best file only on a real improvement.
     """
+
+    writes_checkpoints = True
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
                  save_weights_only=False, mode="auto", initial_value_threshold=None):
@@ -239,6 +321,12 @@ class ModelCheckpoint(Callback):
         self.tracker.reset()
         if self.initial_value_threshold is not None:
             self.tracker.best = self.initial_value_threshold
+
+    def get_state(self):
+        return self.tracker.get_state() if self.save_best_only else None
+
+    def set_state(self, state):
+        self.tracker.set_state(state, "ModelCheckpoint")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -297,6 +385,13 @@ class ReduceLROnPlateau(Callback):
         require_float_learning_rate(self.model.optimizer, "ReduceLROnPlateau")
         self.tracker.reset()
         self.wait, self.cooldown_counter = 0, 0
+
+    def get_state(self):
+        return {**self.tracker.get_state(), "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def set_state(self, state):
+        if self.tracker.set_state(state, "ReduceLROnPlateau"):
+            self.wait, self.cooldown_counter = int(state["wait"]), int(state["cooldown_counter"])
 
     def on_epoch_end(self, epoch, logs=None):
         optimizer = self.model.optimizer

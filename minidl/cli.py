@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -26,15 +27,15 @@ PRESETS = ("seed-cnn", "tiny-cnn", "mlp")  # minidl.presets.PRESETS, listed with
 
 def build_model(spec, input_shape, num_classes):
     """A model from a preset name or a JSON architecture file (``Sequential.get_config()`` output)."""
-    from minidl import Sequential, presets
+    from minidl import Sequential, presets, validation
 
     if spec.endswith(".json") or os.path.isfile(spec):
         with open(spec) as file:
             try:
                 config = json.load(file)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{spec}: not valid JSON ({error})") from None
-        model = Sequential.from_config(config)
+            except (json.JSONDecodeError, RecursionError) as error:
+                raise ValueError(f"{spec}: not valid JSON ({type(error).__name__}: {error})") from None
+        model = Sequential.from_config(validation.architecture(config, spec))
         if not model.built:
             model.build(input_shape)
         return model
@@ -55,10 +56,28 @@ def as_float_images(x):
     return x.astype(np.float32) / 255.0
 
 
+def require_dataset_files(name, data_dir):
+    """Refuse a ``--data-dir`` that is not a folder holding the dataset's IDX files, rather than
+    silently reading them from somewhere else."""
+    from minidl.data import datasets
+
+    if not os.path.isdir(data_dir):
+        raise ValueError(f"--data-dir {data_dir}: no such directory")
+    if name not in ("fashion_mnist", "mnist"):
+        raise ValueError(f"--data-dir applies to fashion_mnist and mnist, not to --dataset {name}")
+    spec = datasets.FASHION_MNIST if name == "fashion_mnist" else datasets.MNIST
+    missing = [idx_file.name for idx_file in spec.files if datasets.file_path(data_dir, idx_file) is None]
+    if missing:
+        raise ValueError(f"--data-dir {data_dir}: missing the {spec.title} files {', '.join(missing)} "
+                         f"(plain or .gz)")
+
+
 def load_dataset(name, data_dir=None, image_size=(28, 28), color_mode="grayscale", seed=0):
     """``(x_train, y_train), (x_test, y_test), class_names`` with float images in [0, 1]."""
     from minidl import data
 
+    if data_dir is not None:
+        require_dataset_files(name, data_dir)
     if name in ("fashion_mnist", "mnist"):
         loader = data.load_fashion_mnist if name == "fashion_mnist" else data.load_mnist
         (x_train, y_train), (x_test, y_test) = loader(path=data_dir)
@@ -92,10 +111,62 @@ def image_geometry(input_shape):
 # ------------------------------------------------------------------------------- commands
 
 
+#: the ``train`` arguments that decide what a run computes: a resumed run must repeat them
+RUN_ARGUMENTS = ("dataset", "model", "optimizer", "learning_rate", "seed", "limit", "batch_size",
+                 "validation_split", "augment", "image_size", "color_mode")
+
+
+def run_arguments(args):
+    return {name: getattr(args, name) for name in RUN_ARGUMENTS}
+
+
+def require_same_run(model, args, x_train, class_names):
+    """Refuse to resume ``args.resume`` with a dataset, model or settings other than its own, naming
+    each saved and given value."""
+    saved = getattr(model, "run_arguments", None) or {}
+    mismatches = [f"--{name.replace('_', '-')}: saved {saved[name]!r}, given {value!r}"
+                  for name, value in run_arguments(args).items() if name in saved and saved[name] != value]
+    if model.input_shape != x_train.shape[1:]:
+        mismatches.append(f"input shape: saved {model.input_shape}, the dataset's {x_train.shape[1:]}")
+    if model.output_shape != (len(class_names),):
+        mismatches.append(f"classes: the saved model has {model.output_shape[-1]} outputs, the dataset "
+                          f"{len(class_names)} classes")
+    if mismatches:
+        raise ValueError(f"--resume {args.resume} was trained otherwise; give the run's own arguments "
+                         f"({'; '.join(mismatches)})")
+
+
+def require_writable_file(path, option):
+    """Refuse ``path`` for ``option`` unless it can be written: its folder exists and is writable and
+    it is not itself a folder.  Checked before training, so a run is never lost to a typo."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path}: is a directory; give a file name, e.g. {os.path.join(path, 'model.minidl')}")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: the folder {folder} is not writable")
+
+
+def save_trained_model(model, path):
+    """Save to ``path``; if that fails, save to a fresh file in the temporary folder instead and
+    raise an error naming both, so a finished training is never lost."""
+    try:
+        model.save(path)
+    except OSError as error:
+        handle, rescue_path = tempfile.mkstemp(prefix="minidl-rescued-", suffix=".minidl")
+        os.close(handle)
+        model.save(rescue_path)
+        raise OSError(f"could not write {path} ({error}); the trained model was saved to {rescue_path}") from None
+
+
 def command_train(args):
     import minidl
     from minidl import optimizers
 
+    for path, option in ((args.output, "--output"), (args.checkpoint, "--checkpoint")):
+        if path:
+            require_writable_file(path, option)
     minidl.utils.set_random_seed(args.seed)
     (x_train, y_train), (x_test, y_test), class_names = load_dataset(
         args.dataset, args.data_dir, (args.image_size, args.image_size), args.color_mode, args.seed)
@@ -103,6 +174,7 @@ def command_train(args):
     x_test, y_test = first(args.limit, x_test, y_test)
     if args.resume:
         model = minidl.load_model(args.resume)
+        require_same_run(model, args, x_train, class_names)
         print(f"resuming {args.resume} after epoch {model.initial_epoch}")
     else:
         model = build_model(args.model, x_train.shape[1:], len(class_names))
@@ -110,6 +182,7 @@ def command_train(args):
         optimizer = optimizer_class() if args.learning_rate is None else optimizer_class(args.learning_rate)
         model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.class_names = class_names
+    model.run_arguments = run_arguments(args)
     if args.verbose:
         model.summary()
     checkpoints = [minidl.callbacks.ModelCheckpoint(args.checkpoint)] if args.checkpoint else []
@@ -120,7 +193,7 @@ def command_train(args):
     test_logs = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True)
     print(f"test ({len(x_test)} samples): " + minidl.callbacks.format_logs(test_logs))
     if args.output:
-        model.save(args.output)
+        save_trained_model(model, args.output)
         print(f"saved model to {args.output}")
     if args.plots:
         write_training_plots(args.plots, model, history, x_test, y_test, class_names)
@@ -313,8 +386,9 @@ def build_parser():
     train.add_argument("--plots", metavar="DIR", help="write learning curves, confusion matrix, filters")
     train.add_argument("--checkpoint", metavar="FILE", help="save a resumable checkpoint after every epoch")
     train.add_argument("--resume", metavar="FILE",
-                       help="continue the run saved in this checkpoint (its model, optimizer state and epoch; "
-                            "give the same --dataset, --limit, --seed and --epochs)")
+                       help="continue the run saved in this checkpoint (its model, optimizer state and epoch); "
+                            "give the run's own --dataset, --model, --optimizer, --learning-rate, --seed, "
+                            "--limit, --batch-size and other settings (a mismatch is refused), and any --epochs")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="0 silent, 1 bar, 2 lines")
     add_common(train)
     train.set_defaults(run=command_train)

@@ -15,6 +15,7 @@ from minidl import losses as losses_module
 from minidl import metrics as metrics_module
 from minidl import optimizers as optimizers_module
 from minidl import training
+from minidl import validation as checks
 from minidl.backend import get_backend
 from minidl.layers import Input, Layer
 
@@ -49,6 +50,8 @@ class Sequential:
             return
         if not isinstance(layer, Layer):
             raise TypeError(f"{self.name}: can only add minidl layers, got {type(layer).__name__}")
+        checks.refuse_during_fit(self, "add")
+        checks.require_new_layer(self, layer)
         if not self.layers and self.input_shape is None and layer.declared_input_shape is not None:
             self.input_shape = layer.declared_input_shape
         if self.input_shape is not None:
@@ -104,10 +107,11 @@ class Sequential:
         """
         if loss is None:
             raise ValueError(f"{self.name}: compile needs a loss, e.g. loss='categorical_crossentropy'")
+        checks.refuse_during_fit(self, "compile")
         engine.enabled_passes(optimize)
         if max_workspace_bytes is not None and (not isinstance(max_workspace_bytes, int) or max_workspace_bytes < 1):
             raise ValueError(f"{self.name}: max_workspace_bytes must be a positive int, got {max_workspace_bytes!r}")
-        self.optimizer = optimizers_module.get(optimizer)
+        self.optimizer = optimizers_module.get(optimizer).attach(self)
         self.loss = losses_module.get(loss)
         self.metric_names = list(metrics or [])
         self.metrics = []
@@ -173,8 +177,7 @@ class Sequential:
         and actual shapes) or for NaN/inf values.
         """
         x = np.asarray(x)
-        if not np.issubdtype(x.dtype, np.number):
-            raise ValueError(f"{self.name}: {what} must be numeric, got dtype {x.dtype}")
+        checks.require_real_numbers(x, what, self.name)
         if not self.layers:
             raise ValueError(f"{self.name}: the model has no layers")
         if not self.built:
@@ -189,12 +192,11 @@ class Sequential:
             first = self.layers[0]
             raise ValueError(f"layer {first.name!r} ({type(first).__name__}) expected {what} of shape "
                              f"{expected}, got {x.shape}{hint}")
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            raise ValueError(f"{self.name}: {what} contains NaN or infinite values")
-        return x
+        return checks.as_finite(x, self.dtype, what, self.name)
 
     def check_data(self, x, y, what="x"):
         x = self.check_inputs(x, what)
+        checks.require_samples(x, what, self.name)
         if y is None:
             raise ValueError(f"{self.name}: targets y are required with array inputs")
         if len(x) != len(y):
@@ -213,6 +215,7 @@ class Sequential:
 
     # --------------------------------------------------------------------- fit, evaluate, predict
 
+    @checks.marks_fit_in_progress
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=None,
             augment=None):
@@ -237,7 +240,8 @@ class Sequential:
         return training.evaluate(self, x, y, batch_size, verbose, return_dict, report)
 
     def predict(self, x, batch_size=32, verbose=0):
-        """Outputs for ``x`` ``(N, *input_shape)`` -> ``(N, *output_shape)`` as a NumPy array."""
+        """Outputs for ``x`` ``(N, *input_shape)`` -> ``(N, *output_shape)`` as a NumPy array (an
+        empty ``x`` gives an empty ``(0, *output_shape)`` result)."""
         return training.predict(self, x, batch_size)
 
     def train_on_batch(self, x, y):

@@ -4,44 +4,105 @@ An optimizer is handed the model's trainable parameters and their gradients, in 
 every step, through :meth:`Optimizer.apply_gradients`.  Its slots (velocities, moments) are created
 on the first call, one per parameter, on the active backend.  ``learning_rate`` may be a number or a
 schedule from :mod:`minidl.schedules`, evaluated at the step count before the update.
+
+Every setting is checked when the optimizer is made (and a schedule's rate at every step), so a
+setting that can only produce NaN weights (an infinite or negative rate, ``beta_1 = 1``, ``rho = 2``)
+is refused before any update.  An optimizer instance belongs to one model: its slots hold that
+model's moments, so compiling it into a second model is refused (see :meth:`Optimizer.attach`).
 """
+
+import warnings
+import weakref
 
 import numpy as np
 
 from minidl import schedules
 from minidl.backend import ops
+from minidl.validation import require_fraction, require_positive
+
+
+def pick_learning_rate(owner, learning_rate, lr, default):
+    """``learning_rate``, or the deprecated alias ``lr`` (with a ``DeprecationWarning``), or ``default``."""
+    if lr is None:
+        return default if learning_rate is None else learning_rate
+    if learning_rate is not None:
+        raise TypeError(f"{owner}: got both learning_rate={learning_rate!r} and its deprecated alias "
+                        f"lr={lr!r}; give only learning_rate")
+    warnings.warn(f"{owner}: lr is deprecated, use learning_rate", DeprecationWarning, stacklevel=4)
+    return lr
 
 
 class Optimizer:
     slot_names = ()
     full_batch = False
+    default_learning_rate = 0.001
 
-    def __init__(self, learning_rate):
-        if not callable(learning_rate) and not learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
-        self.learning_rate = learning_rate
+    def __init__(self, learning_rate=None, lr=None):
+        self.learning_rate = pick_learning_rate(type(self).__name__, learning_rate, lr,
+                                                self.default_learning_rate)
         self.iterations = 0
         self.slots = []
+        self.model_ref = None
+
+    @property
+    def learning_rate(self):
+        """A positive finite number, or a schedule (called with the step count)."""
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if not callable(value):
+            value = require_positive(type(self).__name__, "learning_rate", value)
+        self._learning_rate = value
 
     def current_learning_rate(self):
-        """The learning rate of the next update (a schedule is evaluated at ``iterations``)."""
-        if callable(self.learning_rate):
-            return float(self.learning_rate(self.iterations))
-        return float(self.learning_rate)
+        """The learning rate of the next update (a schedule is evaluated at ``iterations``; a value
+        that is not a positive finite number raises ``ValueError`` before any update)."""
+        if not callable(self.learning_rate):
+            return self.learning_rate
+        value = self.learning_rate(self.iterations)
+        try:
+            return require_positive(type(self).__name__, "learning_rate", value)
+        except ValueError:
+            raise ValueError(f"{type(self).__name__}: the schedule {type(self.learning_rate).__name__} "
+                             f"gave learning_rate {value!r} at step {self.iterations}; it must be a "
+                             f"positive finite number") from None
+
+    def attach(self, model):
+        """Make this optimizer ``model``'s and return it.  Its slots hold one model's moments, so an
+        optimizer still compiled into another live model is refused (give each model its own)."""
+        owner = self.model_ref() if self.model_ref is not None else None
+        if owner is not None and owner is not model and owner.optimizer is self:
+            raise ValueError(f"this {type(self).__name__} instance is already compiled into model "
+                             f"{owner.name!r}; its slots hold that model's state, so give model "
+                             f"{model.name!r} its own optimizer, e.g. "
+                             f"optimizers.{type(self).__name__}(**optimizer.get_config())")
+        self.model_ref = weakref.ref(model)
+        return self
 
     def apply_gradients(self, params_and_grads):
-        """Update every parameter in place from its gradient, then count one step."""
+        """Update every parameter in place from its gradient, then count one step.  The slots,
+        the learning rate and every shape are checked before the first parameter changes."""
         params_and_grads = list(params_and_grads)
         if not self.slots:
             self.slots = [{name: ops.zeros_like(param) for name in self.slot_names}
                           for param, _ in params_and_grads]
-        if len(self.slots) != len(params_and_grads):
-            raise ValueError(f"{type(self).__name__} was built for {len(self.slots)} parameters, "
-                             f"got {len(params_and_grads)}")
+        self.check_slots_fit(params_and_grads)
         lr = self.current_learning_rate()
         for (param, grad), slot in zip(params_and_grads, self.slots):
             self.update(param, grad, slot, lr)
         self.iterations += 1
+
+    def check_slots_fit(self, params_and_grads):
+        if len(self.slots) != len(params_and_grads):
+            raise ValueError(f"{type(self).__name__} was built for {len(self.slots)} parameters, "
+                             f"got {len(params_and_grads)}")
+        for index, ((param, grad), slot) in enumerate(zip(params_and_grads, self.slots)):
+            shapes = {tuple(param.shape), tuple(grad.shape)} | {tuple(a.shape) for a in slot.values()}
+            if len(shapes) != 1:
+                raise ValueError(f"{type(self).__name__}: parameter {index} has shape {tuple(param.shape)}, "
+                                 f"its gradient {tuple(grad.shape)} and its slots "
+                                 f"{[tuple(a.shape) for a in slot.values()]}; nothing was updated")
 
     def update(self, param, grad, slot, lr):
         raise NotImplementedError
@@ -82,12 +143,13 @@ class SGD(Optimizer):
     """
 
     slot_names = ("velocity",)
+    default_learning_rate = 0.01
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
-        super().__init__(learning_rate)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+    def __init__(self, learning_rate=None, momentum=0.0, nesterov=False, lr=None):
+        """``learning_rate`` defaults to 0.01; ``lr`` is its deprecated alias."""
+        super().__init__(learning_rate, lr)
+        self.momentum = require_fraction(type(self).__name__, "momentum", momentum)
+        self.nesterov = bool(nesterov)
 
     def update(self, param, grad, slot, lr):
         ops.sgd_update(param, grad, slot["velocity"], lr, self.momentum, self.nesterov)
@@ -102,8 +164,9 @@ class GD(SGD):
 
     full_batch = True
 
-    def __init__(self, learning_rate=0.01):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=None, lr=None):
+        """``learning_rate`` defaults to 0.01; ``lr`` is its deprecated alias."""
+        super().__init__(learning_rate, lr=lr)
 
     def hyperparameters(self):
         return {}
@@ -118,9 +181,13 @@ class Adam(Optimizer):
 
     slot_names = ("m", "v")
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        super().__init__(learning_rate)
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+    def __init__(self, learning_rate=None, beta_1=0.9, beta_2=0.999, epsilon=1e-7, lr=None):
+        """``learning_rate`` defaults to 0.001; ``lr`` is its deprecated alias.  ``beta_1`` and
+        ``beta_2`` must be in [0, 1) (1 makes the bias correction divide by zero), ``epsilon`` > 0."""
+        super().__init__(learning_rate, lr)
+        self.beta_1 = require_fraction(type(self).__name__, "beta_1", beta_1)
+        self.beta_2 = require_fraction(type(self).__name__, "beta_2", beta_2)
+        self.epsilon = require_positive(type(self).__name__, "epsilon", epsilon)
 
     def update(self, param, grad, slot, lr):
         ops.adam_update(param, grad, slot["m"], slot["v"], lr, self.beta_1, self.beta_2,
@@ -135,9 +202,12 @@ class RMSprop(Optimizer):
 
     slot_names = ("mean_square",)
 
-    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7):
-        super().__init__(learning_rate)
-        self.rho, self.epsilon = float(rho), float(epsilon)
+    def __init__(self, learning_rate=None, rho=0.9, epsilon=1e-7, lr=None):
+        """``learning_rate`` defaults to 0.001; ``lr`` is its deprecated alias.  ``rho`` in [0, 1),
+        ``epsilon`` > 0."""
+        super().__init__(learning_rate, lr)
+        self.rho = require_fraction(type(self).__name__, "rho", rho)
+        self.epsilon = require_positive(type(self).__name__, "epsilon", epsilon)
 
     def update(self, param, grad, slot, lr):
         ops.rmsprop_update(param, grad, slot["mean_square"], lr, self.rho, self.epsilon)

@@ -10,6 +10,7 @@ changes the weights.  :class:`minidl.model.Sequential`'s ``fit``, ``evaluate``, 
 import numpy as np
 
 from minidl import metrics as metrics_module
+from minidl import validation as checks
 from minidl.backend import apply_process_settings, ops
 from minidl.callbacks import CallbackList, History, ProgbarLogger, find_non_finite, format_logs
 from minidl.utils import global_rng
@@ -118,6 +119,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=N
     model.require_compiled("fit")
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+    batch_size, seed = checks.batch_size(batch_size, "fit"), checks.seed(seed)
     validation = validation_batches(model, validation_data, batch_size or 32)
     if is_loader(x):
         if validation_split:
@@ -144,6 +146,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=N
                                                         "verbose": verbose})
     model.stop_training = False
     callback_list.on_train_begin()
+    callback_list.resume_saved_run(initial_epoch)
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
         logs = run_epoch(model, train.epoch(epoch), callback_list)
@@ -176,7 +179,7 @@ def validation_batches(model, validation_data, batch_size):
         return None
     if is_loader(validation_data):
         return LoaderBatches(model, validation_data)
-    x_val, targets_val = model.check_data(*validation_data[:2], what="validation x")
+    x_val, targets_val = model.check_data(*checks.validation_pair(validation_data), what="validation x")
     return ArrayBatches(model, x_val, targets_val, batch_size, shuffle=False)
 
 
@@ -204,6 +207,7 @@ def evaluate_batches(model, batches, keep_outputs=False):
 def evaluate(model, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False):
     """:meth:`minidl.model.Sequential.evaluate`."""
     model.require_compiled("evaluate")
+    batch_size = checks.batch_size(batch_size, "evaluate")
     if is_loader(x):
         batches = LoaderBatches(model, x)
     else:
@@ -224,6 +228,7 @@ def evaluate(model, x=None, y=None, batch_size=32, verbose=1, return_dict=False,
 
 def predict(model, x, batch_size=32):
     """:meth:`minidl.model.Sequential.predict`."""
+    batch_size = checks.batch_size(batch_size, "predict")
     if is_loader(x):
         batches = (x_batch for x_batch, _ in x)
     else:

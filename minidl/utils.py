@@ -4,6 +4,9 @@ atomic file writes."""
 import contextlib
 import os
 import random
+import re
+import socket
+import stat
 import tempfile
 
 import numpy as np
@@ -40,24 +43,64 @@ def set_rng_state(state):
 @contextlib.contextmanager
 def atomic_write(path):
     """Write ``path`` all or nothing: yields a binary file beside it; on a clean exit the data is
-    flushed, fsync'ed, given the permissions a plain ``open`` would give (``0o666`` less the umask)
-    and renamed over ``path``; on an exception the temporary file is deleted and ``path`` keeps its
-    old content."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    flushed, fsync'ed and renamed over ``path``; on an exception the temporary file is deleted and
+    ``path`` keeps its old content.
+
+    A symbolic link is written through: the file it points to is replaced and the link stays.  The
+    new file keeps the old one's permission bits (a 0600 file stays 0600); a new file gets those a
+    plain ``open`` would give (``0o666`` less the umask).  Temporary files are named
+    ``.<name>.<host>-<pid>.<random>.tmp``; those a killed process of this host left for the same
+    file are deleted on the next write.
+    """
+    target = os.path.realpath(os.fspath(path))
+    directory, name = os.path.split(target)
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.{socket.gethostname()}-{os.getpid()}.",
+                                         suffix=".tmp", dir=directory)
     try:
         with os.fdopen(handle, "wb") as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~current_umask())
-        os.replace(temporary, path)
+        os.chmod(temporary, permission_bits_for(target))
+        os.replace(temporary, target)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
     sync_directory(directory)
+    remove_stale_temporaries(target)
+
+
+def permission_bits_for(target):
+    """The existing ``target``'s permission bits, or a plain ``open``'s for a new file."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+def remove_stale_temporaries(target):
+    """Delete the temporary files of ``target`` left by processes of this host that no longer run
+    (POSIX only: elsewhere there is no harmless way to ask whether a process runs)."""
+    if os.name != "posix":
+        return
+    directory, name = os.path.split(target)
+    pattern = re.compile(re.escape(f".{name}.{socket.gethostname()}-") + r"(\d+)\.[^.]+\.tmp")
+    for entry in os.listdir(directory):
+        match = pattern.fullmatch(entry)
+        if match and not process_is_running(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, entry))
+
+
+def process_is_running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
 
 
 def current_umask():

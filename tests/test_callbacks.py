@@ -267,3 +267,100 @@ def test_model_checkpoint_in_a_real_fit_leaves_no_temporary_files(tmp_path):
                      callbacks=[callbacks.ModelCheckpoint(str(tmp_path / "sub" / "best.minidl"),
                                                           save_best_only=True)])
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["best.minidl"]
+
+
+# ------------------------------------------------------------------- state across a resume
+
+
+def every_builtin_callback(folder):
+    """One of each built-in callback, configured so each one's state matters within 6 epochs."""
+    return [
+        callbacks.ModelCheckpoint(str(folder / "best.minidl"), monitor="val_loss", save_best_only=True),
+        callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_delta=0.01, cooldown=1),
+        callbacks.EarlyStopping(monitor="val_loss", patience=10, min_delta=0.01, restore_best_weights=True),
+        callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.9),
+        callbacks.CSVLogger(str(folder / "log.csv"), append=True),
+        callbacks.TerminateOnNaN(),
+        callbacks.NaNGuard(),
+        callbacks.ModelCheckpoint(str(folder / "last.minidl")),
+    ]
+
+
+def dropout_model():
+    model = minidl.Sequential([layers.Input((4,)), layers.Dense(8, activation="relu"), layers.Dropout(0.3),
+                               layers.Dense(3, activation="softmax")])
+    model.compile(SGD(learning_rate=0.5, momentum=0.9), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def run_with_every_callback(folder, epochs, initial_epoch=0, model=None):
+    x, y = tiny_data(48, seed=1)
+    folder.mkdir(exist_ok=True)
+    if model is None:
+        minidl.utils.set_random_seed(0)
+        model = dropout_model()
+    run_callbacks = every_builtin_callback(folder)
+    model.fit(x, y, epochs=epochs, initial_epoch=initial_epoch, batch_size=8, seed=3, verbose=0,
+              validation_split=0.25, callbacks=run_callbacks)
+    return model, run_callbacks
+
+
+def test_a_run_resumed_from_its_checkpoint_with_every_builtin_callback_ends_bit_exact(tmp_path):
+    whole, whole_callbacks = run_with_every_callback(tmp_path / "whole", epochs=6)
+    run_with_every_callback(tmp_path / "resumed", epochs=3)  # "killed" after epoch 3
+    minidl.utils.set_random_seed(99)  # whatever happened in between
+    checkpoint = minidl.load_model(tmp_path / "resumed" / "last.minidl")
+    resumed, resumed_callbacks = run_with_every_callback(tmp_path / "resumed", 6, checkpoint.initial_epoch,
+                                                         model=checkpoint)
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.get_weights(), whole.get_weights()))
+    assert resumed.optimizer.learning_rate == whole.optimizer.learning_rate
+    for before, after in zip(whole_callbacks, resumed_callbacks):
+        state_before, state_after = before.get_state(), after.get_state()
+        if state_before is not None and "best_weights" in state_before:
+            assert all(np.array_equal(a, b) for a, b in zip(state_before.pop("best_weights"),
+                                                             state_after.pop("best_weights")))
+        assert state_before == state_after, type(before).__name__
+    for name in ("best.minidl", "last.minidl"):
+        whole_file = minidl.load_model(tmp_path / "whole" / name)
+        resumed_file = minidl.load_model(tmp_path / "resumed" / name)
+        assert whole_file.initial_epoch == resumed_file.initial_epoch
+        assert all(np.array_equal(a, b) for a, b in zip(whole_file.get_weights(), resumed_file.get_weights()))
+    assert read_rows(tmp_path / "whole" / "log.csv") == read_rows(tmp_path / "resumed" / "log.csv")
+
+
+def test_the_checkpoint_holds_the_learning_rate_cut_at_the_end_of_its_epoch(tmp_path):
+    model = tiny_model(SGD(learning_rate=1.0))
+    x, y = tiny_data()
+    checkpoint = callbacks.ModelCheckpoint(str(tmp_path / "ckpt-{epoch}.minidl"))
+    reducer = callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[checkpoint, reducer])  # checkpoint listed first
+    # epoch 1 sets the first best value; epochs 2 and 3 do not improve by min_delta and cut the rate
+    saved_rates = [minidl.load_model(tmp_path / f"ckpt-{epoch}.minidl").optimizer.learning_rate
+                   for epoch in (1, 2, 3)]
+    assert saved_rates == [1.0, 0.5, 0.25]
+
+
+def test_a_resumed_save_best_only_checkpoint_keeps_the_best_value_of_the_first_run(tmp_path):
+    model, path = tiny_model(), tmp_path / "best.minidl"
+    checkpoint = callbacks.ModelCheckpoint(str(path), monitor="val_loss", save_best_only=True)
+    callback_list = callbacks.CallbackList([checkpoint], model, {"epochs": 2, "steps": 1, "verbose": 0})
+    callback_list.on_train_begin()
+    callback_list.on_epoch_end(0, {"val_loss": 0.3})
+    saved_bytes = path.read_bytes()
+    resumed = minidl.load_model(path)
+    fresh_checkpoint = callbacks.ModelCheckpoint(str(path), monitor="val_loss", save_best_only=True)
+    resumed_list = callbacks.CallbackList([fresh_checkpoint], resumed, {"epochs": 2, "steps": 1, "verbose": 0})
+    resumed_list.on_train_begin()
+    resumed_list.resume_saved_run(resumed.initial_epoch)
+    resumed_list.on_epoch_end(1, {"val_loss": 0.4})  # worse than 0.3: the best file stays
+    assert fresh_checkpoint.get_state()["best"] == 0.3 and path.read_bytes() == saved_bytes
+
+
+def test_a_restored_callback_that_monitors_another_quantity_warns_and_starts_afresh():
+    reducer = callbacks.ReduceLROnPlateau(monitor="val_accuracy")
+    reducer.set_model(tiny_model())
+    reducer.on_train_begin()
+    saved = {"monitor": "val_loss", "direction": "min", "best": 0.1, "wait": 3, "cooldown_counter": 0}
+    with pytest.warns(RuntimeWarning, match="'val_loss'.*'val_accuracy'"):
+        reducer.set_state(saved)
+    assert reducer.wait == 0 and reducer.tracker.best == -math.inf

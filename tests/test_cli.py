@@ -177,3 +177,78 @@ def test_train_on_the_first_samples_of_fashion_mnist(tmp_path):
                         "--limit", "64", "--verbose", "0", "--augment", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert minidl.load_model(tmp_path / "model.minidl").class_names[9] == "Ankle boot"
+
+
+# ------------------------------------------------------------------ refused before any training
+
+
+@needs_data
+def test_resume_with_other_run_arguments_is_refused_naming_each_saved_and_given_value(tmp_path):
+    common = ["train", "--dataset", "shapes", "--limit", "60", "--verbose", "0"]
+    first = minidl_cli(*common, "--model", "tiny-cnn", "--epochs", "1", "--checkpoint", tmp_path / "ckpt.minidl",
+                       "--output", tmp_path / "first.minidl")
+    assert first.returncode == 0, first.stderr
+    saved_bytes = (tmp_path / "ckpt.minidl").read_bytes()
+    resumed = minidl_cli(*common, "--model", "mlp", "--optimizer", "sgd", "--learning-rate", "0.1", "--seed", "4",
+                         "--epochs", "2", "--resume", tmp_path / "ckpt.minidl", "--checkpoint", tmp_path / "ckpt.minidl")
+    assert_clean_error(resumed, "--model: saved 'tiny-cnn', given 'mlp'", "--optimizer: saved 'adam', given 'sgd'",
+                       "--learning-rate: saved None, given 0.1", "--seed: saved 0, given 4")
+    assert (tmp_path / "ckpt.minidl").read_bytes() == saved_bytes
+
+
+@needs_data
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="Fashion-MNIST is not installed")
+def test_resume_on_another_dataset_is_refused_naming_the_datasets_and_class_counts(tmp_path):
+    trained = minidl_cli("train", "--model", "tiny-cnn", "--dataset", "fashion_mnist", "--limit", "32", "--epochs", "1",
+                         "--verbose", "0", "--checkpoint", tmp_path / "ckpt.minidl", "--output", tmp_path / "m.minidl")
+    assert trained.returncode == 0, trained.stderr
+    resumed = minidl_cli("train", "--model", "tiny-cnn", "--dataset", "shapes", "--limit", "32", "--epochs", "2",
+                         "--verbose", "0", "--resume", tmp_path / "ckpt.minidl")
+    assert_clean_error(resumed, "--dataset: saved 'fashion_mnist', given 'shapes'",
+                       "the saved model has 10 outputs, the dataset 3 classes")
+
+
+@pytest.mark.parametrize("output, message", [("missing-folder/model.minidl", "does not exist"),
+                                             (".", "is a directory; give a file name")])
+def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, output, message):
+    result = minidl_cli("train", "--dataset", "shapes", "--limit", "30", "--verbose", "0", "--output", output,
+                        cwd=tmp_path)
+    assert_clean_error(result, f"--output {output}", message)
+    assert "test (" not in result.stdout  # nothing was trained
+
+
+def test_a_trained_model_whose_write_fails_is_saved_to_a_rescue_file(tmp_path):
+    from minidl.cli import save_trained_model
+
+    model = minidl.Sequential([layers.Input((3,)), layers.Dense(2)])
+    with pytest.raises(OSError, match=r"could not write .*gone/model.minidl .*saved to (\S+)$") as error:
+        save_trained_model(model, tmp_path / "gone" / "model.minidl")
+    rescue_path = str(error.value).rsplit(" ", 1)[1]
+    try:
+        rescued = minidl.load_model(rescue_path)
+        for expected, actual in zip(model.get_weights(), rescued.get_weights()):
+            np.testing.assert_array_equal(actual, expected)
+    finally:
+        os.unlink(rescue_path)
+
+
+@pytest.mark.parametrize("arguments, fragments", [
+    (("--learning-rate", "inf"), ("Adam: learning_rate must be finite, got inf",)),
+    (("--optimizer", "sgd", "--learning-rate", "-0.1"), ("SGD: learning_rate must be positive, got -0.1",)),
+    (("--data-dir", "/nonexistent"), ("--data-dir /nonexistent: no such directory",)),
+])
+def test_bad_train_settings_are_refused_with_one_line_naming_them(tmp_path, arguments, fragments):
+    result = minidl_cli("train", "--dataset", "shapes", "--limit", "30", "--verbose", "0", *arguments, cwd=tmp_path)
+    assert_clean_error(result, *fragments)
+    assert not (tmp_path / "model.minidl").exists()
+
+
+def test_a_data_dir_without_the_dataset_files_is_refused_rather_than_ignored(tmp_path):
+    result = minidl_cli("train", "--dataset", "fashion_mnist", "--data-dir", tmp_path, "--verbose", "0", cwd=tmp_path)
+    assert_clean_error(result, f"--data-dir {tmp_path}: missing the Fashion-MNIST files train-images-idx3-ubyte")
+
+
+def test_an_architecture_json_without_layers_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "arch.json").write_text(json.dumps({"name": "m", "input_shape": [28, 28, 1]}))
+    result = minidl_cli("train", "--dataset", "shapes", "--model", "arch.json", "--verbose", "0", cwd=tmp_path)
+    assert_clean_error(result, "arch.json: the architecture has no 'layers'", "expected Sequential.get_config()")

@@ -13,6 +13,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import minidl
 from minidl import layers, metrics, saving
@@ -177,7 +179,7 @@ def test_non_minidl_files_are_refused(tmp_path):
     np.savez(plain_npz, a=np.zeros(3))
     with pytest.raises(saving.ModelFileError, match="garbage.minidl: not a minidl file"):
         minidl.load_model(garbage)
-    with pytest.raises(saving.ModelFileError, match="plain.npz.*not valid JSON|plain.npz.*missing"):
+    with pytest.raises(saving.ModelFileError, match="plain.npz: not a minidl file"):
         minidl.load_model(plain_npz)
     with pytest.raises(FileNotFoundError, match="absent.minidl"):
         minidl.load_model(tmp_path / "absent.minidl")
@@ -197,7 +199,8 @@ def test_weights_file_and_model_file_are_not_interchangeable(trained, tmp_path):
 
 
 RESUME_SCRIPT = textwrap.dedent('''
-    """mode full|killed|resume, folder: train the same seeded run (4 epochs) three ways."""
+    """mode full|killed|resume, folder: train the same seeded run (4 epochs) three ways, with the
+    stateful callbacks whose state the checkpoint must carry."""
     import os, sys, time
     import numpy as np
     import minidl
@@ -227,8 +230,12 @@ RESUME_SCRIPT = textwrap.dedent('''
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
         initial_epoch = 0
     extra = [HangMidEpoch()] if mode == "killed" else []
+    stateful = [callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=0.05),
+                callbacks.EarlyStopping(monitor="loss", patience=3, restore_best_weights=True),
+                callbacks.ModelCheckpoint(os.path.join(folder, "best.minidl"), monitor="loss",
+                                          save_best_only=True)]
     model.fit(x, y, epochs=4, initial_epoch=initial_epoch, batch_size=8, seed=7, verbose=0,
-              callbacks=[callbacks.ModelCheckpoint(checkpoint), *extra])
+              callbacks=[callbacks.ModelCheckpoint(checkpoint), *stateful, *extra])
     model.save_weights(os.path.join(folder, mode + ".weights"))
 ''')
 
@@ -303,3 +310,166 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pa
             raise RuntimeError("interrupted")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+# ----------------------------------------------------------- forged files with valid checksums
+
+
+@pytest.fixture
+def forge(trained):
+    """``forge(change)``: the saved model file rewritten with ``change(members, description)`` applied
+    (``description`` is model.json parsed; return False to keep model.json as ``members`` has it)
+    and every checksum recomputed, so only the content checks can refuse it.  Returns the path and
+    the forged bytes, to check that loading leaves the file as it was."""
+    _, path, _, _ = trained
+
+    def forged(change):
+        members = members_of(path)
+        description = json.loads(members["model.json"])
+        if change(members, description) is not False:
+            members["model.json"] = json.dumps(description).encode()
+        rewrite_with_valid_checksums(path, members)
+        return path, path.read_bytes()
+
+    return forged
+
+
+def conv_config(description):
+    return next(layer["config"] for layer in description["architecture"]["layers"]
+                if layer["class_name"] == "Conv2D")
+
+
+def npy_header_claiming(shape):
+    """An .npy member whose header claims ``shape`` but that holds only 8 bytes of data."""
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + b"\0" * 8
+
+
+def set_in(members, description, key, value):
+    description[key] = value
+
+
+FORGERIES = {
+    "a conv with 10**13 filters": (
+        lambda m, d: conv_config(d).update(filters=10**13),
+        r"member 'weights/0000.npy' has shape \(3, 3, 1, 3\), the architecture needs \(3, 3, 1, 10000000000000\)"),
+    "a huge input_shape": (
+        lambda m, d: d["architecture"].update(input_shape=[10**6, 10**6, 1]),
+        "input_shape' .* values per sample, more than"),
+    "an .npy header claiming 10**12 values": (
+        lambda m, d: m.update({"weights/0000.npy": npy_header_claiming((10**12,))}),
+        r"claims shape \(1000000000000,\) of float32 \(4,000,000,000,000 bytes\) but holds 8 bytes"),
+    "JSON nested 100,000 deep": (
+        lambda m, d: (m.update({"model.json": b"[" * 100_000 + b"]" * 100_000}), False)[1],
+        "member 'model.json' is nested too deeply"),
+    "a layer dtype int8": (
+        lambda m, d: conv_config(d).update(dtype="int8"),
+        r"dtype must be one of \('float32', 'float64'\), got 'int8'"),
+    "a layer dtype object": (
+        lambda m, d: conv_config(d).update(dtype="object"),
+        r"dtype must be one of \('float32', 'float64'\), got 'object'"),
+    "int8 weights": (
+        lambda m, d: m.update({"weights/0000.npy": saving.npy_bytes(np.zeros((3, 3, 1, 3), np.int8))}),
+        "member 'weights/0000.npy' has dtype int8, expected a float array"),
+    "class_names=5": (
+        lambda m, d: set_in(m, d, "class_names", 5),
+        "class_names must be a list of 3 strings .*got 5"),
+    "two class names for three outputs": (
+        lambda m, d: set_in(m, d, "class_names", ["a", "b"]),
+        "class_names must be a list of 3 strings"),
+    "an infinite learning rate": (
+        lambda m, d: d["compile"]["optimizer"]["config"].update(learning_rate=float("inf")),
+        "Adam: learning_rate must be finite"),
+    "an optimizer slot of another shape": (
+        lambda m, d: m.update({"optimizer/0000/m.npy": saving.npy_bytes(np.zeros(7, np.float32))}),
+        r"member 'optimizer/0000/m.npy' has shape \(7,\), its parameter \(3, 3, 1, 3\)"),
+    "a negative epoch": (
+        lambda m, d: d["training"].update(epoch=-1),
+        "the finished epoch count must be a non-negative int, got -1"),
+    "a weight count that does not match": (
+        lambda m, d: set_in(m, d, "weight_count", 10**9),
+        "the file holds 1000000000 weight arrays, its architecture has 4"),
+    "a random state that is not one": (
+        lambda m, d: d["training"].update(rng_state={"bit_generator": "MT19937", "state": 5}),
+        "rng_state is not a random generator state"),
+    "an architecture without layers": (
+        lambda m, d: d["architecture"].pop("layers"),
+        "the architecture has no 'layers'"),
+}
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_forged_file_with_valid_checksums_is_refused_naming_the_problem_without_big_allocations(
+        forge, forgery):
+    import tracemalloc
+
+    change, message = FORGERIES[forgery]
+    path, forged_bytes = forge(change)
+    rng_state = get_rng_state()
+    tracemalloc.start()
+    try:
+        with pytest.raises(saving.ModelFileError, match=f"{path.name}: .*{message}"):
+            minidl.load_model(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"loading took {peak / 2**20:.0f} MiB"
+    assert path.read_bytes() == forged_bytes and get_rng_state() == rng_state
+
+
+def test_compressed_or_extra_members_are_refused_before_they_are_read(trained):
+    import tracemalloc
+
+    _, path, _, _ = trained
+    members = members_of(path)
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("padding.bin", b"\0" * (64 * 2**20))  # 64 MiB that compress to 64 kB
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(saving.ModelFileError, match="member 'padding.bin' is compressed"):
+            minidl.load_model(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
+    members["extra.npy"] = saving.npy_bytes(np.zeros(4, np.float32))
+    write_members(path, members)
+    with pytest.raises(saving.ModelFileError, match=r"unexpected \['extra.npy'\]"):
+        minidl.load_model(path)
+
+
+@given(position=st.integers(0, 10**9), flip=st.integers(1, 255))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_file_with_any_byte_flipped_is_refused_or_loads_the_same_weights(trained, position, flip):
+    model, path, _, _ = trained
+    data = bytearray(path.read_bytes())
+    data[position % len(data)] ^= flip
+    flipped = path.with_name("flipped.minidl")
+    flipped.write_bytes(bytes(data))
+    try:
+        loaded = minidl.load_model(flipped)
+    except saving.ModelFileError:
+        return
+    assert weights_equal(loaded.get_weights(), model.get_weights())
+
+
+@given(length=st.integers(0, 10**9))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_file_cut_short_anywhere_is_refused(trained, length):
+    _, path, _, _ = trained
+    data = path.read_bytes()
+    cut = path.with_name("cut.minidl")
+    cut.write_bytes(data[:length % len(data)])
+    with pytest.raises(saving.ModelFileError):
+        minidl.load_model(cut)
+
+
+def test_loading_leaves_the_global_random_generator_alone(trained):
+    _, path, _, _ = trained
+    set_random_seed(123)
+    expected = np.random.default_rng(123).integers(2**31, size=3)
+    minidl.load_model(path)
+    assert np.array_equal(minidl.utils.global_rng().integers(2**31, size=3), expected)

@@ -7,9 +7,13 @@
 
 Shapes given to ``build`` and ``compute_output_shape`` are per sample, without the batch axis.
 Parameters live on the active backend (``minidl.backend``); ``get_weights`` returns host copies.
+A layer computes in float32 (the default) or float64; no other dtype is accepted.
 """
 
 import collections
+import contextlib
+import contextvars
+import sys
 
 import numpy as np
 
@@ -18,6 +22,34 @@ from minidl.backend import ops
 from minidl.utils import global_rng
 
 _names_used = collections.Counter()
+_params_as_placeholders = contextvars.ContextVar("params_as_placeholders", default=False)
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+@contextlib.contextmanager
+def parameters_as_placeholders():
+    """Layers built inside this block get read-only zero placeholders for their parameters, which
+    take no memory whatever their shape (``np.broadcast_to`` of one zero) and draw nothing from the
+    random generator.  Loading a file builds its architecture so, checks every parameter's shape
+    against the file's arrays, then sets the real weights."""
+    token = _params_as_placeholders.set(True)
+    try:
+        yield
+    finally:
+        _params_as_placeholders.reset(token)
+
+
+def float_dtype(dtype, layer_name):
+    """``dtype`` as a NumPy float dtype; anything but float32/float64 is refused (an integer layer
+    would round every activation, and the kernels compute in these two)."""
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:
+        checked = None
+    if checked is None or checked.name not in FLOAT_DTYPES:
+        raise ValueError(f"{layer_name}: dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
+    return checked
 
 
 def unique_layer_name(class_name):
@@ -66,7 +98,7 @@ class Layer:
     def __init__(self, name=None, input_shape=None, dtype=None, trainable=True):
         self.name = name or unique_layer_name(type(self).__name__)
         self.declared_input_shape = None if input_shape is None else tuple(input_shape)
-        self.dtype = np.dtype(dtype or "float32")
+        self.dtype = float_dtype(dtype or "float32", self.name)
         self.trainable = trainable
         self.params, self.grads, self.regularizers = {}, {}, {}
         self.input_shape = self.output_shape = None
@@ -87,8 +119,11 @@ class Layer:
         return input_shape
 
     def add_param(self, key, shape, initializer, regularizer=None, rng=None):
-        values = initializer(shape, self.dtype, rng if rng is not None else global_rng())
-        self.params[key] = ops.to_device(values)
+        if _params_as_placeholders.get():
+            self.params[key] = np.broadcast_to(np.zeros((), self.dtype), shape)
+        else:
+            values = initializer(shape, self.dtype, rng if rng is not None else global_rng())
+            self.params[key] = ops.to_device(values)
         if regularizer is not None:
             self.regularizers[key] = regularizer
 
@@ -97,6 +132,19 @@ class Layer:
 
     def backward(self, grad_out):
         raise NotImplementedError
+
+    def __getattr__(self, attribute):
+        """Reached only for an attribute the layer lacks.  Asked for by a backward method, it is a
+        value forward keeps (``x``, ``y``, ``cols``): say that forward has to run first."""
+        frame = sys._getframe(1)
+        caller = frame.f_code.co_name
+        in_backward = (caller.startswith("backward") or caller.endswith("_backward")) \
+            and frame.f_locals.get("self") is self
+        if in_backward and not attribute.startswith("__") and "name" in self.__dict__:
+            raise AttributeError(f"layer {self.name!r} ({type(self).__name__}): {caller}() needs "
+                                 f"{attribute!r}, which forward() keeps; call forward(x, training=True) "
+                                 f"before {caller}()")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attribute!r}")
 
     def __call__(self, x, training=False):
         """Forward pass on a host array, building the layer from ``x`` if needed."""
@@ -137,7 +185,7 @@ class Layer:
 
     def cast(self, dtype):
         """Convert the parameters (and future inputs) to ``dtype``, e.g. float64 for gradient checks."""
-        self.dtype = np.dtype(dtype)
+        self.dtype = float_dtype(dtype, self.name)
         self.params = {key: ops.to_device(ops.to_host(value).astype(self.dtype))
                        for key, value in self.params.items()}
 

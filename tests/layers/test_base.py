@@ -1,0 +1,46 @@
+"""The layer contract's guards: float dtypes only, and backward before forward named as such."""
+
+import numpy as np
+import pytest
+
+from minidl import layers
+
+
+@pytest.mark.parametrize("make, input_shape", [
+    (lambda: layers.Dense(3, activation="relu"), (4,)),
+    (lambda: layers.Conv2D(2, 3, activation="relu"), (5, 5, 1)),
+    (lambda: layers.MaxPooling2D(2), (4, 4, 2)),
+    (lambda: layers.AveragePooling2D(2), (4, 4, 2)),
+    (lambda: layers.Flatten(), (2, 3)),
+    (lambda: layers.Activation("tanh"), (3,)),
+])
+def test_backward_before_any_forward_says_that_forward_must_run_first(make, input_shape):
+    layer = make()
+    layer.build(input_shape)
+    grad_out = np.ones((2, *layer.output_shape), np.float32)
+    with pytest.raises(AttributeError, match=rf"layer '{layer.name}' \({type(layer).__name__}\): "
+                                             rf"backward\(\) needs '\w+', which forward\(\) keeps; "
+                                             rf"call forward\(x, training=True\) before backward\(\)"):
+        layer.backward(grad_out)
+
+
+def test_a_missing_attribute_outside_backward_keeps_python_s_usual_message():
+    with pytest.raises(AttributeError, match="'Dense' object has no attribute 'fliters'"):
+        layers.Dense(3).fliters  # noqa: B018
+    assert getattr(layers.Dense(3), "y", None) is None
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int8", "uint8", "bool", "object", "complex64", "float16",
+                                   "nonsense", 5])
+def test_a_layer_refuses_a_dtype_other_than_float32_or_float64(dtype):
+    with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64'\), got"):
+        layers.Dense(3, dtype=dtype)
+    layer = layers.Dense(3)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        layer.cast(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", np.float64])
+def test_float32_and_float64_layers_compute_in_their_dtype(dtype):
+    layer = layers.Dense(3, dtype=dtype)
+    assert layer(np.ones((2, 4))).dtype == np.dtype(dtype)
