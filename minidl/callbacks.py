@@ -311,6 +311,8 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
                  save_weights_only=False, mode="auto", initial_value_threshold=None):
+        from minidl import saving  # saving imports the model, which imports this module
+        saving.require_supported_suffix(filepath, "save_weights" if save_weights_only else "save_model")
         self.filepath = os.fspath(filepath)
         self.tracker = MonitorImprovement(monitor, mode, 0.0)
         self.monitor, self.verbose = monitor, verbose

@@ -129,10 +129,26 @@ def callback_state_members(model):
     return json_states, members
 
 
+#: the file name suffixes each save writes, and what it writes there
+SAVE_SUFFIXES = {"save_model": (".minidl",), "save_weights": (".weights",)}
+
+
+def require_supported_suffix(path, function):
+    """Refuse a ``path`` whose suffix is not one that ``function`` writes, before anything is
+    written: a Keras name such as ``m.h5`` or ``m.keras`` must not hold another format."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    supported = SAVE_SUFFIXES[function]
+    if suffix not in supported:
+        given = f"the suffix {suffix!r}" if suffix else "no suffix"
+        raise ValueError(f"{function}: {os.fspath(path)} has {given}; minidl writes its own format to files "
+                         f"named *{' or *'.join(supported)} (Keras's .h5 and .keras files are not written)")
+
+
 def save_model(model, path, epoch=None):
     """Save architecture, weights, compile config, optimizer state, ``epoch`` (finished epochs;
     by default taken from the last ``fit``), random state and the last ``fit``'s callback states to
-    the single file ``path``."""
+    the single file ``path`` (named ``*.minidl``)."""
+    require_supported_suffix(path, "save_model")
     require_built(model, "save_model")
     members = weight_members(model)
     state = model.optimizer.get_state() if model.optimizer is not None else {"iterations": 0, "slots": []}
@@ -160,7 +176,9 @@ def save_model(model, path, epoch=None):
 
 
 def save_weights(model, path):
-    """Save only the weights (``model.get_weights()``) and the layer names they belong to."""
+    """Save only the weights (``model.get_weights()``) and the layer names they belong to to ``path``
+    (named ``*.weights``)."""
+    require_supported_suffix(path, "save_weights")
     require_built(model, "save_weights")
     members = weight_members(model)
     description = {"layers": [[layer.name, len(layer.get_weights())] for layer in model.layers],
