@@ -11,7 +11,7 @@ import numpy as np
 
 from minidl import metrics as metrics_module
 from minidl import validation as checks
-from minidl.backend import apply_process_settings, ops
+from minidl.backend import apply_process_settings, compile_kernels_if_cold, ops
 from minidl.callbacks import CallbackList, History, ProgbarLogger, find_non_finite, format_logs
 from minidl.utils import global_rng
 
@@ -104,10 +104,12 @@ def update_logs(model, loss_mean, loss, targets, y_pred):
     return {"loss": loss_mean.result(), **{m.name: m.result() for m in model.metrics}}
 
 
-def prepare(model):
-    """Before the engine runs: parameters on the active backend, the process settings applied."""
+def prepare(model, verbose=0):
+    """Before the engine runs: parameters on the active backend, the process settings applied, and
+    on a first run the kernels compiled (announced in one line when ``verbose``)."""
     model.sync_backend()
     apply_process_settings()
+    compile_kernels_if_cold(model.dtype, print_fn=print if verbose else lambda line: None)
 
 
 # ------------------------------------------------------------------------------------------ fit
@@ -138,7 +140,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=N
             batch_size = len(x)
         base_seed = int(global_rng().integers(2**31)) if seed is None else seed
         train = ArrayBatches(model, x, targets, batch_size or 32, shuffle, base_seed, augment)
-    prepare(model)
+    prepare(model, verbose)
     model.history = History()
     # user callbacks first, so History records what they add to the logs (e.g. learning_rate)
     all_callbacks = list(callbacks or []) + [model.history] + ([ProgbarLogger(verbose)] if verbose else [])
@@ -213,7 +215,7 @@ def evaluate(model, x=None, y=None, batch_size=32, verbose=1, return_dict=False,
     else:
         x, targets = model.check_data(x, y)
         batches = ArrayBatches(model, x, targets, batch_size, shuffle=False)
-    prepare(model)
+    prepare(model, verbose)
     logs, outputs = evaluate_batches(model, batches, keep_outputs=True) if report \
         else (evaluate_batches(model, batches), None)
     if verbose:
