@@ -311,8 +311,7 @@ class Archive:
 
 def parameter_shapes(model):
     """Every weight's shape in ``get_weights`` order, without copying any weight."""
-    return [tuple(layer.params[key].shape) for layer in model.layers
-            for key in layer.weight_order if key in layer.params]
+    return [tuple(array.shape) for layer in model.layers for _, array in layer.weights()]
 
 
 def architecture_from(archive, description):
