@@ -509,27 +509,28 @@ def hdf5_member(group, name, where):
     if link is None:
         refuse(f"{where}: HDF5 member {name!r:.100} is missing")
     if not isinstance(link, h5py.HardLink):
-        refuse(f"{where}: HDF5 member {name!r:.100} is a {type(link).__name__}; minidl reads only data "
-               f"stored in the file itself")
+        refuse(f"{where}: HDF5 member {name!r:.100} is a link to data elsewhere ({type(link).__name__}); "
+               f"minidl reads only data stored in the file itself")
     return group[name]
 
 
 def checked_weight(dataset, expected_shape, where):
     """A weight array, read after checking (from its header) that it is a float dataset of exactly
-    ``expected_shape`` whose bytes are stored plainly in this file."""
+    ``expected_shape`` whose bytes are stored plainly in this file; ``where`` names the layer and
+    the weight's path."""
     import h5py
     if not isinstance(dataset, h5py.Dataset):
         refuse(f"{where}: expected a weight array, found an HDF5 {type(dataset).__name__}")
     if tuple(dataset.shape) != tuple(expected_shape):
-        refuse(f"{where}: the file's weight has shape {tuple(dataset.shape)}, the layer needs {tuple(expected_shape)}")
+        refuse(f"{where} has shape {tuple(dataset.shape)}, the layer needs {tuple(expected_shape)}")
     if dataset.dtype.kind != "f":
-        refuse(f"{where}: the weight has dtype {dataset.dtype}, expected a float array")
+        refuse(f"{where} has dtype {dataset.dtype}, expected a float array")
     if dataset.is_virtual or dataset.external or dataset.id.get_create_plist().get_nfilters():
-        refuse(f"{where}: the weight is stored virtually, in an external file or through a filter; minidl "
-               f"reads weights stored plainly in the file")
+        refuse(f"{where} is stored virtually, in an external file or through a filter; minidl reads "
+               f"weights stored plainly in the file")
     if dataset.id.get_storage_size() != dataset.size * dataset.dtype.itemsize:
-        refuse(f"{where}: the weight declares {dataset.size * dataset.dtype.itemsize:,} bytes but the file "
-               f"stores {dataset.id.get_storage_size():,}")
+        refuse(f"{where} declares {dataset.size * dataset.dtype.itemsize:,} bytes but the file stores "
+               f"{dataset.id.get_storage_size():,}")
     return np.asarray(dataset[()])
 
 
@@ -566,11 +567,12 @@ def keras3_weights(model, h5_file):
         shapes = layer_weight_shapes(layer)
         if not shapes:
             continue
-        where = f"layer {layer.name!r} (weights at layers/{path})"
-        stored = hdf5_member(hdf5_member(hdf5_member(h5_file, "layers", where), path, where), "vars", where)
-        if sorted(stored) != [str(index) for index in range(len(stored))] or len(stored) != len(shapes):
-            refuse(f"{where}: the file holds weights {sorted(stored)}, the layer has {len(shapes)}")
-        weights += [checked_weight(hdf5_member(stored, str(index), where), shape, f"{where}/vars/{index}")
+        where = f"layer {layer.name!r}"
+        stored = hdf5_member(h5_file, f"layers/{path}/vars", where)
+        if sorted(stored) != sorted(str(index) for index in range(len(shapes))):
+            refuse(f"{where}: layers/{path}/vars holds weights {sorted(stored)}, the layer has {len(shapes)}")
+        weights += [checked_weight(hdf5_member(stored, str(index), where), shape,
+                                   f"{where}: weight layers/{path}/vars/{index}")
                     for index, shape in enumerate(shapes)]
     return weights
 
@@ -586,12 +588,13 @@ def legacy_weights(model, model_weights):
         shapes = layer_weight_shapes(layer)
         if not shapes:
             continue
-        where = f"layer {layer.name!r} (weights at model_weights/{layer.name})"
+        where = f"layer {layer.name!r}"
         group = hdf5_member(model_weights, layer.name, where)
         names = [text(name) for name in group.attrs.get("weight_names", [])]
         if len(names) != len(shapes):
-            refuse(f"{where}: the file lists {len(names)} weights, the layer has {len(shapes)}")
-        weights += [checked_weight(hdf5_member(group, name, where), shape, f"{where}/{name}")
+            refuse(f"{where}: model_weights/{layer.name} lists {len(names)} weights, the layer has {len(shapes)}")
+        weights += [checked_weight(hdf5_member(group, name, where), shape,
+                                   f"{where}: weight model_weights/{layer.name}/{name}")
                     for name, shape in zip(names, shapes)]
     return weights
 
@@ -680,18 +683,18 @@ def is_hdf5(path):
         return file.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
 
 
-def is_keras_archive(path):
-    """True for a zip archive holding a Keras ``config.json`` (and no minidl manifest)."""
+def is_keras_file(path):
+    """True for an HDF5 file, a zip archive with a Keras ``config.json`` and no minidl manifest, or a
+    file named ``.keras`` / ``.h5`` that is not a readable zip (a truncated one: the Keras reader names
+    the problem)."""
+    if is_hdf5(path):
+        return True
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
     except (zipfile.BadZipFile, OSError):
-        return False
-    return "manifest.json" not in names and ("config.json" in names or path_suffix(path) == ".keras")
-
-
-def path_suffix(path):
-    return os.path.splitext(os.fspath(path))[1].lower()
+        return os.path.splitext(os.fspath(path))[1].lower() in (".keras", ".h5")
+    return "manifest.json" not in names and ("config.json" in names or os.fspath(path).lower().endswith(".keras"))
 
 
 def load_keras_model(path):

@@ -381,7 +381,7 @@ def load_model(path):
     Keras files (a ``.keras`` archive, a legacy HDF5 ``.h5``) are recognised by their content and
     read as data by :func:`minidl.keras_format.load_keras_model`."""
     from minidl import keras_format  # it builds on this module
-    if os.path.isfile(path) and (keras_format.is_hdf5(path) or keras_format.is_keras_archive(path)):
+    if os.path.isfile(path) and keras_format.is_keras_file(path):
         return keras_format.load_keras_model(path)
     archive = Archive(path, MODEL_FORMAT)
     description = archive.json("model.json")
