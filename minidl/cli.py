@@ -1,4 +1,4 @@
-"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck`` and ``bench``.
+"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck``, ``bench`` and ``convert``.
 
 Exit status: 0 success, 1 an error (one line on stderr, no traceback unless ``--debug``), 2 a usage
 error (from argparse).  ``python -m minidl.cli`` works the same as the installed ``minidl`` script.
@@ -12,6 +12,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from minidl import convert
 
 DATASETS = ("fashion_mnist", "mnist", "shapes")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -432,6 +434,8 @@ def build_parser():
                        help="samples per epoch for the s/epoch figure (default 60000, Fashion-MNIST)")
     add_common(bench)
     bench.set_defaults(run=command_bench)
+
+    add_common(convert.add_command(commands))
     return parser
 
 

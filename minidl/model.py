@@ -315,9 +315,16 @@ class Sequential:
     # ------------------------------------------------------------------------------ saving
 
     def save(self, path):
-        """Save everything needed to resume training to one file; see :mod:`minidl.saving`."""
+        """Save to one file: ``.keras`` / ``.h5`` in Keras's formats, any other suffix (``.minidl``)
+        with everything needed to resume training; see :func:`minidl.saving.save_model`."""
         from minidl import saving  # saving imports this module
         saving.save_model(self, path)
+
+    def export(self, path, format="onnx"):
+        """Write the model for inference elsewhere; ``format="onnx"`` (the one supported) writes an
+        ONNX graph; see :mod:`minidl.onnx_export`."""
+        from minidl import onnx_export
+        onnx_export.export(self, path, format)
 
     def save_weights(self, path):
         """Save only the weights; see :func:`minidl.saving.save_weights`."""
