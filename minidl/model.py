@@ -5,10 +5,12 @@ layers are computed is its *plan* (:mod:`minidl.engine`), rebuilt when the layer
 switches change; the training loop that runs it lives in :mod:`minidl.training`.
 """
 
+import contextlib
 import textwrap
 
 import numpy as np
 
+from minidl import distributed as distributed_module
 from minidl import engine
 from minidl import layers as layers_module
 from minidl import losses as losses_module
@@ -154,10 +156,11 @@ class Sequential:
         """The model's output for a batch on the backend, by the plan's steps in order."""
         return self.plan.forward(x, training)
 
-    def backward(self, grad):
+    def backward(self, grad, on_step_done=None):
         """Backward from ``dL/d(output)``, or from ``dL/d(logits)`` when softmax is fused with the loss;
-        returns ``dL/d(input)`` (``None`` unless ``input_grad_needed``)."""
-        return self.plan.backward(grad, from_logits=self.softmax_fused_into_loss())
+        returns ``dL/d(input)`` (``None`` unless ``input_grad_needed``).  ``on_step_done``: see
+        :meth:`minidl.engine.Plan.backward`."""
+        return self.plan.backward(grad, from_logits=self.softmax_fused_into_loss(), on_step_done=on_step_done)
 
     def loss_and_grad(self, y_pred, targets):
         if self.softmax_fused_into_loss():
@@ -218,7 +221,7 @@ class Sequential:
     @checks.marks_fit_in_progress
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=None,
-            augment=None):
+            augment=None, distributed=None):
         """Train for ``epochs`` passes over ``(x, y)``; returns a :class:`~minidl.callbacks.History`.
 
         ``x`` may also be a data loader yielding ``(x_batch, y_batch)``.  ``validation_split`` holds
@@ -226,18 +229,28 @@ class Sequential:
         is given.  ``seed`` makes each
         epoch's shuffle a function of ``(seed, epoch)``; ``augment`` is a transform applied to every
         training batch.
-        """
-        return training.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
-                            validation_data, shuffle, initial_epoch, seed, augment)
 
-    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False):
+        ``distributed=True`` (or a :class:`minidl.distributed.DataParallel`) trains data-parallel
+        over the MPI ranks this script was started on (``mpiexec -n N``): ``batch_size`` is then
+        each rank's, and the update is that of one process at ``batch_size x N``.
+        """
+        strategy = distributed_module.strategy_for(distributed)
+        with strategy.failures_stop_every_rank() if strategy else contextlib.nullcontext():
+            return training.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
+                                validation_data, shuffle, initial_epoch, seed, augment, strategy)
+
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False,
+                 distributed=None):
         """Loss (and metrics) on ``(x, y)``: a float, ``[loss, *metrics]``, or a dict.
 
         With ``report=True`` the result comes with a per-class report,
         ``(result, minidl.metrics.classification_report(...))``, its rows named by ``class_names``
-        when the model has them.
+        when the model has them.  ``distributed`` as in :meth:`fit`: each rank evaluates its share
+        of every batch and every rank gets the totals.
         """
-        return training.evaluate(self, x, y, batch_size, verbose, return_dict, report)
+        strategy = distributed_module.strategy_for(distributed)
+        with strategy.failures_stop_every_rank() if strategy else contextlib.nullcontext():
+            return training.evaluate(self, x, y, batch_size, verbose, return_dict, report, strategy)
 
     def predict(self, x, batch_size=32, verbose=0):
         """Outputs for ``x`` ``(N, *input_shape)`` -> ``(N, *output_shape)`` as a NumPy array (an
