@@ -5,13 +5,14 @@ from minidl.layers.base import Layer
 from minidl.layers.conv import Conv2D
 from minidl.layers.dense import Dense
 from minidl.layers.dropout import Dropout
-from minidl.layers.input_layer import Input
+from minidl.layers.merging import Add, Concatenate
 from minidl.layers.pooling import AveragePooling2D, AvgPool2D, MaxPool2D, MaxPooling2D
 from minidl.layers.reshape import Flatten
+from minidl.functional import Input
 
 LAYER_CLASSES = {cls.__name__: cls for cls in (
     Activation, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, Conv2D, Dense, Dropout,
-    AveragePooling2D, MaxPooling2D, Flatten)}
+    AveragePooling2D, MaxPooling2D, Flatten, Add, Concatenate)}
 
 
 def serialize(layer):
@@ -27,6 +28,6 @@ def deserialize(config):
     return LAYER_CLASSES[class_name].from_config(config["config"])
 
 
-__all__ = ["Activation", "AveragePooling2D", "AvgPool2D", "Conv2D", "Dense", "Dropout", "Flatten",
+__all__ = ["Activation", "Add", "Concatenate", "AveragePooling2D", "AvgPool2D", "Conv2D", "Dense", "Dropout", "Flatten",
            "Input", "Layer", "LeakyReLU", "MaxPool2D", "MaxPooling2D", "ReLU", "Sigmoid", "Softmax",
            "Tanh", "deserialize", "serialize"]
