@@ -28,8 +28,9 @@ PRESETS = ("seed-cnn", "tiny-cnn", "mlp")  # minidl.presets.PRESETS, listed with
 
 
 def build_model(spec, input_shape, num_classes):
-    """A model from a preset name or a JSON architecture file (``Sequential.get_config()`` output)."""
-    from minidl import Sequential, presets, validation
+    """A model from a preset name or a JSON architecture file (a model's ``get_config()`` output)."""
+    from minidl import presets, validation
+    from minidl.model import model_from_config
 
     if spec.endswith(".json") or os.path.isfile(spec):
         with open(spec) as file:
@@ -37,7 +38,7 @@ def build_model(spec, input_shape, num_classes):
                 config = json.load(file)
             except (json.JSONDecodeError, RecursionError) as error:
                 raise ValueError(f"{spec}: not valid JSON ({type(error).__name__}: {error})") from None
-        model = Sequential.from_config(validation.architecture(config, spec))
+        model = model_from_config(validation.architecture(config, spec))
         if not model.built:
             model.build(input_shape)
         return model
