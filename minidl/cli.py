@@ -1,4 +1,5 @@
-"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck`` and ``bench``.
+"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck``, ``bench``, and the teaching
+commands ``explain``, ``museum`` and ``grade`` (:mod:`minidl.teaching.cli`).
 
 Exit status: 0 success, 1 an error (one line on stderr, no traceback unless ``--debug``), 2 a usage
 error (from argparse).  ``python -m minidl.cli`` works the same as the installed ``minidl`` script.
@@ -432,6 +433,9 @@ def build_parser():
                        help="samples per epoch for the s/epoch figure (default 60000, Fashion-MNIST)")
     add_common(bench)
     bench.set_defaults(run=command_bench)
+
+    from minidl.teaching.cli import add_teaching_commands
+    add_teaching_commands(commands)
     return parser
 
 
