@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.markdown import python_block_after as block_after
+
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def python_block_after(heading):
     """The first ```python block of the README section that starts with ``heading``."""
-    section = README[README.index(heading):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return block_after(README, heading)
 
 
 @pytest.mark.slow
