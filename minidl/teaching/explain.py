@@ -1,10 +1,11 @@
 """``minidl explain``: each layer's forward and backward equations with the live shapes of a batch,
 what they cost (FLOPs, bytes moved) and which planner passes compute that layer otherwise.
 
-Counts are per training step of a batch of ``N``: a multiply-add is 2 FLOPs, a comparison or an
-addition 1.  "Bytes moved" is the least traffic the formulas need: every array read or written once
-(inputs, parameters, outputs, and scratch such as ``cols`` written and read back), at the model's dtype.
-Activations, max-pooling argmaxes (int32) and dropout masks count as one pass each.
+Counts are per training step of a batch of ``N``, at the layer's own formulas: a multiply-add is 2
+FLOPs, an addition, a comparison or an activation 1 per element.  "Bytes moved" adds, equation by
+equation, every array it reads and writes once, at the model's dtype (argmaxes: int32): e.g.
+``z = cols @ W2d`` moves ``cols``, ``W2d`` and ``z``.  Caches are ignored; it is the traffic a streaming
+implementation of the formulas cannot avoid.
 """
 
 import textwrap
@@ -72,6 +73,25 @@ def activation_lines(activation, out_shape):
             (f"G = dL/dy{DERIVATIVES[activation]}", shape_text(*out_shape))]
 
 
+def gemm_layer_costs(e, rows, k, f, itemsize, activation, x_bytes, unfolds, input_grad_needed):
+    """FLOPs and bytes of ``y = f(A @ W + b)`` and its backward, with ``A`` ``(rows, k)`` the input
+    itself (Dense) or its im2col (Conv2D: ``unfolds``, which writes and reads ``A`` once more each way).
+    """
+    gemm = 2 * rows * k * f
+    out_bytes, weight_bytes, bias_bytes = rows * f * itemsize, k * f * itemsize, f * itemsize
+    a_bytes = rows * k * itemsize if unfolds else x_bytes
+    activation_pass = 0 if activation == "linear" else 1
+    e.forward_flops = gemm + rows * f * (1 + activation_pass)
+    e.forward_bytes = (x_bytes + a_bytes if unfolds else 0) + a_bytes + weight_bytes + out_bytes \
+        + out_bytes + bias_bytes + out_bytes                                   # im2col, GEMM, f(z + b)
+    e.backward_flops = rows * f * activation_pass + rows * f + gemm            # G, dL/db, dL/dW
+    e.backward_bytes = 3 * out_bytes * activation_pass + out_bytes + bias_bytes + a_bytes + out_bytes \
+        + weight_bytes
+    if input_grad_needed:
+        e.backward_flops += gemm + (rows * k if unfolds else 0)                # G W^T, then col2im's adds
+        e.backward_bytes += out_bytes + weight_bytes + a_bytes + (a_bytes + x_bytes if unfolds else 0)
+
+
 def explain_conv(layer, n):
     (kh, kw), (_, _, c_in), f = layer.kernel_size, layer.input_shape, layer.filters
     oh, ow, _ = layer.output_shape
@@ -83,19 +103,11 @@ def explain_conv(layer, n):
                  ("z = cols @ W2d", f"({rows}, {k}) @ ({k}, {f}) -> ({rows}, {f})"), y_line]
     e.backward = [g_line, ("dL/db = sum of G's rows", shape_text(f)),
                   ("dL/dW2d = cols^T G", f"({k}, {rows}) @ ({rows}, {f}) -> ({k}, {f})")]
-    gemm = 2 * rows * k * f
-    e.forward_flops = gemm + 2 * rows * f
-    e.backward_flops = gemm + rows * f + rows * f
-    itemsize = layer.dtype.itemsize
-    x_bytes, out_bytes = n * product(layer.input_shape) * itemsize, rows * f * itemsize
-    cols_bytes, weight_bytes = rows * k * itemsize, (k * f + f) * itemsize
-    e.forward_bytes = x_bytes + 2 * cols_bytes + weight_bytes + 2 * out_bytes
-    e.backward_bytes = 2 * out_bytes + cols_bytes + weight_bytes
+    x_bytes = n * product(layer.input_shape) * layer.dtype.itemsize
+    gemm_layer_costs(e, rows, k, f, layer.dtype.itemsize, layer.activation, x_bytes, True, layer.input_grad_needed)
     if layer.input_grad_needed:
         e.backward.append(("dL/dx = col2im(G W2d^T)",
                            f"({rows}, {f}) @ ({f}, {k}) -> {shape_text(n, *layer.input_shape)}"))
-        e.backward_flops += gemm + rows * k
-        e.backward_bytes += 2 * cols_bytes + x_bytes
     else:
         e.notes.append("dL/dx is not computed: nothing before this layer needs it")
     return e
@@ -108,16 +120,10 @@ def explain_dense(layer, n):
     e.forward = [("z = x @ W", f"({n}, {d_in}) @ ({d_in}, {u}) -> ({n}, {u})"), y_line]
     e.backward = [g_line, ("dL/db = sum_n G[n]", shape_text(u)),
                   ("dL/dW = x^T G", f"({d_in}, {n}) @ ({n}, {u}) -> ({d_in}, {u})")]
-    gemm = 2 * n * d_in * u
-    e.forward_flops, e.backward_flops = gemm + 2 * n * u, gemm + 2 * n * u
-    itemsize = layer.dtype.itemsize
-    x_bytes, out_bytes, weight_bytes = n * d_in * itemsize, n * u * itemsize, (d_in * u + u) * itemsize
-    e.forward_bytes = x_bytes + weight_bytes + 2 * out_bytes
-    e.backward_bytes = x_bytes + 2 * out_bytes + weight_bytes
+    x_bytes = n * d_in * layer.dtype.itemsize
+    gemm_layer_costs(e, n, d_in, u, layer.dtype.itemsize, layer.activation, x_bytes, False, layer.input_grad_needed)
     if layer.input_grad_needed:
         e.backward.append(("dL/dx = G W^T", f"({n}, {u}) @ ({u}, {d_in}) -> ({n}, {d_in})"))
-        e.backward_flops += gemm
-        e.backward_bytes += x_bytes
     else:
         e.notes.append("dL/dx is not computed: nothing before this layer needs it")
     return e

@@ -187,11 +187,12 @@ def layer_gradcheck(input_shape, training=False):
 def tied_max_pool_derivative(pool):
     """Max pooling's derivative along directions that keep every window's ties: each input moved by
     one random amount per window (2x2 windows at stride 2 tile the input).  The inputs take 3 values,
-    so most windows hold ties; along these directions the output is differentiable."""
+    so most windows hold ties; along these directions the output is differentiable.  The direction and
+    the projection are positive, so that extra gradient on a tie cannot cancel out in the sum."""
     rng = np.random.default_rng(2)
     x = rng.integers(0, 3, (2, 4, 4, 3)).astype(np.float64)
-    projection = rng.standard_normal((2, 2, 2, 3))
-    direction = rng.standard_normal((2, 2, 2, 3)).repeat(2, axis=1).repeat(2, axis=2)
+    projection = rng.uniform(0.5, 1.5, (2, 2, 2, 3))
+    direction = rng.uniform(0.5, 1.5, (2, 2, 2, 3)).repeat(2, axis=1).repeat(2, axis=2)
     pool.dtype = np.dtype(np.float64)
     pool.build(x.shape[1:])
 

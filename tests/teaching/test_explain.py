@@ -1,6 +1,7 @@
 """``explain``: equations with the live shapes of the batch, costs, and the planner's passes."""
 
 import collections
+import re
 
 import pytest
 
@@ -78,3 +79,10 @@ def test_the_command_prints_one_layer(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "conv2d_1 (Conv2D)  (32, 13, 13, 32) -> (32, 11, 11, 64)" in out
     assert main(["explain", "--layer", "nope"]) == 1
+
+
+def test_the_seed_cnn_costs_about_15_mflop_per_training_sample_as_the_design_notes_say():
+    text = explain_model(presets.seed_cnn(), 32)
+    forward, backward = (float(value) for value in
+                         re.search(r"total: forward ([0-9.]+) MFLOP, backward ([0-9.]+) MFLOP", text).groups())
+    assert 14 < (forward + backward) / 32 < 16
