@@ -4,6 +4,8 @@ import collections
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minidl import engine, layers, presets
 from minidl.cli import main
@@ -86,3 +88,18 @@ def test_the_seed_cnn_costs_about_15_mflop_per_training_sample_as_the_design_not
     forward, backward = (float(value) for value in
                          re.search(r"total: forward ([0-9.]+) MFLOP, backward ([0-9.]+) MFLOP", text).groups())
     assert 14 < (forward + backward) / 32 < 16
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 512), size=st.integers(5, 40), channels=st.integers(1, 64),
+       filters=st.integers(1, 128), kernel=st.sampled_from([1, 3, 5]), stride=st.integers(1, 2),
+       padding=st.sampled_from(["valid", "same"]))
+def test_any_conv_shows_its_gemm_with_consistent_shapes_within_100_columns(batch, size, channels, filters,
+                                                                           kernel, stride, padding):
+    model = Sequential([layers.Input((size, size, channels)),
+                        layers.Conv2D(filters, kernel, strides=stride, padding=padding)])
+    text = explain_model(model, batch)
+    out_h, out_w, _ = model.layers[0].output_shape
+    rows, k = batch * out_h * out_w, kernel * kernel * channels
+    assert f"({rows}, {k}) @ ({k}, {filters}) -> ({rows}, {filters})" in text
+    assert max(len(line) for line in text.splitlines()) <= 100

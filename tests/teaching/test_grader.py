@@ -38,6 +38,8 @@ MISTAKES = [
     ("return (self.probs - self.targets) / len(self.targets)", "return self.probs - self.targets",
      "SoftmaxCrossEntropy", "dz", "4 times too large"),
     ("return x @ self.W + self.b", "return x @ self.W", "Dense", "forward", "differs from minidl's"),
+    ("return float(-(targets * log_probs).sum(axis=1).mean())", "return -(targets * log_probs).sum(axis=1)",
+     "SoftmaxCrossEntropy", "forward", "returns shape (4,), expected ()"),
     ("np.put_along_axis(routed, self.argmax[..., None], grad_out[..., None], axis=-1)",
      "routed[:] = grad_out[..., None] * (windows_max_mask := 1)", "MaxPooling2D", "dx", "maximum"),
 ]
