@@ -1,4 +1,5 @@
-"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck``, ``bench`` and ``convert``.
+"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck``, ``bench``, ``convert``, and
+the teaching commands ``explain``, ``museum`` and ``grade`` (:mod:`minidl.teaching.cli`).
 
 Exit status: 0 success, 1 an error (one line on stderr, no traceback unless ``--debug``), 2 a usage
 error (from argparse).  ``python -m minidl.cli`` works the same as the installed ``minidl`` script.
@@ -502,6 +503,8 @@ def build_parser():
     bench.set_defaults(run=command_bench)
 
     add_common(convert.add_command(commands))
+    from minidl.teaching.cli import add_teaching_commands
+    add_teaching_commands(commands)
     return parser
 
 

@@ -395,6 +395,18 @@ class Model:
         """:meth:`summary`'s "Connected to": the tensors ``layer`` reads."""
         return ", ".join(self.graph.inbound_names(layer.symbolic_output))
 
+    def explain(self, batch_size=32, layer=None, print_fn=print):
+        """Each layer's forward and backward equations with the live shapes of a batch of
+        ``batch_size``, their FLOPs and bytes moved, and the planner passes that apply (only the layer
+        named ``layer`` if given); see :mod:`minidl.teaching.explain`.  Prints with ``print_fn``, or
+        returns the text when ``print_fn`` is ``None``."""
+        from minidl.teaching.explain import explain_model
+        text = explain_model(self, batch_size, layer)
+        if print_fn is None:
+            return text
+        print_fn(text)
+        return None
+
     # ------------------------------------------------------------------------------ saving
 
     def save(self, path):
