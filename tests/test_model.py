@@ -31,7 +31,7 @@ def test_seed_cnn_has_the_keras_parameter_counts():
     lines = []
     model.summary(print_fn=lines.append)
     assert "Total params: 121,930" in lines[0] and "(None, 26, 26, 32)" in lines[0]
-    assert "direct_conv_pool" in lines[0] and "winograd" in lines[0]  # the passes that apply
+    assert "direct_conv_pool" in lines[0] and "conv_algorithm" in lines[0]  # the passes that apply
 
 
 def test_fit_learns_separable_data_and_records_history(backend):
