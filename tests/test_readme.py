@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.markdown import python_blocks as all_python_blocks
+from tests.markdown import section_python_blocks
+
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
@@ -17,9 +20,7 @@ def python_block_after(heading):
 
 def python_blocks(heading):
     """Every ```python block of the README section that starts with ``heading`` (to the next ``## ``)."""
-    section = README[README.index(heading) + len(heading):]
-    section = section[:section.index("\n## ")] if "\n## " in section else section
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    return section_python_blocks(README, heading)
 
 
 #: the sections whose examples run in this order as one program (they say so)
@@ -29,7 +30,7 @@ CHAINED_SECTIONS = ("## Callbacks and metrics", "## Saving and resuming", "## Pl
 def test_every_python_block_of_the_readme_is_run_by_a_test():
     tested = (python_blocks("## Quickstart") + python_blocks("## Data")
               + [block for heading in CHAINED_SECTIONS for block in python_blocks(heading)])
-    assert sorted(tested) == sorted(re.findall(r"```python\n(.*?)```", README, re.S))
+    assert sorted(tested) == sorted(all_python_blocks(README))
 
 
 @pytest.mark.slow
