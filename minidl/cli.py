@@ -445,8 +445,8 @@ def build_parser():
                        help="image side for shapes and image folders (default 28)")
     train.add_argument("--color-mode", choices=("grayscale", "rgb"), default="grayscale",
                        help="for image folders (default grayscale)")
-    train.add_argument("--output", help=f"model file to write, *.minidl (default {DEFAULT_OUTPUT}, "
-                                        f"which is not replaced unless --overwrite)")
+    train.add_argument("--output", help=f"model file to write, *.minidl or Keras's *.keras / *.h5 "
+                                        f"(default {DEFAULT_OUTPUT}, which is not replaced unless --overwrite)")
     train.add_argument("--overwrite", action="store_true",
                        help=f"replace an existing {DEFAULT_OUTPUT} when no --output is given")
     train.add_argument("--plots", metavar="DIR", help="write learning curves, confusion matrix, filters")

@@ -31,8 +31,7 @@ datagen = ImageDataGenerator(rescale=1 / 255.0, rotation_range=5, width_shift_ra
                              height_shift_range=0.05, zoom_range=0.05, horizontal_flip=True)
 callbacks = [
     keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True),
-    # a Keras 3 program names this file best.keras; minidl writes its own format, to *.minidl files
-    keras.callbacks.ModelCheckpoint("best.minidl", monitor="val_accuracy", save_best_only=True),
+    keras.callbacks.ModelCheckpoint("best.keras", monitor="val_accuracy", save_best_only=True),
 ]
 history = model.fit(datagen.flow(x_train, y_train, batch_size=32, seed=0), epochs=5,
                     validation_data=(x_val, y_val), callbacks=callbacks)
