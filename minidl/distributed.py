@@ -54,6 +54,9 @@ DEFAULT_BUCKET_BYTES = 64 * 1024
 #: seconds the ranks that timed out spend finding out which ranks still answer
 ROLL_CALL_SECONDS = 2.0
 ROLL_CALL_TAG = 7117
+#: a waiting rank gives its core away between polls (``MINIDL_MPI_YIELD=0``: spin, as MPICH does);
+#: where ranks share cores with other work, a spinning rank steals time from the ranks it waits for
+YIELD_WHILE_WAITING = os.environ.get("MINIDL_MPI_YIELD", "1") != "0"
 #: the counters a metric sums over its samples (see :mod:`minidl.metrics`); summed over the ranks
 ADDITIVE_METRIC_STATE = ("total", "count", "correct", "hits", "matrix")
 
@@ -141,6 +144,8 @@ class DataParallel:
         :class:`RankFailure` naming the ranks that no longer answer."""
         deadline = time.monotonic() + self.timeout
         while not request.Test():
+            if YIELD_WHILE_WAITING:
+                os.sched_yield()
             if time.monotonic() > deadline:
                 silent = self.silent_ranks()
                 raise RankFailure(f"rank {self.rank} of {self.ranks}: rank(s) {silent or 'unknown'} did not "
@@ -296,10 +301,17 @@ class GradientBuckets:
             bucket.request = None
 
     def step_done(self, step):
-        """Called after ``step``'s backward: with ``overlap``, start the bucket it completes."""
+        """Called after ``step``'s backward: with ``overlap``, start the bucket it completes, and let
+        MPI advance the buckets already started (MPICH moves a non-blocking reduction on only
+        inside MPI calls, so without this they would wait for :meth:`finish`)."""
+        if not self.strategy.overlap:
+            return
         bucket = self.last_step_of.get(step)
-        if bucket is not None and self.strategy.overlap:
+        if bucket is not None:
             self.start(bucket)
+        for started in self.buckets:
+            if started.request is not None:
+                started.request.Test()
 
     def start(self, bucket):
         bucket.pack(self.samples)
