@@ -71,6 +71,20 @@ def mpi():
     return MPI
 
 
+def timeout_seconds(timeout):
+    """``timeout``, else ``MINIDL_MPI_TIMEOUT``, else :data:`DEFAULT_TIMEOUT`, as positive seconds."""
+    origin = "DataParallel: timeout"
+    if timeout is None:
+        origin, timeout = "MINIDL_MPI_TIMEOUT", os.environ.get("MINIDL_MPI_TIMEOUT", DEFAULT_TIMEOUT)
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ValueError(f"{origin} must be a positive number of seconds, got {timeout!r}")
+    return seconds
+
+
 def strategy_for(distributed):
     """``fit``'s and ``evaluate``'s ``distributed`` argument as a :class:`DataParallel` or ``None``."""
     if distributed is None or distributed is False:
@@ -125,10 +139,7 @@ class DataParallel:
         if not isinstance(bucket_bytes, int) or bucket_bytes < 1:
             raise ValueError(f"DataParallel: bucket_bytes must be a positive int, got {bucket_bytes!r}")
         self.bucket_bytes, self.overlap = bucket_bytes, bool(overlap)
-        timeout = float(os.environ.get("MINIDL_MPI_TIMEOUT", DEFAULT_TIMEOUT)) if timeout is None else timeout
-        if not timeout > 0:
-            raise ValueError(f"DataParallel: timeout must be a positive number of seconds, got {timeout!r}")
-        self.timeout = float(timeout)
+        self.timeout = timeout_seconds(timeout)
         self.buckets = None
         self.stats = {"steps": 0, "bytes_per_step": 0, "buckets": 0, "wait_seconds": 0.0}
 

@@ -58,8 +58,16 @@ def test_strategy_for_accepts_true_false_none_or_a_data_parallel():
         strategy_for("yes")
     with pytest.raises(ValueError, match="bucket_bytes"):
         DataParallel(bucket_bytes=0)
-    with pytest.raises(ValueError, match="timeout"):
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
         DataParallel(timeout=0)
+
+
+def test_a_bad_timeout_in_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv("MINIDL_MPI_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="MINIDL_MPI_TIMEOUT must be a positive number of seconds, got 'soon'"):
+        DataParallel()
+    monkeypatch.setenv("MINIDL_MPI_TIMEOUT", "2.5")
+    assert DataParallel().timeout == 2.5
 
 
 def test_buckets_hold_every_trainable_gradient_once_in_backward_order():
@@ -209,3 +217,16 @@ def test_a_callback_that_stops_one_rank_stops_them_all(tmp_path):
     stopped, _ = run([sys.executable, PROGRAM, "stop", tmp_path], ranks=2, timeout=300)
     assert stopped.returncode == 0, stopped.stderr
     assert "epochs run: [0, 1]" in stopped.stdout
+
+
+def test_the_cli_trains_with_distributed_on_one_rank_as_without(tmp_path, capsys):
+    from minidl import cli
+
+    common = ["train", "--dataset", "shapes", "--limit", "96", "--model", "tiny-cnn", "--image-size", "12",
+              "--epochs", "1", "--batch-size", "16", "--verbose", "0", "--optimizer", "sgd"]
+    assert cli.main([*common, "--output", str(tmp_path / "plain.minidl")]) == 0
+    assert cli.main([*common, "--distributed", "--output", str(tmp_path / "one_rank.minidl")]) == 0
+    plain = minidl.load_model(tmp_path / "plain.minidl").get_weights()
+    one_rank = minidl.load_model(tmp_path / "one_rank.minidl").get_weights()
+    assert relative_difference(plain, one_rank) < 1e-6
+    assert capsys.readouterr().out.count("saved model to") == 2
