@@ -222,7 +222,7 @@ def test_a_callback_that_stops_one_rank_stops_them_all(tmp_path):
 def test_the_cli_trains_with_distributed_on_one_rank_as_without(tmp_path, capsys):
     from minidl import cli
 
-    common = ["train", "--dataset", "shapes", "--limit", "96", "--model", "tiny-cnn", "--image-size", "12",
+    common = ["train", "--dataset", "shapes", "--limit", "96", "--model", "tiny-cnn",
               "--epochs", "1", "--batch-size", "16", "--verbose", "0", "--optimizer", "sgd"]
     assert cli.main([*common, "--output", str(tmp_path / "plain.minidl")]) == 0
     assert cli.main([*common, "--distributed", "--output", str(tmp_path / "one_rank.minidl")]) == 0
