@@ -2,6 +2,7 @@
 marked ``mpi``, real runs under ``mpiexec -n 2``: equivalence with one process at twice the batch,
 faults that stop every rank with a message naming the rank, resuming from a checkpoint."""
 
+import ast
 import os
 import shutil
 import subprocess
@@ -166,6 +167,28 @@ def test_two_ranks_at_batch_b_train_the_weights_of_one_process_at_2b(tmp_path):
     one_weights = minidl.load_model(tmp_path / "one.minidl").get_weights()
     two_weights = minidl.load_model(tmp_path / "two.minidl").get_weights()
     assert relative_difference(one_weights, two_weights) < 1e-4
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_two_ranks_match_one_process_with_a_last_batch_smaller_than_the_ranks_and_sharded_validation(tmp_path):
+    # 97 samples: 12 held out (6 per rank), 85 = 2 x 32 + 21 trained, the last batch split 10 / 11;
+    # 74 samples: 9 held out (4 / 5), 65 = 2 x 32 + 1 trained, the last batch's one row on rank 1
+    for samples in (97, 74):
+        histories, weights = [], []
+        for ranks, batch_size in ((None, 32), (2, 16)):
+            folder = tmp_path / f"{samples}-{ranks}"
+            folder.mkdir()
+            arguments = [sys.executable, PROGRAM, "none", folder, "--epochs", "2", "--samples", samples,
+                         "--validation-split", "0.125", "--batch-size", batch_size]
+            result, _ = run(arguments, ranks=ranks)
+            assert result.returncode == 0, result.stderr
+            histories.append(ast.literal_eval(result.stdout.split("history: ")[1].splitlines()[0]))
+            weights.append(minidl.load_model(folder / "final.minidl").get_weights())
+        assert relative_difference(*weights) < 1e-5
+        assert histories[0].keys() == histories[1].keys() and "val_accuracy" in histories[0]
+        for key in histories[0]:
+            np.testing.assert_allclose(histories[1][key], histories[0][key], rtol=1e-5)
 
 
 @pytest.mark.mpi
