@@ -4,6 +4,7 @@ faults that stop every rank with a message naming the rank, resuming from a chec
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -253,3 +254,18 @@ def test_the_cli_trains_with_distributed_on_one_rank_as_without(tmp_path, capsys
     one_rank = minidl.load_model(tmp_path / "one_rank.minidl").get_weights()
     assert relative_difference(plain, one_rank) < 1e-6
     assert capsys.readouterr().out.count("saved model to") == 2
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_the_readme_program_trains_on_two_ranks_and_rank_0_alone_reports(tmp_path):
+    from tests.markdown import section_python_blocks
+
+    readme = open(os.path.join(REPOSITORY, "README.md")).read()
+    program = tmp_path / "train.py"
+    program.write_text(section_python_blocks(readme, "## Training on several machines")[0])
+    result, _ = run([sys.executable, program], ranks=2)
+    assert result.returncode == 0, result.stderr
+    reports = re.findall(r"loss: ([0-9.]+) - accuracy: ([0-9.]+)$", result.stdout, re.M)
+    assert len(reports) == 3  # two epochs and evaluate, from rank 0 only
+    assert float(reports[-1][1]) > 0.6  # chance is 0.1; it reaches about 0.74
