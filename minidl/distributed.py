@@ -250,11 +250,11 @@ class DataParallel:
     def start(self, model, verbose=0):
         """Before the first step: the same weights and optimizer state on every rank, the gradient
         buckets laid out, and (with ``verbose``) rank 0 names every rank's process."""
+        self.broadcast_model(model)  # first: it waits for the other ranks at most ``timeout`` seconds
         places = self.comm.allgather((os.getpid(), socket.gethostname()))
         if verbose and self.is_chief:
             print(f"data-parallel over {self.ranks} ranks: " + ", ".join(
                 f"rank {rank} pid {pid} on {host}" for rank, (pid, host) in enumerate(places)), flush=True)
-        self.broadcast_model(model)
         self.buckets = GradientBuckets(self, model)
         self.stats.update(bytes_per_step=self.buckets.nbytes, buckets=len(self.buckets.buckets))
 
