@@ -269,3 +269,22 @@ def test_the_readme_program_trains_on_two_ranks_and_rank_0_alone_reports(tmp_pat
     reports = re.findall(r"loss: ([0-9.]+) - accuracy: ([0-9.]+)$", result.stdout, re.M)
     assert len(reports) == 3  # two epochs and evaluate, from rank 0 only
     assert float(reports[-1][1]) > 0.6  # chance is 0.1; it reaches about 0.74
+
+
+def test_with_overlap_a_bucket_starts_while_backward_still_has_steps_to_run(monkeypatch):
+    model = presets.seed_cnn()
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32), np.arange(4)
+    events = []
+    original_start, original_step_done = GradientBuckets.start, GradientBuckets.step_done
+    monkeypatch.setattr(GradientBuckets, "start",
+                        lambda buckets, bucket: (events.append("start"), original_start(buckets, bucket)))
+    monkeypatch.setattr(GradientBuckets, "step_done",
+                        lambda buckets, step: (events.append("step"), original_step_done(buckets, step)))
+    steps = len(model.plan.steps)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, distributed=DataParallel(overlap=True))
+    assert events.index("start") < steps - 1  # the first bucket left before backward's last step
+    assert events.count("start") == 3 and events.count("step") == steps
+    events.clear()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, distributed=DataParallel(overlap=False))
+    assert events == ["step"] * steps + ["start"] * 3  # every bucket after the whole backward
