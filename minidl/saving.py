@@ -32,8 +32,10 @@ parameters (no memory) and its shapes checked against the file's arrays before t
 Writes are atomic: the archive goes to a temporary file in the target folder, is fsync'ed, then
 renamed over the target, so a crash leaves either the old file or the new one.
 
-Weights from Keras: build the same architecture in minidl and call ``model.set_weights(
-keras_model.get_weights())`` (both are channels-last with the same kernel layouts).
+Keras's own files: :func:`save_model` writes ``.keras`` and ``.h5`` paths in Keras's formats and
+:func:`load_model` reads Keras files, both through :mod:`minidl.keras_format`.  Weights alone from
+Keras: build the same architecture in minidl and call ``model.set_weights(keras_model.get_weights())``
+(both are channels-last with the same kernel layouts).
 """
 
 import hashlib

@@ -33,7 +33,7 @@ def assert_clean_error(result, *fragments):
         assert fragment in result.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "gradcheck", "bench"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "gradcheck", "bench", "convert"])
 def test_every_command_has_help(command):
     result = minidl_cli(command, "--help")
     assert result.returncode == 0 and "usage: minidl " + command in result.stdout
@@ -252,3 +252,23 @@ def test_an_architecture_json_without_layers_is_refused_naming_the_file(tmp_path
     (tmp_path / "arch.json").write_text(json.dumps({"name": "m", "input_shape": [28, 28, 1]}))
     result = minidl_cli("train", "--dataset", "shapes", "--model", "arch.json", "--verbose", "0", cwd=tmp_path)
     assert_clean_error(result, "arch.json: the architecture has no 'layers'", "expected Sequential.get_config()")
+
+
+KERAS_FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures", "keras")
+
+
+@pytest.mark.parametrize("target", ["cnn.onnx", "cnn.minidl", "cnn.h5"])
+def test_convert_writes_a_keras_file_in_the_format_of_the_target_suffix(target, tmp_path):
+    pytest.importorskip("h5py")
+    if target.endswith(".onnx"):
+        pytest.importorskip("onnx")
+    result = minidl_cli("convert", os.path.join(KERAS_FIXTURES, "sequential_cnn.keras"), tmp_path / target)
+    assert result.returncode == 0, result.stderr
+    assert "cnn (8 layers, 390 parameters)" in result.stdout and os.listdir(tmp_path) == [target]
+
+
+def test_convert_refuses_a_lambda_layer_and_writes_nothing(tmp_path):
+    pytest.importorskip("h5py")
+    result = minidl_cli("convert", os.path.join(KERAS_FIXTURES, "lambda.keras"), tmp_path / "out.onnx")
+    assert_clean_error(result, "lambda.keras", "'Lambda' is not one minidl reads")
+    assert os.listdir(tmp_path) == []

@@ -28,3 +28,12 @@ def test_image_folder_example_trains_and_evaluates(tmp_path, monkeypatch):
     exec(compile(python_block_after("## Data"), "README data example", "exec"), namespace)
     assert namespace["accuracy"] > 0.55  # chance is 1/3; five augmented epochs reach about 0.7
     assert sorted(path.name for path in (tmp_path / "shapes").iterdir()) == ["circle", "square", "triangle"]
+
+
+def test_keras_files_and_onnx_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("h5py")
+    pytest.importorskip("onnx")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(python_block_after("## Keras files and ONNX"), "README Keras files example", "exec"), {})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.h5", "model.keras", "model.minidl",
+                                                               "model.onnx"]
