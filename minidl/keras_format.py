@@ -697,14 +697,20 @@ def is_keras_file(path):
     return "manifest.json" not in names and ("config.json" in names or os.fspath(path).lower().endswith(".keras"))
 
 
+def require_h5py(path):
+    """Keras files keep their weights in HDF5: without h5py, say which extra installs it."""
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{os.fspath(path)}: Keras files (.keras, .h5) need h5py: "
+                          f"pip install 'minidl[keras-files]'") from None
+
+
 def load_keras_model(path):
     """A minidl model from a Keras 3 ``.keras`` archive or a legacy Keras ``.h5`` file (compiled when
     the file's compile settings are ones minidl has).  Needs ``h5py`` (``pip install minidl[keras-files]``)."""
     path = os.fspath(path)
-    try:
-        import h5py  # noqa: F401  (the weights are HDF5)
-    except ImportError:
-        raise ImportError(f"{path}: reading Keras files needs h5py: pip install 'minidl[keras-files]'") from None
+    require_h5py(path)
     try:
         return model_from_legacy_h5(path) if is_hdf5(path) else model_from_keras_archive(path)
     except KerasFileProblem as problem:
@@ -795,6 +801,7 @@ def save_keras_archive(model, path):
     """Write ``model`` as a Keras 3 ``.keras`` archive that ``keras.models.load_model`` reads
     (atomically: a failure leaves the old file)."""
     require_built(model, "save")
+    require_h5py(path)
     members = {"metadata.json": json.dumps({"keras_version": KERAS_VERSION_WRITTEN,
                                             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}),
                "config.json": json.dumps(keras_model_config(model)),
@@ -833,6 +840,7 @@ def legacy_h5_bytes(model):
 def save_legacy_h5(model, path):
     """Write ``model`` as a legacy Keras ``.h5`` file (atomically: a failure leaves the old file)."""
     require_built(model, "save")
+    require_h5py(path)
     data = legacy_h5_bytes(model)
     with atomic_write(path) as file:
         file.write(data)

@@ -13,7 +13,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 import minidl
@@ -301,7 +301,10 @@ def small_sequentials(draw):
             stack.append(pooling(2, strides=1, padding="same"))
     stack += [layers.Flatten(), layers.Dense(draw(st.integers(1, 5)),
                                              activation=draw(st.sampled_from(["softmax", "linear"])))]
-    return minidl.Sequential(stack)
+    try:
+        return minidl.Sequential(stack)
+    except ValueError:  # a window larger than its input: not a model
+        reject()
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -317,3 +320,46 @@ def test_any_small_cnn_round_trips_through_keras_formats_exactly(model, suffix, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         keras_format.keras_model_config(loaded)
+
+
+def json_paths(value, path=()):
+    """Every path (a tuple of keys and indices) into a JSON value."""
+    yield path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        yield from json_paths(item, (*path, key))
+
+
+ANY_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)
+                        | st.text(max_size=8),
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                     max_size=3),
+                        max_leaves=6)
+SEQUENTIAL_CONFIG = json.loads(archive_members(fixture("sequential_cnn.keras"))["config.json"])
+CONFIG_PATHS = list(json_paths(SEQUENTIAL_CONFIG))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(CONFIG_PATHS[1:]), value=ANY_JSON)
+def test_any_value_anywhere_in_a_config_loads_or_is_refused_as_a_model_file_error(path, value, tmp_path):
+    def replace(config):
+        *parents, last = path
+        for key in parents:
+            config = config[key]
+        config[last] = value
+    edited = with_edited_config(fixture("sequential_cnn.keras"), tmp_path / "fuzzed.keras", replace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # compile settings minidl lacks only warn
+        try:
+            minidl.load_model(edited)
+        except saving.ModelFileError:
+            pass
+
+
+def test_without_h5py_a_keras_save_names_the_extra_to_install_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(ImportError, match=r"pip install 'minidl\[keras-files\]'"):
+        cnn().save(tmp_path / "m.keras")
+    with pytest.raises(ImportError, match=r"m.h5: Keras files .* need h5py"):
+        minidl.load_model(shutil.copy(fixture("sequential_cnn.h5"), tmp_path / "m.h5"))
+    assert os.listdir(tmp_path) == ["m.h5"]
