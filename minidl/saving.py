@@ -3,7 +3,9 @@
 A model file is a zip archive (readable by ``np.load`` for its arrays)::
 
     manifest.json       {"format": "minidl.model", "format_version": 1, "sha256": {member: digest}}
-    model.json          architecture (Sequential.get_config), compile config, training state
+    model.json          architecture (the model's get_config: a Sequential's, or a functional Model's
+                        graph of layers with the names of the tensors each reads), compile config,
+                        training state
     weights/0000.npy    model.get_weights()[0], ...
     optimizer/0000/m.npy  optimizer slot arrays (velocities, moments), one folder per parameter
 
@@ -49,7 +51,7 @@ import numpy as np
 
 from minidl import losses, metrics, optimizers, validation
 from minidl.layers.base import parameters_as_placeholders
-from minidl.model import Sequential
+from minidl.model import model_from_config
 from minidl.utils import atomic_write, get_rng_state
 
 FORMAT_VERSION = 1
@@ -330,8 +332,7 @@ class Archive:
 
 def parameter_shapes(model):
     """Every weight's shape in ``get_weights`` order, without copying any weight."""
-    return [tuple(layer.params[key].shape) for layer in model.layers
-            for key in layer.weight_order if key in layer.params]
+    return [tuple(array.shape) for layer in model.layers for _, array in layer.weights()]
 
 
 def architecture_from(archive, description):
@@ -339,7 +340,7 @@ def architecture_from(archive, description):
     file's weights once every shape is checked."""
     config = validation.architecture(description["architecture"], f"{archive.path}: the architecture")
     with parameters_as_placeholders():
-        model = Sequential.from_config(config)
+        model = model_from_config(config)
     if not model.built:
         raise ModelFileError(archive.path, "the architecture has no input shape")
     model.set_weights(archive.weights(description["weight_count"], parameter_shapes(model)))
