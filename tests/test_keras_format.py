@@ -133,6 +133,28 @@ def test_a_keras_functional_chain_predicts_what_keras_predicted(keras_outputs):
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["functional_graph.keras", "functional_graph.h5"])
+def test_a_keras_functional_graph_with_batchnorm_add_and_concatenate_predicts_what_keras_predicted(
+        name, keras_outputs):
+    model = load_running_no_code(fixture(name))
+    assert type(model) is minidl.Model and model.loss.name == "sparse_categorical_crossentropy"
+    assert [type(layer).__name__ for layer in model.layers if type(layer).__name__ in ("Add", "Concatenate")] \
+        == ["Add", "Concatenate"]
+    np.testing.assert_allclose(model.predict(keras_outputs["x_graph"]), keras_outputs["y_functional_graph"],
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_functional_graph_round_trips_through_keras_formats_exactly(suffix, keras_outputs, tmp_path):
+    model = minidl.load_model(fixture("functional_graph.keras"))
+    model.save(tmp_path / f"graph{suffix}")
+    loaded = minidl.load_model(tmp_path / f"graph{suffix}")
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    for saved, read in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(saved, read)
+    np.testing.assert_array_equal(loaded.predict(keras_outputs["x_graph"]), model.predict(keras_outputs["x_graph"]))
+
+
 def test_a_loaded_keras_model_trains(keras_outputs):
     model = minidl.load_model(fixture("sequential_cnn.keras"))
     before = model.get_weights()
@@ -187,12 +209,22 @@ def test_a_config_minidl_cannot_honour_is_refused_naming_it(edit, problem, tmp_p
     assert problem in str(refused.value)
 
 
-def test_a_functional_graph_that_is_not_a_chain_is_refused(tmp_path):
-    def branch(config):
+def test_a_shared_layer_in_a_functional_graph_is_refused(tmp_path):
+    def share(config):
         dense = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Dense")
         dense["inbound_nodes"] = dense["inbound_nodes"] * 2
-    path = with_edited_config(fixture("functional_chain.keras"), tmp_path / "graph.keras", branch)
-    with pytest.raises(saving.ModelFileError, match="not a chain of layers"):
+    path = with_edited_config(fixture("functional_chain.keras"), tmp_path / "graph.keras", share)
+    with pytest.raises(saving.ModelFileError, match="layer 'dense' is called 2 times; minidl reads layers "
+                                                    "called once"):
+        minidl.load_model(path)
+
+
+def test_a_functional_layer_reading_a_tensor_no_earlier_layer_writes_is_refused(tmp_path):
+    def dangle(config):
+        dense = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Dense")
+        dense["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0] = "nowhere"
+    path = with_edited_config(fixture("functional_chain.keras"), tmp_path / "graph.keras", dangle)
+    with pytest.raises(saving.ModelFileError, match=r"layer 'dense' reads \['nowhere'\]"):
         minidl.load_model(path)
 
 

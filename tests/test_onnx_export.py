@@ -72,6 +72,60 @@ def test_a_keras_file_exported_to_onnx_predicts_what_keras_predicted(tmp_path):
                                    atol=1e-5, rtol=0)
 
 
+def test_a_keras_functional_graph_exported_to_onnx_predicts_what_keras_predicted(tmp_path):
+    pytest.importorskip("h5py")
+    model = minidl.load_model(os.path.join(FIXTURES, "functional_graph.keras"))
+    model.export(tmp_path / "graph.onnx")
+    with np.load(os.path.join(FIXTURES, "outputs.npz"), allow_pickle=False) as outputs:
+        np.testing.assert_allclose(run_onnx(tmp_path / "graph.onnx", outputs["x_graph"]),
+                                   outputs["y_functional_graph"], atol=1e-5, rtol=0)
+
+
+@st.composite
+def small_graphs(draw):
+    """A functional model: an optional Rescaling / ZeroPadding2D stem, a conv, two branches joined by
+    Add or Concatenate (on a random axis), BatchNormalization or not, then global pooling or
+    Reshape + Flatten, and a Dense."""
+    inputs = minidl.Input((draw(st.integers(4, 7)), draw(st.integers(4, 7)), draw(st.integers(1, 3))))
+    x = inputs
+    if draw(st.booleans()):
+        x = layers.Rescaling(draw(st.floats(0.1, 2)), offset=draw(st.floats(-1, 1)))(x)
+    if draw(st.booleans()):
+        x = layers.ZeroPadding2D(((draw(st.integers(0, 2)), draw(st.integers(0, 2))),
+                                  (draw(st.integers(0, 2)), draw(st.integers(0, 2)))))(x)
+    channels = draw(st.integers(1, 4))
+    x = layers.Conv2D(channels, 3, padding="same", activation="relu")(x)
+    if draw(st.booleans()):
+        norm = layers.BatchNormalization(center=draw(st.booleans()), scale=draw(st.booleans()))
+        x = norm(x)
+        norm.set_weights([np.random.default_rng(1).random(w.shape).astype(np.float32) + 0.5
+                          for w in norm.get_weights()])
+    left = layers.Conv2D(channels, draw(st.integers(1, 3)), padding="same")(x)
+    right = layers.MaxPooling2D(draw(st.integers(1, 3)), strides=1, padding="same")(x)
+    if draw(st.booleans()):
+        x = layers.Add()([left, right, x])
+    else:
+        x = layers.Concatenate(axis=draw(st.sampled_from([-1, 1, 2, 3])))([left, right])
+    if draw(st.booleans()):
+        x = draw(st.sampled_from([layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D]))(
+            keepdims=draw(st.booleans()))(x)
+        x = layers.Flatten()(x)
+    else:
+        height, width, depth = x.sample_shape
+        x = layers.Flatten()(layers.Reshape((height * width, depth))(x))
+    return minidl.Model(inputs, layers.Dense(3, activation="softmax")(x))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(model=small_graphs())
+def test_onnxruntime_computes_what_minidl_computes_for_any_small_functional_graph(model, tmp_path):
+    path = tmp_path / "graph.onnx"
+    model.export(path, format="onnx")
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    x = images(model.input_shape)
+    np.testing.assert_allclose(run_onnx(path, x), model.predict(x), atol=1e-5, rtol=0)
+
+
 def test_consecutive_convs_and_poolings_stay_channels_first_between_two_transposes(tmp_path):
     model = minidl.Sequential([layers.Input((8, 8, 3)), layers.Conv2D(4, 3, activation="relu"),
                                layers.MaxPooling2D(2), layers.Conv2D(4, 2), layers.AveragePooling2D(1),
