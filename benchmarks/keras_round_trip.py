@@ -4,7 +4,8 @@
     python benchmarks/keras_round_trip.py --keras-python /path/to/venv/bin/python
 
 minidl builds a few models (the seed CNN, a CNN with 'same' padding, strides, average pooling, tanh and
-LeakyReLU, an MLP), compiles them, saves each as ``.keras`` and ``.h5`` with its predictions for fixed
+LeakyReLU, an MLP, a functional graph with BatchNormalization, Add, Concatenate, global pooling,
+Reshape, Rescaling and ZeroPadding2D), compiles them, saves each as ``.keras`` and ``.h5`` with its predictions for fixed
 inputs; a second process, which imports Keras and not minidl, loads every file with
 ``keras.models.load_model`` and compares.  Prints the largest difference per file and exits 1 if any
 exceeds ``--tolerance`` (1e-5) or Keras cannot load a file.
@@ -40,7 +41,33 @@ def models():
     mlp = minidl.Sequential([layers.Input((20,)), layers.Dense(16, activation="relu"), layers.Dense(1)],
                             name="mlp")
     mlp.compile(minidl.optimizers.RMSprop(0.01), "mse")
-    return {"seed_cnn": seed_cnn, "varied": varied, "mlp": mlp}
+    return {"seed_cnn": seed_cnn, "varied": varied, "mlp": mlp, "graph": branched_graph()}
+
+
+def branched_graph():
+    """A functional model whose branches hold layers of the same class (so the weight groups' names
+    depend on the layers' order) and every layer that merges or normalizes."""
+    import minidl
+    from minidl import layers
+    inputs = minidl.Input((12, 12, 3), name="image")
+    x = layers.Rescaling(0.5, offset=0.1)(inputs)
+    x = layers.ZeroPadding2D(1)(x)
+    x = layers.Conv2D(6, 3, activation="relu")(x)
+    x = layers.BatchNormalization()(x)
+    a = layers.Conv2D(6, 3, padding="same", activation="relu")(x)
+    b = layers.Conv2D(6, 1)(layers.Conv2D(5, 3, padding="same")(x))
+    x = layers.Concatenate()([layers.Add()([a, b]), x])
+    x = layers.BatchNormalization(center=False)(x)
+    c = layers.GlobalAveragePooling2D()(x)
+    d = layers.Flatten()(layers.Reshape((144, 12))(x))
+    x = layers.Concatenate()([layers.Dense(8, activation="relu")(c), layers.Dense(8, activation="tanh")(d)])
+    model = minidl.Model(inputs, layers.Dense(4, activation="softmax")(x), name="graph")
+    for layer in model.layers:  # moving statistics away from their initial 0 and 1
+        if type(layer).__name__ == "BatchNormalization":
+            layer.set_weights([np.random.default_rng(2).random(w.shape).astype(np.float32) + 0.5
+                               for w in layer.get_weights()])
+    model.compile("adam", "categorical_crossentropy")
+    return model
 
 
 def write_files(folder):

@@ -799,8 +799,10 @@ def write_layer(layer):
             config[argument] = VALUE_WRITERS.get(argument, lambda value: value)(minidl_config[argument])
     config.update({argument: accepted[0] for argument, accepted in layer_format.fixed.items()
                    if argument not in ARGUMENTS_OF_RECENT_KERAS})
+    input_shape = ([[None, *shape] for shape in layer.input_shape] if layer.takes_several_inputs
+                   else [None, *layer.input_shape])
     return {"module": "keras.layers", "class_name": class_name, "config": config, "registered_name": None,
-            "build_config": {"input_shape": [None, *layer.input_shape]}}
+            "build_config": {"input_shape": input_shape}}
 
 
 def input_layer_config(model, name="input_layer"):
@@ -816,11 +818,37 @@ def keras_tensor(tensor):
                        "keras_history": [tensor.name, 0, 0]}}
 
 
+def keras_layer_order(model):
+    """``model``'s layers in the order Keras keeps them, which names their weight groups (and pairs
+    them with a legacy file's by position): a Sequential's own order; for a functional graph, the
+    layers farthest from the output first (depth: the longest path to it), ties in the order a
+    depth-first walk from the output, inputs in order, first reaches them."""
+    if isinstance(model, Sequential):
+        return list(model.layers)
+    tensors, graph = {}, model.graph
+    first_reached, pending = {}, [graph.output]
+    while pending:
+        tensor = pending.pop()
+        if tensor.layer is None or id(tensor) in first_reached:
+            continue
+        first_reached[id(tensor)] = len(first_reached)
+        tensors[id(tensor)] = tensor
+        pending.extend(reversed(tensor.inputs))
+    depth = {id(graph.output): 0}
+    for tensor in reversed(graph.tensors):  # the output first, each tensor before those it reads
+        for source in tensor.inputs:
+            depth[id(source)] = max(depth.get(id(source), 0), depth.get(id(tensor), 0) + 1)
+    ordered = sorted(tensors.values(), key=lambda t: (-depth[id(t)], first_reached[id(t)]))
+    return [tensor.layer for tensor in ordered]
+
+
 def functional_layers(model):
-    """A functional Model's layer entries: the InputLayer, then each layer with the call that feeds it."""
+    """A functional Model's layer entries: the InputLayer, then each layer (in Keras's order) with
+    the call that feeds it."""
     graph = model.graph
     entries = [{**input_layer_config(model, graph.input.name), "name": graph.input.name, "inbound_nodes": []}]
-    for tensor in graph.tensors:
+    tensor_of = {id(tensor.layer): tensor for tensor in graph.tensors}
+    for tensor in (tensor_of[id(layer)] for layer in keras_layer_order(model)):
         arguments = [keras_tensor(source) for source in tensor.inputs]
         call = {"args": [arguments if tensor.layer.takes_several_inputs else arguments[0]], "kwargs": {}}
         entries.append({**write_layer(tensor.layer), "name": tensor.layer.name, "inbound_nodes": [call]})
@@ -871,7 +899,8 @@ def keras3_weights_bytes(model):
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5_file:
         h5_file.create_group("vars")
-        for layer, path in zip(model.layers, keras3_layer_paths(model.layers)):
+        ordered = keras_layer_order(model)
+        for layer, path in zip(ordered, keras3_layer_paths(ordered)):
             stored = h5_file.create_group(f"layers/{path}/vars")
             for index, weight in enumerate(layer.get_weights()):
                 stored.create_dataset(str(index), data=weight)
@@ -908,8 +937,9 @@ def legacy_h5_bytes(model):
             optimizer_config = compile_config.pop("optimizer")
             h5_file.attrs["training_config"] = json.dumps({**compile_config, "optimizer_config": optimizer_config})
         model_weights = h5_file.create_group("model_weights")
-        model_weights.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
-        for layer in model.layers:
+        ordered = keras_layer_order(model)
+        model_weights.attrs["layer_names"] = [layer.name.encode() for layer in ordered]
+        for layer in ordered:
             group = model_weights.create_group(layer.name)
             names = [f"{model.name}/{layer.name}/{key}" for key, _ in layer.weights()]
             group.attrs["weight_names"] = [name.encode() for name in names]

@@ -395,3 +395,10 @@ def test_without_h5py_a_keras_save_names_the_extra_to_install_and_writes_nothing
     with pytest.raises(ImportError, match=r"m.h5: Keras files .* need h5py"):
         minidl.load_model(shutil.copy(fixture("sequential_cnn.h5"), tmp_path / "m.h5"))
     assert os.listdir(tmp_path) == ["m.h5"]
+
+
+def test_the_layer_order_minidl_writes_is_the_order_keras_wrote_for_the_same_graph():
+    model = minidl.load_model(fixture("functional_graph.keras"))
+    config = json.loads(archive_members(fixture("functional_graph.keras"))["config.json"])
+    keras_order = [layer["name"] for layer in config["config"]["layers"] if layer["class_name"] != "InputLayer"]
+    assert [layer.name for layer in keras_format.keras_layer_order(model)] == keras_order
