@@ -349,7 +349,8 @@ def tensor_sources(call):
             refuse(f"a layer call with arguments minidl does not read: {call!r:.200}")
         if len(arguments) == 1 and isinstance(arguments[0], list):
             arguments = arguments[0]
-        histories = [argument.get("config", {}).get("keras_history") if isinstance(argument, dict) else None
+        histories = [argument["config"].get("keras_history")
+                     if isinstance(argument, dict) and isinstance(argument.get("config"), dict) else None
                      for argument in arguments]
     elif isinstance(call, list):
         histories = call
@@ -395,6 +396,8 @@ def functional_graph(model_config):
             refuse(f"layer {name!r:.100} is called {len(nodes) if isinstance(nodes, list) else 'an unknown number of'}"
                    f" times; minidl reads layers called once (no shared layers)")
         sources = tensor_sources(nodes[0])
+        if not sources:
+            refuse(f"layer {name!r:.100} is called on no tensor")
         unknown = [source for source in sources if source not in written or source == name]
         if unknown:
             refuse(f"layer {name!r:.100} reads {unknown}, which no earlier layer writes")
@@ -414,7 +417,7 @@ def sequential_from_config(model_config, name):
         if layer is not None:
             try:
                 model.add(layer)
-            except ValueError as error:
+            except (TypeError, ValueError) as error:
                 refuse(f"layer {layer.name!r}: {error}")
     return model, model.layers
 
@@ -452,8 +455,8 @@ MODEL_READERS = {"Sequential": sequential_from_config, "Functional": functional_
 def model_from_config(model_config):
     """``(model, its layers in the file's order)`` with placeholder parameters (no memory) from a
     Keras model config: a ``Sequential``, or a functional ``Model``."""
-    if not isinstance(model_config, dict) or model_config.get("class_name") not in MODEL_READERS:
-        class_name = model_config.get("class_name") if isinstance(model_config, dict) else model_config
+    class_name = model_config.get("class_name") if isinstance(model_config, dict) else model_config
+    if not isinstance(class_name, str) or class_name not in MODEL_READERS:
         refuse(f"the model class {class_name!r:.100} is not one minidl reads; readable: {sorted(MODEL_READERS)}")
     refuse_custom_object(model_config, "the model")
     if not isinstance(model_config.get("config"), dict):
@@ -772,6 +775,8 @@ def load_keras_model(path):
         raise ModelFileError(path, str(problem)) from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as error:
         raise ModelFileError(path, f"not a readable Keras file, or truncated/corrupt ({error})") from None
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as error:  # unforeseen values
+        raise ModelFileError(path, f"invalid Keras model: {type(error).__name__}: {error}") from None
 
 
 # ------------------------------------------------------------------------------ writing

@@ -367,19 +367,22 @@ ANY_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) |
                         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                                      max_size=3),
                         max_leaves=6)
-SEQUENTIAL_CONFIG = json.loads(archive_members(fixture("sequential_cnn.keras"))["config.json"])
-CONFIG_PATHS = list(json_paths(SEQUENTIAL_CONFIG))
+FUZZED_FILES = ("sequential_cnn.keras", "functional_graph.keras")
+CONFIG_PATHS = [(name, path) for name in FUZZED_FILES
+                for path in json_paths(json.loads(archive_members(fixture(name))["config.json"])) if path]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from(CONFIG_PATHS[1:]), value=ANY_JSON)
-def test_any_value_anywhere_in_a_config_loads_or_is_refused_as_a_model_file_error(path, value, tmp_path):
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(file_and_path=st.sampled_from(CONFIG_PATHS), value=ANY_JSON)
+def test_any_value_anywhere_in_a_config_loads_or_is_refused_as_a_model_file_error(file_and_path, value, tmp_path):
+    name, path = file_and_path
+
     def replace(config):
         *parents, last = path
         for key in parents:
             config = config[key]
         config[last] = value
-    edited = with_edited_config(fixture("sequential_cnn.keras"), tmp_path / "fuzzed.keras", replace)
+    edited = with_edited_config(fixture(name), tmp_path / "fuzzed.keras", replace)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # compile settings minidl lacks only warn
         try:
