@@ -154,7 +154,7 @@ def require_supported_suffix(path, function):
 def save_model(model, path, epoch=None):
     """Save ``model`` to ``path`` in the format its suffix names: ``.keras`` (Keras 3) and ``.h5``
     (legacy Keras) hold the architecture, weights and compile settings in Keras's own layout
-    (:mod:`minidl.keras_format`); any other suffix (``.minidl``) is the native file below."""
+    (:mod:`minidl.keras_format`); ``.minidl`` is the native file (:func:`save_native_model`)."""
     require_supported_suffix(path, "save_model")
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix in KERAS_SUFFIXES:

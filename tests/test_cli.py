@@ -267,6 +267,12 @@ def test_convert_writes_a_keras_file_in_the_format_of_the_target_suffix(target, 
     assert "cnn (8 layers, 390 parameters)" in result.stdout and os.listdir(tmp_path) == [target]
 
 
+def test_convert_refuses_a_target_suffix_that_names_no_format(tmp_path):
+    result = minidl_cli("convert", os.path.join(KERAS_FIXTURES, "sequential_cnn.keras"), tmp_path / "cnn.pb")
+    assert_clean_error(result, "cnn.pb: OUT must end in .minidl, .keras, .h5, .onnx")
+    assert os.listdir(tmp_path) == []
+
+
 def test_convert_refuses_a_lambda_layer_and_writes_nothing(tmp_path):
     pytest.importorskip("h5py")
     result = minidl_cli("convert", os.path.join(KERAS_FIXTURES, "lambda.keras"), tmp_path / "out.onnx")
