@@ -284,7 +284,8 @@ def onnx_model(model):
 
 def export(model, path, format="onnx"):
     """Write ``model`` to ``path`` as an ONNX graph that passes ``onnx.checker`` (atomically: a
-    failure leaves the old file)."""
+    failure leaves the old file).  The graph computes in the model's dtype; onnxruntime's CPU
+    provider has no float64 ``Conv``, so export a float64 CNN after ``model.cast("float32")``."""
     if format != "onnx":
         raise ValueError(f"export: format {format!r} is not supported; minidl exports format='onnx' "
                          f"(use model.save for .keras, .h5 and .minidl files)")

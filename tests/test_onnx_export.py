@@ -160,6 +160,16 @@ def test_the_graph_declares_opset_17_and_a_free_batch_axis(tmp_path):
     assert run_onnx(tmp_path / "m.onnx", images((6, 6, 1), count=7)).shape == (7, 3)
 
 
+def test_a_float64_model_exports_a_float64_graph(tmp_path):
+    model = minidl.Sequential([layers.Input((4,)), layers.Dense(3, activation="tanh")]).cast("float64")
+    model.export(tmp_path / "m.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    x = np.random.default_rng(0).random((2, 4))
+    np.testing.assert_allclose(run_onnx(tmp_path / "m.onnx", x), model.predict(x), atol=1e-12, rtol=0)
+
+
 def test_an_unknown_export_format_or_an_unbuilt_model_is_refused_and_nothing_is_written(tmp_path):
     built = minidl.Sequential([layers.Input((3,)), layers.Dense(2)])
     with pytest.raises(ValueError, match="format 'tflite' is not supported; minidl exports format='onnx'"):
