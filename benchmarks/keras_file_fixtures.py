@@ -23,7 +23,6 @@ Writes into ``tests/fixtures/keras/`` (a few KB each):
 The weights are random with a fixed seed; rerunning rewrites the same architectures.
 """
 
-import io
 import json
 import os
 import shutil

@@ -317,8 +317,16 @@ def test_the_default_output_is_not_overwritten_without_overwrite(tmp_path):
     assert minidl.load_model(tmp_path / "model.minidl").count_params() > 0
 
 
-def test_an_output_with_a_keras_suffix_is_refused_before_training(tmp_path):
+def test_an_output_with_a_suffix_that_names_no_format_is_refused_before_training(tmp_path):
+    result = minidl_cli("train", "--dataset", "shapes", "--limit", "30", "--verbose", "0", "--output", "m.pt",
+                        cwd=tmp_path)
+    assert_clean_error(result, "--output save_model: m.pt has the suffix '.pt'", "*.minidl or *.keras or *.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_with_a_keras_suffix_is_written_in_keras_format(tmp_path):
+    pytest.importorskip("h5py")
     result = minidl_cli("train", "--dataset", "shapes", "--limit", "30", "--verbose", "0", "--output", "m.h5",
                         cwd=tmp_path)
-    assert_clean_error(result, "--output save_model: m.h5 has the suffix '.h5'", "*.minidl")
-    assert list(tmp_path.iterdir()) == []
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m.h5").read_bytes().startswith(b"\x89HDF") and minidl.load_model(tmp_path / "m.h5").built
