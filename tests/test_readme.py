@@ -29,6 +29,7 @@ CHAINED_SECTIONS = ("## Callbacks and metrics", "## Saving and resuming", "## Pl
 
 def test_every_python_block_of_the_readme_is_run_by_a_test():
     tested = (python_blocks("## Quickstart") + python_blocks("## Data") + python_blocks("## Keras files and ONNX")
+              + python_blocks("## Training on several machines")  # tests/test_distributed.py
               + [block for heading in CHAINED_SECTIONS for block in python_blocks(heading)])
     assert sorted(tested) == sorted(all_python_blocks(README))
 
