@@ -47,6 +47,7 @@ from . import numpy_ref  # noqa: E402
 from .numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
                             winograd_tile_grid, winograd_tiles_hw)
+from .shapes import as_three_axes, concatenated_shape, split_shapes  # noqa: E402
 
 __all__ = [
     "to_device", "to_host", "zeros", "zeros_like", "multiply", "accumulate", "all_finite",
@@ -61,6 +62,8 @@ __all__ = [
     "channel_moments", "batch_norm", "batch_norm_backward", "moving_average_update",
     "zero_pad", "zero_pad_grad", "scale_shift",
     "apply_thread_policy", "cache_report", "check_available", "set_num_threads", "thread_policy", "warmup",
+    "concatenate",
+    "split",
 ]
 
 LINEAR, RELU, SIGMOID, TANH = (ACTIVATIONS.index(name) for name in ("linear", "relu", "sigmoid", "tanh"))
@@ -1258,6 +1261,8 @@ def _warmup_calls(dtype):
         "leaky_relu_grad": lambda: leaky_relu_grad(logits, logits, 0.1),
         "softmax": lambda: softmax(logits),
         "softmax_grad": lambda: softmax_grad(logits, logits),
+        "concatenate": lambda: concatenate([x, x], 3),
+        "split": lambda: split(x, [1, 2], 3),
         "softmax_cross_entropy": lambda: softmax_cross_entropy(logits, targets),
         "dropout_mask": lambda: dropout_mask((4, 3), 0.5, 0, dtype),
         "regularize_grad": lambda: regularize_grad(grad, param, 0.1, 0.1),
@@ -1483,3 +1488,51 @@ def scale_shift(x, scale, offset):
     y = np.empty(x.shape, dtype=x.dtype)
     _scale_shift_kernel(_flat(x), float(scale), float(offset), y.reshape(-1))
     return y
+# ------------------------------------------------------------------------------ joining tensors
+
+
+@jit_parallel
+def _copy_into_middle(part, out, offset):
+    """``out[:, offset:offset + B, :] = part`` for ``part (A, B, C)``, ``out (A, B_total, C)``."""
+    for a in numba.prange(part.shape[0]):
+        for b in range(part.shape[1]):
+            for c in range(part.shape[2]):
+                out[a, offset + b, c] = part[a, b, c]
+
+
+@jit_parallel
+def _copy_out_of_middle(x, offset, part):
+    """``part = x[:, offset:offset + B, :]`` for ``part (A, B, C)``, ``x (A, B_total, C)``."""
+    for a in numba.prange(part.shape[0]):
+        for b in range(part.shape[1]):
+            for c in range(part.shape[2]):
+                part[a, b, c] = x[a, offset + b, c]
+
+
+def concatenate(parts, axis):
+    """``parts`` joined along ``axis``: ``(..., B_i, ...) -> (..., sum B_i, ...)``; each part is copied
+    into its slab of the output seen as ``(before, along, after)``."""
+    out_shape = concatenated_shape("concatenate", [part.shape for part in parts], axis)
+    out = np.empty(out_shape, dtype=parts[0].dtype)
+    out_3d = out.reshape(as_three_axes(out_shape, axis))
+    offset = 0
+    for part in parts:
+        _copy_into_middle(np.ascontiguousarray(part, dtype=out.dtype).reshape(as_three_axes(part.shape, axis)),
+                          out_3d, offset)
+        offset += part.shape[axis]
+    return out
+
+
+def split(x, sizes, axis):
+    """The inverse of :func:`concatenate` (and its gradient): ``x`` cut along ``axis`` into fresh
+    arrays of ``sizes[i]`` along it."""
+    x_3d = np.ascontiguousarray(x).reshape(as_three_axes(x.shape, axis))
+    parts, offset = [], 0
+    for shape in split_shapes("split", x.shape, sizes, axis):
+        part = np.empty(shape, dtype=x.dtype)
+        _copy_out_of_middle(x_3d, offset, part.reshape(as_three_axes(shape, axis)))
+        parts.append(part)
+        offset += shape[axis]
+    return parts
+
+

@@ -45,6 +45,7 @@ from numba.cuda.random import (
 from .numpy_ref import ACTIVATIONS, check_activation
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
+from .shapes import as_three_axes, concatenated_shape, split_shapes
 
 __all__ = [
     "accumulate",
@@ -99,6 +100,8 @@ __all__ = [
     "reset_transfer_count",
     "set_gemm",
     "transfer_count",
+    "concatenate",
+    "split",
 ]
 
 ON_SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
@@ -1623,3 +1626,54 @@ def scale_shift(x, scale, offset):
     y = cuda.device_array(x.shape, dtype=x.dtype)
     _launch(_scale_shift, y.size, _flat(x), float(scale), float(offset), _flat(y))
     return y
+# ------------------------------------------------------------------------------ joining tensors
+
+
+@cuda.jit
+def _copy_into_middle(part, out, offset):
+    """``out[:, offset:offset + B, :] = part`` for ``part (A, B, C)``, one thread per element of ``part``."""
+    i = cuda.grid(1)
+    along, after = part.shape[1], part.shape[2]
+    if i < part.size:
+        a, rest = i // (along * after), i % (along * after)
+        out[a, offset + rest // after, rest % after] = part[a, rest // after, rest % after]
+
+
+@cuda.jit
+def _copy_out_of_middle(x, offset, part):
+    """``part = x[:, offset:offset + B, :]`` for ``part (A, B, C)``, one thread per element of ``part``."""
+    i = cuda.grid(1)
+    along, after = part.shape[1], part.shape[2]
+    if i < part.size:
+        a, rest = i // (along * after), i % (along * after)
+        part[a, rest // after, rest % after] = x[a, offset + rest // after, rest % after]
+
+
+def concatenate(parts, axis):
+    """``parts`` joined along ``axis``: ``(..., B_i, ...) -> (..., sum B_i, ...)``; each part is copied
+    into its slab of the output seen as ``(before, along, after)``, on the device."""
+    _reject_host_arrays("concatenate", parts)
+    out_shape = concatenated_shape("concatenate", [tuple(part.shape) for part in parts], axis)
+    out = cuda.device_array(out_shape, dtype=parts[0].dtype)
+    out_3d = out.reshape(as_three_axes(out_shape, axis))
+    offset = 0
+    for part in parts:
+        _launch(_copy_into_middle, part.size, part.reshape(as_three_axes(tuple(part.shape), axis)), out_3d, offset)
+        offset += tuple(part.shape)[axis]
+    return out
+
+
+def split(x, sizes, axis):
+    """The inverse of :func:`concatenate` (and its gradient): ``x`` cut along ``axis`` into fresh
+    device arrays of ``sizes[i]`` along it."""
+    _reject_host_arrays("split", [x])
+    x_3d = x.reshape(as_three_axes(tuple(x.shape), axis))
+    parts, offset = [], 0
+    for shape in split_shapes("split", tuple(x.shape), sizes, axis):
+        part = cuda.device_array(shape, dtype=x.dtype)
+        _launch(_copy_out_of_middle, part.size, x_3d, offset, part.reshape(as_three_axes(shape, axis)))
+        parts.append(part)
+        offset += shape[axis]
+    return parts
+
+

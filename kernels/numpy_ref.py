@@ -41,6 +41,7 @@ Padding and rescaling
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .shapes import concatenated_shape, split_shapes
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape,
                             winograd_tile_grid, winograd_tiles_hw)
 
@@ -93,6 +94,8 @@ __all__ = [
     "zero_pad_grad",
     "scale_shift",
     "check_activation",
+    "concatenate",
+    "split",
 ]
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
@@ -636,3 +639,22 @@ def zero_pad_grad(grad_out, pads):
 def scale_shift(x, scale, offset):
     """``y = x * scale + offset`` for numbers ``scale`` and ``offset``; same shape and dtype as ``x``."""
     return (x * x.dtype.type(scale) + x.dtype.type(offset)).astype(x.dtype, copy=False)
+# ------------------------------------------------------------------------------ joining tensors
+
+
+def concatenate(parts, axis):
+    """``parts`` joined along ``axis``: shapes equal except on ``axis``, where they add up, e.g.
+    ``(N, H, W, C_1), (N, H, W, C_2) -> (N, H, W, C_1 + C_2)``."""
+    concatenated_shape("concatenate", [part.shape for part in parts], axis)
+    return np.concatenate(parts, axis=axis)
+
+
+def split(x, sizes, axis):
+    """The inverse of :func:`concatenate` (and its gradient): ``x`` cut along ``axis`` into fresh
+    arrays holding ``sizes[0], sizes[1], ...`` of it, e.g. ``(N, H, W, C_1 + C_2) -> [(N, H, W, C_1),
+    (N, H, W, C_2)]``."""
+    split_shapes("split", x.shape, sizes, axis)
+    boundaries = np.cumsum(sizes)[:-1]
+    return [np.ascontiguousarray(part).copy() for part in np.split(x, boundaries, axis=axis)]
+
+

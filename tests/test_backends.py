@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,28 @@ def test_batch_normalization_keeps_its_moving_statistics_on_the_device():
     cuda.reset_transfer_count()
     training.train_step(model, x_batch, targets)
     assert cuda.transfer_count() == 1 + sum(len(layer.params) for layer in model.layers)
+
+
+FIRST_FIT = """
+import numpy as np
+import minidl
+from minidl import layers
+minidl.set_backend("numba")
+model = minidl.Sequential([layers.Input((4,)), layers.Dense(2, activation="softmax")])
+model.compile("sgd", "sparse_categorical_crossentropy")
+model.fit(np.zeros((8, 4), np.float32), np.zeros(8, int), epochs=1, verbose=2)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="needs Numba")
+def test_a_cold_kernel_cache_is_announced_in_one_line_then_compiled_once(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    first, second = (subprocess.run([sys.executable, "-c", FIRST_FIT], env=env, capture_output=True, text=True,
+                                    check=True) for _ in range(2))
+    notice = first.stdout.splitlines()[0]
+    assert notice.startswith("minidl: compiling kernels once, about 30 s, cached in ")
+    assert str(tmp_path / "numba-cache") in notice
+    assert first.stdout.splitlines()[1].startswith("Epoch 1/1 - ")
+    assert "compiling kernels" not in second.stdout and second.stdout.startswith("Epoch 1/1 - ")

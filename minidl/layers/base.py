@@ -166,7 +166,11 @@ class Layer:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {attribute!r}")
 
     def __call__(self, x, training=False):
-        """Forward pass on a host array, building the layer from ``x`` if needed."""
+        """Forward pass on a host array, building the layer from ``x`` if needed; on a symbolic
+        tensor (``minidl.Input``), a node of a functional model (:mod:`minidl.functional`)."""
+        from minidl import functional  # functional builds on this module
+        if functional.is_symbolic(x):
+            return functional.call_on_symbols(self, x)
         x = np.asarray(x, dtype=self.dtype)
         if not self.built:
             self.build(x.shape[1:])
