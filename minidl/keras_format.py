@@ -496,7 +496,7 @@ def compile_from(model, compile_config):
 
 
 def layer_weight_shapes(layer):
-    return [tuple(layer.params[key].shape) for key in layer.weight_order if key in layer.params]
+    return [tuple(array.shape) for _, array in layer.weights()]
 
 
 def hdf5_member(group, name, where):
@@ -823,7 +823,7 @@ def legacy_h5_bytes(model):
         model_weights.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
         for layer in model.layers:
             group = model_weights.create_group(layer.name)
-            names = [f"{model.name}/{layer.name}/{key}" for key in layer.weight_order if key in layer.params]
+            names = [f"{model.name}/{layer.name}/{key}" for key, _ in layer.weights()]
             group.attrs["weight_names"] = [name.encode() for name in names]
             for name, weight in zip(names, layer.get_weights()):
                 group.create_dataset(name, data=weight)
