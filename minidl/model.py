@@ -366,7 +366,7 @@ class Model:
         for index, row in enumerate(rows):
             lines.append("".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
             lines.append(rule if index == 0 else "-" * sum(widths))
-        trainable = sum(layer.count_params() for layer in self.layers if layer.trainable)
+        trainable = sum(layer.count_trainable_params() for layer in self.layers)
         lines += [f"Total params: {self.count_params():,}", f"Trainable params: {trainable:,}",
                   f"Non-trainable params: {self.count_params() - trainable:,}", *plan_lines(plan, self.optimize)]
         print_fn("\n".join(lines))
