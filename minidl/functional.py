@@ -68,7 +68,7 @@ def call_on_symbols(layer, inputs):
     kind = f"layer {layer.name!r} ({type(layer).__name__})"
     several = isinstance(inputs, (list, tuple))
     if several != layer.takes_several_inputs:
-        wanted = "a list of tensors" if layer.takes_several_inputs else "one tensor, not a list"
+        wanted = "a list of inputs" if layer.takes_several_inputs else "one tensor, not a list"
         raise TypeError(f"{kind} is called on {wanted}")
     if layer.__dict__.get("symbolic_output") is not None:
         raise ValueError(f"{kind} is already called in a functional model; a layer instance can be called "
