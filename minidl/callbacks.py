@@ -26,6 +26,8 @@ class Callback:
     #: True for callbacks that save the model: their ``on_epoch_end`` runs after every other
     #: callback's, so the file holds the epoch's final state (a learning rate cut included)
     writes_checkpoints = False
+    #: True for callbacks that write files: in distributed training only rank 0 runs them
+    writes_files = False
 
     def set_model(self, model):
         self.model = model
@@ -308,6 +310,7 @@ class ModelCheckpoint(Callback):
     """
 
     writes_checkpoints = True
+    writes_files = True
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
                  save_weights_only=False, mode="auto", initial_value_threshold=None):
@@ -446,6 +449,8 @@ class CSVLogger(Callback):
     ``append=True`` keeps the existing rows, for resumed training; the header is written only into an
     empty file.  Each row is flushed at once, so a killed run keeps its finished epochs.
     """
+
+    writes_files = True
 
     def __init__(self, filename, separator=",", append=False):
         self.filename, self.separator, self.append = os.fspath(filename), separator, append

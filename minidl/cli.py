@@ -1,4 +1,4 @@
-"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck`` and ``bench``.
+"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck``, ``bench`` and ``convert``.
 
 Exit status: 0 success, 1 an error (one line on stderr, no traceback unless ``--debug``), 2 a usage
 error (from argparse).  ``python -m minidl.cli`` works the same as the installed ``minidl`` script.
@@ -12,6 +12,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from minidl import convert
 
 DATASETS = ("fashion_mnist", "mnist", "shapes")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -162,9 +164,23 @@ def save_trained_model(model, path):
 
 
 def command_train(args):
+    """``minidl train``; with ``--distributed`` every MPI rank runs it, rank 0 alone prints and writes,
+    and an error on any rank stops them all (:mod:`minidl.distributed`)."""
+    if not args.distributed:
+        return train_and_save(args, None)
+    from minidl.distributed import DataParallel
+
+    strategy = DataParallel()
+    with strategy.failures_stop_every_rank():
+        return train_and_save(args, strategy)
+
+
+def train_and_save(args, strategy):
     import minidl
     from minidl import optimizers
 
+    chief = strategy is None or strategy.is_chief
+    say = print if chief else lambda *_: None
     for path, option in ((args.output, "--output"), (args.checkpoint, "--checkpoint")):
         if path:
             require_writable_file(path, option)
@@ -176,7 +192,7 @@ def command_train(args):
     if args.resume:
         model = minidl.load_model(args.resume)
         require_same_run(model, args, x_train, class_names)
-        print(f"resuming {args.resume} after epoch {model.initial_epoch}")
+        say(f"resuming {args.resume} after epoch {model.initial_epoch}")
     else:
         model = build_model(args.model, x_train.shape[1:], len(class_names))
         optimizer_class = optimizers.OPTIMIZERS[args.optimizer]
@@ -184,15 +200,18 @@ def command_train(args):
         model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.class_names = class_names
     model.run_arguments = run_arguments(args)
-    if args.verbose:
+    if args.verbose and chief:
         model.summary()
     checkpoints = [minidl.callbacks.ModelCheckpoint(args.checkpoint)] if args.checkpoint else []
     history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
                         validation_split=args.validation_split, verbose=args.verbose, seed=args.seed,
                         augment=augmentation() if args.augment else None,
-                        initial_epoch=model.initial_epoch, callbacks=checkpoints)
-    test_logs = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True)
-    print(f"test ({len(x_test)} samples): " + minidl.callbacks.format_logs(test_logs))
+                        initial_epoch=model.initial_epoch, callbacks=checkpoints, distributed=strategy)
+    test_logs = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True,
+                               distributed=strategy)
+    say(f"test ({len(x_test)} samples): " + minidl.callbacks.format_logs(test_logs))
+    if not chief:
+        return 0
     if args.output:
         save_trained_model(model, args.output)
         print(f"saved model to {args.output}")
@@ -391,6 +410,9 @@ def build_parser():
                             "give the run's own --dataset, --model, --optimizer, --learning-rate, --seed, "
                             "--limit, --batch-size and other settings (a mismatch is refused), and any --epochs")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="0 silent, 1 bar, 2 lines")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the MPI ranks of `mpiexec -n N minidl train ...`: --batch-size "
+                            "is per rank, rank 0 prints and writes the files")
     add_common(train)
     train.set_defaults(run=command_train)
 
@@ -433,6 +455,8 @@ def build_parser():
                        help="samples per epoch for the s/epoch figure (default 60000, Fashion-MNIST)")
     add_common(bench)
     bench.set_defaults(run=command_bench)
+
+    add_common(convert.add_command(commands))
     return parser
 
 

@@ -8,10 +8,12 @@ built from the graph and rebuilt when the layers or the ``optimize`` switches ch
 loop that runs it lives in :mod:`minidl.training`.
 """
 
+import contextlib
 import textwrap
 
 import numpy as np
 
+from minidl import distributed as distributed_module
 from minidl import engine, functional
 from minidl import layers as layers_module
 from minidl import losses as losses_module
@@ -153,10 +155,11 @@ class Model:
         """The model's output for a batch on the backend, by the plan's steps in order."""
         return self.plan.forward(x, training)
 
-    def backward(self, grad):
+    def backward(self, grad, on_step_done=None):
         """Backward from ``dL/d(output)``, or from ``dL/d(logits)`` when softmax is fused with the loss;
-        returns ``dL/d(input)`` (``None`` unless ``input_grad_needed``)."""
-        return self.plan.backward(grad, from_logits=self.softmax_fused_into_loss())
+        returns ``dL/d(input)`` (``None`` unless ``input_grad_needed``).  ``on_step_done``: see
+        :meth:`minidl.engine.Plan.backward`."""
+        return self.plan.backward(grad, from_logits=self.softmax_fused_into_loss(), on_step_done=on_step_done)
 
     def loss_and_grad(self, y_pred, targets):
         if self.softmax_fused_into_loss():
@@ -217,7 +220,7 @@ class Model:
     @checks.marks_fit_in_progress
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=None,
-            augment=None):
+            augment=None, distributed=None):
         """Train for ``epochs`` passes over ``(x, y)``; returns a :class:`~minidl.callbacks.History`.
 
         ``x`` may also be a data loader yielding ``(x_batch, y_batch)``.  ``validation_split`` holds
@@ -225,18 +228,28 @@ class Model:
         is given.  ``seed`` makes each
         epoch's shuffle a function of ``(seed, epoch)``; ``augment`` is a transform applied to every
         training batch.
-        """
-        return training.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
-                            validation_data, shuffle, initial_epoch, seed, augment)
 
-    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False):
+        ``distributed=True`` (or a :class:`minidl.distributed.DataParallel`) trains data-parallel
+        over the MPI ranks this script was started on (``mpiexec -n N``): ``batch_size`` is then
+        each rank's, and the update is that of one process at ``batch_size x N``.
+        """
+        strategy = distributed_module.strategy_for(distributed)
+        with strategy.failures_stop_every_rank() if strategy else contextlib.nullcontext():
+            return training.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
+                                validation_data, shuffle, initial_epoch, seed, augment, strategy)
+
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False,
+                 distributed=None):
         """Loss (and metrics) on ``(x, y)``: a float, ``[loss, *metrics]``, or a dict.
 
         With ``report=True`` the result comes with a per-class report,
         ``(result, minidl.metrics.classification_report(...))``, its rows named by ``class_names``
-        when the model has them.
+        when the model has them.  ``distributed`` as in :meth:`fit`: each rank evaluates its share
+        of every batch and every rank gets the totals.
         """
-        return training.evaluate(self, x, y, batch_size, verbose, return_dict, report)
+        strategy = distributed_module.strategy_for(distributed)
+        with strategy.failures_stop_every_rank() if strategy else contextlib.nullcontext():
+            return training.evaluate(self, x, y, batch_size, verbose, return_dict, report, strategy)
 
     def predict(self, x, batch_size=32, verbose=0):
         """Outputs for ``x`` ``(N, *input_shape)`` -> ``(N, *output_shape)`` as a NumPy array (an
@@ -358,9 +371,16 @@ class Model:
     # ------------------------------------------------------------------------------ saving
 
     def save(self, path):
-        """Save everything needed to resume training to one file; see :mod:`minidl.saving`."""
+        """Save to one file: ``.keras`` / ``.h5`` in Keras's formats, any other suffix (``.minidl``)
+        with everything needed to resume training; see :func:`minidl.saving.save_model`."""
         from minidl import saving  # saving imports this module
         saving.save_model(self, path)
+
+    def export(self, path, format="onnx"):
+        """Write the model for inference elsewhere; ``format="onnx"`` (the one supported) writes an
+        ONNX graph; see :mod:`minidl.onnx_export`."""
+        from minidl import onnx_export
+        onnx_export.export(self, path, format)
 
     def save_weights(self, path):
         """Save only the weights; see :func:`minidl.saving.save_weights`."""

@@ -131,7 +131,24 @@ def callback_state_members(model):
     return json_states, members
 
 
+#: file suffixes written in Keras's formats (:mod:`minidl.keras_format`); any other is minidl's own
+KERAS_SUFFIXES = (".keras", ".h5")
+
+
 def save_model(model, path, epoch=None):
+    """Save ``model`` to ``path`` in the format its suffix names: ``.keras`` (Keras 3) and ``.h5``
+    (legacy Keras) hold the architecture, weights and compile settings in Keras's own layout
+    (:mod:`minidl.keras_format`); any other suffix (``.minidl``) is the native file below."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix in KERAS_SUFFIXES:
+        from minidl import keras_format  # it builds on this module
+        require_built(model, "save_model")
+        (keras_format.save_keras_archive if suffix == ".keras" else keras_format.save_legacy_h5)(model, path)
+        return
+    save_native_model(model, path, epoch)
+
+
+def save_native_model(model, path, epoch=None):
     """Save architecture, weights, compile config, optimizer state, ``epoch`` (finished epochs;
     by default taken from the last ``fit``), random state and the last ``fit``'s callback states to
     the single file ``path``."""
@@ -313,8 +330,7 @@ class Archive:
 
 def parameter_shapes(model):
     """Every weight's shape in ``get_weights`` order, without copying any weight."""
-    return [tuple(layer.params[key].shape) for layer in model.layers
-            for key in layer.weight_order if key in layer.params]
+    return [tuple(array.shape) for layer in model.layers for _, array in layer.weights()]
 
 
 def architecture_from(archive, description):
@@ -361,7 +377,13 @@ def load_model(path):
     state included) and the layers' own random generators.  ``model.initial_epoch`` is the number of
     epochs it had finished; ``fit(initial_epoch=model.initial_epoch)`` resumes the run, restoring
     the global random generator and the callbacks' state saved with it.  Loading changes nothing
-    outside the returned model."""
+    outside the returned model.
+
+    Keras files (a ``.keras`` archive, a legacy HDF5 ``.h5``) are recognised by their content and
+    read as data by :func:`minidl.keras_format.load_keras_model`."""
+    from minidl import keras_format  # it builds on this module
+    if os.path.isfile(path) and keras_format.is_keras_file(path):
+        return keras_format.load_keras_model(path)
     archive = Archive(path, MODEL_FORMAT)
     description = archive.json("model.json")
     try:

@@ -178,7 +178,8 @@ def small_models(draw):
     height, width, channels = draw(st.integers(6, 10)), draw(st.integers(6, 10)), draw(st.integers(1, 3))
     blocks = []
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["conv", "conv", "max", "average", "activation", "leaky", "dropout"]))
+        kind = draw(st.sampled_from(["conv", "conv", "max", "average", "activation", "leaky", "dropout",
+                                     "batch_norm", "zero_pad", "rescaling"]))
         if kind == "conv":
             blocks.append(("conv", {"filters": draw(st.integers(1, 4)), "kernel_size": draw(st.sampled_from([1, 2, 3])),
                                     "strides": draw(st.sampled_from([1, 1, 2])),
@@ -197,7 +198,9 @@ def small_models(draw):
 def model_from(input_shape, blocks, seed):
     made = {"conv": lambda o: layers.Conv2D(**o), "max": lambda o: layers.MaxPooling2D(**o),
             "average": lambda o: layers.AveragePooling2D(**o), "activation": lambda o: layers.Activation(**o),
-            "leaky": lambda o: layers.LeakyReLU(0.1), "dropout": lambda o: layers.Dropout(0.3, seed=seed)}
+            "leaky": lambda o: layers.LeakyReLU(0.1), "dropout": lambda o: layers.Dropout(0.3, seed=seed),
+            "batch_norm": lambda o: layers.BatchNormalization(), "zero_pad": lambda o: layers.ZeroPadding2D(1),
+            "rescaling": lambda o: layers.Rescaling(0.5, offset=0.1)}
     model = minidl.Sequential([layers.Input(input_shape)])
     for kind, options in blocks:
         try:
@@ -311,3 +314,52 @@ def test_a_training_step_on_224_pixel_images_fits_in_memory():
     peak_mib = int(completed.stdout.split()[-1])
     # activations and their gradients are about 1.3 GiB at this size; unchunked im2col would add 1.8 GiB
     assert peak_mib < 3000
+
+
+@pytest.mark.parametrize("between", [lambda: layers.BatchNormalization(), lambda: layers.ZeroPadding2D(1),
+                                     lambda: layers.Rescaling(-1.0)])
+def test_no_conv_and_pooling_pass_reaches_across_a_layer_between_them(between):
+    """A BatchNormalization (or any layer) between a conv and its max pooling keeps both plain: pooling
+    before the activation is exact only when the pooled tensor is the conv's own output."""
+    model = minidl.Sequential([layers.Input((9, 8, 1)), layers.Conv2D(3, 3, activation="relu"), between(),
+                               layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    fusing = {"direct_conv_pool", "activation_after_max_pool", "crop_unread_outputs"}
+    assert not fusing & set(passes_of(model, 0)) and not fusing & set(passes_of(model, 2))
+    assert model.plan.step_of(model.layers[2]).layers == (model.layers[2],)
+
+
+@pytest.mark.parametrize("conv, pool, input_shape", CONV_POOL_CASES)
+def test_every_pass_gives_the_plain_results_for_a_conv_without_bias(backend, conv, pool, input_shape, monkeypatch):
+    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    models = []
+    for optimize in (True, False):
+        model = minidl.Sequential([layers.Input(input_shape),
+                                   layers.Conv2D(3, **{"activation": "relu", **conv}, use_bias=False),
+                                   layers.MaxPooling2D(**pool), layers.Flatten(), layers.Dense(2, use_bias=False)])
+        model.cast("float64").compile(optimizer="sgd", loss="mse", optimize=optimize, max_workspace_bytes=1)
+        models.append(model)
+    models[0].set_weights(models[1].get_weights())
+    assert "bias" not in models[0].layers[0].params and models[0].plan.step_of(models[0].layers[0]).passes
+    rng = np.random.default_rng(0)
+    x, grad_out = rng.standard_normal((3, *input_shape)), rng.standard_normal((3, 2))
+    assert_same_results(*(outputs_and_gradients(model, x, grad_out, training=True) for model in models),
+                        rtol=1e-10, atol=1e-12)
+
+
+def test_one_sgd_step_through_batch_normalization_gives_the_plain_weights_and_moving_statistics(backend):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 12, 12, 1), dtype=np.float32), rng.integers(0, 3, 16)
+    weights = []
+    for optimize in (True, False):
+        minidl.utils.set_random_seed(5)
+        model = minidl.Sequential([layers.Input((12, 12, 1)), layers.Conv2D(4, 3, use_bias=False),
+                                   layers.BatchNormalization(), layers.ReLU(), layers.MaxPooling2D(2),
+                                   layers.Conv2D(4, 3, activation="relu"), layers.GlobalAveragePooling2D(),
+                                   layers.Dense(3, activation="softmax")])
+        model.compile(optimizer=minidl.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
+                      optimize=optimize)
+        model.train_on_batch(x, y)
+        weights.append(model.get_weights())
+    for planned, plain in zip(*weights):
+        np.testing.assert_allclose(planned, plain, rtol=1e-5, atol=1e-6)
