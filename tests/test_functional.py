@@ -300,3 +300,24 @@ def test_every_pass_name_is_known_to_the_planner_used_by_functional_models():
     model = residual_model(input_shape=(6, 6, 1))
     model.compile(optimizer="sgd", loss="mse", optimize={name: False for name in PASSES})
     assert all(not step.passes for step in model.plan.steps)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda config: config.pop("input"), "needs an 'input' object with a string 'name'"),
+    (lambda config: config["layers"][2].update(inbound="stem"), "layer 2 needs an 'inbound' list"),
+    (lambda config: config.update(output=3), "needs the 'output' layer's name, got 3"),
+])
+def test_a_malformed_graph_file_is_refused_naming_the_file_and_the_problem(tmp_path, change, message):
+    from minidl import validation
+    config = residual_model().get_config()
+    change(config)
+    with pytest.raises(ValueError, match=f"arch.json: .*{message}"):
+        validation.architecture(config, "arch.json")
+
+
+def test_keras_formats_refuse_a_functional_model_and_write_nothing(tmp_path):
+    model = residual_model()
+    for suffix in (".keras", ".h5"):
+        with pytest.raises(ValueError, match="functional models are written in minidl's own format only"):
+            model.save(tmp_path / f"graph{suffix}")
+        assert not (tmp_path / f"graph{suffix}").exists()
