@@ -285,7 +285,8 @@ def test_save_and_load_give_the_same_graph_and_predictions(tmp_path, build):
 def test_a_graph_architecture_naming_an_unknown_tensor_is_refused():
     config = residual_model().get_config()
     config["layers"][1]["inbound"] = ["missing"]
-    with pytest.raises(ValueError, match=r"layer 'branch_a' reads \['missing'\], which no earlier layer or input writes"):
+    with pytest.raises(ValueError, match=r"layer 'branch_a' reads \['missing'\], which no earlier layer or input "
+                                         r"writes"):
         minidl.Model.from_config(config)
 
 
@@ -333,3 +334,11 @@ def test_readme_functional_example_runs_as_written(tmp_path, monkeypatch):
     namespace = {}
     exec(compile(block, "README functional example", "exec"), namespace)
     assert type(namespace["same"]) is minidl.Model and (tmp_path / "residual.minidl").exists()
+
+
+def test_build_accepts_the_models_own_shape_with_or_without_the_batch_axis_only():
+    model = residual_model()
+    model.build((None, 8, 8, 2))
+    model.build((8, 8, 2))
+    with pytest.raises(ValueError, match=r"built for inputs \(None, 8, 8, 2\) by its Input, got \(None, 9, 9, 2\)"):
+        model.build((None, 9, 9, 2))
