@@ -1,4 +1,5 @@
-"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck``, ``bench`` and ``convert``.
+"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck``, ``bench``, ``convert``, and
+the teaching commands ``explain``, ``museum`` and ``grade`` (:mod:`minidl.teaching.cli`).
 
 Exit status: 0 success, 1 an error (one line on stderr, no traceback unless ``--debug``), 2 a usage
 error (from argparse).  ``python -m minidl.cli`` works the same as the installed ``minidl`` script.
@@ -13,11 +14,9 @@ import time
 
 import numpy as np
 
-from minidl import convert
+from minidl import __version__, convert
 
 DATASETS = ("fashion_mnist", "mnist", "shapes")
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]
 SHAPES_TRAIN_SAMPLES, SHAPES_TEST_SAMPLES = 3000, 600
 
 
@@ -38,14 +37,31 @@ def build_model(spec, input_shape, num_classes):
                 config = json.load(file)
             except (json.JSONDecodeError, RecursionError) as error:
                 raise ValueError(f"{spec}: not valid JSON ({type(error).__name__}: {error})") from None
-        model = model_from_config(validation.architecture(config, spec))
-        if not model.built:
-            model.build(input_shape)
+        config = validation.architecture(config, spec)
+        require_usable_layer_configs(config["layers"], spec)
+        try:
+            model = model_from_config(config)
+            if not model.built:
+                model.build(input_shape)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{spec}: the architecture does not build: {error}") from None
         return model
     if spec not in presets.PRESETS:
         raise ValueError(f"unknown model preset {spec!r}; choose one of {sorted(presets.PRESETS)} or give "
                          f"a JSON architecture file")
     return presets.PRESETS[spec](input_shape, num_classes)
+
+
+def require_usable_layer_configs(layer_configs, source):
+    """Make each layer of an architecture file once, so that a bad one is named by the file, its
+    position and its class rather than by a bare Python error."""
+    from minidl import layers
+
+    for index, layer_config in enumerate(layer_configs):
+        try:
+            layers.deserialize(layer_config)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: layer {index} ({layer_config['class_name']}): {error}") from None
 
 
 # ------------------------------------------------------------------------------- data
@@ -77,14 +93,14 @@ def require_dataset_files(name, data_dir):
 
 def load_dataset(name, data_dir=None, image_size=(28, 28), color_mode="grayscale", seed=0):
     """``(x_train, y_train), (x_test, y_test), class_names`` with float images in [0, 1]."""
-    from minidl import data
+    from minidl import data, datasets
 
     if data_dir is not None:
         require_dataset_files(name, data_dir)
     if name in ("fashion_mnist", "mnist"):
         loader = data.load_fashion_mnist if name == "fashion_mnist" else data.load_mnist
         (x_train, y_train), (x_test, y_test) = loader(path=data_dir)
-        class_names = FASHION_MNIST_CLASSES if name == "fashion_mnist" else [str(d) for d in range(10)]
+        class_names = list(getattr(datasets, name).class_names)
     elif name == "shapes":
         x_train, y_train = data.make_shapes(SHAPES_TRAIN_SAMPLES, size=image_size[0], seed=seed)
         x_test, y_test = data.make_shapes(SHAPES_TEST_SAMPLES, size=image_size[0], seed=seed + 1)
@@ -151,6 +167,30 @@ def require_writable_file(path, option):
         raise ValueError(f"{option} {path}: the folder {folder} is not writable")
 
 
+DEFAULT_OUTPUT = "model.minidl"
+
+
+def default_output(args):
+    """``--output``, or :data:`DEFAULT_OUTPUT` when none was given; an existing file under the default
+    name is refused unless ``--overwrite``, so a second run never silently replaces the first's model."""
+    if args.output is not None:
+        return args.output
+    if os.path.exists(DEFAULT_OUTPUT) and not args.overwrite:
+        raise ValueError(f"{DEFAULT_OUTPUT} exists (a model from an earlier run?); give another file with "
+                         f"--output NAME.minidl, or --overwrite to replace it")
+    return DEFAULT_OUTPUT
+
+
+def require_model_suffix(path, option):
+    """Refuse, before training, a file name the model cannot be saved under."""
+    from minidl import saving
+
+    try:
+        saving.require_supported_suffix(path, "save_model")
+    except ValueError as error:
+        raise ValueError(f"{option} {error}") from None
+
+
 def save_trained_model(model, path):
     """Save to ``path``; if that fails, save to a fresh file in the temporary folder instead and
     raise an error naming both, so a finished training is never lost."""
@@ -181,9 +221,11 @@ def train_and_save(args, strategy):
 
     chief = strategy is None or strategy.is_chief
     say = print if chief else lambda *_: None
+    args.output = default_output(args)
     for path, option in ((args.output, "--output"), (args.checkpoint, "--checkpoint")):
         if path:
             require_writable_file(path, option)
+            require_model_suffix(path, option)
     minidl.utils.set_random_seed(args.seed)
     (x_train, y_train), (x_test, y_test), class_names = load_dataset(
         args.dataset, args.data_dir, (args.image_size, args.image_size), args.color_mode, args.seed)
@@ -386,6 +428,7 @@ def add_data_arguments(parser):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="minidl", description="Train, evaluate and inspect minidl models.")
+    parser.add_argument("--version", action="version", version=f"minidl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model on a dataset and save it",
@@ -402,7 +445,10 @@ def build_parser():
                        help="image side for shapes and image folders (default 28)")
     train.add_argument("--color-mode", choices=("grayscale", "rgb"), default="grayscale",
                        help="for image folders (default grayscale)")
-    train.add_argument("--output", default="model.minidl", help="model file to write (default model.minidl)")
+    train.add_argument("--output", help=f"model file to write, *.minidl (default {DEFAULT_OUTPUT}, "
+                                        f"which is not replaced unless --overwrite)")
+    train.add_argument("--overwrite", action="store_true",
+                       help=f"replace an existing {DEFAULT_OUTPUT} when no --output is given")
     train.add_argument("--plots", metavar="DIR", help="write learning curves, confusion matrix, filters")
     train.add_argument("--checkpoint", metavar="FILE", help="save a resumable checkpoint after every epoch")
     train.add_argument("--resume", metavar="FILE",
@@ -457,6 +503,8 @@ def build_parser():
     bench.set_defaults(run=command_bench)
 
     add_common(convert.add_command(commands))
+    from minidl.teaching.cli import add_teaching_commands
+    add_teaching_commands(commands)
     return parser
 
 

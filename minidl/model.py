@@ -71,10 +71,37 @@ class Model:
     # ----------------------------------------------------------------------------- building
 
     def build(self, input_shape):
-        """A functional model is built by its layer calls: accept only its own input shape."""
-        if tuple(input_shape) != self.input_shape:
+        """A functional model is built by its layer calls: accept only its own input shape (per sample,
+        or Keras's full shape with the batch axis)."""
+        if self.per_sample_shape(input_shape) != self.input_shape:
             raise ValueError(f"{self.name}: the model was built for inputs {(None, *self.input_shape)} by its "
-                             f"Input, got {(None, *tuple(input_shape))}")
+                             f"Input, got {tuple(input_shape)}")
+
+    def per_sample_shape(self, input_shape):
+        """``input_shape`` without its batch axis: a leading ``None`` (Keras's form) is dropped, and so
+        is a batch size in front of the shape an ``Input`` declared; any other shape is per sample."""
+        shape = tuple(input_shape)
+        if shape and shape[0] is None:
+            return shape[1:]
+        if self.input_shape is not None and shape[1:] == self.input_shape:
+            return shape[1:]
+        return shape
+
+    def get_layer(self, name=None, index=None):
+        """The layer called ``name``, or the one at position ``index`` (as in Keras, give one of them)."""
+        if (name is None) == (index is None):
+            raise ValueError(f"{self.name}: get_layer takes a layer name or an index, one of the two; "
+                             f"got name={name!r}, index={index!r}")
+        if index is not None:
+            if not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"{self.name}: asked for the layer at index {index}, but the model has "
+                                 f"{len(self.layers)} layers")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"{self.name}: no layer named {name!r}; the layers are "
+                         f"{[layer.name for layer in self.layers]}")
 
     @property
     def built(self):
@@ -286,21 +313,6 @@ class Model:
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
 
-    def get_layer(self, name=None, index=None):
-        """The layer called ``name``, or the one at position ``index`` of :attr:`layers`."""
-        if (name is None) == (index is None):
-            raise ValueError(f"{self.name}: get_layer takes a name or an index, exactly one of them")
-        if index is not None:
-            if not isinstance(index, int) or not -len(self.layers) <= index < len(self.layers):
-                raise ValueError(f"{self.name}: layer index {index!r} is out of range for "
-                                 f"{len(self.layers)} layers")
-            return self.layers[index]
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise ValueError(f"{self.name}: no layer named {name!r}; the layers are "
-                         f"{[layer.name for layer in self.layers]}")
-
     def get_config(self):
         """The architecture as plain JSON data (no code): the input, then each layer's config with the
         names of the tensors it reads (the input's name or layers' names), in the graph's order."""
@@ -367,6 +379,18 @@ class Model:
     def connections(self, layer):
         """:meth:`summary`'s "Connected to": the tensors ``layer`` reads."""
         return ", ".join(self.graph.inbound_names(layer.symbolic_output))
+
+    def explain(self, batch_size=32, layer=None, print_fn=print):
+        """Each layer's forward and backward equations with the live shapes of a batch of
+        ``batch_size``, their FLOPs and bytes moved, and the planner passes that apply (only the layer
+        named ``layer`` if given); see :mod:`minidl.teaching.explain`.  Prints with ``print_fn``, or
+        returns the text when ``print_fn`` is ``None``."""
+        from minidl.teaching.explain import explain_model
+        text = explain_model(self, batch_size, layer)
+        if print_fn is None:
+            return text
+        print_fn(text)
+        return None
 
     # ------------------------------------------------------------------------------ saving
 
@@ -438,8 +462,9 @@ class Sequential(Model):
                              f"but receives {(None, *input_shape)}")
 
     def build(self, input_shape):
-        """Build every layer for per-sample inputs of ``input_shape``."""
-        self.input_shape = tuple(input_shape)
+        """Build every layer for inputs of ``input_shape``: Keras's full shape with the batch axis,
+        ``(None, 32, 32, 3)``, or the per-sample shape ``(32, 32, 3)``."""
+        self.input_shape = self.per_sample_shape(input_shape)
         shape = self.input_shape
         for layer in self.layers:
             self.build_layer(layer, shape)

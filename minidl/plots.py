@@ -1,5 +1,5 @@
 """Pictures of training, for reports and for teaching: learning curves, a confusion matrix, the first
-conv layer's filters and one image's feature maps.  Each function writes a PNG and returns its path.
+conv layer's filters, one image's feature maps and a drawing of the network with its shapes.  Each function writes a PNG and returns its path.
 
 Needs matplotlib (``pip install 'minidl[plots]'``), imported only when a plot is drawn and always
 with the non-interactive Agg backend, so it works on servers without a display.  Figures have a
@@ -143,19 +143,65 @@ def plot_filters(model, path):
     return plot_image_grid(images, path, f"filters of {layer.name} {kernel.shape[:2]}")
 
 
-def plot_feature_maps(model, image, path, layer_name=None):
-    """The outputs of one layer (default: the first Conv2D) for one ``image`` ``(H, W, C)``, one
-    cell per channel.  Size: a grid of 100 x 100 pixel cells."""
+def feature_maps(model, image, layer_name=None):
+    """The outputs of one layer (default: the first Conv2D) for one ``image`` ``(H, W, C)``, as
+    ``(channels, OH, OW)``: the layers up to it run in inference mode."""
     target = first_conv_layer(model) if layer_name is None else next(
         (layer for layer in model.layers if layer.name == layer_name), None)
     if target is None:
         raise ValueError(f"model {model.name!r} has no layer named {layer_name!r}")
-    activations = np.asarray(image, dtype=model.dtype)[np.newaxis]
+    image = np.asarray(image, dtype=model.dtype)
+    if image.shape != tuple(model.input_shape):
+        raise ValueError(f"feature_maps: model {model.name!r} takes images of shape {model.input_shape}, "
+                         f"got {image.shape}")
+    activations = image[np.newaxis]
     for layer in model.layers:
         activations = layer(activations)
         if layer is target:
             break
     if activations.ndim != 4:
         raise ValueError(f"layer {target.name!r} outputs {activations.shape[1:]}, not feature maps (H, W, C)")
-    maps = np.moveaxis(activations[0], -1, 0)  # (C, H, W)
-    return plot_image_grid(rescale_each(maps), path, f"feature maps of {target.name}", cmap="viridis")
+    return np.moveaxis(activations[0], -1, 0)
+
+
+def plot_feature_maps(model, image, path, layer_name=None):
+    """:func:`feature_maps` of one ``image`` as a grid, one cell per channel.  Size: a grid of
+    100 x 100 pixel cells."""
+    maps = feature_maps(model, image, layer_name)
+    name = layer_name or first_conv_layer(model).name
+    return plot_image_grid(rescale_each(maps), path, f"feature maps of {name}", cmap="viridis")
+
+
+NETWORK_ROW_INCHES = 0.6  # one layer's box in the network drawing: 60 pixels high
+
+
+def plot_network(model, path):
+    """A drawing of the model: one box per layer, top to bottom, with its type, name, output shape
+    and parameter count, each box's width growing with the log of its output size.
+
+    Size: 700 x ``60 * (layers + 1)`` pixels.  Returns ``path``.
+    """
+    plt = pyplot()
+    from matplotlib.patches import FancyBboxPatch
+
+    rows = [("Input", "input", tuple(model.input_shape), 0)]
+    rows += [(type(layer).__name__, layer.name, tuple(layer.output_shape), layer.count_params())
+             for layer in model.layers]
+    largest = max(math.log10(math.prod(shape) + 1) for _, _, shape, _ in rows)
+    figure, axis = plt.subplots(figsize=(7, NETWORK_ROW_INCHES * len(rows)))
+    axis.set_xlim(-0.5, 0.5)
+    axis.set_ylim(len(rows) - 0.5, -0.5)
+    axis.axis("off")
+    colors = {"Conv2D": "#9ecae1", "MaxPooling2D": "#fdd0a2", "AveragePooling2D": "#fdd0a2",
+              "Dense": "#a1d99b", "Input": "#dddddd"}
+    for index, (kind, name, shape, params) in enumerate(rows):
+        width = 0.3 + 0.6 * math.log10(math.prod(shape) + 1) / largest
+        axis.add_patch(FancyBboxPatch((-width / 2, index - 0.32), width, 0.64, boxstyle="round,pad=0.01",
+                                      facecolor=colors.get(kind, "#eeeeee"), edgecolor="#555555"))
+        label = f"{kind} ({name})  {(None, *shape)}" + (f"  {params:,} params" if params else "")
+        axis.text(0, index, label, ha="center", va="center", fontsize=8)
+        if index:
+            axis.annotate("", (0, index - 0.33), (0, index - 0.67), arrowprops={"arrowstyle": "->"})
+    figure.suptitle(f"{model.name}: {model.count_params():,} parameters", fontsize=9)
+    figure.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.3 / len(rows))
+    return save_figure(figure, path)

@@ -131,14 +131,29 @@ def callback_state_members(model):
     return json_states, members
 
 
-#: file suffixes written in Keras's formats (:mod:`minidl.keras_format`); any other is minidl's own
+#: file suffixes written in Keras's formats (:mod:`minidl.keras_format`)
 KERAS_SUFFIXES = (".keras", ".h5")
+
+#: the file name suffixes each save writes: minidl's own format, and for whole models Keras's
+SAVE_SUFFIXES = {"save_model": (".minidl", *KERAS_SUFFIXES), "save_weights": (".weights",)}
+
+
+def require_supported_suffix(path, function):
+    """Refuse a ``path`` whose suffix is not one that ``function`` writes, before anything is
+    written: no file gets a name that promises another format than the one inside."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    supported = SAVE_SUFFIXES[function]
+    if suffix not in supported:
+        given = f"the suffix {suffix!r}" if suffix else "no suffix"
+        raise ValueError(f"{function}: {os.fspath(path)} has {given}; it writes files named "
+                         f"*{' or *'.join(supported)}")
 
 
 def save_model(model, path, epoch=None):
     """Save ``model`` to ``path`` in the format its suffix names: ``.keras`` (Keras 3) and ``.h5``
     (legacy Keras) hold the architecture, weights and compile settings in Keras's own layout
     (:mod:`minidl.keras_format`); any other suffix (``.minidl``) is the native file below."""
+    require_supported_suffix(path, "save_model")
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix in KERAS_SUFFIXES:
         from minidl import keras_format  # it builds on this module
@@ -154,7 +169,8 @@ def save_model(model, path, epoch=None):
 def save_native_model(model, path, epoch=None):
     """Save architecture, weights, compile config, optimizer state, ``epoch`` (finished epochs;
     by default taken from the last ``fit``), random state and the last ``fit``'s callback states to
-    the single file ``path``."""
+    the single file ``path`` (named ``*.minidl``)."""
+    require_supported_suffix(path, "save_model")
     require_built(model, "save_model")
     members = weight_members(model)
     state = model.optimizer.get_state() if model.optimizer is not None else {"iterations": 0, "slots": []}
@@ -182,7 +198,9 @@ def save_native_model(model, path, epoch=None):
 
 
 def save_weights(model, path):
-    """Save only the weights (``model.get_weights()``) and the layer names they belong to."""
+    """Save only the weights (``model.get_weights()``) and the layer names they belong to to ``path``
+    (named ``*.weights``)."""
+    require_supported_suffix(path, "save_weights")
     require_built(model, "save_weights")
     members = weight_members(model)
     description = {"layers": [[layer.name, len(layer.get_weights())] for layer in model.layers],

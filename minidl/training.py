@@ -11,7 +11,7 @@ import numpy as np
 
 from minidl import metrics as metrics_module
 from minidl import validation as checks
-from minidl.backend import apply_process_settings, ops
+from minidl.backend import apply_process_settings, compile_kernels_if_cold, ops
 from minidl.callbacks import CallbackList, History, ProgbarLogger, find_non_finite, format_logs
 from minidl.utils import global_rng
 
@@ -108,10 +108,12 @@ def update_logs(model, loss_mean, loss, targets, y_pred):
     return {"loss": loss_mean.result(), **{m.name: m.result() for m in model.metrics}}
 
 
-def prepare(model):
-    """Before the engine runs: parameters on the active backend, the process settings applied."""
+def prepare(model, verbose=0):
+    """Before the engine runs: parameters on the active backend, the process settings applied, and
+    on a first run the kernels compiled (announced in one line when ``verbose``)."""
     model.sync_backend()
     apply_process_settings()
+    compile_kernels_if_cold(model.dtype, print_fn=print if verbose else lambda line: None)
 
 
 # ------------------------------------------------------------------------------------------ fit
@@ -146,12 +148,12 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=N
         if strategy:
             base_seed = strategy.same_on_every_rank(base_seed)
         train = ArrayBatches(model, x, targets, (batch_size or 32) * ranks, shuffle, base_seed, augment)
-    prepare(model)
+    if strategy and not strategy.is_chief:  # rank 0 alone prints and writes files
+        callbacks, verbose = [c for c in callbacks or [] if not c.writes_files], 0
+    prepare(model, verbose)
     if strategy:
         train, validation = strategy.shards(train), strategy.shards(validation)
         strategy.start(model, verbose)
-        if not strategy.is_chief:
-            callbacks, verbose = [c for c in callbacks or [] if not c.writes_files], 0
     model.history = History()
     # user callbacks first, so History records what they add to the logs (e.g. learning_rate)
     all_callbacks = list(callbacks or []) + [model.history] + ([ProgbarLogger(verbose)] if verbose else [])
@@ -240,11 +242,11 @@ def evaluate(model, x=None, y=None, batch_size=32, verbose=1, return_dict=False,
     else:
         x, targets = model.check_data(x, y)
         batches = ArrayBatches(model, x, targets, batch_size * (strategy.ranks if strategy else 1), shuffle=False)
-    prepare(model)
     if strategy:
-        batches = strategy.shards(batches)
+        batches, verbose = strategy.shards(batches), verbose if strategy.is_chief else 0
+    prepare(model, verbose)
+    if strategy:
         strategy.broadcast_model(model)
-        verbose = verbose if strategy.is_chief else 0
     logs, outputs = evaluate_batches(model, batches, keep_outputs=True, strategy=strategy) if report \
         else (evaluate_batches(model, batches, strategy=strategy), None)
     if verbose:

@@ -248,7 +248,7 @@ def test_get_layer_finds_by_name_or_index_and_names_the_layers_otherwise():
     assert model.get_layer(index=-1).name == "classifier"
     with pytest.raises(ValueError, match=r"no layer named 'nope'; the layers are \['stem'"):
         model.get_layer("nope")
-    with pytest.raises(ValueError, match="a name or an index, exactly one"):
+    with pytest.raises(ValueError, match="takes a layer name or an index, one of the two"):
         model.get_layer()
 
 

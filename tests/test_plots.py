@@ -59,3 +59,19 @@ def test_feature_maps_of_a_dense_layer_are_refused():
     model = conv_model()
     with pytest.raises(ValueError, match="not feature maps"):
         plots.plot_feature_maps(model, np.zeros((8, 8, 1)), "unused.png", layer_name=model.layers[-1].name)
+
+
+def test_feature_maps_are_the_first_conv_outputs_channels_first():
+    model = conv_model()
+    image = np.random.default_rng(0).random((8, 8, 1))
+    maps = plots.feature_maps(model, image)
+    assert maps.shape == (6, 6, 6)
+    np.testing.assert_allclose(maps, np.moveaxis(model.layers[0](image[None])[0], -1, 0))
+    with pytest.raises(ValueError, match=r"takes images of shape \(8, 8, 1\), got \(9, 9, 1\)"):
+        plots.feature_maps(model, np.zeros((9, 9, 1)))
+
+
+def test_network_drawing_is_700_pixels_wide_and_60_per_layer(tmp_path):
+    model = conv_model()
+    path = plots.plot_network(model, tmp_path / "network.png")
+    assert png_size(path) == (60 * (len(model.layers) + 1), 700)

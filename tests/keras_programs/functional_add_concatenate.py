@@ -44,4 +44,4 @@ model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=
 model.summary()
 model.fit(x_train, y_train, batch_size=64, epochs=3, validation_split=0.1, verbose=2)
 loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
-print(f"test accuracy {accuracy:.4f}")
+print("test accuracy:", accuracy)

@@ -1,0 +1,300 @@
+"""``minidl explain``: each layer's forward and backward equations with the live shapes of a batch,
+what they cost (FLOPs, bytes moved) and which planner passes compute that layer otherwise.
+
+Counts are per training step of a batch of ``N``, at the layer's own formulas: a multiply-add is 2
+FLOPs, an addition, a comparison or an activation 1 per element.  "Bytes moved" adds, equation by
+equation, every array it reads and writes once, at the model's dtype (argmaxes: int32): e.g.
+``z = cols @ W2d`` moves ``cols``, ``W2d`` and ``z``.  Caches are ignored; it is the traffic a streaming
+implementation of the formulas cannot avoid.
+"""
+
+import textwrap
+from dataclasses import dataclass, field
+
+from minidl.engine.passes import PASSES
+from minidl.layers import (Activation, AveragePooling2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU,
+                           MaxPooling2D)
+
+WIDTH = 100
+EQUATION_COLUMN = 36  # where the shape column starts after an equation
+
+#: What each planner pass does to the layers it applies to, in one sentence.
+PASS_EFFECTS = {
+    "direct_conv_pool": "the conv and its 2x2 max pooling run as one direct kernel that keeps only each "
+                        "window's maximum; z is never stored and no input gradient is computed",
+    "activation_after_max_pool": "max pooling runs on z before the bias and activation "
+                                 "(max f(z + b) = f(max z + b) for non-decreasing f), so they touch "
+                                 "a quarter of the values",
+    "crop_unread_outputs": "the conv computes only the outputs some pooling window reads",
+    "winograd": "z is computed by Winograd F(2x2, 3x3): 16 GEMMs over 4x4 input tiles, 2.25x fewer "
+                "multiplications than im2col",
+    "workspace_chunking": "the scratch (cols or tiles) is computed a chunk of images at a time when "
+                          "the batch would need more than max_workspace_bytes",
+    "inference_maxima": "outside training, max pooling computes the maxima without the argmax",
+}
+
+
+@dataclass
+class Explanation:
+    """One layer's account: ``forward`` and ``backward`` are ``(equation, shapes)`` pairs."""
+
+    forward: list = field(default_factory=list)
+    backward: list = field(default_factory=list)
+    forward_flops: int = 0
+    backward_flops: int = 0
+    forward_bytes: int = 0
+    backward_bytes: int = 0
+    notes: list = field(default_factory=list)
+
+
+def shape_text(*dims):
+    return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def product(dims):
+    total = 1
+    for d in dims:
+        total *= d
+    return total
+
+
+#: ``f'`` as the factor of ``dL/dy``, written with the output ``y`` as the layers compute it.
+DERIVATIVES = {"linear": "", "relu": " * [y > 0]", "sigmoid": " * y (1 - y)", "tanh": " * (1 - y^2)",
+               "softmax": " through softmax (p - t when fused with the loss)"}
+
+
+def applied(activation, argument):
+    return argument if activation == "linear" else f"{activation}({argument})"
+
+
+def activation_lines(activation, out_shape):
+    """The ``y = f(z + b)`` and ``G = dL/dy * f'`` equations of Dense and Conv2D."""
+    return [(f"y = {applied(activation, 'z + b')}", shape_text(*out_shape)),
+            (f"G = dL/dy{DERIVATIVES[activation]}", shape_text(*out_shape))]
+
+
+def gemm_layer_costs(e, rows, k, f, itemsize, activation, x_bytes, unfolds, input_grad_needed):
+    """FLOPs and bytes of ``y = f(A @ W + b)`` and its backward, with ``A`` ``(rows, k)`` the input
+    itself (Dense) or its im2col (Conv2D: ``unfolds``, which writes and reads ``A`` once more each way).
+    """
+    gemm = 2 * rows * k * f
+    out_bytes, weight_bytes, bias_bytes = rows * f * itemsize, k * f * itemsize, f * itemsize
+    a_bytes = rows * k * itemsize if unfolds else x_bytes
+    activation_pass = 0 if activation == "linear" else 1
+    e.forward_flops = gemm + rows * f * (1 + activation_pass)
+    e.forward_bytes = (x_bytes + a_bytes if unfolds else 0) + a_bytes + weight_bytes + out_bytes \
+        + out_bytes + bias_bytes + out_bytes                                   # im2col, GEMM, f(z + b)
+    e.backward_flops = rows * f * activation_pass + rows * f + gemm            # G, dL/db, dL/dW
+    e.backward_bytes = 3 * out_bytes * activation_pass + out_bytes + bias_bytes + a_bytes + out_bytes \
+        + weight_bytes
+    if input_grad_needed:
+        e.backward_flops += gemm + (rows * k if unfolds else 0)                # G W^T, then col2im's adds
+        e.backward_bytes += out_bytes + weight_bytes + a_bytes + (a_bytes + x_bytes if unfolds else 0)
+
+
+def explain_conv(layer, n):
+    (kh, kw), (_, _, c_in), f = layer.kernel_size, layer.input_shape, layer.filters
+    oh, ow, _ = layer.output_shape
+    rows, k = n * oh * ow, kh * kw * c_in
+    rows_text = f"{n}*{oh}*{ow}={rows}"
+    y_line, g_line = activation_lines(layer.activation, (n, oh, ow, f))
+    e = Explanation()
+    e.forward = [("cols = im2col(x)", f"({rows_text}, {kh}*{kw}*{c_in}={k})"),
+                 ("z = cols @ W2d", f"({rows}, {k}) @ ({k}, {f}) -> ({rows}, {f})"), y_line]
+    e.backward = [g_line, ("dL/db = sum of G's rows", shape_text(f)),
+                  ("dL/dW2d = cols^T G", f"({k}, {rows}) @ ({rows}, {f}) -> ({k}, {f})")]
+    x_bytes = n * product(layer.input_shape) * layer.dtype.itemsize
+    gemm_layer_costs(e, rows, k, f, layer.dtype.itemsize, layer.activation, x_bytes, True, layer.input_grad_needed)
+    if layer.input_grad_needed:
+        e.backward.append(("dL/dx = col2im(G W2d^T)",
+                           f"({rows}, {f}) @ ({f}, {k}) -> {shape_text(n, *layer.input_shape)}"))
+    else:
+        e.notes.append("dL/dx is not computed: nothing before this layer needs it")
+    return e
+
+
+def explain_dense(layer, n):
+    (d_in,), u = layer.input_shape, layer.units
+    y_line, g_line = activation_lines(layer.activation, (n, u))
+    e = Explanation()
+    e.forward = [("z = x @ W", f"({n}, {d_in}) @ ({d_in}, {u}) -> ({n}, {u})"), y_line]
+    e.backward = [g_line, ("dL/db = sum_n G[n]", shape_text(u)),
+                  ("dL/dW = x^T G", f"({d_in}, {n}) @ ({n}, {u}) -> ({d_in}, {u})")]
+    x_bytes = n * d_in * layer.dtype.itemsize
+    gemm_layer_costs(e, n, d_in, u, layer.dtype.itemsize, layer.activation, x_bytes, False, layer.input_grad_needed)
+    if layer.input_grad_needed:
+        e.backward.append(("dL/dx = G W^T", f"({n}, {u}) @ ({u}, {d_in}) -> ({n}, {d_in})"))
+    else:
+        e.notes.append("dL/dx is not computed: nothing before this layer needs it")
+    return e
+
+
+def explain_pooling(layer, n):
+    (ph, pw), (sh, sw) = layer.pool_size, layer.strides
+    in_shape, out_shape = (n, *layer.input_shape), (n, *layer.output_shape)
+    outputs, itemsize = product(out_shape), layer.dtype.itemsize
+    in_bytes, out_bytes = product(in_shape) * itemsize, outputs * itemsize
+    window = f"{ph}x{pw} window, stride {sh}x{sw}"
+    e = Explanation()
+    if isinstance(layer, MaxPooling2D):
+        e.forward = [(f"y = max over each {window}", f"{shape_text(*in_shape)} -> {shape_text(*out_shape)}"),
+                     ("argmax = where each maximum is", f"{shape_text(*out_shape)} int32")]
+        e.backward = [("dL/dx[argmax] += dL/dy, else 0", f"{shape_text(*out_shape)} -> {shape_text(*in_shape)}")]
+        e.forward_flops, e.backward_flops = outputs * (ph * pw - 1), outputs
+        e.forward_bytes = in_bytes + out_bytes + outputs * 4
+        e.backward_bytes = out_bytes + outputs * 4 + in_bytes
+    else:
+        e.forward = [(f"y = mean over each {window}", f"{shape_text(*in_shape)} -> {shape_text(*out_shape)}")]
+        e.backward = [("dL/dx += dL/dy / count, per window", f"{shape_text(*out_shape)} -> {shape_text(*in_shape)}")]
+        e.forward_flops, e.backward_flops = outputs * ph * pw, outputs * ph * pw
+        e.forward_bytes = e.backward_bytes = in_bytes + out_bytes
+    return e
+
+
+def explain_elementwise(layer, n):
+    """Activation layers, LeakyReLU and Dropout: one pass over the values."""
+    shape = shape_text(n, *layer.input_shape)
+    size, itemsize = n * product(layer.input_shape), layer.dtype.itemsize
+    if isinstance(layer, Dropout):
+        forward = f"y = x * mask, mask = 1/(1-{layer.rate:g}) or 0 (training)"
+        backward = "dL/dx = dL/dy * mask"
+    elif isinstance(layer, LeakyReLU):
+        forward = f"y = x if x > 0 else {layer.negative_slope:g} x"
+        backward = f"dL/dx = dL/dy * (1 or {layer.negative_slope:g})"
+    else:
+        forward = f"y = {applied(layer.activation, 'x')}"
+        backward = f"dL/dx = dL/dy{DERIVATIVES[layer.activation]}"
+    e = Explanation(forward=[(forward, shape)], backward=[(backward, shape)])
+    e.forward_flops = e.backward_flops = size
+    e.forward_bytes = e.backward_bytes = 3 * size * itemsize
+    return e
+
+
+def explain_flatten(layer, n):
+    return Explanation(forward=[("y = x.reshape(N, -1)", f"{shape_text(n, *layer.input_shape)} -> "
+                                                         f"{shape_text(n, *layer.output_shape)}")],
+                       backward=[("dL/dx = dL/dy.reshape(x.shape)", shape_text(n, *layer.input_shape))],
+                       notes=["a reshape: no arithmetic, no copy"])
+
+
+def explain_other(layer, n):
+    """A layer this module has no equations for: its shapes, and where to read its math."""
+    module = type(layer).__module__
+    return Explanation(forward=[("y = forward(x)", f"{shape_text(n, *layer.input_shape)} -> "
+                                                   f"{shape_text(n, *layer.output_shape)}")],
+                       backward=[("dL/dx = backward(dL/dy)", shape_text(n, *layer.input_shape))],
+                       notes=[f"FLOPs and bytes not counted; the formulas are in {module}"])
+
+
+EXPLAINERS = ((Conv2D, explain_conv), (Dense, explain_dense), (MaxPooling2D, explain_pooling),
+              (AveragePooling2D, explain_pooling), (Flatten, explain_flatten),
+              (Dropout, explain_elementwise), (LeakyReLU, explain_elementwise),
+              (Activation, explain_elementwise))
+
+
+def explain_layer(layer, batch_size):
+    for layer_type, explainer in EXPLAINERS:
+        if isinstance(layer, layer_type):
+            return explainer(layer, batch_size)
+    return explain_other(layer, batch_size)
+
+
+def amount(value, unit):
+    """``13.3 MFLOP``, ``2.1 kB``: three significant figures with a decimal prefix."""
+    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value} {unit}"
+
+
+def wrapped(text, indent, hanging):
+    return textwrap.wrap(text, width=WIDTH, initial_indent=indent, subsequent_indent=hanging)
+
+
+def equation_lines(label, equations):
+    lines = []
+    for index, (equation, shapes) in enumerate(equations):
+        head = f"  {label if index == 0 else '':<10}{equation}"
+        if len(head) >= EQUATION_COLUMN:
+            lines.append(head)
+            head = ""
+        lines += wrapped(shapes, head.ljust(EQUATION_COLUMN), " " * (EQUATION_COLUMN + 2))
+    return lines
+
+
+def winograd_detail(step, batch_size):
+    """The live shapes of a Winograd step's 16 GEMMs and its FLOPs beside im2col's."""
+    conv = step.conv
+    out_h, out_w = step.linear.output_hw()
+    tiles = batch_size * -(-out_h // 2) * -(-out_w // 2)
+    c_in, f = conv.input_shape[2], conv.filters
+    winograd_flops = 2 * 16 * tiles * c_in * f
+    im2col_flops = 2 * batch_size * out_h * out_w * 9 * c_in * f
+    return (f"16 GEMMs V (16, {tiles}, {c_in}) @ U (16, {c_in}, {f}): forward "
+            f"{amount(winograd_flops, 'FLOP')} against im2col's {amount(im2col_flops, 'FLOP')} "
+            f"on the {out_h}x{out_w} outputs computed")
+
+
+def pass_lines(layer, plan, batch_size):
+    step = plan.step_of(layer)
+    if not step.passes:
+        return ["  planner   none: the layer's own forward and backward run"]
+    if layer is not step.layers[0]:
+        return wrapped(f"computed in one step with {step.layers[0].name} ({', '.join(step.passes)}); "
+                       f"see there", "  planner   ", " " * 12)
+    partners = [other.name for other in step.layers[1:]]
+    together = f" (one step with {', '.join(partners)})" if partners else ""
+    lines = wrapped(f"{', '.join(step.passes)}{together}", "  planner   ", " " * 12)
+    for name in step.passes:
+        effect = PASS_EFFECTS.get(name) or (PASSES[name].__doc__ or name).split(".")[0]
+        lines += wrapped(f"{name}: {effect}", " " * 12 + "- ", " " * 14)
+        if name == "winograd":
+            lines += wrapped(winograd_detail(step, batch_size), " " * 14, " " * 14)
+    return lines
+
+
+def layer_section(layer, plan, batch_size):
+    e = explain_layer(layer, batch_size)
+    params = ", ".join(f"{key} {shape_text(*value.shape)}" for key, value in layer.params.items())
+    header = f"{layer.name} ({type(layer).__name__})  {shape_text(batch_size, *layer.input_shape)} -> " \
+             f"{shape_text(batch_size, *layer.output_shape)}"
+    lines = wrapped(header + (f"  params: {params}" if params else ""), "", "    ")
+    lines += equation_lines("forward", e.forward) + equation_lines("backward", e.backward)
+    for note in e.notes:
+        lines += wrapped(note, " " * 12, " " * 12)
+    if e.forward_flops or e.forward_bytes:
+        lines += wrapped(f"forward {amount(e.forward_flops, 'FLOP')}, {amount(e.forward_bytes, 'B')} moved; "
+                         f"backward {amount(e.backward_flops, 'FLOP')}, {amount(e.backward_bytes, 'B')} moved",
+                         "  cost      ", " " * 12)
+        lines += wrapped("(by the layer's own formulas; the planner's steps below may do less)",
+                         " " * 12, " " * 12) if plan.step_of(layer).passes else []
+    return lines + pass_lines(layer, plan, batch_size)
+
+
+def explain_model(model, batch_size=32, layer=None):
+    """The text of ``minidl explain``: every layer of the built ``model`` (or only the one named
+    ``layer``) at ``batch_size``, in lines of at most 100 characters.
+
+    Raises ``ValueError`` for a model that is not built, a batch size below 1 or an unknown layer name.
+    """
+    if not model.built:
+        raise ValueError(f"{model.name}: the model is not built yet; give it an Input or call build()")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"explain: batch_size must be a positive int, got {batch_size!r}")
+    names = [each.name for each in model.layers]
+    if layer is not None and layer not in names:
+        raise ValueError(f"{model.name} has no layer named {layer!r}; its layers: {', '.join(names)}")
+    plan = model.plan
+    chosen = [each for each in model.layers if layer is None or each.name == layer]
+    lines = wrapped(f'Model "{model.name}", batch {batch_size}, {model.dtype.name}; one training step '
+                    f"(optimize={model.optimize!r}). Shapes: x input, z = linear part, y output, "
+                    f"G = dL/dz, W2d = the kernel as a matrix.", "", "")
+    total_forward = total_backward = 0
+    for each in chosen:
+        e = explain_layer(each, batch_size)
+        total_forward, total_backward = total_forward + e.forward_flops, total_backward + e.backward_flops
+        lines += ["", *layer_section(each, plan, batch_size)]
+    if layer is None:
+        lines += ["", f"total: forward {amount(total_forward, 'FLOP')}, backward {amount(total_backward, 'FLOP')} "
+                      f"per step of {batch_size}"]
+    return "\n".join(lines)
