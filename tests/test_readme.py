@@ -28,7 +28,7 @@ CHAINED_SECTIONS = ("## Callbacks and metrics", "## Saving and resuming", "## Pl
 
 
 def test_every_python_block_of_the_readme_is_run_by_a_test():
-    tested = (python_blocks("## Quickstart") + python_blocks("## Data")
+    tested = (python_blocks("## Quickstart") + python_blocks("## Data") + python_blocks("## Keras files and ONNX")
               + python_blocks("## Training on several machines")  # tests/test_distributed.py
               + [block for heading in CHAINED_SECTIONS for block in python_blocks(heading)])
     assert sorted(tested) == sorted(all_python_blocks(README))
@@ -48,6 +48,18 @@ def test_image_folder_example_trains_and_evaluates(tmp_path, monkeypatch):
     exec(compile(python_block_after("## Data"), "README data example", "exec"), namespace)
     assert namespace["accuracy"] > 0.55  # chance is 1/3; five augmented epochs reach about 0.7
     assert sorted(path.name for path in (tmp_path / "shapes").iterdir()) == ["circle", "square", "triangle"]
+
+
+def test_keras_files_and_onnx_examples_run_in_order(tmp_path, monkeypatch):
+    pytest.importorskip("h5py")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for index, block in enumerate(python_blocks("## Keras files and ONNX")):
+        exec(compile(block, f"README Keras files and ONNX {index}", "exec"), namespace)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.h5", "model.keras", "model.minidl",
+                                                               "model.onnx"]
+    assert abs(namespace["probabilities"] - namespace["model"].predict(namespace["x"])).max() < 1e-5
 
 
 @pytest.mark.slow
