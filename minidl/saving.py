@@ -51,7 +51,7 @@ import numpy as np
 
 from minidl import losses, metrics, optimizers, validation
 from minidl.layers.base import parameters_as_placeholders
-from minidl.model import Sequential, model_from_config
+from minidl.model import model_from_config
 from minidl.utils import atomic_write, get_rng_state
 
 FORMAT_VERSION = 1
@@ -160,9 +160,6 @@ def save_model(model, path, epoch=None):
     if suffix in KERAS_SUFFIXES:
         from minidl import keras_format  # it builds on this module
         require_built(model, "save_model")
-        if not isinstance(model, Sequential):
-            raise ValueError(f"save_model: {os.fspath(path)}: functional models are written in minidl's own "
-                             f"format only (a '.minidl' file); Keras's {suffix} writer takes a Sequential")
         (keras_format.save_keras_archive if suffix == ".keras" else keras_format.save_legacy_h5)(model, path)
         return
     save_native_model(model, path, epoch)

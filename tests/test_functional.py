@@ -316,26 +316,6 @@ def test_a_malformed_graph_file_is_refused_naming_the_file_and_the_problem(tmp_p
         validation.architecture(config, "arch.json")
 
 
-def test_keras_formats_refuse_a_functional_model_and_write_nothing(tmp_path):
-    model = residual_model()
-    for suffix in (".keras", ".h5"):
-        with pytest.raises(ValueError, match="functional models are written in minidl's own format only"):
-            model.save(tmp_path / f"graph{suffix}")
-        assert not (tmp_path / f"graph{suffix}").exists()
-
-
-def test_readme_functional_example_runs_as_written(tmp_path, monkeypatch):
-    import pathlib
-    import re
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Functional models"):]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    monkeypatch.chdir(tmp_path)
-    namespace = {}
-    exec(compile(block, "README functional example", "exec"), namespace)
-    assert type(namespace["same"]) is minidl.Model and (tmp_path / "residual.minidl").exists()
-
-
 def test_build_accepts_the_models_own_shape_with_or_without_the_batch_axis_only():
     model = residual_model()
     model.build((None, 8, 8, 2))
