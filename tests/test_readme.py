@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import minidl
+
 from tests.markdown import python_blocks as all_python_blocks
 from tests.markdown import section_python_blocks
 
@@ -30,6 +32,7 @@ CHAINED_SECTIONS = ("## Callbacks and metrics", "## Saving and resuming", "## Pl
 def test_every_python_block_of_the_readme_is_run_by_a_test():
     tested = (python_blocks("## Quickstart") + python_blocks("## Data") + python_blocks("## Keras files and ONNX")
               + python_blocks("## Training on several machines")  # tests/test_distributed.py
+              + python_blocks("## Functional models")
               + [block for heading in CHAINED_SECTIONS for block in python_blocks(heading)])
     assert sorted(tested) == sorted(all_python_blocks(README))
 
@@ -94,3 +97,10 @@ def test_gitignore_covers_what_the_readme_commands_write():
     result = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=repository, capture_output=True,
                             text=True)
     assert result.stdout.split() == written
+
+
+def test_functional_model_example_trains_saves_and_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(python_block_after("## Functional models"), "README functional models", "exec"), namespace)
+    assert type(namespace["same"]) is minidl.Model and (tmp_path / "residual.minidl").exists()
