@@ -12,7 +12,7 @@ import pytest
 
 import minidl
 from minidl import layers, training
-from minidl.engine import passes
+from minidl.engine import conv_choice
 from minidl.presets import seed_cnn
 
 needs_cuda = pytest.mark.skipif(
@@ -52,7 +52,7 @@ def test_numba_and_numpy_train_the_seed_cnn_to_the_same_weights():
 
 @pytest.fixture
 def winograd_from_one_channel(monkeypatch):
-    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_choice, "WINOGRAD_MIN_CHANNELS", 1)
 
 
 def tiny_cnn():
