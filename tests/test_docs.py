@@ -48,3 +48,21 @@ def test_every_python_block_of_the_lesson_runs(lesson, tmp_path, monkeypatch):
             exec(compile(block, f"{lesson.name}, block {number}", "exec"), namespace)
     finally:
         minidl.set_backend(previous)
+
+
+PICTURES = ("training_curves", "confusion_matrix", "filters", "feature_maps", "network", "optimizer_paths")
+
+
+def test_the_committed_pictures_exist_and_stay_small():
+    for name in PICTURES:
+        assert (DOCS / "img" / f"{name}.png").stat().st_size < 100 * 1024
+
+
+@pytest.mark.slow
+def test_make_pictures_draws_every_picture_from_a_real_training(tmp_path):
+    pytest.importorskip("matplotlib")
+    import runpy
+
+    script = runpy.run_path(str(DOCS / "make_pictures.py"))
+    script["main"](["--train-samples", "600", "--epochs", "1", "--output", str(tmp_path)])
+    assert sorted(path.stem for path in tmp_path.glob("*.png")) == sorted(PICTURES)
