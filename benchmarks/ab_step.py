@@ -11,7 +11,8 @@ cite in ``benchmarks/RESULTS.md``:
 * ``direct_conv_pool`` [D5]: the first conv (one channel, 3x3) and its 2x2 max pooling as one kernel.
 * ``activation_after_max_pool`` [D1]: a conv's bias and activation after its max pooling.
 * ``crop_unread_outputs`` [D2]: a conv before max pooling computes only the outputs the pooling reads.
-* ``winograd`` [D3]: the second conv (3x3, 32 input channels) by Winograd F(2x2, 3x3).
+* ``conv_algorithm`` [D7, D3]: each conv by the method timed fastest for its shape (the second conv,
+  3x3 over 32 channels: im2col + GEMM or Winograd F(2x2, 3x3)).
 * ``workspace_chunking`` [D4]: convs whose scratch passes the bound run in chunks of images.
 * ``inference_maxima`` [D6] (for ``--task predict``): max pooling outside training without the argmax.
 

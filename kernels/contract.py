@@ -67,10 +67,26 @@ KERNELS = {
     "dropout_mask": (("shape", "rate", "seed", "dtype"), "1/(1-rate) with probability 1-rate, else 0; of shape"),
     "regularize_grad": (("grad", "param", "l1", "l2"), "in place: grad += l1 sign(param) + 2 l2 param"),
     "regularization_penalty": (("param", "l1", "l2"), "l1 sum|w| + l2 sum w^2 (a Python float)"),
+    # joining tensors (merge layers); axis is a non-negative axis index
+    "concatenate": (("parts", "axis"), "a list of arrays equal but on axis, joined along it: (N, H, W, C_i) -> (N, H, W, sum C_i)"),
+    "split": (("x", "sizes", "axis"), "inverse of concatenate: x -> [arrays], the i-th holding sizes[i] of axis"),
     # optimizer updates, in place on param and its slots
     "sgd_update": (("param", "grad", "velocity", "lr", "momentum", "nesterov"), "in place: Keras's SGD"),
     "adam_update": (("param", "grad", "m", "v", "lr", "beta_1", "beta_2", "epsilon", "step"), "in place: Keras's Adam"),
     "rmsprop_update": (("param", "grad", "mean_square", "lr", "rho", "epsilon"), "in place: Keras's RMSprop"),
+    # batch normalization over rows (M, C): one column per channel
+    "channel_moments": (("x",), "(M, C) -> (mean (C,), biased variance (C,)) of each column"),
+    "batch_norm": (("x", "mean", "variance", "gamma", "beta", "epsilon"),
+                   "gamma (x - mean) / sqrt(variance + epsilon) + beta per column: (M, C) -> (M, C)"),
+    "batch_norm_backward": (("grad_out", "x", "mean", "variance", "gamma", "epsilon", "batch_statistics"),
+                            "(M, C) -> (dL/dx (M, C), dL/dgamma (C,), dL/dbeta (C,)); with batch_statistics "
+                            "the mean and variance are x's own and their gradient is included"),
+    "moving_average_update": (("moving", "value", "momentum"),
+                              "in place: moving = momentum moving + (1 - momentum) value, same shapes"),
+    # padding and rescaling
+    "zero_pad": (("x", "pads"), "(N, H, W, C) -> (N, top + H + bottom, left + W + right, C), zeros around; pads >= 0"),
+    "zero_pad_grad": (("grad_out", "pads"), "adjoint of zero_pad: the inner (N, H, W, C) of grad_out"),
+    "scale_shift": (("x", "scale", "offset"), "x * scale + offset for numbers scale and offset; same shape"),
 }
 
 #: Functions a backend offers beyond the contract (and no other module has to).

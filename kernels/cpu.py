@@ -47,6 +47,7 @@ from . import numpy_ref  # noqa: E402
 from .numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
                             winograd_tile_grid, winograd_tiles_hw)
+from .shapes import as_three_axes, concatenated_shape, split_shapes  # noqa: E402
 
 __all__ = [
     "to_device", "to_host", "zeros", "zeros_like", "multiply", "accumulate", "all_finite",
@@ -58,7 +59,11 @@ __all__ = [
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
     "softmax_cross_entropy", "dropout_mask", "regularize_grad", "regularization_penalty",
     "sgd_update", "adam_update", "rmsprop_update",
+    "channel_moments", "batch_norm", "batch_norm_backward", "moving_average_update",
+    "zero_pad", "zero_pad_grad", "scale_shift",
     "apply_thread_policy", "cache_report", "check_available", "set_num_threads", "thread_policy", "warmup",
+    "concatenate",
+    "split",
 ]
 
 LINEAR, RELU, SIGMOID, TANH = (ACTIVATIONS.index(name) for name in ("linear", "relu", "sigmoid", "tanh"))
@@ -1256,6 +1261,8 @@ def _warmup_calls(dtype):
         "leaky_relu_grad": lambda: leaky_relu_grad(logits, logits, 0.1),
         "softmax": lambda: softmax(logits),
         "softmax_grad": lambda: softmax_grad(logits, logits),
+        "concatenate": lambda: concatenate([x, x], 3),
+        "split": lambda: split(x, [1, 2], 3),
         "softmax_cross_entropy": lambda: softmax_cross_entropy(logits, targets),
         "dropout_mask": lambda: dropout_mask((4, 3), 0.5, 0, dtype),
         "regularize_grad": lambda: regularize_grad(grad, param, 0.1, 0.1),
@@ -1263,6 +1270,13 @@ def _warmup_calls(dtype):
         "sgd_update": lambda: sgd_update(param, grad, slot_1, 0.1, 0.9, True),
         "adam_update": lambda: adam_update(param, grad, slot_1, slot_2, 0.1, 0.9, 0.999, 1e-7, 1),
         "rmsprop_update": lambda: rmsprop_update(param, grad, slot_1, 0.1, 0.9, 1e-7),
+        "channel_moments": lambda: channel_moments(rows),
+        "batch_norm": lambda: batch_norm(rows, rows[0], rows[1] ** 2, rows[2], rows[3], 1e-3),
+        "batch_norm_backward": lambda: batch_norm_backward(rows, rows, rows[0], rows[1] ** 2, rows[2], 1e-3, True),
+        "moving_average_update": lambda: moving_average_update(slot_1, param, 0.99),
+        "zero_pad": lambda: zero_pad(x, ((1, 0), (0, 2))),
+        "zero_pad_grad": lambda: zero_pad_grad(x, ((1, 0), (0, 2))),
+        "scale_shift": lambda: scale_shift(x, 0.5, 1.0),
     }
 
 
@@ -1291,3 +1305,234 @@ def warmup(dtype=np.float32):
         call()
         seconds[name] = time.perf_counter() - start
     return seconds
+
+
+# ------------------------------------------------------------------------- batch normalization
+
+
+@jit_parallel
+def _squared_deviations_kernel(x, mean, out):
+    """``out[m, c] = (x[m, c] - mean[c])^2`` for ``x, out (M, C)``."""
+    for m in numba.prange(x.shape[0]):
+        for c in range(x.shape[1]):
+            deviation = x[m, c] - mean[c]
+            out[m, c] = deviation * deviation
+
+
+def _column_means(x):
+    """``x.mean(axis=0)`` for a C-contiguous ``(M, C)`` array, by the parallel column sums."""
+    sums = np.empty(x.shape[1], dtype=x.dtype)
+    _column_sums_kernel(x, SUM_CHUNK_ROWS, sums)
+    return sums / x.dtype.type(x.shape[0])
+
+
+def channel_moments(x):
+    """Per-column mean and (biased) variance: ``x`` ``(M, C)`` -> ``(mean (C,), variance (C,))``,
+    two passes (the mean first, then the mean squared deviation from it)."""
+    x = np.ascontiguousarray(x)
+    mean = _column_means(x)
+    deviations = np.empty_like(x)
+    _squared_deviations_kernel(x, mean, deviations)
+    return mean, _column_means(deviations)
+
+
+def _inverse_std(variance, epsilon):
+    """``1 / sqrt(variance + epsilon)`` per channel ``(C,)``, in ``variance``'s dtype."""
+    return (1 / np.sqrt(variance + variance.dtype.type(epsilon))).astype(variance.dtype, copy=False)
+
+
+def _check_channel_vectors(function, x, **vectors):
+    for name, vector in vectors.items():
+        if vector.shape != (x.shape[1],):
+            raise ValueError(f"{function}: {name} must have shape {(x.shape[1],)} for x {x.shape}, "
+                             f"got {vector.shape}")
+
+
+@jit_parallel
+def _scale_columns_kernel(x, mean, scale, shift, y):
+    """``y[m, c] = (x[m, c] - mean[c]) * scale[c] + shift[c]`` for ``x, y (M, C)``."""
+    for m in numba.prange(x.shape[0]):
+        for c in range(x.shape[1]):
+            y[m, c] = (x[m, c] - mean[c]) * scale[c] + shift[c]
+
+
+def batch_norm(x, mean, variance, gamma, beta, epsilon):
+    """``y = gamma (x - mean) / sqrt(variance + epsilon) + beta`` per column: ``(M, C)`` -> ``(M, C)``,
+    with ``mean``, ``variance``, ``gamma``, ``beta`` ``(C,)``."""
+    _check_channel_vectors("batch_norm", x, mean=mean, variance=variance, gamma=gamma, beta=beta)
+    y = np.empty(x.shape, dtype=x.dtype)
+    scale = (gamma * _inverse_std(variance, epsilon)).astype(x.dtype, copy=False)
+    _scale_columns_kernel(np.ascontiguousarray(x), mean.astype(x.dtype, copy=False), scale,
+                          beta.astype(x.dtype, copy=False), y)
+    return y
+
+
+@jit_parallel
+def _normalized_times_grad_kernel(grad_out, x, mean, inv_std, out):
+    """``out[m, c] = g[m, c] * (x[m, c] - mean[c]) * inv_std[c]``: ``g x_hat`` ``(M, C)``."""
+    for m in numba.prange(x.shape[0]):
+        for c in range(x.shape[1]):
+            out[m, c] = grad_out[m, c] * (x[m, c] - mean[c]) * inv_std[c]
+
+
+@jit_parallel
+def _batch_norm_input_grad_kernel(grad_out, x, mean, inv_std, gamma, mean_grad_beta, mean_grad_gamma,
+                                  grad_x):
+    """``dL/dx[m, c] = gamma inv_std (g - mean_grad_beta - x_hat mean_grad_gamma)`` per ``(m, c)``."""
+    for m in numba.prange(x.shape[0]):
+        for c in range(x.shape[1]):
+            x_hat = (x[m, c] - mean[c]) * inv_std[c]
+            grad_x[m, c] = gamma[c] * inv_std[c] * (grad_out[m, c] - mean_grad_beta[c]
+                                                    - x_hat * mean_grad_gamma[c])
+
+
+def batch_norm_backward(grad_out, x, mean, variance, gamma, epsilon, batch_statistics):
+    """Gradients of :func:`batch_norm` from ``g = dL/dy`` ``(M, C)``: ``(dL/dx, dL/dgamma, dL/dbeta)``
+    (formulas in ``numpy_ref.batch_norm_backward``); with ``batch_statistics`` the gradient through
+    the batch's own mean and variance is included."""
+    _check_same_shape("batch_norm_backward", "grad_out", grad_out, "x", x)
+    _check_channel_vectors("batch_norm_backward", x, mean=mean, variance=variance, gamma=gamma)
+    grad_out, x = np.ascontiguousarray(grad_out), np.ascontiguousarray(x)
+    dtype = x.dtype
+    mean, gamma = mean.astype(dtype, copy=False), gamma.astype(dtype, copy=False)
+    inv_std = _inverse_std(variance, epsilon).astype(dtype, copy=False)
+    grad_beta = bias_grad(grad_out)
+    grad_times_normalized = np.empty_like(x)
+    _normalized_times_grad_kernel(grad_out, x, mean, inv_std, grad_times_normalized)
+    grad_gamma = bias_grad(grad_times_normalized)
+    rows = dtype.type(x.shape[0])
+    if batch_statistics:
+        mean_grad_beta, mean_grad_gamma = grad_beta / rows, grad_gamma / rows
+    else:
+        mean_grad_beta = mean_grad_gamma = np.zeros(x.shape[1], dtype)
+    grad_x = np.empty_like(x)
+    _batch_norm_input_grad_kernel(grad_out, x, mean, inv_std, gamma, mean_grad_beta, mean_grad_gamma, grad_x)
+    return grad_x, grad_gamma, grad_beta
+
+
+@jit
+def _moving_average_kernel(moving, value, momentum):
+    """``moving[i] = momentum moving[i] + (1 - momentum) value[i]``, in place."""
+    keep = moving.dtype.type(momentum)
+    for i in range(moving.size):
+        moving[i] = keep * moving[i] + (moving.dtype.type(1) - keep) * value[i]
+
+
+def moving_average_update(moving, value, momentum):
+    """In place: ``moving = momentum * moving + (1 - momentum) * value`` (same shapes)."""
+    _check_same_shape("moving_average_update", "moving", moving, "value", value)
+    _moving_average_kernel(_flat_inplace("moving_average_update", "moving", moving),
+                           _flat(value).astype(moving.dtype, copy=False), float(momentum))
+
+
+# ------------------------------------------------------------------------ padding and rescaling
+
+
+def _check_pads(function, pads):
+    if any(amount < 0 for pair in pads for amount in pair):
+        raise ValueError(f"{function}: pads must be >= 0, got {pads}")
+
+
+@jit_parallel
+def _copy_into_kernel(source, top, left, target):
+    """``target[n, top + h, left + w, c] = source[n, h, w, c]`` for every pixel of ``source``."""
+    for n in numba.prange(source.shape[0]):
+        for h in range(source.shape[1]):
+            for w in range(source.shape[2]):
+                for c in range(source.shape[3]):
+                    target[n, top + h, left + w, c] = source[n, h, w, c]
+
+
+@jit_parallel
+def _copy_out_of_kernel(source, top, left, target):
+    """``target[n, h, w, c] = source[n, top + h, left + w, c]`` for every pixel of ``target``."""
+    for n in numba.prange(target.shape[0]):
+        for h in range(target.shape[1]):
+            for w in range(target.shape[2]):
+                for c in range(target.shape[3]):
+                    target[n, h, w, c] = source[n, top + h, left + w, c]
+
+
+def zero_pad(x, pads):
+    """``x`` ``(N, H, W, C)`` inside a border of zeros ``pads = ((top, bottom), (left, right))``, all
+    ``>= 0``: ``(N, top + H + bottom, left + W + right, C)``."""
+    _check_pads("zero_pad", pads)
+    (top, bottom), (left, right) = pads
+    n, height, width, channels = x.shape
+    padded = np.zeros((n, top + height + bottom, left + width + right, channels), dtype=x.dtype)
+    _copy_into_kernel(np.ascontiguousarray(x), top, left, padded)
+    return padded
+
+
+def zero_pad_grad(grad_out, pads):
+    """Adjoint of :func:`zero_pad`: the inner ``(N, H, W, C)`` of ``grad_out``."""
+    _check_pads("zero_pad_grad", pads)
+    (top, bottom), (left, right) = pads
+    n, padded_h, padded_w, channels = grad_out.shape
+    grad_in = np.empty((n, padded_h - top - bottom, padded_w - left - right, channels), dtype=grad_out.dtype)
+    _copy_out_of_kernel(np.ascontiguousarray(grad_out), top, left, grad_in)
+    return grad_in
+
+
+@jit_parallel
+def _scale_shift_kernel(x, scale, offset, y):
+    """``y[i] = x[i] * scale + offset`` over flat arrays."""
+    dtype = y.dtype.type
+    scale_t, offset_t = dtype(scale), dtype(offset)
+    for i in numba.prange(x.size):
+        y[i] = x[i] * scale_t + offset_t
+
+
+def scale_shift(x, scale, offset):
+    """``y = x * scale + offset`` for numbers ``scale`` and ``offset``; same shape and dtype as ``x``."""
+    y = np.empty(x.shape, dtype=x.dtype)
+    _scale_shift_kernel(_flat(x), float(scale), float(offset), y.reshape(-1))
+    return y
+# ------------------------------------------------------------------------------ joining tensors
+
+
+@jit_parallel
+def _copy_into_middle(part, out, offset):
+    """``out[:, offset:offset + B, :] = part`` for ``part (A, B, C)``, ``out (A, B_total, C)``."""
+    for a in numba.prange(part.shape[0]):
+        for b in range(part.shape[1]):
+            for c in range(part.shape[2]):
+                out[a, offset + b, c] = part[a, b, c]
+
+
+@jit_parallel
+def _copy_out_of_middle(x, offset, part):
+    """``part = x[:, offset:offset + B, :]`` for ``part (A, B, C)``, ``x (A, B_total, C)``."""
+    for a in numba.prange(part.shape[0]):
+        for b in range(part.shape[1]):
+            for c in range(part.shape[2]):
+                part[a, b, c] = x[a, offset + b, c]
+
+
+def concatenate(parts, axis):
+    """``parts`` joined along ``axis``: ``(..., B_i, ...) -> (..., sum B_i, ...)``; each part is copied
+    into its slab of the output seen as ``(before, along, after)``."""
+    out_shape = concatenated_shape("concatenate", [part.shape for part in parts], axis)
+    out = np.empty(out_shape, dtype=parts[0].dtype)
+    out_3d = out.reshape(as_three_axes(out_shape, axis))
+    offset = 0
+    for part in parts:
+        _copy_into_middle(np.ascontiguousarray(part, dtype=out.dtype).reshape(as_three_axes(part.shape, axis)),
+                          out_3d, offset)
+        offset += part.shape[axis]
+    return out
+
+
+def split(x, sizes, axis):
+    """The inverse of :func:`concatenate` (and its gradient): ``x`` cut along ``axis`` into fresh
+    arrays of ``sizes[i]`` along it."""
+    x_3d = np.ascontiguousarray(x).reshape(as_three_axes(x.shape, axis))
+    parts, offset = [], 0
+    for shape in split_shapes("split", x.shape, sizes, axis):
+        part = np.empty(shape, dtype=x.dtype)
+        _copy_out_of_middle(x_3d, offset, part.reshape(as_three_axes(shape, axis)))
+        parts.append(part)
+        offset += shape[axis]
+    return parts
+
+

@@ -45,6 +45,7 @@ from numba.cuda.random import (
 from .numpy_ref import ACTIVATIONS, check_activation
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
+from .shapes import as_three_axes, concatenated_shape, split_shapes
 
 __all__ = [
     "accumulate",
@@ -87,11 +88,20 @@ __all__ = [
     "winograd_tiles_grad",
     "zeros",
     "zeros_like",
+    "channel_moments",
+    "batch_norm",
+    "batch_norm_backward",
+    "moving_average_update",
+    "zero_pad",
+    "zero_pad_grad",
+    "scale_shift",
     "check_available",
     "get_gemm",
     "reset_transfer_count",
     "set_gemm",
     "transfer_count",
+    "concatenate",
+    "split",
 ]
 
 ON_SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
@@ -1426,3 +1436,244 @@ def rmsprop_update(param, grad, mean_square, lr, rho, epsilon):
     """In place, Keras's RMSprop: ``s = rho s + (1 - rho) g^2``; ``w -= lr * g / sqrt(s + eps)``."""
     _require_same_shape("rmsprop_update", param=param, grad=grad, mean_square=mean_square)
     _launch(_rmsprop, param.size, _flat(param), _flat(grad), _flat(mean_square), lr, rho, epsilon)
+
+
+# ------------------------------------------------------------------------- batch normalization
+#
+# Over ``x`` ``(M, C)``: elementwise kernels run one thread per element (channel ``i mod C``); the
+# per-channel sums fold rows as :func:`bias_grad` does, so they are deterministic and need no atomics.
+
+
+@cuda.jit
+def _squared_deviations(x_flat, mean, out_flat):
+    """``out[m, c] = (x[m, c] - mean[c])^2``, one thread per element."""
+    i = cuda.grid(1)
+    if i < out_flat.size:
+        deviation = x_flat[i] - mean[i % mean.size]
+        out_flat[i] = deviation * deviation
+
+
+@cuda.jit
+def _scale_by(vector, factor):
+    """``vector[c] *= factor``, in place, one thread per element."""
+    c = cuda.grid(1)
+    if c < vector.size:
+        vector[c] *= factor
+
+
+def _column_means(x):
+    """``x.mean(axis=0)``: ``(M, C) -> (C,)``."""
+    means = _column_sums(x).reshape(x.shape[1])
+    _launch(_scale_by, means.size, means, 1.0 / x.shape[0])
+    return means
+
+
+def channel_moments(x):
+    """Per-column mean and (biased) variance: ``x`` ``(M, C)`` -> ``(mean (C,), variance (C,))``,
+    two passes (the mean first, then the mean squared deviation from it)."""
+    mean = _column_means(x)
+    deviations = cuda.device_array(x.shape, dtype=x.dtype)
+    _launch(_squared_deviations, x.size, _flat(x), mean, _flat(deviations))
+    return mean, _column_means(deviations)
+
+
+def _require_channel_vectors(function, x, **vectors):
+    for name, vector in vectors.items():
+        _require_shape(function, name, vector, (x.shape[1],))
+
+
+@cuda.jit
+def _batch_norm(x_flat, mean, variance, gamma, beta, epsilon, y_flat):
+    """``y = gamma[c] (x - mean[c]) / sqrt(variance[c] + epsilon) + beta[c]``, one thread per element."""
+    i = cuda.grid(1)
+    if i >= y_flat.size:
+        return
+    c = i % mean.size
+    y_flat[i] = gamma[c] * (x_flat[i] - mean[c]) / math.sqrt(variance[c] + epsilon) + beta[c]
+
+
+def batch_norm(x, mean, variance, gamma, beta, epsilon):
+    """``y = gamma (x - mean) / sqrt(variance + epsilon) + beta`` per column: ``(M, C)`` -> ``(M, C)``,
+    with ``mean``, ``variance``, ``gamma``, ``beta`` ``(C,)``."""
+    _require_channel_vectors("batch_norm", x, mean=mean, variance=variance, gamma=gamma, beta=beta)
+    y = cuda.device_array(x.shape, dtype=x.dtype)
+    _launch(_batch_norm, y.size, _flat(x), mean, variance, gamma, beta, epsilon, _flat(y))
+    return y
+
+
+@cuda.jit
+def _grad_times_normalized(grad_flat, x_flat, mean, variance, epsilon, out_flat):
+    """``out[m, c] = g[m, c] * x_hat[m, c]``, ``x_hat = (x - mean[c]) / sqrt(variance[c] + epsilon)``."""
+    i = cuda.grid(1)
+    if i >= out_flat.size:
+        return
+    c = i % mean.size
+    out_flat[i] = grad_flat[i] * (x_flat[i] - mean[c]) / math.sqrt(variance[c] + epsilon)
+
+
+@cuda.jit
+def _batch_norm_input_grad(grad_flat, x_flat, mean, variance, gamma, epsilon, grad_beta, grad_gamma, rows,
+                           batch_statistics, grad_x_flat):
+    """``dL/dx = gamma inv_std (g - [dL/dbeta / M + x_hat dL/dgamma / M])``, the bracket only with
+    ``batch_statistics``; one thread per element."""
+    i = cuda.grid(1)
+    if i >= grad_x_flat.size:
+        return
+    c = i % mean.size
+    inv_std = 1 / math.sqrt(variance[c] + epsilon)
+    g = grad_flat[i]
+    if batch_statistics:
+        x_hat = (x_flat[i] - mean[c]) * inv_std
+        g = g - grad_beta[c] / rows - x_hat * grad_gamma[c] / rows
+    grad_x_flat[i] = gamma[c] * inv_std * g
+
+
+def batch_norm_backward(grad_out, x, mean, variance, gamma, epsilon, batch_statistics):
+    """Gradients of :func:`batch_norm` from ``g = dL/dy`` ``(M, C)``: ``(dL/dx, dL/dgamma, dL/dbeta)``
+    (formulas in ``numpy_ref.batch_norm_backward``); with ``batch_statistics`` the gradient through
+    the batch's own mean and variance is included."""
+    _require_same_shape("batch_norm_backward", grad_out=grad_out, x=x)
+    _require_channel_vectors("batch_norm_backward", x, mean=mean, variance=variance, gamma=gamma)
+    channels = x.shape[1]
+    grad_beta = bias_grad(grad_out)
+    grad_times_normalized = cuda.device_array(x.shape, dtype=x.dtype)
+    _launch(_grad_times_normalized, x.size, _flat(grad_out), _flat(x), mean, variance, epsilon,
+            _flat(grad_times_normalized))
+    grad_gamma = _column_sums(grad_times_normalized).reshape(channels)
+    grad_x = cuda.device_array(x.shape, dtype=x.dtype)
+    _launch(_batch_norm_input_grad, x.size, _flat(grad_out), _flat(x), mean, variance, gamma, epsilon,
+            grad_beta, grad_gamma, x.shape[0], bool(batch_statistics), _flat(grad_x))
+    return grad_x, grad_gamma, grad_beta
+
+
+@cuda.jit
+def _moving_average(moving_flat, value_flat, momentum):
+    """``moving[i] = momentum moving[i] + (1 - momentum) value[i]``, in place, one thread per element."""
+    i = cuda.grid(1)
+    if i < moving_flat.size:
+        moving_flat[i] = momentum * moving_flat[i] + (1 - momentum) * value_flat[i]
+
+
+def moving_average_update(moving, value, momentum):
+    """In place: ``moving = momentum * moving + (1 - momentum) * value`` (same shapes)."""
+    _require_same_shape("moving_average_update", moving=moving, value=value)
+    _launch(_moving_average, moving.size, _flat(moving), _flat(value), float(momentum))
+
+
+# ------------------------------------------------------------------------ padding and rescaling
+
+
+def _require_non_negative_pads(function, pads):
+    if any(amount < 0 for pair in pads for amount in pair):
+        raise ValueError(f"minidl.kernels.cuda.{function}: pads must be >= 0, got {pads}")
+
+
+@cuda.jit
+def _zero_pad(x, top, left, padded):
+    """``padded[n, h, w, c] = x[n, h - top, w - left, c]`` inside, ``0`` on the border; one thread per
+    element of ``padded``."""
+    i = cuda.grid(1)
+    if i >= padded.size:
+        return
+    n, h, w, c = _split_nhwc(i, padded.shape)
+    h, w = h - top, w - left
+    inside = 0 <= h < x.shape[1] and 0 <= w < x.shape[2]
+    padded[n, h + top, w + left, c] = x[n, h, w, c] if inside else 0
+
+
+def zero_pad(x, pads):
+    """``x`` ``(N, H, W, C)`` inside a border of zeros ``pads = ((top, bottom), (left, right))``, all
+    ``>= 0``: ``(N, top + H + bottom, left + W + right, C)``."""
+    _require_non_negative_pads("zero_pad", pads)
+    (top, bottom), (left, right) = pads
+    n, height, width, channels = x.shape
+    padded = cuda.device_array((n, top + height + bottom, left + width + right, channels), dtype=x.dtype)
+    _launch(_zero_pad, padded.size, x, top, left, padded)
+    return padded
+
+
+@cuda.jit
+def _crop(grad_out, top, left, grad_in):
+    """``grad_in[n, h, w, c] = grad_out[n, top + h, left + w, c]``, one thread per element of ``grad_in``."""
+    i = cuda.grid(1)
+    if i >= grad_in.size:
+        return
+    n, h, w, c = _split_nhwc(i, grad_in.shape)
+    grad_in[n, h, w, c] = grad_out[n, top + h, left + w, c]
+
+
+def zero_pad_grad(grad_out, pads):
+    """Adjoint of :func:`zero_pad`: the inner ``(N, H, W, C)`` of ``grad_out``."""
+    _require_non_negative_pads("zero_pad_grad", pads)
+    (top, bottom), (left, right) = pads
+    n, padded_h, padded_w, channels = grad_out.shape
+    grad_in = cuda.device_array((n, padded_h - top - bottom, padded_w - left - right, channels),
+                                dtype=grad_out.dtype)
+    _launch(_crop, grad_in.size, grad_out, top, left, grad_in)
+    return grad_in
+
+
+@cuda.jit
+def _scale_shift(x_flat, scale, offset, y_flat):
+    """``y[i] = x[i] * scale + offset``, one thread per element."""
+    i = cuda.grid(1)
+    if i < y_flat.size:
+        y_flat[i] = x_flat[i] * scale + offset
+
+
+def scale_shift(x, scale, offset):
+    """``y = x * scale + offset`` for numbers ``scale`` and ``offset``; same shape and dtype as ``x``."""
+    y = cuda.device_array(x.shape, dtype=x.dtype)
+    _launch(_scale_shift, y.size, _flat(x), float(scale), float(offset), _flat(y))
+    return y
+# ------------------------------------------------------------------------------ joining tensors
+
+
+@cuda.jit
+def _copy_into_middle(part, out, offset):
+    """``out[:, offset:offset + B, :] = part`` for ``part (A, B, C)``, one thread per element of ``part``."""
+    i = cuda.grid(1)
+    along, after = part.shape[1], part.shape[2]
+    if i < part.size:
+        a, rest = i // (along * after), i % (along * after)
+        out[a, offset + rest // after, rest % after] = part[a, rest // after, rest % after]
+
+
+@cuda.jit
+def _copy_out_of_middle(x, offset, part):
+    """``part = x[:, offset:offset + B, :]`` for ``part (A, B, C)``, one thread per element of ``part``."""
+    i = cuda.grid(1)
+    along, after = part.shape[1], part.shape[2]
+    if i < part.size:
+        a, rest = i // (along * after), i % (along * after)
+        part[a, rest // after, rest % after] = x[a, offset + rest // after, rest % after]
+
+
+def concatenate(parts, axis):
+    """``parts`` joined along ``axis``: ``(..., B_i, ...) -> (..., sum B_i, ...)``; each part is copied
+    into its slab of the output seen as ``(before, along, after)``, on the device."""
+    _reject_host_arrays("concatenate", parts)
+    out_shape = concatenated_shape("concatenate", [tuple(part.shape) for part in parts], axis)
+    out = cuda.device_array(out_shape, dtype=parts[0].dtype)
+    out_3d = out.reshape(as_three_axes(out_shape, axis))
+    offset = 0
+    for part in parts:
+        _launch(_copy_into_middle, part.size, part.reshape(as_three_axes(tuple(part.shape), axis)), out_3d, offset)
+        offset += tuple(part.shape)[axis]
+    return out
+
+
+def split(x, sizes, axis):
+    """The inverse of :func:`concatenate` (and its gradient): ``x`` cut along ``axis`` into fresh
+    device arrays of ``sizes[i]`` along it."""
+    _reject_host_arrays("split", [x])
+    x_3d = x.reshape(as_three_axes(tuple(x.shape), axis))
+    parts, offset = [], 0
+    for shape in split_shapes("split", tuple(x.shape), sizes, axis):
+        part = cuda.device_array(shape, dtype=x.dtype)
+        _launch(_copy_out_of_middle, part.size, x_3d, offset, part.reshape(as_three_axes(shape, axis)))
+        parts.append(part)
+        offset += shape[axis]
+    return parts
+
+

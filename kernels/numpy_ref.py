@@ -32,11 +32,16 @@ Regularisation
     ``dropout_mask``, ``regularize_grad``, ``regularization_penalty``
 Optimizer updates (in place)
     ``sgd_update``, ``adam_update``, ``rmsprop_update``
+Batch normalization
+    ``channel_moments``, ``batch_norm``, ``batch_norm_backward``, ``moving_average_update`` (in place)
+Padding and rescaling
+    ``zero_pad``, ``zero_pad_grad``, ``scale_shift``
 """
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .shapes import concatenated_shape, split_shapes
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape,
                             winograd_tile_grid, winograd_tiles_hw)
 
@@ -81,7 +86,16 @@ __all__ = [
     "winograd_tiles_grad",
     "zeros",
     "zeros_like",
+    "channel_moments",
+    "batch_norm",
+    "batch_norm_backward",
+    "moving_average_update",
+    "zero_pad",
+    "zero_pad_grad",
+    "scale_shift",
     "check_activation",
+    "concatenate",
+    "split",
 ]
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
@@ -547,3 +561,100 @@ def rmsprop_update(param, grad, mean_square, lr, rho, epsilon):
     mean_square *= rho
     mean_square += (1 - rho) * grad * grad
     param -= (lr * grad / np.sqrt(mean_square + epsilon)).astype(param.dtype, copy=False)
+
+
+# ------------------------------------------------------------------------- batch normalization
+#
+# Over ``x`` ``(M, C)``: every row one position (an image's pixel, or a sample), every column one
+# channel; a layer reshapes ``(N, H, W, C)`` or ``(N, C)`` to it.
+
+
+def channel_moments(x):
+    """Per-column mean and (biased) variance: ``x`` ``(M, C)`` -> ``(mean (C,), variance (C,))``::
+
+        mean[c]     = 1/M sum_m x[m, c]
+        variance[c] = 1/M sum_m (x[m, c] - mean[c])^2
+    """
+    mean = x.mean(axis=0)
+    return mean, ((x - mean) ** 2).mean(axis=0)
+
+
+def batch_norm(x, mean, variance, gamma, beta, epsilon):
+    """``y = gamma (x - mean) / sqrt(variance + epsilon) + beta`` per column: ``(M, C)`` -> ``(M, C)``,
+    with ``mean``, ``variance``, ``gamma``, ``beta`` ``(C,)``."""
+    inv_std = 1 / np.sqrt(variance + epsilon)
+    return ((x - mean) * (gamma * inv_std) + beta).astype(x.dtype, copy=False)
+
+
+def batch_norm_backward(grad_out, x, mean, variance, gamma, epsilon, batch_statistics):
+    """Gradients of :func:`batch_norm` from ``g = dL/dy`` ``(M, C)``, with
+    ``x_hat = (x - mean) / sqrt(variance + epsilon)``::
+
+        dL/dbeta  = sum_m g                               (C,)
+        dL/dgamma = sum_m g x_hat                         (C,)
+        dL/dx     = gamma / sqrt(variance + epsilon) * g  (M, C)   mean and variance constants
+
+    With ``batch_statistics`` the mean and variance are ``x``'s own (:func:`channel_moments`), so they
+    depend on every row, and::
+
+        dL/dx = gamma / sqrt(variance + epsilon) * (g - dL/dbeta / M - x_hat dL/dgamma / M)
+
+    Returns ``(dL/dx, dL/dgamma, dL/dbeta)``.
+    """
+    inv_std = 1 / np.sqrt(variance + epsilon)
+    x_hat = (x - mean) * inv_std
+    grad_beta = grad_out.sum(axis=0)
+    grad_gamma = (grad_out * x_hat).sum(axis=0)
+    if batch_statistics:
+        rows = x.shape[0]
+        grad_x = (gamma * inv_std) * (grad_out - grad_beta / rows - x_hat * (grad_gamma / rows))
+    else:
+        grad_x = (gamma * inv_std) * grad_out
+    return grad_x.astype(x.dtype, copy=False), grad_gamma, grad_beta
+
+
+def moving_average_update(moving, value, momentum):
+    """In place: ``moving = momentum * moving + (1 - momentum) * value`` (same shapes)."""
+    moving *= momentum
+    moving += (1 - momentum) * value
+
+
+# ------------------------------------------------------------------------ padding and rescaling
+
+
+def zero_pad(x, pads):
+    """``x`` ``(N, H, W, C)`` inside a border of zeros ``pads = ((top, bottom), (left, right))``, all
+    ``>= 0``: ``(N, top + H + bottom, left + W + right, C)``."""
+    (top, bottom), (left, right) = pads
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def zero_pad_grad(grad_out, pads):
+    """Adjoint of :func:`zero_pad`: the inner ``(N, H, W, C)`` of ``grad_out`` (the border read no input)."""
+    (top, bottom), (left, right) = pads
+    _, padded_h, padded_w, _ = grad_out.shape
+    return grad_out[:, top : padded_h - bottom, left : padded_w - right].copy()
+
+
+def scale_shift(x, scale, offset):
+    """``y = x * scale + offset`` for numbers ``scale`` and ``offset``; same shape and dtype as ``x``."""
+    return (x * x.dtype.type(scale) + x.dtype.type(offset)).astype(x.dtype, copy=False)
+# ------------------------------------------------------------------------------ joining tensors
+
+
+def concatenate(parts, axis):
+    """``parts`` joined along ``axis``: shapes equal except on ``axis``, where they add up, e.g.
+    ``(N, H, W, C_1), (N, H, W, C_2) -> (N, H, W, C_1 + C_2)``."""
+    concatenated_shape("concatenate", [part.shape for part in parts], axis)
+    return np.concatenate(parts, axis=axis)
+
+
+def split(x, sizes, axis):
+    """The inverse of :func:`concatenate` (and its gradient): ``x`` cut along ``axis`` into fresh
+    arrays holding ``sizes[0], sizes[1], ...`` of it, e.g. ``(N, H, W, C_1 + C_2) -> [(N, H, W, C_1),
+    (N, H, W, C_2)]``."""
+    split_shapes("split", x.shape, sizes, axis)
+    boundaries = np.cumsum(sizes)[:-1]
+    return [np.ascontiguousarray(part).copy() for part in np.split(x, boundaries, axis=axis)]
+
+

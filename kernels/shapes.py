@@ -97,3 +97,42 @@ def conv3x3_maxpool_grad_shape(function, x_shape, grad_pooled_shape, argmax_shap
             raise ValueError(f"{function}: {name} must have shape {expected} for images {tuple(x_shape)}, "
                              f"got {shape}")
     return expected
+
+
+def concatenated_shape(function, shapes, axis):
+    """The shape of ``shapes`` joined along ``axis`` (a non-negative axis index): equal on every other
+    axis, summed on ``axis``.  Raises ``ValueError`` naming ``function`` and the shapes otherwise."""
+    shapes = [tuple(shape) for shape in shapes]
+    if not shapes:
+        raise ValueError(f"{function}: needs at least one array")
+    rank = len(shapes[0])
+    if not isinstance(axis, int) or not 0 <= axis < rank:
+        raise ValueError(f"{function}: axis must be an int in [0, {rank}), got {axis!r}")
+    if any(len(shape) != rank or shape[:axis] + shape[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
+           for shape in shapes):
+        raise ValueError(f"{function}: arrays must have equal shapes except on axis {axis}, got {shapes}")
+    return shapes[0][:axis] + (sum(shape[axis] for shape in shapes),) + shapes[0][axis + 1:]
+
+
+def split_shapes(function, x_shape, sizes, axis):
+    """The shapes of ``x_shape`` cut along ``axis`` into pieces of ``sizes`` (which must sum to
+    ``x_shape[axis]``); raises ``ValueError`` naming ``function`` otherwise."""
+    x_shape = tuple(x_shape)
+    if not isinstance(axis, int) or not 0 <= axis < len(x_shape):
+        raise ValueError(f"{function}: axis must be an int in [0, {len(x_shape)}), got {axis!r}")
+    sizes = [int(size) for size in sizes]
+    if not sizes or min(sizes) < 1 or sum(sizes) != x_shape[axis]:
+        raise ValueError(f"{function}: sizes {sizes} must be positive and sum to x.shape[{axis}] = "
+                         f"{x_shape[axis]}")
+    return [x_shape[:axis] + (size,) + x_shape[axis + 1:] for size in sizes]
+
+
+def as_three_axes(shape, axis):
+    """``shape`` seen as ``(before, along, after)``: the product of the axes before ``axis``, the size
+    of ``axis``, the product of the axes after it.  Joining along ``axis`` is joining along the middle."""
+    before = after = 1
+    for size in shape[:axis]:
+        before *= size
+    for size in shape[axis + 1:]:
+        after *= size
+    return before, shape[axis], after

@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import os
 import threading
+import time
 
 from minidl.kernels.memory import retain_freed_memory
 
@@ -88,3 +89,35 @@ def apply_process_settings():
     if get_backend() == "numba":
         _active["module"].apply_thread_policy()
     _settings.applied = True
+
+
+#: what a first run prints before it compiles the kernels (``{cache}``: the folder they are kept in)
+COLD_COMPILE_NOTICE = "minidl: compiling kernels once, about 30 s, cached in {cache}"
+
+
+def numba_cache_state():
+    """``(cached, cache folder)`` for the ``numba`` backend's kernels: whether Numba's on-disk cache
+    holds most of them (each kernel keeps an index file there once compiled; choosing the backend
+    already compiles one, and a model may never call some) and where that cache is."""
+    import numba
+
+    dispatchers = [value for value in vars(_active["module"]).values()
+                   if isinstance(value, numba.core.registry.CPUDispatcher)]
+    index_files = [dispatcher._cache._cache_file._index_path for dispatcher in dispatchers]
+    cached_count = sum(os.path.exists(path) for path in index_files)
+    return 2 * cached_count >= len(index_files), os.path.dirname(index_files[0])
+
+
+def compile_kernels_if_cold(dtype, print_fn=print):
+    """On a first run (the ``numba`` backend with nothing in its cache), say so in one line and
+    compile every kernel for ``dtype`` before training starts, so that no progress bar times the
+    compilation; returns the seconds it took, or ``None`` when there was nothing to do."""
+    if get_backend() != "numba":
+        return None
+    cached, cache_folder = numba_cache_state()
+    if cached:
+        return None
+    print_fn(COLD_COMPILE_NOTICE.format(cache=cache_folder))
+    start = time.perf_counter()
+    _active["module"].warmup(dtype)
+    return time.perf_counter() - start

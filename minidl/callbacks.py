@@ -13,6 +13,8 @@ order, so the resumed run makes the same decisions as the uninterrupted one.
 import csv
 import math
 import os
+import shutil
+import time
 import warnings
 
 import numpy as np
@@ -26,6 +28,8 @@ class Callback:
     #: True for callbacks that save the model: their ``on_epoch_end`` runs after every other
     #: callback's, so the file holds the epoch's final state (a learning rate cut included)
     writes_checkpoints = False
+    #: True for callbacks that write files: in distributed training only rank 0 runs them
+    writes_files = False
 
     def set_model(self, model):
         self.model = model
@@ -144,35 +148,66 @@ def format_logs(logs):
     return " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
 
 
+#: the widest the live bar gets, so that it fits a standard terminal
+PROGRESS_BAR_COLUMNS = 80
+#: the live bar's layout (tqdm's fields); ``{postfix}`` comes with a leading ", "
+PROGRESS_BAR_FORMAT = "{desc} {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining}{postfix}"
+#: columns the bar itself keeps, at least
+PROGRESS_BAR_MIN_COLUMNS = 10
+
+
+def logs_that_fit(logs, width):
+    """:func:`format_logs` of the first entries of ``logs`` that fit in ``width`` columns."""
+    shown = {}
+    for key, value in logs.items():
+        if len(format_logs({**shown, key: value})) > width:
+            break
+        shown[key] = value
+    return format_logs(shown)
+
+
 class ProgbarLogger(Callback):
-    """A live progress bar per epoch (``verbose=1``) or one line per epoch (``verbose=2``)."""
+    """A live progress bar per epoch (``verbose=1``) or one line per epoch (``verbose=2``).
+
+    The live bar is at most :data:`PROGRESS_BAR_COLUMNS` wide (less on a narrower terminal) and shows
+    the running values that fit beside it; at the end of the epoch it gives way to the full line,
+    ``Epoch 3/10 - 1875/1875 - 12s 6ms/step - loss: ... - val_accuracy: ...``, as Keras prints it.
+    """
 
     def __init__(self, verbose=1):
         self.verbose = verbose
         self.bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        description = f"Epoch {epoch + 1}/{self.params['epochs']}"
+        self.description = f"Epoch {epoch + 1}/{self.params['epochs']}"
+        self.epoch_start = time.perf_counter()
         if self.verbose == 1:
-            self.bar = tqdm(total=self.params["steps"], desc=description, unit="step",
-                            dynamic_ncols=True, leave=True)
-        else:
-            self.description = description
+            self.columns = min(shutil.get_terminal_size().columns, PROGRESS_BAR_COLUMNS)
+            self.bar = tqdm(total=self.params["steps"], desc=self.description, unit="step",
+                            ncols=self.columns, bar_format=PROGRESS_BAR_FORMAT, leave=False)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix_str(format_logs(logs or {}), refresh=False)
+            self.bar.set_postfix_str(logs_that_fit(logs or {}, self.postfix_columns()), refresh=False)
+
+    def postfix_columns(self):
+        """The columns left for the running values once the bar's fixed parts are laid out."""
+        steps = len(str(self.params["steps"]))
+        fixed = len(f"{self.description} {'9' * steps}/{'9' * steps} || 00:00<00:00, ")
+        return self.columns - fixed - PROGRESS_BAR_MIN_COLUMNS
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.bar is not None:
-            self.bar.set_postfix_str(format_logs(logs or {}))
-            self.bar.close()
-            self.bar = None
-        else:
-            print(f"{self.description} - {format_logs(logs or {})}", flush=True)
+        self.close_bar()
+        seconds = time.perf_counter() - self.epoch_start
+        steps = self.params["steps"]
+        timing = f"{steps}/{steps} - {seconds:.0f}s {1000 * seconds / max(steps, 1):.0f}ms/step"
+        print(f"{self.description} - {timing} - {format_logs(logs or {})}", flush=True)
 
     def on_train_end(self, logs=None):
+        self.close_bar()
+
+    def close_bar(self):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -308,9 +343,12 @@ class ModelCheckpoint(Callback):
     """
 
     writes_checkpoints = True
+    writes_files = True
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
                  save_weights_only=False, mode="auto", initial_value_threshold=None):
+        from minidl import saving  # saving imports the model, which imports this module
+        saving.require_supported_suffix(filepath, "save_weights" if save_weights_only else "save_model")
         self.filepath = os.fspath(filepath)
         self.tracker = MonitorImprovement(monitor, mode, 0.0)
         self.monitor, self.verbose = monitor, verbose
@@ -446,6 +484,8 @@ class CSVLogger(Callback):
     ``append=True`` keeps the existing rows, for resumed training; the header is written only into an
     empty file.  Each row is flushed at once, so a killed run keeps its finished epochs.
     """
+
+    writes_files = True
 
     def __init__(self, filename, separator=",", append=False):
         self.filename, self.separator, self.append = os.fspath(filename), separator, append

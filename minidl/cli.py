@@ -1,5 +1,5 @@
-"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck``, ``bench``, and the teaching
-commands ``explain``, ``museum`` and ``grade`` (:mod:`minidl.teaching.cli`).
+"""The ``minidl`` command: ``train``, ``evaluate``, ``predict``, ``gradcheck``, ``bench``, ``convert``, and
+the teaching commands ``explain``, ``museum`` and ``grade`` (:mod:`minidl.teaching.cli`).
 
 Exit status: 0 success, 1 an error (one line on stderr, no traceback unless ``--debug``), 2 a usage
 error (from argparse).  ``python -m minidl.cli`` works the same as the installed ``minidl`` script.
@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
+from minidl import __version__, convert
+
 DATASETS = ("fashion_mnist", "mnist", "shapes")
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]
 SHAPES_TRAIN_SAMPLES, SHAPES_TEST_SAMPLES = 3000, 600
 
 
@@ -27,8 +27,9 @@ PRESETS = ("seed-cnn", "tiny-cnn", "mlp")  # minidl.presets.PRESETS, listed with
 
 
 def build_model(spec, input_shape, num_classes):
-    """A model from a preset name or a JSON architecture file (``Sequential.get_config()`` output)."""
-    from minidl import Sequential, presets, validation
+    """A model from a preset name or a JSON architecture file (a model's ``get_config()`` output)."""
+    from minidl import presets, validation
+    from minidl.model import model_from_config
 
     if spec.endswith(".json") or os.path.isfile(spec):
         with open(spec) as file:
@@ -36,14 +37,31 @@ def build_model(spec, input_shape, num_classes):
                 config = json.load(file)
             except (json.JSONDecodeError, RecursionError) as error:
                 raise ValueError(f"{spec}: not valid JSON ({type(error).__name__}: {error})") from None
-        model = Sequential.from_config(validation.architecture(config, spec))
-        if not model.built:
-            model.build(input_shape)
+        config = validation.architecture(config, spec)
+        require_usable_layer_configs(config["layers"], spec)
+        try:
+            model = model_from_config(config)
+            if not model.built:
+                model.build(input_shape)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{spec}: the architecture does not build: {error}") from None
         return model
     if spec not in presets.PRESETS:
         raise ValueError(f"unknown model preset {spec!r}; choose one of {sorted(presets.PRESETS)} or give "
                          f"a JSON architecture file")
     return presets.PRESETS[spec](input_shape, num_classes)
+
+
+def require_usable_layer_configs(layer_configs, source):
+    """Make each layer of an architecture file once, so that a bad one is named by the file, its
+    position and its class rather than by a bare Python error."""
+    from minidl import layers
+
+    for index, layer_config in enumerate(layer_configs):
+        try:
+            layers.deserialize(layer_config)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: layer {index} ({layer_config['class_name']}): {error}") from None
 
 
 # ------------------------------------------------------------------------------- data
@@ -75,14 +93,14 @@ def require_dataset_files(name, data_dir):
 
 def load_dataset(name, data_dir=None, image_size=(28, 28), color_mode="grayscale", seed=0):
     """``(x_train, y_train), (x_test, y_test), class_names`` with float images in [0, 1]."""
-    from minidl import data
+    from minidl import data, datasets
 
     if data_dir is not None:
         require_dataset_files(name, data_dir)
     if name in ("fashion_mnist", "mnist"):
         loader = data.load_fashion_mnist if name == "fashion_mnist" else data.load_mnist
         (x_train, y_train), (x_test, y_test) = loader(path=data_dir)
-        class_names = FASHION_MNIST_CLASSES if name == "fashion_mnist" else [str(d) for d in range(10)]
+        class_names = list(getattr(datasets, name).class_names)
     elif name == "shapes":
         x_train, y_train = data.make_shapes(SHAPES_TRAIN_SAMPLES, size=image_size[0], seed=seed)
         x_test, y_test = data.make_shapes(SHAPES_TEST_SAMPLES, size=image_size[0], seed=seed + 1)
@@ -149,6 +167,30 @@ def require_writable_file(path, option):
         raise ValueError(f"{option} {path}: the folder {folder} is not writable")
 
 
+DEFAULT_OUTPUT = "model.minidl"
+
+
+def default_output(args):
+    """``--output``, or :data:`DEFAULT_OUTPUT` when none was given; an existing file under the default
+    name is refused unless ``--overwrite``, so a second run never silently replaces the first's model."""
+    if args.output is not None:
+        return args.output
+    if os.path.exists(DEFAULT_OUTPUT) and not args.overwrite:
+        raise ValueError(f"{DEFAULT_OUTPUT} exists (a model from an earlier run?); give another file with "
+                         f"--output NAME.minidl, or --overwrite to replace it")
+    return DEFAULT_OUTPUT
+
+
+def require_model_suffix(path, option):
+    """Refuse, before training, a file name the model cannot be saved under."""
+    from minidl import saving
+
+    try:
+        saving.require_supported_suffix(path, "save_model")
+    except ValueError as error:
+        raise ValueError(f"{option} {error}") from None
+
+
 def save_trained_model(model, path):
     """Save to ``path``; if that fails, save to a fresh file in the temporary folder instead and
     raise an error naming both, so a finished training is never lost."""
@@ -162,12 +204,28 @@ def save_trained_model(model, path):
 
 
 def command_train(args):
+    """``minidl train``; with ``--distributed`` every MPI rank runs it, rank 0 alone prints and writes,
+    and an error on any rank stops them all (:mod:`minidl.distributed`)."""
+    if not args.distributed:
+        return train_and_save(args, None)
+    from minidl.distributed import DataParallel
+
+    strategy = DataParallel()
+    with strategy.failures_stop_every_rank():
+        return train_and_save(args, strategy)
+
+
+def train_and_save(args, strategy):
     import minidl
     from minidl import optimizers
 
+    chief = strategy is None or strategy.is_chief
+    say = print if chief else lambda *_: None
+    args.output = default_output(args)
     for path, option in ((args.output, "--output"), (args.checkpoint, "--checkpoint")):
         if path:
             require_writable_file(path, option)
+            require_model_suffix(path, option)
     minidl.utils.set_random_seed(args.seed)
     (x_train, y_train), (x_test, y_test), class_names = load_dataset(
         args.dataset, args.data_dir, (args.image_size, args.image_size), args.color_mode, args.seed)
@@ -176,7 +234,7 @@ def command_train(args):
     if args.resume:
         model = minidl.load_model(args.resume)
         require_same_run(model, args, x_train, class_names)
-        print(f"resuming {args.resume} after epoch {model.initial_epoch}")
+        say(f"resuming {args.resume} after epoch {model.initial_epoch}")
     else:
         model = build_model(args.model, x_train.shape[1:], len(class_names))
         optimizer_class = optimizers.OPTIMIZERS[args.optimizer]
@@ -184,15 +242,18 @@ def command_train(args):
         model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.class_names = class_names
     model.run_arguments = run_arguments(args)
-    if args.verbose:
+    if args.verbose and chief:
         model.summary()
     checkpoints = [minidl.callbacks.ModelCheckpoint(args.checkpoint)] if args.checkpoint else []
     history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
                         validation_split=args.validation_split, verbose=args.verbose, seed=args.seed,
                         augment=augmentation() if args.augment else None,
-                        initial_epoch=model.initial_epoch, callbacks=checkpoints)
-    test_logs = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True)
-    print(f"test ({len(x_test)} samples): " + minidl.callbacks.format_logs(test_logs))
+                        initial_epoch=model.initial_epoch, callbacks=checkpoints, distributed=strategy)
+    test_logs = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True,
+                               distributed=strategy)
+    say(f"test ({len(x_test)} samples): " + minidl.callbacks.format_logs(test_logs))
+    if not chief:
+        return 0
     if args.output:
         save_trained_model(model, args.output)
         print(f"saved model to {args.output}")
@@ -367,6 +428,7 @@ def add_data_arguments(parser):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="minidl", description="Train, evaluate and inspect minidl models.")
+    parser.add_argument("--version", action="version", version=f"minidl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model on a dataset and save it",
@@ -383,7 +445,10 @@ def build_parser():
                        help="image side for shapes and image folders (default 28)")
     train.add_argument("--color-mode", choices=("grayscale", "rgb"), default="grayscale",
                        help="for image folders (default grayscale)")
-    train.add_argument("--output", default="model.minidl", help="model file to write (default model.minidl)")
+    train.add_argument("--output", help=f"model file to write, *.minidl (default {DEFAULT_OUTPUT}, "
+                                        f"which is not replaced unless --overwrite)")
+    train.add_argument("--overwrite", action="store_true",
+                       help=f"replace an existing {DEFAULT_OUTPUT} when no --output is given")
     train.add_argument("--plots", metavar="DIR", help="write learning curves, confusion matrix, filters")
     train.add_argument("--checkpoint", metavar="FILE", help="save a resumable checkpoint after every epoch")
     train.add_argument("--resume", metavar="FILE",
@@ -391,6 +456,9 @@ def build_parser():
                             "give the run's own --dataset, --model, --optimizer, --learning-rate, --seed, "
                             "--limit, --batch-size and other settings (a mismatch is refused), and any --epochs")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="0 silent, 1 bar, 2 lines")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the MPI ranks of `mpiexec -n N minidl train ...`: --batch-size "
+                            "is per rank, rank 0 prints and writes the files")
     add_common(train)
     train.set_defaults(run=command_train)
 
@@ -434,6 +502,7 @@ def build_parser():
     add_common(bench)
     bench.set_defaults(run=command_bench)
 
+    add_common(convert.add_command(commands))
     from minidl.teaching.cli import add_teaching_commands
     add_teaching_commands(commands)
     return parser

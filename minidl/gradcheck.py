@@ -87,34 +87,43 @@ def _check_params(report, layers_by_name, objective, analytic_grads, eps, max_ch
 
 
 def check_layer(layer, input_shape, seed=0, eps=1e-6, max_checks=None, training=False):
-    """Check ``layer``'s backward for inputs of batch shape ``input_shape`` (e.g. ``(2, 7, 7, 3)``).
+    """Check ``layer``'s backward for inputs of batch shape ``input_shape`` (e.g. ``(2, 7, 7, 3)``;
+    for a layer that takes several inputs, a list of them, e.g. ``[(2, 4, 4, 3), (2, 4, 4, 5)]``).
 
     The layer is built (or cast) in float64.  Returns a :class:`GradcheckReport` with the error of
-    every parameter's gradient and of the input gradient.
+    every parameter's gradient and of the input gradient (``input_0``, ``input_1``, ... for several).
     """
     rng = np.random.default_rng(seed)
+    several = layer.takes_several_inputs
+    batch_shapes = [tuple(shape) for shape in input_shape] if several else [tuple(input_shape)]
     if layer.built:
         layer.cast(np.float64)
     else:
         layer.dtype = np.dtype(np.float64)
-        layer.build(input_shape[1:])
+        sample_shapes = [shape[1:] for shape in batch_shapes]
+        layer.build(sample_shapes if several else sample_shapes[0])
     layer.input_grad_needed = True
-    x = rng.standard_normal(input_shape)
-    projection = rng.standard_normal((input_shape[0], *layer.output_shape))
+    xs = [rng.standard_normal(shape) for shape in batch_shapes]
+    projection = rng.standard_normal((batch_shapes[0][0], *layer.output_shape))
 
     def objective():
-        y = ops.to_host(layer.forward(ops.to_device(x), training))
+        device_xs = [ops.to_device(x) for x in xs]
+        y = ops.to_host(layer.forward(device_xs if several else device_xs[0], training))
         return float((y * projection).sum())
 
     objective()
-    grad_input = ops.to_host(layer.backward(ops.to_device(projection)))
+    grad_inputs = layer.backward(ops.to_device(projection))
+    grad_inputs = [ops.to_host(grad) for grad in (grad_inputs if several else [grad_inputs])]
     analytic = {(layer.name, key): ops.to_host(grad).copy() for key, grad in layer.grads.items()}
-    report = GradcheckReport(f"{layer.name} ({type(layer).__name__}) on input {tuple(input_shape)}")
+    shapes_text = ", ".join(map(str, batch_shapes))
+    report = GradcheckReport(f"{layer.name} ({type(layer).__name__}) on input {shapes_text}")
     _check_params(report, {layer.name: layer}, objective, analytic, eps, max_checks, rng)
-    indices = sample_indices(x.size, max_checks, rng)
-    report.errors["input"] = relative_error(grad_input.ravel()[indices],
-                                            numerical_gradient(objective, x, indices, eps))
-    report.checked["input"] = len(indices)
+    for index, (x, grad_input) in enumerate(zip(xs, grad_inputs)):
+        label = f"input_{index}" if several else "input"
+        indices = sample_indices(x.size, max_checks, rng)
+        report.errors[label] = relative_error(grad_input.ravel()[indices],
+                                              numerical_gradient(objective, x, indices, eps))
+        report.checked[label] = len(indices)
     return report
 
 

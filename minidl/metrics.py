@@ -50,7 +50,9 @@ class Mean(Metric):
 class CategoricalAccuracy(Metric):
     """Fraction of samples whose highest output is the target class: ``argmax p == argmax t``."""
 
-    name = "accuracy"
+    def __init__(self, name="categorical_accuracy"):
+        self.name = name
+        super().__init__()
 
     def reset(self):
         self.correct, self.count = 0, 0
@@ -63,12 +65,20 @@ class CategoricalAccuracy(Metric):
         return self.correct / self.count if self.count else float("nan")
 
 
+class SparseCategoricalAccuracy(CategoricalAccuracy):
+    """Categorical accuracy for a model trained on integer labels: the loss has already encoded them
+    one-hot, so the comparison is the same ``argmax p == argmax t``; only Keras's name differs."""
+
+    def __init__(self, name="sparse_categorical_accuracy"):
+        super().__init__(name)
+
+
 class BinaryAccuracy(CategoricalAccuracy):
     """Fraction of outputs on the right side of ``threshold`` (0.5 for probabilities)."""
 
-    def __init__(self, threshold=0.5):
+    def __init__(self, threshold=0.5, name="binary_accuracy"):
         self.threshold = threshold
-        super().__init__()
+        super().__init__(name)
 
     def update(self, targets, y_pred):
         self.correct += int(((y_pred > self.threshold) == (targets > 0.5)).sum())
@@ -300,19 +310,25 @@ def classification_report(y_true, y_pred_probs, class_names=None):
     return report
 
 
-#: names ``compile(metrics=[...])`` accepts besides the accuracies
+#: names ``compile(metrics=[...])`` accepts besides ``"accuracy"``/``"acc"``; each metric logs under
+#: the name it was asked by (the history keys Keras gives)
 METRICS_BY_NAME = {
+    "categorical_accuracy": CategoricalAccuracy, "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+    "binary_accuracy": BinaryAccuracy,
     "precision": Precision, "recall": Recall, "f1": F1Score, "f1_score": F1Score,
     "top_k_accuracy": TopKCategoricalAccuracy, "top_k_categorical_accuracy": TopKCategoricalAccuracy,
+    "sparse_top_k_categorical_accuracy": TopKCategoricalAccuracy,
 }
-METRIC_CLASSES = {cls.__name__: cls for cls in (CategoricalAccuracy, BinaryAccuracy, Precision, Recall,
-                                                F1Score, TopKCategoricalAccuracy)}
+METRIC_CLASSES = {cls.__name__: cls for cls in (CategoricalAccuracy, SparseCategoricalAccuracy, BinaryAccuracy,
+                                                Precision, Recall, F1Score, TopKCategoricalAccuracy)}
 
 
 def get(identifier, loss=None, output_shape=None):
     """A metric from an instance or a name; ``"accuracy"``/``"acc"`` picks binary or categorical
     accuracy from the output shape and loss, as Keras does.  Other names: ``"precision"``,
-    ``"recall"``, ``"f1"`` (macro averages) and ``"top_k_accuracy"`` (k=5)."""
+    ``"recall"``, ``"f1"`` (macro averages), ``"top_k_accuracy"`` (k=5) and Keras's
+    ``"categorical_accuracy"``, ``"sparse_categorical_accuracy"``, ``"binary_accuracy"``,
+    ``"top_k_categorical_accuracy"``, ``"sparse_top_k_categorical_accuracy"``."""
     if isinstance(identifier, Metric):
         return identifier
     if identifier in ("accuracy", "acc"):
@@ -323,13 +339,9 @@ def get(identifier, loss=None, output_shape=None):
             metric = CategoricalAccuracy()
         metric.name = identifier
         return metric
-    if identifier == "categorical_accuracy":
-        return CategoricalAccuracy()
-    if identifier == "binary_accuracy":
-        return BinaryAccuracy()
     if identifier in METRICS_BY_NAME:
         return METRICS_BY_NAME[identifier](name=identifier)
-    known = sorted(["accuracy", "acc", "categorical_accuracy", "binary_accuracy", *METRICS_BY_NAME])
+    known = sorted(["accuracy", "acc", *METRICS_BY_NAME])
     raise ValueError(f"unknown metric {identifier!r}; known names: {known}")
 
 

@@ -1,15 +1,20 @@
-"""``Sequential``: a stack of layers with Keras's ``compile`` / ``fit`` / ``evaluate`` / ``predict``.
+"""``Model`` and ``Sequential``: layers with Keras's ``compile`` / ``fit`` / ``evaluate`` / ``predict``.
 
-The model is the structure: its layers, their shapes and weights, its loss and optimizer.  How the
-layers are computed is its *plan* (:mod:`minidl.engine`), rebuilt when the layers or the ``optimize``
-switches change; the training loop that runs it lives in :mod:`minidl.training`.
+A model is the structure: its layers, their shapes and weights, its loss and optimizer.  ``Model``
+holds everything a model does whatever its shape; ``Model(inputs, outputs)`` is a functional model,
+a graph of layers traced from symbolic tensors (:mod:`minidl.functional`), and ``Sequential`` is a
+``Model`` whose graph is a chain.  How the layers are computed is the *plan* (:mod:`minidl.engine`),
+built from the graph and rebuilt when the layers or the ``optimize`` switches change; the training
+loop that runs it lives in :mod:`minidl.training`.
 """
 
+import contextlib
 import textwrap
 
 import numpy as np
 
-from minidl import engine
+from minidl import distributed as distributed_module
+from minidl import engine, functional
 from minidl import layers as layers_module
 from minidl import losses as losses_module
 from minidl import metrics as metrics_module
@@ -17,11 +22,37 @@ from minidl import optimizers as optimizers_module
 from minidl import training
 from minidl import validation as checks
 from minidl.backend import get_backend
-from minidl.layers import Input, Layer
+from minidl.layers import Layer
 
 
-class Sequential:
-    def __init__(self, layers=None, name="sequential"):
+class Model:
+    """A functional model: the layers between ``inputs`` (a ``minidl.Input``) and ``outputs`` (the
+    symbolic tensor a layer returned), in a graph where a tensor may feed several layers and merge
+    layers (``Add``, ``Concatenate``) read several tensors::
+
+        inputs = minidl.Input(shape=(28, 28, 1))
+        x = layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+        x = layers.Add()([x, layers.Conv2D(8, 3, padding="same")(x)])
+        outputs = layers.Dense(10, activation="softmax")(layers.Flatten()(x))
+        model = minidl.Model(inputs, outputs)
+
+    One input and one output (given alone or as lists of one); several of either are refused.  A
+    layer instance can be called once (no shared layers).  The layers are built by the calls, so the
+    model is built at once.  :class:`Sequential` is the chain-shaped subclass.
+    """
+
+    def __init__(self, inputs=None, outputs=None, name="model"):
+        self.init_state(name)
+        if inputs is None or outputs is None:
+            raise TypeError(f"{name}: Model(inputs, outputs) takes a minidl.Input and the tensor a layer "
+                            f"returned; for a stack of layers use Sequential([...])")
+        self.graph = functional.trace(inputs, outputs, name)
+        self.layers = self.graph.layers
+        self.input_shape = self.graph.input.sample_shape
+        self.backend_of_params = get_backend()
+
+    def init_state(self, name):
+        """The attributes every model starts with: no layers, not compiled, never trained."""
         self.name = name
         self.layers = []
         self.input_shape = None
@@ -36,45 +67,41 @@ class Sequential:
         self.optimize, self.max_workspace_bytes = True, engine.DEFAULT_WORKSPACE_BYTES
         self.input_grad_needed = False
         self.cached_plan = self.cached_plan_key = None
-        for layer in layers or []:
-            self.add(layer)
 
     # ----------------------------------------------------------------------------- building
 
-    def add(self, layer):
-        """Append a layer (or, first, an ``Input``); the layer is built at once if the shape is known."""
-        if isinstance(layer, Input):
-            if self.layers or self.input_shape is not None:
-                raise ValueError(f"{self.name}: Input must come first, before any layer")
-            self.input_shape = layer.shape
-            return
-        if not isinstance(layer, Layer):
-            raise TypeError(f"{self.name}: can only add minidl layers, got {type(layer).__name__}")
-        checks.refuse_during_fit(self, "add")
-        checks.require_new_layer(self, layer)
-        if not self.layers and self.input_shape is None and layer.declared_input_shape is not None:
-            self.input_shape = layer.declared_input_shape
-        if self.input_shape is not None:
-            self.build_layer(layer, self.output_shape)
-        self.layers.append(layer)
-        self.cached_plan = None
-
-    def build_layer(self, layer, input_shape):
-        if not layer.built:
-            layer.build(input_shape)
-        elif layer.input_shape != tuple(input_shape):
-            raise ValueError(f"layer {layer.name!r} was built for inputs {(None, *layer.input_shape)} "
-                             f"but receives {(None, *input_shape)}")
-
     def build(self, input_shape):
-        """Build every layer for per-sample inputs of ``input_shape``."""
-        self.input_shape = tuple(input_shape)
-        shape = self.input_shape
+        """A functional model is built by its layer calls: accept only its own input shape (per sample,
+        or Keras's full shape with the batch axis)."""
+        if self.per_sample_shape(input_shape) != self.input_shape:
+            raise ValueError(f"{self.name}: the model was built for inputs {(None, *self.input_shape)} by its "
+                             f"Input, got {tuple(input_shape)}")
+
+    def per_sample_shape(self, input_shape):
+        """``input_shape`` without its batch axis: a leading ``None`` (Keras's form) is dropped, and so
+        is a batch size in front of the shape an ``Input`` declared; any other shape is per sample."""
+        shape = tuple(input_shape)
+        if shape and shape[0] is None:
+            return shape[1:]
+        if self.input_shape is not None and shape[1:] == self.input_shape:
+            return shape[1:]
+        return shape
+
+    def get_layer(self, name=None, index=None):
+        """The layer called ``name``, or the one at position ``index`` (as in Keras, give one of them)."""
+        if (name is None) == (index is None):
+            raise ValueError(f"{self.name}: get_layer takes a layer name or an index, one of the two; "
+                             f"got name={name!r}, index={index!r}")
+        if index is not None:
+            if not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"{self.name}: asked for the layer at index {index}, but the model has "
+                                 f"{len(self.layers)} layers")
+            return self.layers[index]
         for layer in self.layers:
-            self.build_layer(layer, shape)
-            shape = layer.output_shape
-        self.backend_of_params = get_backend()
-        self.cached_plan = None
+            if layer.name == name:
+                return layer
+        raise ValueError(f"{self.name}: no layer named {name!r}; the layers are "
+                         f"{[layer.name for layer in self.layers]}")
 
     @property
     def built(self):
@@ -137,8 +164,9 @@ class Sequential:
     # -------------------------------------------------------------------------------- the plan
 
     def layer_graph(self):
-        """The layers as ``(layer, input nodes, output node)``: a chain from node 0 (the input)."""
-        return [(layer, (index,), index + 1) for index, layer in enumerate(self.layers)]
+        """The layers as ``(layer, input nodes, output node)``: node 0 is the input, and the layers
+        are in an order where each one's inputs come first, the output layer last (node ``len(layers)``)."""
+        return self.graph.nodes()
 
     @property
     def plan(self):
@@ -154,10 +182,11 @@ class Sequential:
         """The model's output for a batch on the backend, by the plan's steps in order."""
         return self.plan.forward(x, training)
 
-    def backward(self, grad):
+    def backward(self, grad, on_step_done=None):
         """Backward from ``dL/d(output)``, or from ``dL/d(logits)`` when softmax is fused with the loss;
-        returns ``dL/d(input)`` (``None`` unless ``input_grad_needed``)."""
-        return self.plan.backward(grad, from_logits=self.softmax_fused_into_loss())
+        returns ``dL/d(input)`` (``None`` unless ``input_grad_needed``).  ``on_step_done``: see
+        :meth:`minidl.engine.Plan.backward`."""
+        return self.plan.backward(grad, from_logits=self.softmax_fused_into_loss(), on_step_done=on_step_done)
 
     def loss_and_grad(self, y_pred, targets):
         if self.softmax_fused_into_loss():
@@ -218,7 +247,7 @@ class Sequential:
     @checks.marks_fit_in_progress
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=None,
-            augment=None):
+            augment=None, distributed=None):
         """Train for ``epochs`` passes over ``(x, y)``; returns a :class:`~minidl.callbacks.History`.
 
         ``x`` may also be a data loader yielding ``(x_batch, y_batch)``.  ``validation_split`` holds
@@ -226,18 +255,28 @@ class Sequential:
         is given.  ``seed`` makes each
         epoch's shuffle a function of ``(seed, epoch)``; ``augment`` is a transform applied to every
         training batch.
-        """
-        return training.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
-                            validation_data, shuffle, initial_epoch, seed, augment)
 
-    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False):
+        ``distributed=True`` (or a :class:`minidl.distributed.DataParallel`) trains data-parallel
+        over the MPI ranks this script was started on (``mpiexec -n N``): ``batch_size`` is then
+        each rank's, and the update is that of one process at ``batch_size x N``.
+        """
+        strategy = distributed_module.strategy_for(distributed)
+        with strategy.failures_stop_every_rank() if strategy else contextlib.nullcontext():
+            return training.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
+                                validation_data, shuffle, initial_epoch, seed, augment, strategy)
+
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False,
+                 distributed=None):
         """Loss (and metrics) on ``(x, y)``: a float, ``[loss, *metrics]``, or a dict.
 
         With ``report=True`` the result comes with a per-class report,
         ``(result, minidl.metrics.classification_report(...))``, its rows named by ``class_names``
-        when the model has them.
+        when the model has them.  ``distributed`` as in :meth:`fit`: each rank evaluates its share
+        of every batch and every rank gets the totals.
         """
-        return training.evaluate(self, x, y, batch_size, verbose, return_dict, report)
+        strategy = distributed_module.strategy_for(distributed)
+        with strategy.failures_stop_every_rank() if strategy else contextlib.nullcontext():
+            return training.evaluate(self, x, y, batch_size, verbose, return_dict, report, strategy)
 
     def predict(self, x, batch_size=32, verbose=0):
         """Outputs for ``x`` ``(N, *input_shape)`` -> ``(N, *output_shape)`` as a NumPy array (an
@@ -274,33 +313,68 @@ class Sequential:
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
 
+    def get_layer(self, name=None, index=None):
+        """The layer called ``name``, or the one at position ``index`` of :attr:`layers`."""
+        if (name is None) == (index is None):
+            raise ValueError(f"{self.name}: get_layer takes a name or an index, exactly one of them")
+        if index is not None:
+            if not isinstance(index, int) or not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"{self.name}: layer index {index!r} is out of range for "
+                                 f"{len(self.layers)} layers")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"{self.name}: no layer named {name!r}; the layers are "
+                         f"{[layer.name for layer in self.layers]}")
+
     def get_config(self):
-        """The architecture as plain JSON data (no code): name, input shape and each layer's config."""
-        return {"name": self.name, "input_shape": list(self.input_shape or ()) or None,
-                "layers": [layers_module.serialize(layer) for layer in self.layers]}
+        """The architecture as plain JSON data (no code): the input, then each layer's config with the
+        names of the tensors it reads (the input's name or layers' names), in the graph's order."""
+        graph = self.graph
+        return {"class_name": "Model", "name": self.name,
+                "input": {"name": graph.input.name, "shape": list(graph.input.sample_shape),
+                          "dtype": graph.input.dtype.name},
+                "layers": [{**layers_module.serialize(tensor.layer), "inbound": graph.inbound_names(tensor)}
+                           for tensor in graph.tensors],
+                "output": graph.output.name}
 
     @classmethod
     def from_config(cls, config):
-        model = cls(name=config["name"])
-        if config.get("input_shape"):
-            model.add(Input(tuple(config["input_shape"])))
+        """Rebuild the graph of :meth:`get_config` by calling each layer on the tensors it names."""
+        described = config["input"]
+        tensors = {described["name"]: functional.Input(tuple(described["shape"]), name=described["name"],
+                                                       dtype=described.get("dtype", "float32"))}
         for layer_config in config["layers"]:
-            model.add(layers_module.deserialize(layer_config))
-        return model
+            layer = layers_module.deserialize(layer_config)
+            unknown = [name for name in layer_config["inbound"] if name not in tensors]
+            if unknown:
+                raise ValueError(f"{config['name']}: layer {layer.name!r} reads {unknown}, which no earlier "
+                                 f"layer or input writes")
+            inbound = [tensors[name] for name in layer_config["inbound"]]
+            tensors[layer.name] = layer(inbound if layer.takes_several_inputs else inbound[0])
+        if config["output"] not in tensors:
+            raise ValueError(f"{config['name']}: the output {config['output']!r} is no layer of the model")
+        return cls(tensors[described["name"]], tensors[config["output"]], name=config["name"])
 
     def summary(self, batch_size=32, print_fn=print):
         """Print each layer's output shape and parameter count and the scratch memory its step needs at
-        ``batch_size``, the totals, then which planner passes shape which layers."""
+        ``batch_size`` (a functional model also lists its input and what each layer reads: "Connected
+        to"), the totals, then which planner passes shape which layers."""
         if not self.built:
             raise ValueError(f"{self.name}: the model is not built yet; give the first layer "
                              f"input_shape=..., start with Input(shape=...), or call build()")
         plan = self.plan
-        rows = [("Layer (type)", "Output Shape", "Param #", f"Workspace (batch {batch_size})")]
+        rows = [("Layer (type)", "Output Shape", "Param #", f"Workspace (batch {batch_size})", "Connected to")]
+        rows += self.summary_input_rows()
         for layer in self.layers:
             step = plan.step_of(layer)
             workspace = step.workspace_bytes(batch_size) if layer is step.layers[0] else 0
             rows.append((f"{layer.name} ({type(layer).__name__})", str((None, *layer.output_shape)),
-                         f"{layer.count_params():,}", f"{workspace / 2**20:.1f} MiB" if workspace else ""))
+                         f"{layer.count_params():,}", f"{workspace / 2**20:.1f} MiB" if workspace else "",
+                         self.connections(layer)))
+        if not any(row[4] for row in rows[1:]):
+            rows = [row[:4] for row in rows]
         widths = [max(len(row[i]) for row in rows) + 2 for i in range(len(rows[0]))]
         rule = "=" * sum(widths)
         lines = [f'Model: "{self.name}"', rule]
@@ -311,6 +385,15 @@ class Sequential:
         lines += [f"Total params: {self.count_params():,}", f"Trainable params: {trainable:,}",
                   f"Non-trainable params: {self.count_params() - trainable:,}", *plan_lines(plan, self.optimize)]
         print_fn("\n".join(lines))
+
+    def summary_input_rows(self):
+        """:meth:`summary`'s row for the model's input."""
+        graph_input = self.graph.input
+        return [(f"{graph_input.name} (InputLayer)", str(graph_input.shape), "0", "", "-")]
+
+    def connections(self, layer):
+        """:meth:`summary`'s "Connected to": the tensors ``layer`` reads."""
+        return ", ".join(self.graph.inbound_names(layer.symbolic_output))
 
     def explain(self, batch_size=32, layer=None, print_fn=print):
         """Each layer's forward and backward equations with the live shapes of a batch of
@@ -327,9 +410,16 @@ class Sequential:
     # ------------------------------------------------------------------------------ saving
 
     def save(self, path):
-        """Save everything needed to resume training to one file; see :mod:`minidl.saving`."""
+        """Save to one file: ``.keras`` / ``.h5`` in Keras's formats, any other suffix (``.minidl``)
+        with everything needed to resume training; see :func:`minidl.saving.save_model`."""
         from minidl import saving  # saving imports this module
         saving.save_model(self, path)
+
+    def export(self, path, format="onnx"):
+        """Write the model for inference elsewhere; ``format="onnx"`` (the one supported) writes an
+        ONNX graph; see :mod:`minidl.onnx_export`."""
+        from minidl import onnx_export
+        onnx_export.export(self, path, format)
 
     def save_weights(self, path):
         """Save only the weights; see :func:`minidl.saving.save_weights`."""
@@ -341,6 +431,91 @@ class Sequential:
         from minidl import saving
         saving.load_weights(self, path)
 
+
+class Sequential(Model):
+    """A stack of layers, each reading the one before: a :class:`Model` whose graph is a chain.
+
+    ``Sequential([Input(shape), layer, ...])`` or ``add`` one layer at a time; the layers are built as
+    soon as the input shape is known (from an ``Input``, a first layer's ``input_shape``, ``build`` or
+    the first data seen).
+    """
+
+    def __init__(self, layers=None, name="sequential"):
+        self.init_state(name)
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer):
+        """Append a layer (or, first, an ``Input``); the layer is built at once if the shape is known."""
+        if isinstance(layer, functional.SymbolicTensor):
+            if layer.layer is not None:
+                raise ValueError(f"{self.name}: add takes layers (or, first, an Input), got the output of "
+                                 f"layer {layer.layer.name!r}; for a graph of layers use Model(inputs, outputs)")
+            if self.layers or self.input_shape is not None:
+                raise ValueError(f"{self.name}: Input must come first, before any layer")
+            self.input_shape = layer.sample_shape
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{self.name}: can only add minidl layers, got {type(layer).__name__}")
+        if layer.takes_several_inputs:
+            raise ValueError(f"{self.name}: layer {layer.name!r} ({type(layer).__name__}) merges several "
+                             f"inputs, which a chain cannot give it; use Model(inputs, outputs)")
+        checks.refuse_during_fit(self, "add")
+        checks.require_new_layer(self, layer)
+        if not self.layers and self.input_shape is None and layer.declared_input_shape is not None:
+            self.input_shape = layer.declared_input_shape
+        if self.input_shape is not None:
+            self.build_layer(layer, self.output_shape)
+        self.layers.append(layer)
+        self.cached_plan = None
+
+    def build_layer(self, layer, input_shape):
+        if not layer.built:
+            layer.build(input_shape)
+        elif layer.input_shape != tuple(input_shape):
+            raise ValueError(f"layer {layer.name!r} was built for inputs {(None, *layer.input_shape)} "
+                             f"but receives {(None, *input_shape)}")
+
+    def build(self, input_shape):
+        """Build every layer for inputs of ``input_shape``: Keras's full shape with the batch axis,
+        ``(None, 32, 32, 3)``, or the per-sample shape ``(32, 32, 3)``."""
+        self.input_shape = self.per_sample_shape(input_shape)
+        shape = self.input_shape
+        for layer in self.layers:
+            self.build_layer(layer, shape)
+            shape = layer.output_shape
+        self.backend_of_params = get_backend()
+        self.cached_plan = None
+
+    def layer_graph(self):
+        """The layers as ``(layer, input nodes, output node)``: a chain from node 0 (the input)."""
+        return [(layer, (index,), index + 1) for index, layer in enumerate(self.layers)]
+
+    def get_config(self):
+        """The architecture as plain JSON data (no code): name, input shape and each layer's config."""
+        return {"name": self.name, "input_shape": list(self.input_shape or ()) or None,
+                "layers": [layers_module.serialize(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config):
+        model = cls(name=config["name"])
+        if config.get("input_shape"):
+            model.add(functional.Input(tuple(config["input_shape"])))
+        for layer_config in config["layers"]:
+            model.add(layers_module.deserialize(layer_config))
+        return model
+
+    def summary_input_rows(self):
+        return []
+
+    def connections(self, layer):
+        return ""
+
+
+def model_from_config(config):
+    """A :class:`Model` or :class:`Sequential` from its ``get_config()`` (a config without
+    ``"class_name"`` is a Sequential's, as every file before functional models holds)."""
+    return (Model if config.get("class_name") == "Model" else Sequential).from_config(config)
 
 
 def plan_lines(plan, optimize):

@@ -92,6 +92,16 @@ class Optimizer:
         for (param, grad), slot in zip(params_and_grads, self.slots):
             self.update(param, grad, slot, lr)
         self.iterations += 1
+        self.commit_layer_states()
+
+    def commit_layer_states(self):
+        """After a successful update, the model's layers commit the non-trainable state their last
+        training forward pass computed (BatchNormalization's moving statistics): a step that fails
+        before its update (a non-finite gradient) leaves that state as it was too."""
+        model = self.model_ref() if self.model_ref is not None else None
+        if model is not None:
+            for layer in model.layers:
+                layer.apply_state_updates()
 
     def check_slots_fit(self, params_and_grads):
         if len(self.slots) != len(params_and_grads):

@@ -36,7 +36,12 @@ class L2(L1L2):
 
 
 def l1_l2(l1=0.01, l2=0.01):
+    """Keras's ``regularizers.l1_l2``: both penalties, each factor 0.01 by default."""
     return L1L2(l1, l2)
+
+
+# Keras's lowercase spellings: ``kernel_regularizer=regularizers.l2(1e-4)``
+l1, l2 = L1, L2
 
 
 def get(identifier):

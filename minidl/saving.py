@@ -3,7 +3,9 @@
 A model file is a zip archive (readable by ``np.load`` for its arrays)::
 
     manifest.json       {"format": "minidl.model", "format_version": 1, "sha256": {member: digest}}
-    model.json          architecture (Sequential.get_config), compile config, training state
+    model.json          architecture (the model's get_config: a Sequential's, or a functional Model's
+                        graph of layers with the names of the tensors each reads), compile config,
+                        training state
     weights/0000.npy    model.get_weights()[0], ...
     optimizer/0000/m.npy  optimizer slot arrays (velocities, moments), one folder per parameter
 
@@ -47,7 +49,7 @@ import numpy as np
 
 from minidl import losses, metrics, optimizers, validation
 from minidl.layers.base import parameters_as_placeholders
-from minidl.model import Sequential
+from minidl.model import model_from_config
 from minidl.utils import atomic_write, get_rng_state
 
 FORMAT_VERSION = 1
@@ -129,10 +131,43 @@ def callback_state_members(model):
     return json_states, members
 
 
+#: file suffixes written in Keras's formats (:mod:`minidl.keras_format`)
+KERAS_SUFFIXES = (".keras", ".h5")
+
+#: the file name suffixes each save writes: minidl's own format, and for whole models Keras's
+SAVE_SUFFIXES = {"save_model": (".minidl", *KERAS_SUFFIXES), "save_weights": (".weights",)}
+
+
+def require_supported_suffix(path, function):
+    """Refuse a ``path`` whose suffix is not one that ``function`` writes, before anything is
+    written: no file gets a name that promises another format than the one inside."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    supported = SAVE_SUFFIXES[function]
+    if suffix not in supported:
+        given = f"the suffix {suffix!r}" if suffix else "no suffix"
+        raise ValueError(f"{function}: {os.fspath(path)} has {given}; it writes files named "
+                         f"*{' or *'.join(supported)}")
+
+
 def save_model(model, path, epoch=None):
+    """Save ``model`` to ``path`` in the format its suffix names: ``.keras`` (Keras 3) and ``.h5``
+    (legacy Keras) hold the architecture, weights and compile settings in Keras's own layout
+    (:mod:`minidl.keras_format`); any other suffix (``.minidl``) is the native file below."""
+    require_supported_suffix(path, "save_model")
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix in KERAS_SUFFIXES:
+        from minidl import keras_format  # it builds on this module
+        require_built(model, "save_model")
+        (keras_format.save_keras_archive if suffix == ".keras" else keras_format.save_legacy_h5)(model, path)
+        return
+    save_native_model(model, path, epoch)
+
+
+def save_native_model(model, path, epoch=None):
     """Save architecture, weights, compile config, optimizer state, ``epoch`` (finished epochs;
     by default taken from the last ``fit``), random state and the last ``fit``'s callback states to
-    the single file ``path``."""
+    the single file ``path`` (named ``*.minidl``)."""
+    require_supported_suffix(path, "save_model")
     require_built(model, "save_model")
     members = weight_members(model)
     state = model.optimizer.get_state() if model.optimizer is not None else {"iterations": 0, "slots": []}
@@ -160,7 +195,9 @@ def save_model(model, path, epoch=None):
 
 
 def save_weights(model, path):
-    """Save only the weights (``model.get_weights()``) and the layer names they belong to."""
+    """Save only the weights (``model.get_weights()``) and the layer names they belong to to ``path``
+    (named ``*.weights``)."""
+    require_supported_suffix(path, "save_weights")
     require_built(model, "save_weights")
     members = weight_members(model)
     description = {"layers": [[layer.name, len(layer.get_weights())] for layer in model.layers],
@@ -311,8 +348,7 @@ class Archive:
 
 def parameter_shapes(model):
     """Every weight's shape in ``get_weights`` order, without copying any weight."""
-    return [tuple(layer.params[key].shape) for layer in model.layers
-            for key in layer.weight_order if key in layer.params]
+    return [tuple(array.shape) for layer in model.layers for _, array in layer.weights()]
 
 
 def architecture_from(archive, description):
@@ -320,7 +356,7 @@ def architecture_from(archive, description):
     file's weights once every shape is checked."""
     config = validation.architecture(description["architecture"], f"{archive.path}: the architecture")
     with parameters_as_placeholders():
-        model = Sequential.from_config(config)
+        model = model_from_config(config)
     if not model.built:
         raise ModelFileError(archive.path, "the architecture has no input shape")
     model.set_weights(archive.weights(description["weight_count"], parameter_shapes(model)))
@@ -359,7 +395,13 @@ def load_model(path):
     state included) and the layers' own random generators.  ``model.initial_epoch`` is the number of
     epochs it had finished; ``fit(initial_epoch=model.initial_epoch)`` resumes the run, restoring
     the global random generator and the callbacks' state saved with it.  Loading changes nothing
-    outside the returned model."""
+    outside the returned model.
+
+    Keras files (a ``.keras`` archive, a legacy HDF5 ``.h5``) are recognised by their content and
+    read as data by :func:`minidl.keras_format.load_keras_model`."""
+    from minidl import keras_format  # it builds on this module
+    if os.path.isfile(path) and keras_format.is_keras_file(path):
+        return keras_format.load_keras_model(path)
     archive = Archive(path, MODEL_FORMAT)
     description = archive.json("model.json")
     try:

@@ -11,7 +11,7 @@ import numpy as np
 
 from minidl import metrics as metrics_module
 from minidl import validation as checks
-from minidl.backend import apply_process_settings, ops
+from minidl.backend import apply_process_settings, compile_kernels_if_cold, ops
 from minidl.callbacks import CallbackList, History, ProgbarLogger, find_non_finite, format_logs
 from minidl.utils import global_rng
 
@@ -85,11 +85,15 @@ def trainable_params_and_grads(model):
     return pairs
 
 
-def train_step(model, x_batch, targets):
-    """One update from a batch on the backend; returns ``(loss, y_pred)``."""
+def train_step(model, x_batch, targets, gradients=None):
+    """One update from a batch on the backend; returns ``(loss, y_pred)``.  In distributed training
+    ``gradients`` (:class:`minidl.distributed.GradientBuckets`) averages the gradients over the ranks,
+    each bucket as soon as backward has produced it, before the update."""
     y_pred = model.forward(x_batch, training=True)
     loss, grad = model.loss_and_grad(y_pred, targets)
-    model.backward(grad)
+    model.backward(grad, on_step_done=None if gradients is None else gradients.step_done)
+    if gradients is not None:
+        gradients.finish()
     model.optimizer.apply_gradients(trainable_params_and_grads(model))
     return loss + model.regularization_penalty(), y_pred
 
@@ -104,23 +108,26 @@ def update_logs(model, loss_mean, loss, targets, y_pred):
     return {"loss": loss_mean.result(), **{m.name: m.result() for m in model.metrics}}
 
 
-def prepare(model):
-    """Before the engine runs: parameters on the active backend, the process settings applied."""
+def prepare(model, verbose=0):
+    """Before the engine runs: parameters on the active backend, the process settings applied, and
+    on a first run the kernels compiled (announced in one line when ``verbose``)."""
     model.sync_backend()
     apply_process_settings()
+    compile_kernels_if_cold(model.dtype, print_fn=print if verbose else lambda line: None)
 
 
 # ------------------------------------------------------------------------------------------ fit
 
 
 def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
-        validation_data=None, shuffle=True, initial_epoch=0, seed=None, augment=None):
-    """:meth:`minidl.model.Sequential.fit`."""
+        validation_data=None, shuffle=True, initial_epoch=0, seed=None, augment=None, strategy=None):
+    """:meth:`minidl.model.Sequential.fit`; ``strategy`` a :class:`minidl.distributed.DataParallel`."""
     model.require_compiled("fit")
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
     batch_size, seed = checks.batch_size(batch_size, "fit"), checks.seed(seed)
-    validation = validation_batches(model, validation_data, batch_size or 32)
+    ranks = strategy.ranks if strategy else 1  # a global batch is batch_size rows per rank
+    validation = validation_batches(model, validation_data, (batch_size or 32) * ranks)
     if is_loader(x):
         if validation_split:
             raise ValueError("validation_split needs arrays; pass validation_data with a loader")
@@ -132,13 +139,21 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=N
             if n_val == 0 or n_val == len(x):
                 raise ValueError(f"validation_split={validation_split} leaves an empty set "
                                  f"for {len(x)} samples")
-            validation = ArrayBatches(model, x[-n_val:], targets[-n_val:], batch_size or 32, shuffle=False)
+            validation = ArrayBatches(model, x[-n_val:], targets[-n_val:], (batch_size or 32) * ranks,
+                                      shuffle=False)
             x, targets = x[:-n_val], targets[:-n_val]
         if model.optimizer.full_batch:
             batch_size = len(x)
         base_seed = int(global_rng().integers(2**31)) if seed is None else seed
-        train = ArrayBatches(model, x, targets, batch_size or 32, shuffle, base_seed, augment)
-    prepare(model)
+        if strategy:
+            base_seed = strategy.same_on_every_rank(base_seed)
+        train = ArrayBatches(model, x, targets, (batch_size or 32) * ranks, shuffle, base_seed, augment)
+    prepare(model, verbose)
+    if strategy:
+        train, validation = strategy.shards(train), strategy.shards(validation)
+        strategy.start(model, verbose)
+        if not strategy.is_chief:
+            callbacks, verbose = [c for c in callbacks or [] if not c.writes_files], 0
     model.history = History()
     # user callbacks first, so History records what they add to the logs (e.g. learning_rate)
     all_callbacks = list(callbacks or []) + [model.history] + ([ProgbarLogger(verbose)] if verbose else [])
@@ -149,9 +164,9 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=N
     callback_list.resume_saved_run(initial_epoch)
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
-        logs = run_epoch(model, train.epoch(epoch), callback_list)
+        logs = run_epoch(model, train.epoch(epoch), callback_list, strategy)
         if validation is not None:
-            logs.update({f"val_{k}": v for k, v in evaluate_batches(model, validation).items()})
+            logs.update({f"val_{k}": v for k, v in evaluate_batches(model, validation, strategy=strategy).items()})
         callback_list.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
@@ -159,18 +174,26 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=N
     return model.history
 
 
-def run_epoch(model, batches, callback_list):
+def run_epoch(model, batches, callback_list, strategy=None):
+    """One pass over ``batches``; returns the epoch's logs (in distributed training, this rank's
+    share of each batch, and the logs of all ranks' samples)."""
     loss_mean = metrics_module.Mean()
     for metric in model.metrics:
         metric.reset()
     logs = {}
+    step_on = train_step if strategy is None else strategy.train_step
     for step, (x_batch, targets) in enumerate(batches):
         callback_list.on_train_batch_begin(step)
-        loss, y_pred = train_step(model, ops.to_device(x_batch), ops.to_device(targets))
-        logs = update_logs(model, loss_mean, loss, targets, y_pred)
+        loss, y_pred = step_on(model, ops.to_device(x_batch), ops.to_device(targets))
+        if y_pred is not None:  # None: this rank had no rows of the batch
+            logs = update_logs(model, loss_mean, loss, targets, y_pred)
         callback_list.on_train_batch_end(step, logs)
+        if strategy is not None and strategy.any_rank(model.stop_training):
+            model.stop_training = True
         if model.stop_training:
             break
+    if strategy is not None:
+        logs = strategy.summed_logs(loss_mean, model.metrics, model.output_shape[-1])
     return logs
 
 
@@ -186,36 +209,46 @@ def validation_batches(model, validation_data, batch_size):
 # ----------------------------------------------------------------------------- evaluate, predict
 
 
-def evaluate_batches(model, batches, keep_outputs=False):
+def evaluate_batches(model, batches, keep_outputs=False, strategy=None):
     """Mean loss and metrics over every batch, in inference mode.  With ``keep_outputs`` also
-    returns every batch's ``(targets, predictions)`` as host arrays."""
+    returns every batch's ``(targets, predictions)`` as host arrays.  With a ``strategy`` the
+    batches are this rank's shares, and the results those of every rank's."""
     loss_mean = metrics_module.Mean()
     for metric in model.metrics:
         metric.reset()
     logs, outputs = {}, []
     penalty = model.regularization_penalty()  # the weights do not change while evaluating
     for x_batch, targets in batches.epoch(0):
+        if not len(targets):
+            continue
         targets = ops.to_device(targets)
         y_pred = model.forward(ops.to_device(x_batch), training=False)
         loss, _ = model.loss_and_grad(y_pred, targets)
         logs = update_logs(model, loss_mean, loss + penalty, targets, y_pred)
         if keep_outputs:
             outputs.append((ops.to_host(targets), ops.to_host(y_pred)))
+    if strategy is not None:
+        logs = strategy.summed_logs(loss_mean, model.metrics, model.output_shape[-1])
+        outputs = strategy.gathered(outputs) if keep_outputs else outputs
     return (logs, outputs) if keep_outputs else logs
 
 
-def evaluate(model, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False):
-    """:meth:`minidl.model.Sequential.evaluate`."""
+def evaluate(model, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False, strategy=None):
+    """:meth:`minidl.model.Sequential.evaluate`; ``strategy`` a :class:`minidl.distributed.DataParallel`."""
     model.require_compiled("evaluate")
     batch_size = checks.batch_size(batch_size, "evaluate")
     if is_loader(x):
         batches = LoaderBatches(model, x)
     else:
         x, targets = model.check_data(x, y)
-        batches = ArrayBatches(model, x, targets, batch_size, shuffle=False)
-    prepare(model)
-    logs, outputs = evaluate_batches(model, batches, keep_outputs=True) if report \
-        else (evaluate_batches(model, batches), None)
+        batches = ArrayBatches(model, x, targets, batch_size * (strategy.ranks if strategy else 1), shuffle=False)
+    prepare(model, verbose)
+    if strategy:
+        batches = strategy.shards(batches)
+        strategy.broadcast_model(model)
+        verbose = verbose if strategy.is_chief else 0
+    logs, outputs = evaluate_batches(model, batches, keep_outputs=True, strategy=strategy) if report \
+        else (evaluate_batches(model, batches, strategy=strategy), None)
     if verbose:
         print(format_logs(logs), flush=True)
     result = logs if return_dict else logs["loss"] if len(logs) == 1 else list(logs.values())

@@ -1,5 +1,5 @@
-"""Seeding (one global random generator that initializers, shuffling and dropout draw from) and
-atomic file writes."""
+"""Seeding (one global random generator that initializers, shuffling and dropout draw from), atomic
+file writes, and Keras's :func:`to_categorical`."""
 
 import contextlib
 import os
@@ -119,3 +119,27 @@ def sync_directory(directory):
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def to_categorical(y, num_classes=None, dtype="float32"):
+    """One-hot rows for integer class labels, as Keras's ``utils.to_categorical``.
+
+    ``y``: labels ``(N,)`` (or ``(N, 1)``, or any shape ``S``) in ``[0, num_classes)``; returns
+    ``(N, num_classes)`` (``(*S, num_classes)``) of ``dtype`` with ``out[n, y[n]] = 1``.
+    ``num_classes`` defaults to ``max(y) + 1``.
+    """
+    labels = np.asarray(y)
+    if labels.ndim > 1 and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    if labels.size and not np.all(np.equal(np.mod(labels, 1), 0)):
+        raise ValueError(f"to_categorical: labels must be integers, got {labels.dtype} values such as "
+                         f"{labels.flat[np.flatnonzero(np.mod(labels, 1))[0]]}")
+    labels = labels.astype(np.int64)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.size else 0
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"to_categorical: labels must be in [0, {num_classes}), got values in "
+                         f"[{labels.min()}, {labels.max()}]")
+    one_hot = np.zeros((*labels.shape, num_classes), dtype=dtype)
+    np.put_along_axis(one_hot, labels[..., np.newaxis], 1, axis=-1)
+    return one_hot

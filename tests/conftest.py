@@ -6,6 +6,9 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and ctypes.util.find_library("cuda")
     # no NVIDIA driver: kernels/cuda.py is tested on Numba's CUDA simulator (set before Numba reads it)
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
+# convs are planned by the deterministic cost model: no timing, no cache file written by the tests
+os.environ.setdefault("MINIDL_CONV_CHOICE", "model")
+
 import pytest  # noqa: E402
 
 import minidl  # noqa: E402

@@ -10,6 +10,8 @@ def python_blocks(text):
     return PYTHON_BLOCK.findall(text)
 
 
-def python_block_after(text, heading):
-    """The first ```python block of the section of ``text`` that starts with ``heading``."""
-    return python_blocks(text[text.index(heading):])[0]
+def section_python_blocks(text, heading):
+    """Every ```python block of the section of ``text`` that starts with ``heading`` (to the next ``## ``)."""
+    section = text[text.index(heading) + len(heading):]
+    section = section[:section.index("\n## ")] if "\n## " in section else section
+    return python_blocks(section)

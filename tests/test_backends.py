@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,28 @@ def test_the_first_training_call_applies_the_process_settings_unless_told_not_to
               "print(os.environ.get('OMP_WAIT_POLICY'), numba.get_num_threads())")
     assert run_python(script) == ["PASSIVE", "1"]
     assert run_python(script, MINIDL_PROCESS_SETTINGS="0")[0] == "None"
+
+
+FIRST_FIT = """
+import numpy as np
+import minidl
+from minidl import layers
+minidl.set_backend("numba")
+model = minidl.Sequential([layers.Input((4,)), layers.Dense(2, activation="softmax")])
+model.compile("sgd", "sparse_categorical_crossentropy")
+model.fit(np.zeros((8, 4), np.float32), np.zeros(8, int), epochs=1, verbose=2)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="needs Numba")
+def test_a_cold_kernel_cache_is_announced_in_one_line_then_compiled_once(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    first, second = (subprocess.run([sys.executable, "-c", FIRST_FIT], env=env, capture_output=True, text=True,
+                                    check=True) for _ in range(2))
+    notice = first.stdout.splitlines()[0]
+    assert notice.startswith("minidl: compiling kernels once, about 30 s, cached in ")
+    assert str(tmp_path / "numba-cache") in notice
+    assert first.stdout.splitlines()[1].startswith("Epoch 1/1 - ")
+    assert "compiling kernels" not in second.stdout and second.stdout.startswith("Epoch 1/1 - ")

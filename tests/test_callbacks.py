@@ -2,6 +2,7 @@
 
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -364,3 +365,46 @@ def test_a_restored_callback_that_monitors_another_quantity_warns_and_starts_afr
     with pytest.warns(RuntimeWarning, match="'val_loss'.*'val_accuracy'"):
         reducer.set_state(saved)
     assert reducer.wait == 0 and reducer.tracker.best == -math.inf
+
+
+# --------------------------------------------------------------------------------- progress bar
+
+
+@pytest.mark.parametrize("terminal_columns, widest", [(200, 80), (80, 80), (60, 60)])
+def test_progress_bar_fits_the_terminal_and_the_epoch_line_shows_every_value(monkeypatch, capsys,
+                                                                             terminal_columns, widest):
+    monkeypatch.setenv("COLUMNS", str(terminal_columns))
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    model = minidl.Sequential([layers.Input((4,)), layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy", "precision", "recall"])
+    model.fit(x, y, epochs=2, batch_size=8, validation_split=0.25, verbose=1, seed=0)
+    captured = capsys.readouterr()
+    bar_lines = [line for line in re.split(r"[\r\n]", captured.err) if line.strip()]
+    assert bar_lines and max(len(line.rstrip()) for line in bar_lines) <= widest
+    epoch_lines = captured.out.splitlines()
+    assert [line.split(" - ")[0] for line in epoch_lines] == ["Epoch 1/2", "Epoch 2/2"]
+    for line in epoch_lines:
+        assert re.search(r" - 6/6 - \d+s \d+ms/step - loss: [0-9.]+ - accuracy: ", line)
+        assert all(f"{key}: " in line for key in ("val_loss", "val_accuracy", "val_precision", "val_recall"))
+
+
+def test_the_live_bar_shows_the_running_values_that_fit_in_80_columns(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "300")
+    logger = callbacks.ProgbarLogger(verbose=1)
+    logger.params = {"epochs": 100, "steps": 1875}
+    logger.on_epoch_begin(9)
+    logger.on_train_batch_end(0, {"loss": 0.31234, "accuracy": 0.8812, "precision": 0.87, "recall": 0.86,
+                                  "f1": 0.865})
+    logger.bar.refresh()
+    logger.close_bar()
+    rendered = [line.rstrip() for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip()]
+    assert "Epoch 10/100 1/1875 |" in rendered[-1] and "loss: 0.3123 - accuracy: 0.8812" in rendered[-1]
+    assert max(len(line) for line in rendered) <= 80
+
+
+def test_logs_that_fit_keeps_whole_entries_in_order():
+    logs = {"loss": 0.5, "accuracy": 0.75, "val_loss": 0.25}
+    assert callbacks.logs_that_fit(logs, 100) == "loss: 0.5000 - accuracy: 0.7500 - val_loss: 0.2500"
+    assert callbacks.logs_that_fit(logs, 33) == "loss: 0.5000 - accuracy: 0.7500"
+    assert callbacks.logs_that_fit(logs, 5) == ""

@@ -252,3 +252,47 @@ def test_an_architecture_json_without_layers_is_refused_naming_the_file(tmp_path
     (tmp_path / "arch.json").write_text(json.dumps({"name": "m", "input_shape": [28, 28, 1]}))
     result = minidl_cli("train", "--dataset", "shapes", "--model", "arch.json", "--verbose", "0", cwd=tmp_path)
     assert_clean_error(result, "arch.json: the architecture has no 'layers'", "expected Sequential.get_config()")
+
+
+def test_version_prints_the_package_version():
+    result = minidl_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"minidl {minidl.__version__}"
+
+
+@pytest.mark.parametrize("layer_config, message", [
+    ({"class_name": "Dense", "config": {}}, "arch.json: layer 1 (Dense): Dense.__init__() missing 1 required "
+                                            "positional argument: 'units'"),
+    ({"class_name": "Dense", "config": {"units": 3, "colour": 1}}, "arch.json: layer 1 (Dense): "),
+    ({"class_name": "Dense2", "config": {}}, "arch.json: layer 1 (Dense2): unknown layer class 'Dense2'"),
+])
+def test_a_bad_layer_in_an_architecture_json_is_named_with_the_file_and_its_position(tmp_path, layer_config,
+                                                                                     message):
+    architecture = {"name": "m", "layers": [{"class_name": "Flatten", "config": {}}, layer_config]}
+    (tmp_path / "arch.json").write_text(json.dumps(architecture))
+    result = minidl_cli("train", "--dataset", "shapes", "--model", "arch.json", "--verbose", "0", cwd=tmp_path)
+    assert_clean_error(result, message)
+
+
+def test_an_architecture_that_does_not_fit_the_data_names_the_file(tmp_path):
+    architecture = {"name": "m", "input_shape": [5],
+                    "layers": [{"class_name": "Conv2D", "config": {"filters": 2, "kernel_size": 3}}]}
+    (tmp_path / "arch.json").write_text(json.dumps(architecture))
+    result = minidl_cli("train", "--dataset", "shapes", "--model", "arch.json", "--verbose", "0", cwd=tmp_path)
+    assert_clean_error(result, "arch.json: the architecture does not build: ", "expects inputs of shape")
+
+
+def test_the_default_output_is_not_overwritten_without_overwrite(tmp_path):
+    (tmp_path / "model.minidl").write_bytes(b"an earlier model")
+    train = ("train", "--dataset", "shapes", "--model", "mlp", "--limit", "30", "--verbose", "0")
+    refused = minidl_cli(*train, cwd=tmp_path)
+    assert_clean_error(refused, "model.minidl exists", "--output NAME.minidl", "--overwrite")
+    assert (tmp_path / "model.minidl").read_bytes() == b"an earlier model"
+    assert minidl_cli(*train, "--overwrite", cwd=tmp_path).returncode == 0
+    assert minidl.load_model(tmp_path / "model.minidl").count_params() > 0
+
+
+def test_an_output_with_a_keras_suffix_is_refused_before_training(tmp_path):
+    result = minidl_cli("train", "--dataset", "shapes", "--limit", "30", "--verbose", "0", "--output", "m.h5",
+                        cwd=tmp_path)
+    assert_clean_error(result, "--output save_model: m.h5 has the suffix '.h5'", "*.minidl")
+    assert list(tmp_path.iterdir()) == []

@@ -473,3 +473,42 @@ def test_loading_leaves_the_global_random_generator_alone(trained):
     expected = np.random.default_rng(123).integers(2**31, size=3)
     minidl.load_model(path)
     assert np.array_equal(minidl.utils.global_rng().integers(2**31, size=3), expected)
+
+
+# ------------------------------------------------------------------- every layer of the Keras surface
+
+NEW_LAYERS = [
+    lambda: layers.Rescaling(1 / 255, offset=0.1),
+    lambda: layers.ZeroPadding2D(((0, 1), (2, 1))),
+    lambda: layers.Conv2D(3, 3, use_bias=False),
+    lambda: layers.BatchNormalization(momentum=0.8, epsilon=1e-2, center=False),
+    lambda: layers.GlobalMaxPooling2D(keepdims=True),
+    lambda: layers.Reshape((-1,)),
+    lambda: layers.GlobalAveragePooling2D(),
+    lambda: layers.Dense(3, use_bias=False),
+]
+
+
+@pytest.mark.parametrize("index", range(len(NEW_LAYERS)))
+def test_every_new_layer_rebuilds_from_its_config(index):
+    layer = NEW_LAYERS[index]()
+    rebuilt = layers.deserialize(json.loads(json.dumps(layers.serialize(layer))))
+    assert type(rebuilt) is type(layer) and rebuilt.get_config() == layer.get_config()
+
+
+def test_a_model_with_every_new_layer_round_trips_with_identical_predictions_and_moving_statistics(tmp_path):
+    set_random_seed(1)
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 255, (16, 6, 6, 2)).astype("float32"), np.arange(16) % 3
+    for make_block in ([NEW_LAYERS[i] for i in (0, 1, 2, 3, 4)], [NEW_LAYERS[i] for i in (0, 3, 6, 7)]):
+        model = minidl.Sequential([layers.Input((6, 6, 2)), *(make() for make in make_block),
+                                   layers.Flatten(), layers.Dense(3, activation="softmax")])
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+        bn = next(layer for layer in model.layers if isinstance(layer, layers.BatchNormalization))
+        assert not np.array_equal(bn.get_weights()[-1], np.ones(2))  # the moving variance was trained
+        model.save(tmp_path / "model.minidl")
+        loaded = minidl.load_model(tmp_path / "model.minidl")
+        assert weights_equal(loaded.get_weights(), model.get_weights())
+        assert np.array_equal(loaded.predict(x), model.predict(x))
+        assert loaded.get_config() == model.get_config()

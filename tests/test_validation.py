@@ -205,3 +205,29 @@ def test_a_malformed_architecture_is_refused_naming_its_source_and_the_problem(c
 def test_the_preset_architectures_pass_the_architecture_check():
     config = tiny_cnn().get_config()
     assert validation.architecture(config, "tiny") is config
+
+
+# ------------------------------------------------------------------------- threads
+
+
+def test_two_threads_predicting_with_one_model_both_get_the_single_thread_outputs():
+    import threading
+
+    model = tiny_cnn()
+    model.compile("sgd", "categorical_crossentropy")
+    rng = np.random.default_rng(1)
+    inputs = [rng.random((40, 28, 28, 1), dtype=np.float32) for _ in range(2)]
+    expected = [model.predict(x, batch_size=8) for x in inputs]
+    wrong = [0, 0]
+
+    def predict_repeatedly(which):
+        for _ in range(150):
+            if not np.array_equal(model.predict(inputs[which], batch_size=8), expected[which]):
+                wrong[which] += 1
+
+    threads = [threading.Thread(target=predict_repeatedly, args=(which,)) for which in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == [0, 0]

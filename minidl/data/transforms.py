@@ -78,15 +78,16 @@ def map_stacked_channels(batch, per_image_op):
     return result.reshape(result.shape[0], result.shape[1], count, channels).transpose(2, 0, 1, 3)
 
 
-def warp_each(batch, matrices, fill_value, interpolation=cv2.INTER_LINEAR):
+def warp_each(batch, matrices, fill_value, interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT):
     """Warp image ``i`` of ``batch`` ``(N, H, W, C)`` by the 2x3 affine ``matrices[i]``, which maps input
-    pixel coordinates to output ones, keeping the size.  Returns ``(N, H, W, C)`` float32."""
+    pixel coordinates to output ones, keeping the size.  Pixels from outside the image follow OpenCV's
+    ``border_mode`` (``fill_value`` for the constant one).  Returns ``(N, H, W, C)`` float32."""
     count, height, width, channels = batch.shape
     out = np.empty_like(batch)
     for index in range(count):
         warped = cv2.warpAffine(
             batch[index], matrices[index], (width, height), flags=interpolation,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=(fill_value,) * 4,
+            borderMode=border_mode, borderValue=(fill_value,) * 4,
         )
         out[index] = warped.reshape(height, width, channels)
     return out

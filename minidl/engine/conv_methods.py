@@ -76,6 +76,11 @@ class WinogradF2x2:
 
     name = "winograd"
 
+    @staticmethod
+    def applies_to(conv):
+        """Winograd F(2x2, 3x3) computes 3x3 kernels at stride 1 (any padding)."""
+        return conv.kernel_size == (3, 3) and conv.strides == (1, 1)
+
     def kernel_matrix(self, kernel):
         """``U = G W G^T``: ``(3, 3, C_in, F) -> (16, C_in, F)``."""
         return ops.winograd_kernel(kernel)
@@ -105,6 +110,15 @@ class WinogradF2x2:
         """Scratch one image needs in a forward pass: its tiles ``V`` and products ``M``."""
         tiles_h, tiles_w = winograd_tiles_hw(output_hw)
         return 16 * tiles_h * tiles_w * (input_shape[2] + filters) * itemsize
+
+
+def candidate_methods(conv):
+    """``{name: method}`` of every method that can compute ``conv``: im2col + GEMM always, Winograd
+    where it applies."""
+    methods = {Im2colGemm.name: Im2colGemm(conv.kernel_size, conv.strides)}
+    if WinogradF2x2.applies_to(conv):
+        methods[WinogradF2x2.name] = WinogradF2x2()
+    return methods
 
 
 class ConvLinear:

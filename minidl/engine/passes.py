@@ -1,21 +1,23 @@
 """The planner: builds a model's plain plan, then lets each enabled pass make parts of it faster.
 
 Every pass sees layer types, shapes and options only, never a particular network, and each is
-switchable: ``compile(optimize={"winograd": False})``.  Each pass cites the decision in
+switchable: ``compile(optimize={"conv_algorithm": False})``.  Each pass cites the decision in
 ``benchmarks/RESULTS.md`` that measured it (its id, e.g. ``[D3]``).  They run in the order of
 :data:`PASSES`:
 
 * ``direct_conv_pool``: a first conv of one-channel images and its max pooling as one direct kernel.
 * ``activation_after_max_pool``: a conv followed by max pooling pools before its bias and activation.
 * ``crop_unread_outputs``: such a conv computes only the outputs some pooling window reads.
-* ``winograd``: 3x3 stride-1 convs over many channels by Winograd F(2x2, 3x3).
+* ``conv_algorithm``: each conv by the method measured fastest for its shape on this machine
+  (im2col + GEMM or Winograd F(2x2, 3x3); :mod:`minidl.engine.conv_choice`).
 * ``workspace_chunking``: a conv whose scratch would pass ``max_workspace_bytes`` runs in chunks of images.
 * ``inference_maxima``: max pooling outside training computes the maxima without the argmax.
 """
 
 import os
 
-from minidl.engine.conv_methods import ConvLinear, Im2colGemm, WinogradF2x2
+from minidl.engine.conv_choice import choose_method
+from minidl.engine.conv_methods import ConvLinear, Im2colGemm, candidate_methods
 from minidl.engine.plan import LayerStep, Plan
 from minidl.engine.steps import (MONOTONE_ACTIVATIONS, ConvMaxPoolStep, ConvStep, DirectConvMaxPoolStep,
                                  MaxPoolStep)
@@ -24,10 +26,6 @@ from minidl.layers.pooling import MaxPooling2D
 
 #: Scratch (im2col columns or Winograd tiles) allowed per conv step before it runs in chunks of images.
 DEFAULT_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_WORKSPACE_MB", "256")) * 2**20)
-
-#: The ``winograd`` pass picks Winograd for 3x3 stride-1 convs with at least this many input channels:
-#: its GEMMs have ``K = C_in``, and thinner ones were not measured to pay for the tile transforms.
-WINOGRAD_MIN_CHANNELS = 32
 
 
 def record_pass(step, name):
@@ -134,24 +132,23 @@ def crop_unread_outputs(draft):
                 record_pass(step, "crop_unread_outputs")
 
 
-def winograd_pays(conv):
-    return (conv.kernel_size == (3, 3) and conv.strides == (1, 1)
-            and conv.input_shape[2] >= WINOGRAD_MIN_CHANNELS)
-
-
-def winograd(draft):
-    """[D3] 3x3 stride-1 convs over at least ``WINOGRAD_MIN_CHANNELS`` input channels compute their
-    sum by Winograd F(2x2, 3x3)."""
+def conv_algorithm(draft):
+    """[D7] Every conv computes its sum by the method :func:`~minidl.engine.conv_choice.choose_method`
+    finds fastest for its shape (its own pads, input gradient or not) on this machine: timed on
+    first use and cached on disk, or by the cost model under ``MINIDL_CONV_CHOICE=model``.  A plain
+    conv keeps its own im2col + GEMM where that wins."""
     for step in draft.steps_with_conv_linear():
-        if winograd_pays(step.conv):
-            step.linear.method = WinogradF2x2()
-            record_pass(step, "winograd")
+        name = choose_method(step.conv, step.linear.pads, step.input_grad_needed)
+        if name != step.linear.method.name:
+            step.linear.method = candidate_methods(step.conv)[name]
+            record_pass(step, "conv_algorithm")
     for conv_step in draft.plain_steps(Conv2D):
-        if winograd_pays(conv_step.layer):
-            linear = ConvLinear(conv_step.layer, WinogradF2x2())
-            step = ConvStep(conv_step.layer, linear, conv_step.inputs, conv_step.output,
-                            draft.needs_input_grad(conv_step.inputs))
-            draft.replace([conv_step], step, "winograd")
+        conv, input_grad_needed = conv_step.layer, draft.needs_input_grad(conv_step.inputs)
+        name = choose_method(conv, conv.pads, input_grad_needed)
+        if name != Im2colGemm.name:
+            linear = ConvLinear(conv, candidate_methods(conv)[name])
+            draft.replace([conv_step], ConvStep(conv, linear, conv_step.inputs, conv_step.output, input_grad_needed),
+                          "conv_algorithm")
 
 
 def workspace_chunking(draft):
@@ -188,7 +185,7 @@ PASSES = {
     "direct_conv_pool": direct_conv_pool,
     "activation_after_max_pool": activation_after_max_pool,
     "crop_unread_outputs": crop_unread_outputs,
-    "winograd": winograd,
+    "conv_algorithm": conv_algorithm,
     "workspace_chunking": workspace_chunking,
     "inference_maxima": inference_maxima,
 }

@@ -92,9 +92,11 @@ class Plan:
         """The logits of the last step (the model ends in softmax)."""
         return self.steps[-1].logits()
 
-    def backward(self, grad_output, from_logits=False):
+    def backward(self, grad_output, from_logits=False, on_step_done=None):
         """Gradients from ``dL/d(output)`` (or ``dL/d(logits)`` with ``from_logits``) back through
-        every step; returns ``dL/d(input)``, or ``None`` when the plan computes no input gradient."""
+        every step; returns ``dL/d(input)``, or ``None`` when the plan computes no input gradient.
+        ``on_step_done(step)`` is called once each step's layers hold their ``grads`` (distributed
+        training starts sending them while backward goes on)."""
         grads = {self.output_node: grad_output}
         for step in reversed(self.steps):
             grad_out = grads.pop(step.output)
@@ -105,6 +107,8 @@ class Plan:
             for node, grad in zip(step.inputs, grads_in):
                 if grad is not None:
                     grads[node] = summed(grads[node], grad) if node in grads else grad
+            if on_step_done is not None:
+                on_step_done(step)
         return grads.get(self.input_node)
 
     def step_of(self, layer):

@@ -5,6 +5,12 @@
 * ``forward(x, training)`` returns the output and keeps on ``self`` what ``backward`` needs.
 * ``backward(grad_out)`` fills ``self.grads`` (same keys as ``self.params``) and returns ``dL/dx``.
 
+Weights are of two kinds: ``params``, which the optimizer trains from ``grads``, and ``state``, the
+non-trainable weights a layer updates itself (BatchNormalization's moving statistics).  A training
+forward pass only computes a state update; the model commits it through :meth:`Layer.apply_state_updates`
+once the step's parameter update has succeeded, so a failed step changes no weight of either kind.
+Both kinds are in ``weight_order``, saved, loaded and exchanged by ``get_weights``/``set_weights``.
+
 Shapes given to ``build`` and ``compute_output_shape`` are per sample, without the batch axis.
 Parameters live on the active backend (``minidl.backend``); ``get_weights`` returns host copies.
 A layer computes in float32 (the default) or float64; no other dtype is accepted.
@@ -101,6 +107,8 @@ class Layer:
         self.dtype = float_dtype(dtype or "float32", self.name)
         self.trainable = trainable
         self.params, self.grads, self.regularizers = {}, {}, {}
+        #: non-trainable weights, updated by the layer itself in apply_state_updates (see above)
+        self.state = {}
         self.input_shape = self.output_shape = None
         self.built = False
         #: False when nobody uses this layer's input gradient (a model's first layer): backward returns None
@@ -118,14 +126,25 @@ class Layer:
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def add_param(self, key, shape, initializer, regularizer=None, rng=None):
+    def new_weight(self, shape, initializer, rng=None):
+        """An array of ``shape`` from ``initializer`` on the backend (a placeholder while loading)."""
         if _params_as_placeholders.get():
-            self.params[key] = np.broadcast_to(np.zeros((), self.dtype), shape)
-        else:
-            values = initializer(shape, self.dtype, rng if rng is not None else global_rng())
-            self.params[key] = ops.to_device(values)
+            return np.broadcast_to(np.zeros((), self.dtype), shape)
+        return ops.to_device(initializer(shape, self.dtype, rng if rng is not None else global_rng()))
+
+    def add_param(self, key, shape, initializer, regularizer=None, rng=None):
+        """A trainable weight: updated by the optimizer from ``grads[key]``."""
+        self.params[key] = self.new_weight(shape, initializer, rng)
         if regularizer is not None:
             self.regularizers[key] = regularizer
+
+    def add_state(self, key, shape, initializer):
+        """A non-trainable weight: updated by the layer's own :meth:`apply_state_updates`."""
+        self.state[key] = self.new_weight(shape, initializer)
+
+    def apply_state_updates(self):
+        """Commit the ``state`` update the last training forward pass computed; the optimizer calls
+        it for every layer of its model after a successful update.  Most layers have no state."""
 
     def forward(self, x, training=False):
         raise NotImplementedError
@@ -147,7 +166,11 @@ class Layer:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {attribute!r}")
 
     def __call__(self, x, training=False):
-        """Forward pass on a host array, building the layer from ``x`` if needed."""
+        """Forward pass on a host array, building the layer from ``x`` if needed; on a symbolic
+        tensor (``minidl.Input``), a node of a functional model (:mod:`minidl.functional`)."""
+        from minidl import functional  # functional builds on this module
+        if functional.is_symbolic(x):
+            return functional.call_on_symbols(self, x)
         x = np.asarray(x, dtype=self.dtype)
         if not self.built:
             self.build(x.shape[1:])
@@ -164,37 +187,51 @@ class Layer:
 
     # -------------------------------------------------------------------------------- weights
 
+    def weights(self):
+        """``[(key, array)]`` of every weight, ``params`` and ``state``, in ``weight_order``."""
+        every = {**self.params, **self.state}
+        return [(key, every[key]) for key in self.weight_order if key in every]
+
     def get_weights(self):
-        """Host copies of the parameters in Keras's order and layouts."""
-        return [ops.to_host(self.params[key]).copy() for key in self.weight_order if key in self.params]
+        """Host copies of the weights (parameters and state) in Keras's order and layouts."""
+        return [ops.to_host(array).copy() for _, array in self.weights()]
 
     def set_weights(self, weights):
-        keys = [key for key in self.weight_order if key in self.params]
+        keys = [key for key, _ in self.weights()]
         if len(weights) != len(keys):
             raise ValueError(f"layer {self.name!r} has {len(keys)} weight arrays ({', '.join(keys)}), "
                              f"got {len(weights)}")
         new_values = {}
         for key, value in zip(keys, weights):
             value = np.asarray(value)
-            expected = tuple(self.params[key].shape)
+            expected = tuple(self.params.get(key, self.state.get(key)).shape)
             if value.shape != expected:
                 raise ValueError(f"layer {self.name!r}: weight {key!r} must have shape {expected}, "
                                  f"got {value.shape}")
             new_values[key] = ops.to_device(value.astype(self.dtype))
-        self.params.update(new_values)
+        for key, value in new_values.items():
+            (self.params if key in self.params else self.state)[key] = value
 
     def cast(self, dtype):
-        """Convert the parameters (and future inputs) to ``dtype``, e.g. float64 for gradient checks."""
+        """Convert the weights (and future inputs) to ``dtype``, e.g. float64 for gradient checks."""
         self.dtype = float_dtype(dtype, self.name)
         self.params = {key: ops.to_device(ops.to_host(value).astype(self.dtype))
                        for key, value in self.params.items()}
+        self.state = {key: ops.to_device(ops.to_host(value).astype(self.dtype))
+                      for key, value in self.state.items()}
 
     def to_active_backend(self):
-        """Move the parameters onto the backend now active (after ``set_backend``)."""
+        """Move the weights onto the backend now active (after ``set_backend``)."""
         self.params = {key: ops.to_device(ops.to_host(value)) for key, value in self.params.items()}
+        self.state = {key: ops.to_device(ops.to_host(value)) for key, value in self.state.items()}
 
     def count_params(self):
-        return int(sum(np.prod(value.shape) for value in self.params.values()))
+        """Every weight's element count, the non-trainable ``state`` included (as Keras counts)."""
+        return int(sum(np.prod(value.shape) for value in [*self.params.values(), *self.state.values()]))
+
+    def count_trainable_params(self):
+        """The element count of the ``params`` the optimizer trains (0 for a frozen layer)."""
+        return int(sum(np.prod(value.shape) for value in self.params.values())) if self.trainable else 0
 
     # ------------------------------------------------------------------------------- config
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import minidl
 from minidl import gradcheck, layers
-from minidl.engine import PASSES, build_plan, passes
+from minidl.engine import PASSES, build_plan, conv_choice
 from minidl.engine.conv_methods import ConvLinear, Im2colGemm, WinogradF2x2
 from minidl.presets import seed_cnn
 
@@ -33,8 +33,8 @@ def test_optimize_takes_true_false_or_a_dict_of_known_passes():
     model = minidl.Sequential([layers.Input((4,)), layers.Dense(2)])
     with pytest.raises(ValueError, match="unknown pass 'fusion'; the passes are"):
         model.compile(optimizer="sgd", loss="mse", optimize={"fusion": False})
-    with pytest.raises(ValueError, match="switched by True or False, got {'winograd': 'no'}"):
-        model.compile(optimizer="sgd", loss="mse", optimize={"winograd": "no"})
+    with pytest.raises(ValueError, match="switched by True or False, got {'conv_algorithm': 'no'}"):
+        model.compile(optimizer="sgd", loss="mse", optimize={"conv_algorithm": "no"})
     with pytest.raises(ValueError, match="optimize must be True, False or a dict"):
         model.compile(optimizer="sgd", loss="mse", optimize="fast")
 
@@ -52,9 +52,12 @@ def test_the_conv_layer_file_names_no_algorithm_chunk_or_pooling():
     ({"kernel_size": (3, 1)}, (13, 13, 32), False),
     ({"padding": "same"}, (13, 13, 64), True),
 ])
-def test_winograd_applies_to_3x3_stride_1_convs_over_enough_channels(options, input_shape, expected):
+def test_the_cost_model_picks_winograd_for_3x3_stride_1_convs_over_enough_channels(options, input_shape, expected):
     model = minidl.Sequential([layers.Input(input_shape), layers.Conv2D(4, options.pop("kernel_size", 3), **options)])
-    assert ("winograd" in passes_of(model, 0)) == expected
+    step = model.plan.step_of(model.layers[0])
+    assert ("conv_algorithm" in step.passes) == expected
+    if expected:
+        assert step.linear.method.name == "winograd"
 
 
 def conv_then_pool(input_shape=(9, 8, 1), conv_options=None, pool_options=None, first=True, dtype="float32"):
@@ -138,7 +141,7 @@ CONV_POOL_CASES = [
 @pytest.mark.parametrize("input_grad_needed", [False, True], ids=["", "with dL/dx"])
 def test_each_pass_gives_the_plain_outputs_and_gradients(backend, pass_name, conv, pool, input_shape, training,
                                                          input_grad_needed, monkeypatch):
-    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_choice, "WINOGRAD_MIN_CHANNELS", 1)
     models = []
     for optimize in (True if pass_name == "all" else only(pass_name), False):
         model = minidl.Sequential([layers.Input(input_shape), layers.Conv2D(3, **{"activation": "relu", **conv}),
@@ -157,7 +160,7 @@ def test_each_pass_gives_the_plain_outputs_and_gradients(backend, pass_name, con
 @pytest.mark.parametrize("pass_name", list(PASSES))
 @pytest.mark.parametrize("check_input", [False, True])
 def test_each_pass_alone_passes_the_gradient_check(backend, pass_name, check_input, monkeypatch):
-    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_choice, "WINOGRAD_MIN_CHANNELS", 1)
     model = minidl.Sequential([layers.Input((10, 9, 1)), layers.Conv2D(3, 3, activation="tanh"), layers.MaxPooling2D(2),
                                layers.Conv2D(4, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
                                layers.Flatten(), layers.Dense(3, activation="softmax")])
@@ -178,7 +181,8 @@ def small_models(draw):
     height, width, channels = draw(st.integers(6, 10)), draw(st.integers(6, 10)), draw(st.integers(1, 3))
     blocks = []
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["conv", "conv", "max", "average", "activation", "leaky", "dropout"]))
+        kind = draw(st.sampled_from(["conv", "conv", "max", "average", "activation", "leaky", "dropout",
+                                     "batch_norm", "zero_pad", "rescaling"]))
         if kind == "conv":
             blocks.append(("conv", {"filters": draw(st.integers(1, 4)), "kernel_size": draw(st.sampled_from([1, 2, 3])),
                                     "strides": draw(st.sampled_from([1, 1, 2])),
@@ -197,7 +201,9 @@ def small_models(draw):
 def model_from(input_shape, blocks, seed):
     made = {"conv": lambda o: layers.Conv2D(**o), "max": lambda o: layers.MaxPooling2D(**o),
             "average": lambda o: layers.AveragePooling2D(**o), "activation": lambda o: layers.Activation(**o),
-            "leaky": lambda o: layers.LeakyReLU(0.1), "dropout": lambda o: layers.Dropout(0.3, seed=seed)}
+            "leaky": lambda o: layers.LeakyReLU(0.1), "dropout": lambda o: layers.Dropout(0.3, seed=seed),
+            "batch_norm": lambda o: layers.BatchNormalization(), "zero_pad": lambda o: layers.ZeroPadding2D(1),
+            "rescaling": lambda o: layers.Rescaling(0.5, offset=0.1)}
     model = minidl.Sequential([layers.Input(input_shape)])
     for kind, options in blocks:
         try:
@@ -214,7 +220,7 @@ def model_from(input_shape, blocks, seed):
 @given(case=small_models())
 def test_random_models_give_the_plain_outputs_and_gradients_when_planned(case, monkeypatch):
     input_shape, blocks, loss = case
-    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_choice, "WINOGRAD_MIN_CHANNELS", 1)
     models = [model_from(input_shape, blocks, seed=7) for _ in range(2)]
     if models[0] is None:
         return
@@ -253,7 +259,7 @@ def test_summary_says_which_passes_shape_which_layers():
     model.summary(print_fn=lines.append)
     conv, pool = model.layers[:2]
     assert f"{conv.name} + {pool.name}: direct_conv_pool, inference_maxima" in lines[0]
-    assert "activation_after_max_pool, crop_unread_outputs, winograd" in lines[0]
+    assert "activation_after_max_pool, crop_unread_outputs, conv_algorithm" in lines[0]
     plain = seed_cnn()
     plain.compile(optimizer="sgd", loss="mse", optimize=False)
     plain.summary(print_fn=lines.append)
@@ -283,7 +289,7 @@ def test_chunked_forward_and_backward_equal_the_single_chunk_ones(method):
 def test_workspace_of_a_224_pixel_batch_stays_under_the_bound(winograd, per_image):
     conv = layers.Conv2D(64, 3)
     conv.build((111, 111, 32))
-    plan = build_plan([(conv, (0,), 1)], 0, 1, optimize={"winograd": winograd}, max_workspace_bytes=256 * 2**20)
+    plan = build_plan([(conv, (0,), 1)], 0, 1, optimize={"conv_algorithm": winograd}, max_workspace_bytes=256 * 2**20)
     step = plan.steps[0]
     assert step.linear.images_per_chunk == 256 * 2**20 // per_image
     assert step.workspace_bytes(32) == 2 * step.linear.images_per_chunk * per_image <= 2 * 256 * 2**20
@@ -311,3 +317,52 @@ def test_a_training_step_on_224_pixel_images_fits_in_memory():
     peak_mib = int(completed.stdout.split()[-1])
     # activations and their gradients are about 1.3 GiB at this size; unchunked im2col would add 1.8 GiB
     assert peak_mib < 3000
+
+
+@pytest.mark.parametrize("between", [lambda: layers.BatchNormalization(), lambda: layers.ZeroPadding2D(1),
+                                     lambda: layers.Rescaling(-1.0)])
+def test_no_conv_and_pooling_pass_reaches_across_a_layer_between_them(between):
+    """A BatchNormalization (or any layer) between a conv and its max pooling keeps both plain: pooling
+    before the activation is exact only when the pooled tensor is the conv's own output."""
+    model = minidl.Sequential([layers.Input((9, 8, 1)), layers.Conv2D(3, 3, activation="relu"), between(),
+                               layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    fusing = {"direct_conv_pool", "activation_after_max_pool", "crop_unread_outputs"}
+    assert not fusing & set(passes_of(model, 0)) and not fusing & set(passes_of(model, 2))
+    assert model.plan.step_of(model.layers[2]).layers == (model.layers[2],)
+
+
+@pytest.mark.parametrize("conv, pool, input_shape", CONV_POOL_CASES)
+def test_every_pass_gives_the_plain_results_for_a_conv_without_bias(backend, conv, pool, input_shape, monkeypatch):
+    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    models = []
+    for optimize in (True, False):
+        model = minidl.Sequential([layers.Input(input_shape),
+                                   layers.Conv2D(3, **{"activation": "relu", **conv}, use_bias=False),
+                                   layers.MaxPooling2D(**pool), layers.Flatten(), layers.Dense(2, use_bias=False)])
+        model.cast("float64").compile(optimizer="sgd", loss="mse", optimize=optimize, max_workspace_bytes=1)
+        models.append(model)
+    models[0].set_weights(models[1].get_weights())
+    assert "bias" not in models[0].layers[0].params and models[0].plan.step_of(models[0].layers[0]).passes
+    rng = np.random.default_rng(0)
+    x, grad_out = rng.standard_normal((3, *input_shape)), rng.standard_normal((3, 2))
+    assert_same_results(*(outputs_and_gradients(model, x, grad_out, training=True) for model in models),
+                        rtol=1e-10, atol=1e-12)
+
+
+def test_one_sgd_step_through_batch_normalization_gives_the_plain_weights_and_moving_statistics(backend):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 12, 12, 1), dtype=np.float32), rng.integers(0, 3, 16)
+    weights = []
+    for optimize in (True, False):
+        minidl.utils.set_random_seed(5)
+        model = minidl.Sequential([layers.Input((12, 12, 1)), layers.Conv2D(4, 3, use_bias=False),
+                                   layers.BatchNormalization(), layers.ReLU(), layers.MaxPooling2D(2),
+                                   layers.Conv2D(4, 3, activation="relu"), layers.GlobalAveragePooling2D(),
+                                   layers.Dense(3, activation="softmax")])
+        model.compile(optimizer=minidl.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
+                      optimize=optimize)
+        model.train_on_batch(x, y)
+        weights.append(model.get_weights())
+    for planned, plain in zip(*weights):
+        np.testing.assert_allclose(planned, plain, rtol=1e-5, atol=1e-6)

@@ -435,3 +435,94 @@ def test_minidl_num_threads_must_be_an_integer(monkeypatch):
     monkeypatch.setenv("MINIDL_NUM_THREADS", "two")
     with pytest.raises(ValueError, match="MINIDL_NUM_THREADS must be a positive integer, got 'two'"):
         cpu._threads_from_environment()
+
+
+# ------------------------------------------------------------------------- batch normalization
+
+
+@st.composite
+def channel_rows(draw):
+    """``(x, mean, variance, gamma, beta)``: rows ``(M, C)`` and per-channel vectors, positive variance."""
+    dtype = draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    rows, channels = draw(st.integers(1, 3000)), draw(st.integers(1, 6))
+    x = (rng.standard_normal((rows, channels)) * 3 + 1).astype(dtype)
+    mean, gamma, beta = (rng.standard_normal(channels).astype(dtype) for _ in range(3))
+    variance = rng.uniform(0.1, 2.0, channels).astype(dtype)
+    return x, mean, variance, gamma, beta
+
+
+@SETTINGS
+@given(channel_rows())
+def test_channel_moments_match_reference(case):
+    x = case[0]
+    for actual, expected in zip(cpu.channel_moments(x), ref.channel_moments(x)):
+        assert_close(actual, expected)
+
+
+@SETTINGS
+@given(channel_rows())
+def test_batch_norm_matches_reference(case):
+    x, mean, variance, gamma, beta = case
+    assert_close(cpu.batch_norm(x, mean, variance, gamma, beta, 1e-3),
+                 ref.batch_norm(x, mean, variance, gamma, beta, 1e-3))
+
+
+@SETTINGS
+@given(channel_rows(), st.booleans())
+def test_batch_norm_backward_matches_reference(case, batch_statistics):
+    x, mean, variance, gamma, _ = case
+    grad_out = like(x)
+    actual = cpu.batch_norm_backward(grad_out, x, mean, variance, gamma, 1e-3, batch_statistics)
+    expected = ref.batch_norm_backward(grad_out, x, mean, variance, gamma, 1e-3, batch_statistics)
+    for actual_part, expected_part in zip(actual, expected):
+        assert actual_part.shape == expected_part.shape and actual_part.dtype == expected_part.dtype
+        tolerance = 1e-4 if x.dtype == np.float32 else 1e-10  # sums over up to 3000 rows
+        np.testing.assert_allclose(actual_part, expected_part, rtol=tolerance, atol=tolerance * len(x))
+
+
+@SETTINGS
+@given(arrays(), st.floats(0, 1))
+def test_moving_average_update_matches_reference_in_place(moving, momentum):
+    value = like(moving)
+    expected = moving.copy()
+    ref.moving_average_update(expected, value, momentum)
+    cpu.moving_average_update(moving, value, momentum)
+    assert_close(moving, expected)
+
+
+def test_batch_norm_kernels_name_the_channel_vector_of_the_wrong_shape():
+    x = np.ones((4, 3))
+    with pytest.raises(ValueError, match=r"batch_norm: gamma must have shape \(3,\)"):
+        cpu.batch_norm(x, np.zeros(3), np.ones(3), np.ones(2), np.zeros(3), 1e-3)
+
+
+# ------------------------------------------------------------------------ padding and rescaling
+
+
+@st.composite
+def images_and_pads(draw):
+    x = draw(arrays(min_dims=4, max_dims=4))
+    pads = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(2))
+    return x, pads
+
+
+@SETTINGS
+@given(images_and_pads())
+def test_zero_pad_and_its_grad_match_reference(case):
+    x, pads = case
+    padded = cpu.zero_pad(x, pads)
+    assert_close(padded, ref.zero_pad(x, pads))
+    grad_out = like(padded)
+    assert_close(cpu.zero_pad_grad(grad_out, pads), ref.zero_pad_grad(grad_out, pads))
+
+
+def test_zero_pad_refuses_negative_pads():
+    with pytest.raises(ValueError, match="zero_pad: pads must be >= 0"):
+        cpu.zero_pad(np.ones((1, 2, 2, 1)), ((0, -1), (0, 0)))
+
+
+@SETTINGS
+@given(arrays(), st.floats(-10, 10), st.floats(-10, 10))
+def test_scale_shift_matches_reference(x, scale, offset):
+    assert_close(cpu.scale_shift(x, scale, offset), ref.scale_shift(x, scale, offset))

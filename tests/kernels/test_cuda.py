@@ -523,3 +523,70 @@ def test_check_available_explains_how_to_get_a_device_when_there_is_none(monkeyp
     with pytest.raises(RuntimeError) as error:
         gpu.check_available()
     assert "NUMBA_ENABLE_CUDASIM=1" in str(error.value) and "minidl[gpu]" in str(error.value)
+
+
+# ------------------------------------------------------------------------- batch normalization
+
+
+def channel_vectors(seed, channels, dtype):
+    """``(mean, variance, gamma, beta)`` ``(C,)``, the variance positive."""
+    rng = np.random.default_rng(seed)
+    mean, gamma, beta = (rng.standard_normal(channels).astype(dtype) for _ in range(3))
+    return mean, rng.uniform(0.1, 2.0, channels).astype(dtype), gamma, beta
+
+
+@FEW
+@given(st.integers(1, 600), st.integers(1, 4), st.sampled_from(DTYPES), seeds)
+@example(600, 3, np.float32, 0)  # more rows than one fold pass handles
+def test_channel_moments_match_the_reference(rows, channels, dtype, seed):
+    x = random_array(seed, (rows, channels), dtype, scale=3.0) + dtype(1)
+    for actual, expected in zip(gpu.channel_moments(gpu.to_device(x)), numpy_ref.channel_moments(x)):
+        assert_close(actual, expected, dtype)
+
+
+@FEW
+@given(st.integers(1, 40), st.integers(1, 4), st.sampled_from(DTYPES), st.booleans(), seeds)
+def test_batch_norm_and_its_backward_match_the_reference(rows, channels, dtype, batch_statistics, seed):
+    x, grad_out = random_array(seed, (rows, channels), dtype), random_array(seed + 1, (rows, channels), dtype)
+    mean, variance, gamma, beta = channel_vectors(seed, channels, dtype)
+    on_device = [gpu.to_device(a) for a in (x, mean, variance, gamma, beta)]
+    assert_close(gpu.batch_norm(*on_device, 1e-3), numpy_ref.batch_norm(x, mean, variance, gamma, beta, 1e-3),
+                 dtype)
+    actual = gpu.batch_norm_backward(gpu.to_device(grad_out), *on_device[:4], 1e-3, batch_statistics)
+    expected = numpy_ref.batch_norm_backward(grad_out, x, mean, variance, gamma, 1e-3, batch_statistics)
+    for actual_part, expected_part in zip(actual, expected):
+        host = gpu.to_host(actual_part)
+        assert host.dtype == dtype
+        np.testing.assert_allclose(host, expected_part, rtol=1e-4, atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_moving_average_update_matches_the_reference_in_place(dtype):
+    moving, value = random_array(0, (5,), dtype), random_array(1, (5,), dtype)
+    expected = moving.copy()
+    numpy_ref.moving_average_update(expected, value, 0.9)
+    on_device = gpu.to_device(moving)
+    gpu.moving_average_update(on_device, gpu.to_device(value), 0.9)
+    assert_close(on_device, expected, dtype)
+
+
+# ------------------------------------------------------------------------ padding and rescaling
+
+
+@FEW
+@given(st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 4), st.integers(1, 3)),
+       st.tuples(st.tuples(st.integers(0, 2), st.integers(0, 2)), st.tuples(st.integers(0, 2), st.integers(0, 2))),
+       st.sampled_from(DTYPES), seeds)
+def test_zero_pad_and_its_grad_match_the_reference(shape, pads, dtype, seed):
+    x = random_array(seed, shape, dtype)
+    padded = gpu.zero_pad(gpu.to_device(x), pads)
+    expected = numpy_ref.zero_pad(x, pads)
+    assert_close(padded, expected, dtype)
+    grad_out = random_array(seed + 1, expected.shape, dtype)
+    assert_close(gpu.zero_pad_grad(gpu.to_device(grad_out), pads), numpy_ref.zero_pad_grad(grad_out, pads), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scale_shift_matches_the_reference(dtype):
+    x = random_array(0, (2, 3, 4), dtype)
+    assert_close(gpu.scale_shift(gpu.to_device(x), 1 / 255, -0.5), numpy_ref.scale_shift(x, 1 / 255, -0.5), dtype)

@@ -82,3 +82,47 @@ def test_dropout_backward_uses_the_forward_mask(backend):
     grad = np.asarray(layer.backward(np.ones_like(x)))
     np.testing.assert_array_equal(grad, y)
     np.testing.assert_array_equal(np.asarray(layer.forward(x, training=False)), x)
+
+
+@st.composite
+def batch_norm_cases(draw):
+    """A BatchNormalization with random options and an input after Dense ``(N, C)`` or Conv2D
+    ``(N, H, W, C)``, in training or inference mode."""
+    layer = layers.BatchNormalization(momentum=draw(st.floats(0, 1)), epsilon=draw(st.floats(1e-3, 1)),
+                                      center=draw(st.booleans()), scale=draw(st.booleans()))
+    channels = draw(st.integers(1, 3))
+    spatial = draw(st.sampled_from([(), (2, 3), (3, 1)]))
+    return layer, (draw(st.integers(2, 4)), *spatial, channels), draw(st.booleans())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=batch_norm_cases())
+def test_batch_normalization_gradients_match_central_differences(backend, case):
+    layer, input_shape, training = case
+    report = gradcheck.check_layer(layer, input_shape, training=training)
+    assert report.passed(TOLERANCE), str(report)
+
+
+def test_frozen_batch_normalization_differentiates_through_its_moving_statistics(backend):
+    layer = layers.BatchNormalization(trainable=False)
+    layer.build((3,))
+    layer.set_weights([np.array([1.0, 2.0, 0.5]), np.zeros(3), np.array([0.1, -0.2, 0.3]), np.array([2.0, 0.5, 1.0])])
+    assert gradcheck.check_layer(layer, (4, 3), training=True).passed(TOLERANCE)
+
+
+@pytest.mark.parametrize("layer_factory, input_shape", [
+    (lambda: layers.GlobalAveragePooling2D(), (2, 3, 4, 2)),
+    (lambda: layers.GlobalAveragePooling2D(keepdims=True), (2, 1, 5, 3)),
+    (lambda: layers.GlobalMaxPooling2D(), (2, 3, 4, 2)),
+    (lambda: layers.GlobalMaxPooling2D(keepdims=True), (3, 2, 2, 1)),
+    (lambda: layers.Reshape((-1, 2)), (2, 3, 4)),
+    (lambda: layers.Reshape((6, 2, 1)), (2, 3, 4)),
+    (lambda: layers.Rescaling(1 / 255), (3, 5)),
+    (lambda: layers.Rescaling(-2.0, offset=1.0), (2, 3, 3, 2)),
+    (lambda: layers.ZeroPadding2D(1), (2, 3, 3, 2)),
+    (lambda: layers.ZeroPadding2D((2, 0)), (1, 3, 2, 1)),
+    (lambda: layers.ZeroPadding2D(((0, 2), (1, 3))), (2, 2, 3, 2)),
+])
+def test_new_shape_and_pooling_layer_gradients(backend, layer_factory, input_shape):
+    report = gradcheck.check_layer(layer_factory(), input_shape)
+    assert report.passed(TOLERANCE), str(report)

@@ -1,0 +1,152 @@
+"""Which method computes a conv fastest on this machine: timed on first use, remembered on disk.
+
+The ``conv_algorithm`` pass (:mod:`minidl.engine.passes`) asks :func:`choose_method` for every conv.
+As cuDNN's benchmark mode does, the first time a shape is planned every candidate of
+:func:`minidl.engine.conv_methods.candidate_methods` runs a forward and a backward pass over
+:data:`MEASURE_IMAGES` random images (the fastest of :data:`MEASURE_REPEATS`), and the fastest method
+wins.  The answer, with every candidate's seconds, is kept in a JSON file under a key made of the
+conv's shape and the machine (CPU, cores, backend, Numba threads), so later processes plan without
+timing anything.
+
+Environment:
+
+* ``MINIDL_CONV_CHOICE``: ``measure`` (the default) as above, or ``model``: no timing and no file,
+  the cost model :func:`modelled_choice` (deterministic; the test suite uses it).
+* ``MINIDL_CONV_CACHE``: the file of choices (default ``$XDG_CACHE_HOME/minidl/conv_choices.json``,
+  ``~/.cache/minidl/conv_choices.json`` without ``XDG_CACHE_HOME``).
+"""
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minidl.backend import get_backend, ops
+from minidl.engine.conv_methods import ConvLinear, candidate_methods
+
+#: Images per timed pass, and timed passes per candidate (the fastest counts).
+MEASURE_IMAGES = 16
+MEASURE_REPEATS = 3
+
+#: At most this much scratch per timed pass; fewer images where one would need more.
+MEASURE_WORKSPACE_BYTES = 128 * 2**20
+
+#: The cost model picks Winograd for 3x3 stride-1 convs with at least this many input channels: its
+#: GEMMs have ``K = C_in``, and thinner ones were not measured to pay for the tile transforms ([D3]).
+WINOGRAD_MIN_CHANNELS = 32
+
+
+def choice_mode():
+    """``"measure"`` or ``"model"`` from ``MINIDL_CONV_CHOICE``; raises ``ValueError`` naming a bad value."""
+    mode = os.environ.get("MINIDL_CONV_CHOICE", "measure")
+    if mode not in ("measure", "model"):
+        raise ValueError(f"MINIDL_CONV_CHOICE must be 'measure' or 'model', got {mode!r}")
+    return mode
+
+
+def cache_path():
+    """The JSON file of measured choices (see the module's docstring)."""
+    if os.environ.get("MINIDL_CONV_CACHE"):
+        return Path(os.environ["MINIDL_CONV_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "minidl" / "conv_choices.json"
+
+
+def machine_key():
+    """What the timings depend on besides the shape: CPU model, cores, backend and its threads."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    threads = ""
+    if get_backend() == "numba":
+        import numba
+
+        threads = f", {numba.get_num_threads()} numba threads"
+    return f"{model}, {os.cpu_count()} cores, {get_backend()}{threads}"
+
+
+def shape_key(conv, pads, input_grad_needed):
+    """The conv's problem as a string: input, kernel, strides, pads, dtype, and whether dL/dx is computed."""
+    return json.dumps({"input": conv.input_shape, "kernel": [*conv.kernel_size, conv.input_shape[2], conv.filters],
+                       "strides": conv.strides, "pads": pads, "dtype": conv.dtype.name,
+                       "input_grad": bool(input_grad_needed)})
+
+
+def modelled_choice(conv, names):
+    """The deterministic choice among ``names``: Winograd where it applies and the conv reads at least
+    :data:`WINOGRAD_MIN_CHANNELS` channels, else im2col + GEMM."""
+    if "winograd" in names and conv.input_shape[2] >= WINOGRAD_MIN_CHANNELS:
+        return "winograd"
+    return "im2col"
+
+
+def measured_seconds(conv, method, pads, input_grad_needed):
+    """Fastest of :data:`MEASURE_REPEATS` forward + backward passes of ``conv`` by ``method`` over random
+    images; the layer's ``grads`` are left as they were."""
+    linear = ConvLinear(conv, method, pads)
+    images = max(1, min(MEASURE_IMAGES, MEASURE_WORKSPACE_BYTES // max(1, linear.bytes_per_image())))
+    rng = np.random.default_rng(0)
+    x = ops.to_device(rng.standard_normal((images, *conv.input_shape)).astype(conv.dtype))
+    grad_z = ops.to_device(rng.standard_normal((images, *linear.output_hw(), conv.filters)).astype(conv.dtype))
+    kept_grads = dict(conv.grads)
+
+    def one_pass():
+        start = time.perf_counter()
+        linear.forward(x)
+        grad_x = linear.backward(grad_z, input_grad_needed)
+        ops.to_host(conv.grads["kernel"] if grad_x is None else grad_x)  # waits for an asynchronous device
+        return time.perf_counter() - start
+
+    try:
+        one_pass()  # compiles and allocates: not counted
+        return min(one_pass() for _ in range(MEASURE_REPEATS))
+    finally:
+        conv.grads.clear()
+        conv.grads.update(kept_grads)
+
+
+def read_choices(path):
+    """The cache file's ``{key: entry}``; an unreadable or malformed file counts as empty."""
+    try:
+        choices = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return choices if isinstance(choices, dict) else {}
+
+
+def write_choices(path, choices):
+    """Replace the cache file atomically (a crash leaves the old file whole); a read-only cache is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as scratch:
+            json.dump(choices, scratch, indent=1, sort_keys=True)
+        os.replace(scratch.name, path)
+    except OSError:
+        pass
+
+
+def choose_method(conv, pads, input_grad_needed):
+    """The name of the method (a key of :func:`candidate_methods`) that computes ``conv`` over ``pads``
+    fastest here: measured once per shape and machine and cached, or modelled (see the module)."""
+    candidates = candidate_methods(conv)
+    if len(candidates) == 1:
+        return next(iter(candidates))
+    if choice_mode() == "model":
+        return modelled_choice(conv, candidates)
+    path, key = cache_path(), f"{machine_key()} | {shape_key(conv, pads, input_grad_needed)}"
+    entry = read_choices(path).get(key)
+    if isinstance(entry, dict) and entry.get("method") in candidates:
+        return entry["method"]
+    seconds = {name: measured_seconds(conv, method, pads, input_grad_needed) for name, method in candidates.items()}
+    fastest = min(seconds, key=seconds.get)
+    choices = read_choices(path)
+    choices[key] = {"method": fastest, "seconds": seconds}
+    write_choices(path, choices)
+    return fastest

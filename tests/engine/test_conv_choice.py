@@ -1,0 +1,129 @@
+"""The measured conv algorithm choice: every candidate method computes the layer's own conv, the
+fastest one is timed once per shape and machine and remembered, and the cost model times nothing."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import minidl
+from minidl import layers
+from minidl.engine import conv_choice
+from minidl.engine.conv_methods import ConvLinear, candidate_methods
+
+
+def built_conv(input_shape, **options):
+    conv = layers.Conv2D(**{"filters": 3, "kernel_size": 3, **options}, dtype="float64")
+    conv.build(input_shape)
+    return conv
+
+
+@st.composite
+def conv_problems(draw):
+    """A conv over a small image: 1x1, 3x3 or 5x5 kernels, strides 1 or 2, 'valid' or 'same', and
+    1-3 or 64+ input channels."""
+    kernel = draw(st.sampled_from([1, 3, 5]))
+    size = draw(st.integers(kernel, kernel + 6))
+    channels = draw(st.sampled_from([1, 2, 3, 64, 70]))
+    options = {"filters": draw(st.integers(1, 5)), "kernel_size": kernel, "strides": draw(st.sampled_from([1, 2])),
+               "padding": draw(st.sampled_from(["valid", "same"]))}
+    return (size, draw(st.integers(kernel, kernel + 6)), channels), options, draw(st.integers(1, 3))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=conv_problems())
+def test_every_candidate_computes_the_layers_own_conv_and_gradients(backend, problem):
+    input_shape, options, images = problem
+    conv = built_conv(input_shape, **options)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((images, *input_shape))
+    grad_z = rng.standard_normal((images, *conv.output_shape))
+    expected_z = conv.forward(x)  # linear activation: z itself
+    expected_grad_x = conv.backward(grad_z)
+    expected_grad_kernel = np.array(conv.grads["kernel"])
+    for name, method in candidate_methods(conv).items():
+        linear = ConvLinear(conv, method)
+        np.testing.assert_allclose(linear.forward(x), expected_z, rtol=1e-10, atol=1e-10, err_msg=name)
+        np.testing.assert_allclose(linear.backward(grad_z, True), expected_grad_x, rtol=1e-10, atol=1e-10, err_msg=name)
+        np.testing.assert_allclose(conv.grads["kernel"], expected_grad_kernel, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+def test_winograd_is_a_candidate_for_3x3_stride_1_kernels_only():
+    assert set(candidate_methods(built_conv((8, 8, 2)))) == {"im2col", "winograd"}
+    assert set(candidate_methods(built_conv((8, 8, 2), padding="same"))) == {"im2col", "winograd"}
+    assert set(candidate_methods(built_conv((8, 8, 2), strides=2))) == {"im2col"}
+    assert set(candidate_methods(built_conv((8, 8, 2), kernel_size=5))) == {"im2col"}
+
+
+@pytest.fixture
+def measuring(monkeypatch, tmp_path):
+    """Measure mode with the cache in a fresh file; yields its path."""
+    path = tmp_path / "choices.json"
+    monkeypatch.setenv("MINIDL_CONV_CHOICE", "measure")
+    monkeypatch.setenv("MINIDL_CONV_CACHE", str(path))
+    return path
+
+
+def test_the_first_choice_times_every_candidate_and_keeps_the_fastest_on_disk(measuring):
+    conv = built_conv((10, 10, 4))
+    chosen = conv_choice.choose_method(conv, conv.pads, True)
+    (entry,) = json.loads(measuring.read_text()).values()
+    assert set(entry["seconds"]) == {"im2col", "winograd"}
+    assert all(seconds > 0 for seconds in entry["seconds"].values())
+    assert chosen == entry["method"] == min(entry["seconds"], key=entry["seconds"].get)
+
+
+def test_a_cached_choice_is_used_without_timing_again(measuring, monkeypatch):
+    conv = built_conv((10, 10, 4))
+    chosen = conv_choice.choose_method(conv, conv.pads, True)
+
+    def no_timing(*args):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(conv_choice, "measured_seconds", no_timing)
+    assert conv_choice.choose_method(conv, conv.pads, True) == chosen
+    with pytest.raises(AssertionError, match="timed again"):  # another shape is a new problem
+        conv_choice.choose_method(conv, ((1, 1), (1, 1)), True)
+
+
+@pytest.mark.parametrize("cached, planned", [("winograd", "winograd"), ("im2col", None)])
+def test_the_plan_follows_the_cached_choice(measuring, cached, planned):
+    model = minidl.Sequential([layers.Input((10, 10, 4)), layers.Conv2D(3, 3), layers.Flatten(), layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse", optimize={"workspace_chunking": False})
+    conv = model.layers[0]
+    key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, False)}"
+    measuring.write_text(json.dumps({key: {"method": cached, "seconds": {}}}))
+    step = model.plan.step_of(conv)
+    method = getattr(getattr(step, "linear", None), "method", None)  # a plain step computes im2col itself
+    assert (method.name if method else None) == planned
+
+
+def test_a_malformed_cache_file_is_measured_over_and_replaced(measuring):
+    measuring.write_text("{not json")
+    conv = built_conv((10, 10, 4))
+    conv_choice.choose_method(conv, conv.pads, False)
+    assert len(json.loads(measuring.read_text())) == 1
+
+
+def test_timing_leaves_the_layers_gradients_as_they_were(measuring):
+    conv = built_conv((10, 10, 4))
+    conv.grads["kernel"] = kept = np.ones(conv.params["kernel"].shape)
+    conv_choice.choose_method(conv, conv.pads, True)
+    assert conv.grads == {"kernel": kept}
+
+
+def test_the_cost_model_times_nothing_and_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINIDL_CONV_CHOICE", "model")
+    monkeypatch.setenv("MINIDL_CONV_CACHE", str(tmp_path / "choices.json"))
+    monkeypatch.setattr(conv_choice, "measured_seconds", lambda *args: pytest.fail("timed under the model"))
+    assert conv_choice.choose_method(built_conv((10, 10, 32)), ((0, 0), (0, 0)), True) == "winograd"
+    assert conv_choice.choose_method(built_conv((10, 10, 3)), ((0, 0), (0, 0)), True) == "im2col"
+    assert not (tmp_path / "choices.json").exists()
+
+
+def test_an_unknown_choice_mode_is_named(monkeypatch):
+    monkeypatch.setenv("MINIDL_CONV_CHOICE", "fastest")
+    with pytest.raises(ValueError, match="MINIDL_CONV_CHOICE must be 'measure' or 'model', got 'fastest'"):
+        conv_choice.choose_method(built_conv((10, 10, 4)), ((0, 0), (0, 0)), True)

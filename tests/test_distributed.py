@@ -1,0 +1,211 @@
+"""Data-parallel training (:mod:`minidl.distributed`): the sharding and bucketing in one process, and,
+marked ``mpi``, real runs under ``mpiexec -n 2``: equivalence with one process at twice the batch,
+faults that stop every rank with a message naming the rank, resuming from a checkpoint."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minidl
+from minidl import presets
+from minidl.distributed import DataParallel, GradientBuckets, ShardedBatches, shard_bounds, strategy_for
+
+pytest.importorskip("mpi4py", reason="distributed training needs the 'distributed' extra (mpi4py, MPI)")
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRAM = os.path.join(REPOSITORY, "tests", "distributed_program.py")
+
+
+# ------------------------------------------------------------------------------ one process
+
+
+@given(st.integers(0, 500), st.integers(1, 9))
+def test_shares_of_a_batch_cover_it_once_in_rank_order(batch_size, ranks):
+    bounds = [shard_bounds(batch_size, rank, ranks) for rank in range(ranks)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == batch_size
+    assert all(stop == next_start for (_, stop), (next_start, _) in zip(bounds, bounds[1:]))
+    sizes = [stop - start for start, stop in bounds]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_sharded_batches_take_each_ranks_rows_of_the_global_order():
+    class Batches:
+        def __len__(self):
+            return 2
+
+        def epoch(self, epoch):
+            yield np.arange(8) + 100 * epoch, np.arange(8)
+            yield np.arange(3), np.arange(3)
+
+    shares = [list(ShardedBatches(Batches(), rank, 2).epoch(1)) for rank in range(2)]
+    assert [x.tolist() for x, _ in shares[0]] == [[100, 101, 102, 103], [0]]
+    assert [x.tolist() for x, _ in shares[1]] == [[104, 105, 106, 107], [1, 2]]
+
+
+def test_strategy_for_accepts_true_false_none_or_a_data_parallel():
+    assert strategy_for(None) is None and strategy_for(False) is None
+    assert isinstance(strategy_for(True), DataParallel)
+    strategy = DataParallel()
+    assert strategy_for(strategy) is strategy
+    with pytest.raises(TypeError, match="distributed must be"):
+        strategy_for("yes")
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        DataParallel(bucket_bytes=0)
+    with pytest.raises(ValueError, match="timeout"):
+        DataParallel(timeout=0)
+
+
+def test_buckets_hold_every_trainable_gradient_once_in_backward_order():
+    model = presets.seed_cnn()
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    buckets = GradientBuckets(DataParallel(bucket_bytes=64 * 1024), model)
+    entries = [(layer.name, key) for bucket in buckets.buckets for layer, key in bucket.entries]
+    expected = [(layer.name, key) for layer in reversed(model.layers) for key in layer.params]
+    assert entries == expected
+    assert 1 < len(buckets.buckets) <= 4
+    params = sum(layer.params[key].size for layer in model.layers for key in layer.params)
+    assert buckets.nbytes == (params + 1) * 4  # float32 gradients and the sample count
+
+
+def training_data(samples=96, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((samples, 12, 12, 1), dtype=np.float32), rng.integers(0, 3, samples)
+
+
+def trained_weights(distributed, **strategy_options):
+    minidl.utils.set_random_seed(0)
+    x, y = training_data()
+    model = presets.tiny_cnn((12, 12, 1), 3)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    strategy = DataParallel(**strategy_options) if distributed else None
+    history = model.fit(x, y, batch_size=20, epochs=2, seed=1, verbose=0, validation_split=0.25,
+                        distributed=strategy)
+    return model.get_weights(), history.history, strategy
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_one_rank_trains_exactly_as_without_distribution(overlap):
+    plain_weights, plain_history, _ = trained_weights(False)
+    weights, history, strategy = trained_weights(True, overlap=overlap, bucket_bytes=1024)
+    for plain, distributed in zip(plain_weights, weights):
+        np.testing.assert_allclose(distributed, plain, rtol=1e-6, atol=1e-7)
+    assert history.keys() == plain_history.keys()
+    for key in history:
+        np.testing.assert_allclose(history[key], plain_history[key], rtol=1e-6)
+    assert strategy.stats["steps"] == 2 * 4 and strategy.stats["bytes_per_step"] > 0
+
+
+def test_one_rank_evaluate_matches_the_plain_one():
+    x, y = training_data()
+    model = presets.tiny_cnn((12, 12, 1), 3)
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy", "f1_score"])
+    plain, plain_report = model.evaluate(x, y, batch_size=7, verbose=0, return_dict=True, report=True)
+    sharded, report = model.evaluate(x, y, batch_size=7, verbose=0, return_dict=True, report=True,
+                                     distributed=True)
+    assert sharded == pytest.approx(plain)
+    assert str(report) == str(plain_report)
+
+
+# --------------------------------------------------------------------- mpiexec -n 2 (slow)
+
+
+def mpiexec():
+    path = shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    if path is None:
+        pytest.skip("no mpiexec on PATH (pip install 'minidl[distributed]')")
+    return path
+
+
+def environment(**extra):
+    """The tests' environment for every rank: this checkout first on the path, one BLAS thread."""
+    env = dict(os.environ, PYTHONPATH=REPOSITORY + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MINIDL_NUM_THREADS="1")
+    env.update(extra)
+    return env
+
+
+def run(arguments, ranks=None, timeout=600, **env):
+    command = ([mpiexec(), "-n", str(ranks)] if ranks else []) + [str(a) for a in arguments]
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment(**env),
+                            cwd=REPOSITORY)
+    return result, time.monotonic() - started
+
+
+def relative_difference(a, b):
+    return max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-12)) for x, y in zip(a, b))
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_two_ranks_at_batch_b_train_the_weights_of_one_process_at_2b(tmp_path):
+    common = ["--dataset", "fashion_mnist", "--limit", "640", "--validation-split", "0", "--optimizer", "sgd",
+              "--epochs", "1", "--verbose", "0", "--seed", "3"]
+    one, _ = run([sys.executable, "-m", "minidl.cli", "train", *common, "--batch-size", "32",
+                  "--output", tmp_path / "one.minidl"])
+    assert one.returncode == 0, one.stderr
+    two, _ = run([sys.executable, "-m", "minidl.cli", "train", *common, "--batch-size", "16", "--distributed",
+                  "--output", tmp_path / "two.minidl"], ranks=2)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("test (640 samples)") == 1  # rank 0 alone prints
+    one_weights = minidl.load_model(tmp_path / "one.minidl").get_weights()
+    two_weights = minidl.load_model(tmp_path / "two.minidl").get_weights()
+    assert relative_difference(one_weights, two_weights) < 1e-4
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_rank_that_raises_stops_every_rank_and_its_checkpoint_resumes_the_run(tmp_path):
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    clean, _ = run([sys.executable, PROGRAM, "none", whole], ranks=2)
+    assert clean.returncode == 0, clean.stderr
+    assert sorted(os.listdir(whole)) == ["checkpoint-1.minidl", "checkpoint-2.minidl", "checkpoint-3.minidl",
+                                         "final.minidl"]  # rank 0 alone wrote them, once each
+
+    failed, seconds = run([sys.executable, PROGRAM, "raise", tmp_path], ranks=2, timeout=300)
+    assert failed.returncode != 0
+    assert "rank 1 of 2" in failed.stderr and "RuntimeError: injected failure" in failed.stderr
+    assert seconds < 120
+    assert os.path.exists(tmp_path / "checkpoint-1.minidl")
+    assert not os.path.exists(tmp_path / "final.minidl")
+
+    resumed, _ = run([sys.executable, PROGRAM, "none", tmp_path, "--resume"], ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epochs run: [1, 2]" in resumed.stdout
+    assert relative_difference(minidl.load_model(whole / "final.minidl").get_weights(),
+                               minidl.load_model(tmp_path / "final.minidl").get_weights()) == 0
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_run_and_the_launcher_names_its_process(tmp_path):
+    killed, seconds = run([sys.executable, PROGRAM, "kill", tmp_path], ranks=2, timeout=300)
+    assert killed.returncode != 0 and seconds < 120
+    start_line = next(line for line in killed.stdout.splitlines() if line.startswith("data-parallel over 2"))
+    rank_one_pid = start_line.split("rank 1 pid ")[1].split()[0]
+    assert f"PID {rank_one_pid}" in killed.stdout + killed.stderr  # MPICH's report of the dead process
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_rank_that_stops_answering_is_named_after_the_timeout(tmp_path):
+    hung, seconds = run([sys.executable, PROGRAM, "hang", tmp_path], ranks=2, timeout=300,
+                        MINIDL_MPI_TIMEOUT="5")
+    assert hung.returncode != 0 and seconds < 120
+    assert "rank(s) [1] did not reach" in hung.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_callback_that_stops_one_rank_stops_them_all(tmp_path):
+    stopped, _ = run([sys.executable, PROGRAM, "stop", tmp_path], ranks=2, timeout=300)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "epochs run: [0, 1]" in stopped.stdout
