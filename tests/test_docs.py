@@ -11,8 +11,6 @@ from tests.markdown import python_blocks
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 LESSONS = sorted(DOCS.glob("0[1-9]-*.md"))
-#: lesson 7 links to the BatchNormalization layer's file, which the library may not have yet
-PENDING_LAYER_FILE = "../minidl/layers/normalization.py"
 RELATIVE_LINK = re.compile(r"\]\((\.\./[^)#\s]+|img/[^)#\s]+)")
 
 
@@ -31,8 +29,6 @@ def test_each_lesson_has_formulas_code_links_and_exercises_with_solutions(lesson
     links = RELATIVE_LINK.findall(text)
     assert any(link.startswith("../minidl/") or link.startswith("../kernels/") for link in links)
     for link in links:
-        if link == PENDING_LAYER_FILE and not hasattr(minidl.layers, "BatchNormalization"):
-            continue
         assert (lesson.parent / link).exists(), f"{lesson.name} links to {link}, which does not exist"
     exercises = text[text.index("## Exercises"):]
     assert exercises.count("<details>") >= 2 and "Solution" in exercises

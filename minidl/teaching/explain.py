@@ -26,8 +26,8 @@ PASS_EFFECTS = {
                                  "(max f(z + b) = f(max z + b) for non-decreasing f), so they touch "
                                  "a quarter of the values",
     "crop_unread_outputs": "the conv computes only the outputs some pooling window reads",
-    "winograd": "z is computed by Winograd F(2x2, 3x3): 16 GEMMs over 4x4 input tiles, 2.25x fewer "
-                "multiplications than im2col",
+    "conv_algorithm": "z is computed by the method timed fastest for this conv's shape on this machine "
+                      "(cached on disk; MINIDL_CONV_CHOICE=model uses the cost model instead)",
     "workspace_chunking": "the scratch (cols or tiles) is computed a chunk of images at a time when "
                           "the batch would need more than max_workspace_bytes",
     "inference_maxima": "outside training, max pooling computes the maxima without the argmax",
@@ -222,6 +222,13 @@ def equation_lines(label, equations):
     return lines
 
 
+def method_detail(step, batch_size):
+    """The method ``conv_algorithm`` chose for ``step``; for Winograd, the live shapes of its GEMMs."""
+    if step.linear.method.name == "winograd":
+        return winograd_detail(step, batch_size)
+    return f"method: {step.linear.method.name}"
+
+
 def winograd_detail(step, batch_size):
     """The live shapes of a Winograd step's 16 GEMMs and its FLOPs beside im2col's."""
     conv = step.conv
@@ -230,7 +237,7 @@ def winograd_detail(step, batch_size):
     c_in, f = conv.input_shape[2], conv.filters
     winograd_flops = 2 * 16 * tiles * c_in * f
     im2col_flops = 2 * batch_size * out_h * out_w * 9 * c_in * f
-    return (f"16 GEMMs V (16, {tiles}, {c_in}) @ U (16, {c_in}, {f}): forward "
+    return (f"method: Winograd F(2x2, 3x3), 16 GEMMs V (16, {tiles}, {c_in}) @ U (16, {c_in}, {f}): forward "
             f"{amount(winograd_flops, 'FLOP')} against im2col's {amount(im2col_flops, 'FLOP')} "
             f"on the {out_h}x{out_w} outputs computed")
 
@@ -248,8 +255,8 @@ def pass_lines(layer, plan, batch_size):
     for name in step.passes:
         effect = PASS_EFFECTS.get(name) or (PASSES[name].__doc__ or name).split(".")[0]
         lines += wrapped(f"{name}: {effect}", " " * 12 + "- ", " " * 14)
-        if name == "winograd":
-            lines += wrapped(winograd_detail(step, batch_size), " " * 14, " " * 14)
+        if name == "conv_algorithm":
+            lines += wrapped(method_detail(step, batch_size), " " * 14, " " * 14)
     return lines
 
 
