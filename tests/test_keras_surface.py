@@ -174,10 +174,10 @@ def test_evaluate_returns_a_scalar_without_metrics_a_list_with_them_or_a_dict():
 # ------------------------------------------------------------------------------------- saving
 
 
-@pytest.mark.parametrize("name", ["m.h5", "m.keras", "m.hdf5", "m", "m.weights"])
+@pytest.mark.parametrize("name", ["m.hdf5", "m", "m.weights", "m.pt"])
 def test_save_refuses_a_suffix_it_does_not_write_and_writes_nothing(tmp_path, name):
     model = mlp()
-    with pytest.raises(ValueError, match=r"minidl writes its own format to files named \*\.minidl"):
+    with pytest.raises(ValueError, match=r"it writes files named \*\.minidl or \*\.keras or \*\.h5"):
         model.save(tmp_path / name)
     assert list(tmp_path.iterdir()) == []
 
@@ -186,10 +186,8 @@ def test_save_weights_and_checkpoints_refuse_foreign_suffixes(tmp_path):
     model = mlp()
     with pytest.raises(ValueError, match=r"save_weights: .*m\.weights\.h5 has the suffix '\.h5'.*\*\.weights"):
         model.save_weights(tmp_path / "m.weights.h5")
-    with pytest.raises(ValueError, match=r"\*\.minidl"):
-        minidl.callbacks.ModelCheckpoint(str(tmp_path / "best.h5"))
+    with pytest.raises(ValueError, match=r"\*\.minidl or \*\.keras or \*\.h5"):
+        minidl.callbacks.ModelCheckpoint(str(tmp_path / "best.hdf5"))
     with pytest.raises(ValueError, match=r"\*\.weights"):
         minidl.callbacks.ModelCheckpoint(str(tmp_path / "best.minidl"), save_weights_only=True)
     assert list(tmp_path.iterdir()) == []
-    model.save(tmp_path / "m.minidl")
-    assert saving.SAVE_SUFFIXES["save_model"] == (".minidl",)
