@@ -8,8 +8,11 @@ Writes into ``tests/fixtures/keras/`` (a few KB each):
   average pooling, dropout, a tanh Dense and a softmax Dense), compiled with Adam and categorical
   cross-entropy; layers carry their own names, so the weight paths (by class) differ from them.
 * ``functional_chain.keras``: the same kind of stack written as a functional model.
-* ``outputs.npz``: ``x_cnn``, ``y_sequential_cnn``, ``x_chain``, ``y_functional_chain``: inputs and
-  Keras's predictions for them.
+* ``functional_graph.keras`` / ``.h5``: a functional model with branches: Rescaling, ZeroPadding2D,
+  BatchNormalization (trained a few steps, so its moving statistics are not their initial values),
+  two Conv2D branches joined by Add, a Concatenate, GlobalAveragePooling2D, Reshape and Dense.
+* ``outputs.npz``: ``x_cnn``, ``y_sequential_cnn``, ``x_chain``, ``y_functional_chain``, ``x_graph``,
+  ``y_functional_graph``: inputs and Keras's predictions for them.
 * hostile files, each of which minidl must refuse without running or writing anything:
   ``lambda.keras`` / ``lambda.h5`` (a Lambda layer: Python bytecode), ``custom_layer.keras`` (a
   registered custom class), ``path_traversal.keras`` (a member named ``../../escaped.txt``),
@@ -20,7 +23,6 @@ Writes into ``tests/fixtures/keras/`` (a few KB each):
 The weights are random with a fixed seed; rerunning rewrites the same architectures.
 """
 
-import io
 import json
 import os
 import shutil
@@ -64,6 +66,28 @@ def functional_chain():
     x = layers.Dense(4)(x)
     outputs = layers.Activation("softmax")(x)
     return keras.Model(inputs, outputs, name="chain")
+
+
+def functional_graph():
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 2), name="pixels")
+    x = layers.Rescaling(1 / 4, offset=-0.5)(inputs)
+    x = layers.ZeroPadding2D(((1, 0), (0, 2)))(x)
+    x = layers.Conv2D(4, 3, activation="relu")(x)
+    x = layers.BatchNormalization(momentum=0.5)(x)
+    left = layers.Conv2D(4, 3, padding="same")(x)
+    right = layers.Conv2D(4, 1, activation="tanh")(x)
+    joined = layers.Add()([left, right])
+    both = layers.Concatenate()([joined, x])
+    pooled = layers.GlobalAveragePooling2D()(both)
+    x = layers.Reshape((2, 4))(pooled)
+    x = layers.Flatten()(x)
+    outputs = layers.Dense(3, activation="softmax")(x)
+    model = keras.Model(inputs, outputs, name="graph")
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(7)
+    model.fit(4 * rng.random((32, 8, 8, 2)), rng.integers(0, 3, 32), epochs=2, batch_size=8, verbose=0)
+    return model
 
 
 @keras.saving.register_keras_serializable(package="fixtures")
@@ -142,6 +166,12 @@ def main():
     chain.save(OUT / "functional_chain.keras")
     outputs["x_chain"] = rng.standard_normal((3, 8, 8, 1)).astype(np.float32)
     outputs["y_functional_chain"] = chain.predict(outputs["x_chain"], verbose=0)
+
+    graph = functional_graph()
+    graph.save(OUT / "functional_graph.keras")
+    graph.save(OUT / "functional_graph.h5")
+    outputs["x_graph"] = (4 * rng.random((5, 8, 8, 2))).astype(np.float32)
+    outputs["y_functional_graph"] = graph.predict(outputs["x_graph"], verbose=0)
     np.savez(OUT / "outputs.npz", **outputs)
 
     lambda_model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2, name="code")])

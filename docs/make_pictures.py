@@ -1,6 +1,6 @@
 """Regenerate the pictures of the README and the lessons, docs/img/*.png, from a short real training.
 
-    python docs/make_pictures.py [--train-samples 12000] [--epochs 3]
+    python docs/make_pictures.py [--train-samples 12000] [--epochs 3] [--output docs/img]
 
 Trains the seed CNN on the first samples of Fashion-MNIST (seed 0), then draws with minidl.plots:
 training curves, the test confusion matrix, the first conv's filters, the feature maps of one test
@@ -77,17 +77,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-samples", type=int, default=12000)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--output", default=IMAGES, help="folder of the pictures (default docs/img)")
     args = parser.parse_args(argv)
     model, history, x_test, y_test = train_seed_cnn(args.train_samples, args.epochs)
     predicted = model.predict(x_test, batch_size=256).argmax(axis=1)
     print(f"test accuracy {np.mean(predicted == y_test):.4f}")
-    written = [plots.plot_history(history, os.path.join(IMAGES, "training_curves.png")),
+    written = [plots.plot_history(history, os.path.join(args.output, "training_curves.png")),
                plots.plot_confusion_matrix(metrics.confusion_matrix(y_test, predicted, 10),
-                                           os.path.join(IMAGES, "confusion_matrix.png"), FASHION_MNIST_CLASSES),
-               plots.plot_filters(model, os.path.join(IMAGES, "filters.png")),
-               plots.plot_feature_maps(model, x_test[0], os.path.join(IMAGES, "feature_maps.png")),
-               plots.plot_network(model, os.path.join(IMAGES, "network.png")),
-               plot_optimizer_paths(os.path.join(IMAGES, "optimizer_paths.png"))]
+                                           os.path.join(args.output, "confusion_matrix.png"), FASHION_MNIST_CLASSES),
+               plots.plot_filters(model, os.path.join(args.output, "filters.png")),
+               plots.plot_feature_maps(model, x_test[0], os.path.join(args.output, "feature_maps.png")),
+               plots.plot_network(model, os.path.join(args.output, "network.png")),
+               plot_optimizer_paths(os.path.join(args.output, "optimizer_paths.png"))]
     for path in written:
         print(f"{path}: {os.path.getsize(path) // 1024} KiB")
 

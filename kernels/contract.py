@@ -68,7 +68,8 @@ KERNELS = {
     "regularize_grad": (("grad", "param", "l1", "l2"), "in place: grad += l1 sign(param) + 2 l2 param"),
     "regularization_penalty": (("param", "l1", "l2"), "l1 sum|w| + l2 sum w^2 (a Python float)"),
     # joining tensors (merge layers); axis is a non-negative axis index
-    "concatenate": (("parts", "axis"), "a list of arrays equal but on axis, joined along it: (N, H, W, C_i) -> (N, H, W, sum C_i)"),
+    "concatenate": (("parts", "axis"),
+                    "a list of arrays equal but on axis, joined along it: (N, H, W, C_i) -> (N, H, W, sum C_i)"),
     "split": (("x", "sizes", "axis"), "inverse of concatenate: x -> [arrays], the i-th holding sizes[i] of axis"),
     # optimizer updates, in place on param and its slots
     "sgd_update": (("param", "grad", "velocity", "lr", "momentum", "nesterov"), "in place: Keras's SGD"),

@@ -7,14 +7,20 @@ OUT is ``.keras``, ``.h5`` or ``.minidl`` (:func:`minidl.saving.save_model`) or 
 
 import os
 
-from minidl.saving import load_model
+from minidl.saving import SAVE_SUFFIXES, load_model
+
+TARGET_SUFFIXES = (*SAVE_SUFFIXES["save_model"], ".onnx")
 
 
 def convert(source, target):
     """Load ``source`` and write it to ``target`` in the format ``target``'s suffix names; returns
-    the model."""
+    the model.  A ``target`` suffix that names no format is refused before ``source`` is read."""
+    suffix = os.path.splitext(os.fspath(target))[1].lower()
+    if suffix not in TARGET_SUFFIXES:
+        raise ValueError(f"{os.fspath(target)}: OUT must end in {', '.join(TARGET_SUFFIXES)} (the format to "
+                         f"write), got {suffix or 'no suffix'!r}")
     model = load_model(source)
-    if os.path.splitext(os.fspath(target))[1].lower() == ".onnx":
+    if suffix == ".onnx":
         model.export(target, format="onnx")
     else:
         model.save(target)

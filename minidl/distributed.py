@@ -54,6 +54,9 @@ DEFAULT_BUCKET_BYTES = 64 * 1024
 #: seconds the ranks that timed out spend finding out which ranks still answer
 ROLL_CALL_SECONDS = 2.0
 ROLL_CALL_TAG = 7117
+#: a waiting rank gives its core away between polls (``MINIDL_MPI_YIELD=0``: spin, as MPICH does);
+#: where ranks share cores with other work, a spinning rank steals time from the ranks it waits for
+YIELD_WHILE_WAITING = os.environ.get("MINIDL_MPI_YIELD", "1") != "0"
 #: the counters a metric sums over its samples (see :mod:`minidl.metrics`); summed over the ranks
 ADDITIVE_METRIC_STATE = ("total", "count", "correct", "hits", "matrix")
 
@@ -66,6 +69,20 @@ def mpi():
         raise ImportError("distributed training needs mpi4py and an MPI library: "
                           "pip install 'minidl[distributed]'") from error
     return MPI
+
+
+def timeout_seconds(timeout):
+    """``timeout``, else ``MINIDL_MPI_TIMEOUT``, else :data:`DEFAULT_TIMEOUT`, as positive seconds."""
+    origin = "DataParallel: timeout"
+    if timeout is None:
+        origin, timeout = "MINIDL_MPI_TIMEOUT", os.environ.get("MINIDL_MPI_TIMEOUT", DEFAULT_TIMEOUT)
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ValueError(f"{origin} must be a positive number of seconds, got {timeout!r}")
+    return seconds
 
 
 def strategy_for(distributed):
@@ -122,10 +139,7 @@ class DataParallel:
         if not isinstance(bucket_bytes, int) or bucket_bytes < 1:
             raise ValueError(f"DataParallel: bucket_bytes must be a positive int, got {bucket_bytes!r}")
         self.bucket_bytes, self.overlap = bucket_bytes, bool(overlap)
-        timeout = float(os.environ.get("MINIDL_MPI_TIMEOUT", DEFAULT_TIMEOUT)) if timeout is None else timeout
-        if not timeout > 0:
-            raise ValueError(f"DataParallel: timeout must be a positive number of seconds, got {timeout!r}")
-        self.timeout = float(timeout)
+        self.timeout = timeout_seconds(timeout)
         self.buckets = None
         self.stats = {"steps": 0, "bytes_per_step": 0, "buckets": 0, "wait_seconds": 0.0}
 
@@ -141,6 +155,8 @@ class DataParallel:
         :class:`RankFailure` naming the ranks that no longer answer."""
         deadline = time.monotonic() + self.timeout
         while not request.Test():
+            if YIELD_WHILE_WAITING:
+                os.sched_yield()
             if time.monotonic() > deadline:
                 silent = self.silent_ranks()
                 raise RankFailure(f"rank {self.rank} of {self.ranks}: rank(s) {silent or 'unknown'} did not "
@@ -234,11 +250,11 @@ class DataParallel:
     def start(self, model, verbose=0):
         """Before the first step: the same weights and optimizer state on every rank, the gradient
         buckets laid out, and (with ``verbose``) rank 0 names every rank's process."""
+        self.broadcast_model(model)  # first: it waits for the other ranks at most ``timeout`` seconds
         places = self.comm.allgather((os.getpid(), socket.gethostname()))
         if verbose and self.is_chief:
             print(f"data-parallel over {self.ranks} ranks: " + ", ".join(
                 f"rank {rank} pid {pid} on {host}" for rank, (pid, host) in enumerate(places)), flush=True)
-        self.broadcast_model(model)
         self.buckets = GradientBuckets(self, model)
         self.stats.update(bytes_per_step=self.buckets.nbytes, buckets=len(self.buckets.buckets))
 
@@ -296,10 +312,17 @@ class GradientBuckets:
             bucket.request = None
 
     def step_done(self, step):
-        """Called after ``step``'s backward: with ``overlap``, start the bucket it completes."""
+        """Called after ``step``'s backward: with ``overlap``, start the bucket it completes, and let
+        MPI advance the buckets already started (MPICH moves a non-blocking reduction on only
+        inside MPI calls, so without this they would wait for :meth:`finish`)."""
+        if not self.strategy.overlap:
+            return
         bucket = self.last_step_of.get(step)
-        if bucket is not None and self.strategy.overlap:
+        if bucket is not None:
             self.start(bucket)
+        for started in self.buckets:
+            if started.request is not None:
+                started.request.Test()
 
     def start(self, bucket):
         bucket.pack(self.samples)

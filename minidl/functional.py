@@ -44,7 +44,9 @@ def Input(shape, name=None, batch_size=None, dtype="float32"):  # noqa: N802 (Ke
     """A model's input: a :class:`SymbolicTensor` of per-sample ``shape`` (without the batch axis).
 
     Call layers on it to build a functional ``Model``, or give it as the first entry of a
-    ``Sequential`` to fix that model's input shape.  ``dtype`` is float32 or float64.
+    ``Sequential`` to fix that model's input shape.  ``batch_size`` shows in ``shape`` only: a model
+    takes batches of any size.  ``dtype`` (float32 or float64) is the input's; as in Keras, each
+    layer computes in its own dtype (float32 unless given; ``model.cast("float64")`` converts all).
     """
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
     if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
@@ -68,7 +70,7 @@ def call_on_symbols(layer, inputs):
     kind = f"layer {layer.name!r} ({type(layer).__name__})"
     several = isinstance(inputs, (list, tuple))
     if several != layer.takes_several_inputs:
-        wanted = "a list of tensors" if layer.takes_several_inputs else "one tensor, not a list"
+        wanted = "a list of inputs" if layer.takes_several_inputs else "one tensor, not a list"
         raise TypeError(f"{kind} is called on {wanted}")
     if layer.__dict__.get("symbolic_output") is not None:
         raise ValueError(f"{kind} is already called in a functional model; a layer instance can be called "

@@ -25,9 +25,9 @@ file (no compression filters, external files, links or virtual datasets).  Any p
 Each entry of :data:`KERAS_LAYERS` is one Keras class: the minidl layer it becomes, the Keras
 arguments passed on to it (minidl uses Keras's names), and the Keras arguments minidl does not
 implement with the only values accepted for them (their Keras defaults, which are also written).
-A layer's weights are its ``get_weights()``, which follow Keras's order.  Functional models are read
-when their graph is a chain of layers (:func:`functional_chain`); graphs with branches need a
-functional ``Model`` to become.
+A layer's weights are its ``get_weights()``, which follow Keras's order.  Sequential models become a
+minidl ``Sequential``, functional ones a ``Model`` with the same graph (:func:`functional_graph`:
+one input, one output, each layer called once).
 """
 
 import dataclasses
@@ -45,7 +45,7 @@ import numpy as np
 from minidl import initializers, layers, losses, metrics, optimizers, validation
 from minidl.layers.activations import ACTIVATION_NAMES
 from minidl.layers.base import parameters_as_placeholders
-from minidl.model import Sequential
+from minidl.model import Model, Sequential
 from minidl.saving import MAX_JSON_BYTES, ModelFileError, parameter_shapes, require_built
 from minidl.utils import atomic_write
 
@@ -117,11 +117,13 @@ def write_regularizer(config):
 
 #: readers (Keras value -> minidl argument) and writers (minidl config value -> Keras value) of the
 #: arguments that are objects rather than plain numbers and strings
-VALUE_READERS = {"activation": read_activation, "kernel_initializer": read_initializer,
-                 "bias_initializer": read_initializer, "kernel_regularizer": read_regularizer,
-                 "bias_regularizer": read_regularizer}
-VALUE_WRITERS = {"kernel_initializer": write_initializer, "bias_initializer": write_initializer,
-                 "kernel_regularizer": write_regularizer, "bias_regularizer": write_regularizer}
+INITIALIZER_ARGUMENTS = ("kernel_initializer", "bias_initializer", "beta_initializer", "gamma_initializer",
+                         "moving_mean_initializer", "moving_variance_initializer")
+REGULARIZER_ARGUMENTS = ("kernel_regularizer", "bias_regularizer", "beta_regularizer", "gamma_regularizer")
+VALUE_READERS = {"activation": read_activation, **dict.fromkeys(INITIALIZER_ARGUMENTS, read_initializer),
+                 **dict.fromkeys(REGULARIZER_ARGUMENTS, read_regularizer)}
+VALUE_WRITERS = {**dict.fromkeys(INITIALIZER_ARGUMENTS, write_initializer),
+                 **dict.fromkeys(REGULARIZER_ARGUMENTS, write_regularizer)}
 
 
 def keras_object(value, known, kind, where):
@@ -218,11 +220,27 @@ KERAS_LAYERS = {
     "ReLU": LayerFormat(layers.ReLU, (), {"max_value": (None,), "negative_slope": (0.0,), "threshold": (0.0,)}),
     "LeakyReLU": LayerFormat(layers.LeakyReLU, ("negative_slope", "alpha")),
     "Softmax": LayerFormat(layers.Softmax, (), {"axis": (-1,)}),
+    "BatchNormalization": LayerFormat(
+        layers.BatchNormalization,
+        ("axis", "momentum", "epsilon", "center", "scale", "beta_initializer", "gamma_initializer",
+         "moving_mean_initializer", "moving_variance_initializer", "beta_regularizer", "gamma_regularizer"),
+        {"beta_constraint": (None,), "gamma_constraint": (None,), "synchronized": (False,),
+         "renorm": (False,), "renorm_clipping": (None,), "renorm_momentum": (0.99,)}),
+    "GlobalAveragePooling2D": LayerFormat(layers.GlobalAveragePooling2D, ("keepdims",),
+                                          {"data_format": CHANNELS_LAST}),
+    "GlobalMaxPooling2D": LayerFormat(layers.GlobalMaxPooling2D, ("keepdims",), {"data_format": CHANNELS_LAST}),
+    "Reshape": LayerFormat(layers.Reshape, ("target_shape",)),
+    "Rescaling": LayerFormat(layers.Rescaling, ("scale", "offset")),
+    "ZeroPadding2D": LayerFormat(layers.ZeroPadding2D, ("padding",), {"data_format": CHANNELS_LAST}),
+    "Add": LayerFormat(layers.Add),
+    "Concatenate": LayerFormat(layers.Concatenate, ("axis",)),
 }
 #: Keras 2 class names of the same layers
-KERAS_ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D"}
+KERAS_ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D",
+                 "GlobalAvgPool2D": "GlobalAveragePooling2D", "GlobalMaxPool2D": "GlobalMaxPooling2D"}
 #: arguments at their defaults that minidl leaves out when writing, so that every Keras 3 reads the file
-ARGUMENTS_OF_RECENT_KERAS = ("quantization_config", "lora_rank", "lora_alpha")
+ARGUMENTS_OF_RECENT_KERAS = ("quantization_config", "lora_rank", "lora_alpha", "renorm", "renorm_clipping",
+                             "renorm_momentum")
 #: InputLayer's arguments: the shape is read, the rest must be Keras's defaults
 INPUT_LAYER_FIXED = {"sparse": (False,), "ragged": (False,), "optional": (False,)}
 
@@ -316,17 +334,23 @@ def sequential_layers(model_config):
     return config["layers"]
 
 
+#: keyword arguments a functional config may record for a call, accepted at their default (None)
+CALL_KEYWORDS_AT_DEFAULT = ("mask", "training")
+
+
 def tensor_sources(call):
     """The layer names whose outputs one call of a layer takes: Keras 3 writes
     ``{"args": [{"class_name": "__keras_tensor__", "config": {"keras_history": [name, 0, 0]}}]}``,
     Keras 2 ``[[name, 0, 0, {}], ...]``."""
     if isinstance(call, dict):
-        arguments = call.get("args")
-        if not isinstance(arguments, list) or call.get("kwargs") not in ({}, None):
+        arguments, keywords = call.get("args"), call.get("kwargs") or {}
+        if (not isinstance(arguments, list) or not isinstance(keywords, dict)
+                or any(key not in CALL_KEYWORDS_AT_DEFAULT or value is not None for key, value in keywords.items())):
             refuse(f"a layer call with arguments minidl does not read: {call!r:.200}")
         if len(arguments) == 1 and isinstance(arguments[0], list):
             arguments = arguments[0]
-        histories = [argument.get("config", {}).get("keras_history") if isinstance(argument, dict) else None
+        histories = [argument["config"].get("keras_history")
+                     if isinstance(argument, dict) and isinstance(argument.get("config"), dict) else None
                      for argument in arguments]
     elif isinstance(call, list):
         histories = call
@@ -347,72 +371,103 @@ def endpoint_names(value, what):
     return [item[0] for item in value]
 
 
-def functional_chain(model_config):
-    """The layer entries of a functional config, in order, when its graph is a chain: one input,
-    one output, every layer called once on the previous layer's output.  Graphs with branches or
-    merges are refused, naming the layer where the chain splits."""
+def functional_graph(model_config):
+    """``(input entry, [(layer entry, source names)])`` of a functional config, in the config's order
+    (Keras writes a layer after the layers it reads).  One input and one output; each layer called
+    once on tensors that earlier entries write."""
     config = model_config.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
         refuse("the functional config has no 'layers' list")
-    entries = {}
-    for entry in config["layers"]:
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or name in entries:
-            refuse(f"the functional config has a layer without a unique name: {entry!r:.200}")
-        entries[name] = entry
     inputs = endpoint_names(config.get("input_layers"), "input_layers")
     outputs = endpoint_names(config.get("output_layers"), "output_layers")
     if len(inputs) != 1 or len(outputs) != 1:
         refuse(f"the model has inputs {inputs} and outputs {outputs}; minidl reads one of each")
-    chain, name = [], outputs[0]
-    while name != inputs[0]:
-        entry = entries.get(name)
-        if entry is None:
-            refuse(f"the functional config names layer {name!r:.100}, which it does not define")
-        calls = entry.get("inbound_nodes")
-        sources = tensor_sources(calls[0]) if isinstance(calls, list) and len(calls) == 1 else None
-        if sources is None or len(sources) != 1:
-            refuse(f"layer {name!r:.100} takes {len(sources) if sources else 'several'} inputs or is called "
-                   f"more than once: this graph is not a chain of layers, which is what minidl reads "
-                   f"(functional graphs need minidl's functional Model)")
-        chain.append(entry)
-        name = sources[0]
-        if len(chain) > len(entries):
-            refuse("the functional config's layers form a cycle")
-    if len(chain) + 1 != len(entries):
-        unused = sorted(set(entries) - {entry["name"] for entry in chain} - {inputs[0]})
-        refuse(f"layers {unused} are not on the path from the input to the output: this graph is not a "
-               f"chain of layers, which is what minidl reads")
-    return [entries[inputs[0]], *reversed(chain)]
+    input_entry, calls, written = None, [], set()
+    for entry in config["layers"]:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or name in written:
+            refuse(f"the functional config has a layer without a unique name: {entry!r:.200}")
+        written.add(name)
+        if name == inputs[0]:
+            input_entry = entry
+            continue
+        nodes = entry.get("inbound_nodes")
+        if not isinstance(nodes, list) or len(nodes) != 1:
+            refuse(f"layer {name!r:.100} is called {len(nodes) if isinstance(nodes, list) else 'an unknown number of'}"
+                   f" times; minidl reads layers called once (no shared layers)")
+        sources = tensor_sources(nodes[0])
+        if not sources:
+            refuse(f"layer {name!r:.100} is called on no tensor")
+        unknown = [source for source in sources if source not in written or source == name]
+        if unknown:
+            refuse(f"layer {name!r:.100} reads {unknown}, which no earlier layer writes")
+        calls.append((entry, sources))
+    if input_entry is None or outputs[0] not in written:
+        refuse(f"the functional config does not define its input {inputs[0]!r:.100} and output {outputs[0]!r:.100}")
+    return input_entry, calls
 
 
-MODEL_READERS = {"Sequential": sequential_layers, "Functional": functional_chain, "Model": functional_chain}
+def sequential_from_config(model_config, name):
+    """``(Sequential, its layers in the file's order)`` from a Sequential config."""
+    model = Sequential(name=name)
+    for index, entry in enumerate(sequential_layers(model_config)):
+        layer, shape = read_layer(entry, index)
+        if shape is not None and model.input_shape is None and not model.layers:
+            model.add(layers.Input(shape))
+        if layer is not None:
+            try:
+                model.add(layer)
+            except (TypeError, ValueError) as error:
+                refuse(f"layer {layer.name!r}: {error}")
+    return model, model.layers
+
+
+def functional_from_config(model_config, name):
+    """``(Model, its layers in the file's order)`` from a functional config: each layer called on
+    the tensors its entry names, as the model was built."""
+    input_entry, calls = functional_graph(model_config)
+    _, shape = read_layer(input_entry, 0)
+    tensors = {input_entry["name"]: layers.Input(shape, name=input_entry["name"],
+                                                 dtype=read_dtype(input_entry["config"].get("dtype", "float32"),
+                                                                  "the input"))}
+    ordered = []
+    for index, (entry, sources) in enumerate(calls, start=1):
+        layer, _ = read_layer(entry, index)
+        if layer is None:
+            refuse(f"layer {entry['name']!r:.100}: a second InputLayer; minidl models have one input")
+        inbound = [tensors[source] for source in sources]
+        try:
+            tensors[entry["name"]] = layer(inbound if layer.takes_several_inputs else inbound[0])
+        except (TypeError, ValueError) as error:
+            refuse(f"layer {layer.name!r}: {error}")
+        ordered.append(layer)
+    output = endpoint_names(model_config["config"]["output_layers"], "output_layers")[0]
+    try:
+        return Model(tensors[input_entry["name"]], tensors[output], name=name), ordered
+    except (TypeError, ValueError) as error:
+        refuse(str(error))
+
+
+MODEL_READERS = {"Sequential": sequential_from_config, "Functional": functional_from_config,
+                 "Model": functional_from_config}
 
 
 def model_from_config(model_config):
-    """A minidl Sequential with placeholder parameters (no memory) from a Keras model config."""
-    if not isinstance(model_config, dict) or model_config.get("class_name") not in MODEL_READERS:
-        class_name = model_config.get("class_name") if isinstance(model_config, dict) else model_config
+    """``(model, its layers in the file's order)`` with placeholder parameters (no memory) from a
+    Keras model config: a ``Sequential``, or a functional ``Model``."""
+    class_name = model_config.get("class_name") if isinstance(model_config, dict) else model_config
+    if not isinstance(class_name, str) or class_name not in MODEL_READERS:
         refuse(f"the model class {class_name!r:.100} is not one minidl reads; readable: {sorted(MODEL_READERS)}")
     refuse_custom_object(model_config, "the model")
-    entries = MODEL_READERS[model_config["class_name"]](model_config)
-    name = model_config["config"].get("name", "sequential")
-    model = Sequential(name=name if isinstance(name, str) else "sequential")
-    input_shape = None
+    if not isinstance(model_config.get("config"), dict):
+        refuse("the model has no config")
+    name = model_config["config"].get("name")
     with parameters_as_placeholders():
-        for index, entry in enumerate(entries):
-            layer, shape = read_layer(entry, index)
-            if shape is not None and input_shape is None and not model.layers:
-                input_shape = shape
-                model.add(layers.Input(shape))
-            if layer is not None:
-                try:
-                    model.add(layer)
-                except ValueError as error:
-                    refuse(f"layer {layer.name!r}: {error}")
+        model, ordered = MODEL_READERS[model_config["class_name"]](
+            model_config, name if isinstance(name, str) else "model")
     if not model.layers or not model.built:
         refuse("the model declares no input shape (no InputLayer or batch_shape), or no layers")
-    return model
+    return model, ordered
 
 
 # ------------------------------------------------------------------------- compile settings
@@ -496,7 +551,7 @@ def compile_from(model, compile_config):
 
 
 def layer_weight_shapes(layer):
-    return [tuple(layer.params[key].shape) for key in layer.weight_order if key in layer.params]
+    return [tuple(array.shape) for _, array in layer.weights()]
 
 
 def hdf5_member(group, name, where):
@@ -543,11 +598,11 @@ def refuse_more_parameters_than_bytes(model, file_bytes):
                f"can hold")
 
 
-def keras3_layer_paths(model):
+def keras3_layer_paths(ordered_layers):
     """Each layer's group in a Keras 3 weights file: its Keras class in snake case, made unique in
-    order (``conv2d``, ``conv2d_1``, ...), as Keras names them."""
+    the model's order (``conv2d``, ``conv2d_1``, ...), as Keras names them."""
     used, paths = {}, []
-    for layer in model.layers:
+    for layer in ordered_layers:
         name = snake_case(keras_class_of(layer)[0])
         used[name] = used.get(name, -1) + 1
         paths.append(name if used[name] == 0 else f"{name}_{used[name]}")
@@ -560,10 +615,13 @@ def snake_case(class_name):
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def keras3_weights(model, h5_file):
-    """Every weight of ``model`` from a Keras 3 ``model.weights.h5``, in ``get_weights`` order."""
+def keras3_weights(model, ordered_layers, h5_file):
+    """Every weight of ``model`` from a Keras 3 ``model.weights.h5``, in ``get_weights`` order;
+    ``ordered_layers`` are the layers in the file's order, which names their groups."""
+    paths = dict(zip(map(id, ordered_layers), keras3_layer_paths(ordered_layers)))
     weights = []
-    for layer, path in zip(model.layers, keras3_layer_paths(model)):
+    for layer in model.layers:
+        path = paths[id(layer)]
         shapes = layer_weight_shapes(layer)
         if not shapes:
             continue
@@ -653,10 +711,10 @@ def model_from_keras_archive(path):
     members = archive_members(path)
     refuse_keras_2_archive(members)
     model_config = parse_json(members["config.json"], "config.json")
-    model = model_from_config(model_config)
+    model, ordered_layers = model_from_config(model_config)
     refuse_more_parameters_than_bytes(model, len(members["model.weights.h5"]))
     with h5py.File(io.BytesIO(members["model.weights.h5"]), "r") as h5_file:
-        model.set_weights(keras3_weights(model, h5_file))
+        model.set_weights(keras3_weights(model, ordered_layers, h5_file))
     compile_from(model, model_config.get("compile_config"))
     return model
 
@@ -668,7 +726,7 @@ def model_from_legacy_h5(path):
             refuse("an HDF5 file without a 'model_config' attribute: not a Keras model file (a weights-only "
                    "file? build the model and use set_weights)")
         model_config = parse_json(h5_file.attrs["model_config"], "the model_config attribute")
-        model = model_from_config(model_config)
+        model, _ = model_from_config(model_config)
         refuse_more_parameters_than_bytes(model, os.path.getsize(path))
         model.set_weights(legacy_weights(model, hdf5_member(h5_file, "model_weights", "the file")))
         if "training_config" in h5_file.attrs:
@@ -697,20 +755,28 @@ def is_keras_file(path):
     return "manifest.json" not in names and ("config.json" in names or os.fspath(path).lower().endswith(".keras"))
 
 
+def require_h5py(path):
+    """Keras files keep their weights in HDF5: without h5py, say which extra installs it."""
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{os.fspath(path)}: Keras files (.keras, .h5) need h5py: "
+                          f"pip install 'minidl[keras-files]'") from None
+
+
 def load_keras_model(path):
     """A minidl model from a Keras 3 ``.keras`` archive or a legacy Keras ``.h5`` file (compiled when
     the file's compile settings are ones minidl has).  Needs ``h5py`` (``pip install minidl[keras-files]``)."""
     path = os.fspath(path)
-    try:
-        import h5py  # noqa: F401  (the weights are HDF5)
-    except ImportError:
-        raise ImportError(f"{path}: reading Keras files needs h5py: pip install 'minidl[keras-files]'") from None
+    require_h5py(path)
     try:
         return model_from_legacy_h5(path) if is_hdf5(path) else model_from_keras_archive(path)
     except KerasFileProblem as problem:
         raise ModelFileError(path, str(problem)) from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as error:
         raise ModelFileError(path, f"not a readable Keras file, or truncated/corrupt ({error})") from None
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as error:  # unforeseen values
+        raise ModelFileError(path, f"invalid Keras model: {type(error).__name__}: {error}") from None
 
 
 # ------------------------------------------------------------------------------ writing
@@ -738,14 +804,60 @@ def write_layer(layer):
             config[argument] = VALUE_WRITERS.get(argument, lambda value: value)(minidl_config[argument])
     config.update({argument: accepted[0] for argument, accepted in layer_format.fixed.items()
                    if argument not in ARGUMENTS_OF_RECENT_KERAS})
+    input_shape = ([[None, *shape] for shape in layer.input_shape] if layer.takes_several_inputs
+                   else [None, *layer.input_shape])
     return {"module": "keras.layers", "class_name": class_name, "config": config, "registered_name": None,
-            "build_config": {"input_shape": [None, *layer.input_shape]}}
+            "build_config": {"input_shape": input_shape}}
 
 
-def input_layer_config(model):
+def input_layer_config(model, name="input_layer"):
     return {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
             "config": {"batch_shape": [None, *model.input_shape], "dtype": model.dtype.name,
-                       "sparse": False, "name": "input_layer"}}
+                       "sparse": False, "name": name}}
+
+
+def keras_tensor(tensor):
+    """How a functional config names a layer's input: the tensor's shape and the layer that wrote it."""
+    return {"class_name": "__keras_tensor__",
+            "config": {"shape": [None, *tensor.sample_shape], "dtype": tensor.dtype.name,
+                       "keras_history": [tensor.name, 0, 0]}}
+
+
+def keras_layer_order(model):
+    """``model``'s layers in the order Keras keeps them, which names their weight groups (and pairs
+    them with a legacy file's by position): a Sequential's own order; for a functional graph, the
+    layers farthest from the output first (depth: the longest path to it), ties in the order a
+    depth-first walk from the output, inputs in order, first reaches them."""
+    if isinstance(model, Sequential):
+        return list(model.layers)
+    tensors, graph = {}, model.graph
+    first_reached, pending = {}, [graph.output]
+    while pending:
+        tensor = pending.pop()
+        if tensor.layer is None or id(tensor) in first_reached:
+            continue
+        first_reached[id(tensor)] = len(first_reached)
+        tensors[id(tensor)] = tensor
+        pending.extend(reversed(tensor.inputs))
+    depth = {id(graph.output): 0}
+    for tensor in reversed(graph.tensors):  # the output first, each tensor before those it reads
+        for source in tensor.inputs:
+            depth[id(source)] = max(depth.get(id(source), 0), depth.get(id(tensor), 0) + 1)
+    ordered = sorted(tensors.values(), key=lambda t: (-depth[id(t)], first_reached[id(t)]))
+    return [tensor.layer for tensor in ordered]
+
+
+def functional_layers(model):
+    """A functional Model's layer entries: the InputLayer, then each layer (in Keras's order) with
+    the call that feeds it."""
+    graph = model.graph
+    entries = [{**input_layer_config(model, graph.input.name), "name": graph.input.name, "inbound_nodes": []}]
+    tensor_of = {id(tensor.layer): tensor for tensor in graph.tensors}
+    for tensor in (tensor_of[id(layer)] for layer in keras_layer_order(model)):
+        arguments = [keras_tensor(source) for source in tensor.inputs]
+        call = {"args": [arguments if tensor.layer.takes_several_inputs else arguments[0]], "kwargs": {}}
+        entries.append({**write_layer(tensor.layer), "name": tensor.layer.name, "inbound_nodes": [call]})
+    return entries
 
 
 def write_compile_config(model):
@@ -768,10 +880,18 @@ def write_compile_config(model):
 
 
 def keras_model_config(model):
-    config = {"module": "keras", "class_name": "Sequential", "registered_name": None,
-              "config": {"name": model.name, "trainable": True, "dtype": write_dtype(model.dtype.name),
-                         "layers": [input_layer_config(model), *map(write_layer, model.layers)]},
-              "build_config": {"input_shape": [None, *model.input_shape]}}
+    """Keras's config of ``model``: a ``Sequential``, or a ``Functional`` with its graph."""
+    base = {"name": model.name, "trainable": True, "dtype": write_dtype(model.dtype.name)}
+    if isinstance(model, Sequential):
+        config = {"module": "keras", "class_name": "Sequential", "registered_name": None,
+                  "config": {**base, "layers": [input_layer_config(model), *map(write_layer, model.layers)]}}
+    else:
+        config = {"module": "keras.src.models.functional", "class_name": "Functional",
+                  "registered_name": "Functional",
+                  "config": {**base, "layers": functional_layers(model),
+                             "input_layers": [model.graph.input.name, 0, 0],
+                             "output_layers": [model.graph.output.name, 0, 0]}}
+    config["build_config"] = {"input_shape": [None, *model.input_shape]}
     compile_config = write_compile_config(model)
     if compile_config is not None:
         config["compile_config"] = compile_config
@@ -784,7 +904,8 @@ def keras3_weights_bytes(model):
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5_file:
         h5_file.create_group("vars")
-        for layer, path in zip(model.layers, keras3_layer_paths(model)):
+        ordered = keras_layer_order(model)
+        for layer, path in zip(ordered, keras3_layer_paths(ordered)):
             stored = h5_file.create_group(f"layers/{path}/vars")
             for index, weight in enumerate(layer.get_weights()):
                 stored.create_dataset(str(index), data=weight)
@@ -795,6 +916,7 @@ def save_keras_archive(model, path):
     """Write ``model`` as a Keras 3 ``.keras`` archive that ``keras.models.load_model`` reads
     (atomically: a failure leaves the old file)."""
     require_built(model, "save")
+    require_h5py(path)
     members = {"metadata.json": json.dumps({"keras_version": KERAS_VERSION_WRITTEN,
                                             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}),
                "config.json": json.dumps(keras_model_config(model)),
@@ -820,10 +942,11 @@ def legacy_h5_bytes(model):
             optimizer_config = compile_config.pop("optimizer")
             h5_file.attrs["training_config"] = json.dumps({**compile_config, "optimizer_config": optimizer_config})
         model_weights = h5_file.create_group("model_weights")
-        model_weights.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
-        for layer in model.layers:
+        ordered = keras_layer_order(model)
+        model_weights.attrs["layer_names"] = [layer.name.encode() for layer in ordered]
+        for layer in ordered:
             group = model_weights.create_group(layer.name)
-            names = [f"{model.name}/{layer.name}/{key}" for key in layer.weight_order if key in layer.params]
+            names = [f"{model.name}/{layer.name}/{key}" for key, _ in layer.weights()]
             group.attrs["weight_names"] = [name.encode() for name in names]
             for name, weight in zip(names, layer.get_weights()):
                 group.create_dataset(name, data=weight)
@@ -833,6 +956,7 @@ def legacy_h5_bytes(model):
 def save_legacy_h5(model, path):
     """Write ``model`` as a legacy Keras ``.h5`` file (atomically: a failure leaves the old file)."""
     require_built(model, "save")
+    require_h5py(path)
     data = legacy_h5_bytes(model)
     with atomic_write(path) as file:
         file.write(data)

@@ -297,21 +297,6 @@ class Model:
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
 
-    def get_layer(self, name=None, index=None):
-        """The layer called ``name``, or the one at position ``index`` of :attr:`layers`."""
-        if (name is None) == (index is None):
-            raise ValueError(f"{self.name}: get_layer takes a name or an index, exactly one of them")
-        if index is not None:
-            if not isinstance(index, int) or not -len(self.layers) <= index < len(self.layers):
-                raise ValueError(f"{self.name}: layer index {index!r} is out of range for "
-                                 f"{len(self.layers)} layers")
-            return self.layers[index]
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise ValueError(f"{self.name}: no layer named {name!r}; the layers are "
-                         f"{[layer.name for layer in self.layers]}")
-
     def get_config(self):
         """The architecture as plain JSON data (no code): the input, then each layer's config with the
         names of the tensors it reads (the input's name or layers' names), in the graph's order."""
@@ -365,7 +350,7 @@ class Model:
         for index, row in enumerate(rows):
             lines.append("".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
             lines.append(rule if index == 0 else "-" * sum(widths))
-        trainable = sum(layer.count_params() for layer in self.layers if layer.trainable)
+        trainable = sum(layer.count_trainable_params() for layer in self.layers)
         lines += [f"Total params: {self.count_params():,}", f"Trainable params: {trainable:,}",
                   f"Non-trainable params: {self.count_params() - trainable:,}", *plan_lines(plan, self.optimize)]
         print_fn("\n".join(lines))

@@ -9,7 +9,7 @@ flattened order, and with it the Dense weights, are minidl's) and before the out
 
 Weights: a conv kernel ``(KH, KW, C_in, F)`` becomes ONNX's ``(F, C_in, KH, KW)`` (a transpose); a
 Dense kernel ``(D_in, units)`` is ``Gemm``'s ``B`` as it is.  Dropout is the identity at inference and
-is left out.  Each layer class has one converter in :data:`ONNX_CONVERTERS`; the model is walked
+is left out; BatchNormalization uses its moving statistics.  Each layer class has one converter in :data:`ONNX_CONVERTERS`; the model is walked
 through :meth:`layer_graph`, so a layer with several inputs (``Add``, ``Concatenate``) takes the
 tensors of its input nodes.  Needs ``onnx`` (``pip install 'minidl[onnx]'``).
 """
@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from minidl import layers
+from minidl.backend import ops
 from minidl.saving import require_built
 from minidl.utils import atomic_write
 
@@ -56,9 +57,15 @@ class GraphBuilder:
         return name
 
     def weight(self, hint, array):
-        """An initializer holding ``array`` in the model's dtype; returns its name."""
+        """An initializer holding ``array`` (a host or device array, or a number) in the model's dtype;
+        returns its name."""
+        return self.constant(hint, np.asarray(ops.to_host(array) if hasattr(array, "shape") else array,
+                                              dtype=self.dtype))
+
+    def constant(self, hint, array):
+        """An initializer holding the NumPy ``array`` as it is (e.g. int64 shapes); returns its name."""
         name = self.unique(hint)
-        self.initializers.append(self.numpy_helper.from_array(np.asarray(array, dtype=self.dtype), name))
+        self.initializers.append(self.numpy_helper.from_array(array, name))
         return name
 
     def node(self, op_type, inputs, hint, layout, **attributes):
@@ -150,12 +157,88 @@ def dropout_nodes(graph, layer, tensor):
     return tensor
 
 
+def batch_normalization_nodes(graph, layer, tensor):
+    """``BatchNormalization`` (inference: the moving statistics) over the channels, which ONNX takes
+    on axis 1: an image goes NCHW; ``gamma``/``beta`` switched off are ones/zeros."""
+    tensor = graph.in_layout(tensor, "NCHW")
+    weights = dict(layer.weights())
+    channels = layer.input_shape[-1]
+    gamma = weights["gamma"] if layer.scale else np.ones(channels)
+    beta = weights["beta"] if layer.center else np.zeros(channels)
+    inputs = [tensor.name] + [graph.weight(f"{layer.name}_{key}", value) for key, value in
+                              (("gamma", gamma), ("beta", beta), ("moving_mean", weights["moving_mean"]),
+                               ("moving_variance", weights["moving_variance"]))]
+    return graph.node("BatchNormalization", inputs, layer.name, tensor.layout,
+                      epsilon=layer.epsilon)
+
+
+def global_pooling_nodes(op_type):
+    """``GlobalAveragePool`` / ``GlobalMaxPool`` on NCHW, ``(N, C, 1, 1)``; without ``keepdims`` then
+    flattened to ``(N, C)`` (with it, ``(N, C, 1, 1)`` is minidl's ``(N, 1, 1, C)`` in NCHW)."""
+    def nodes(graph, layer, tensor):
+        tensor = graph.in_layout(tensor, "NCHW")
+        if layer.keepdims:
+            return graph.node(op_type, [tensor.name], layer.name, "NCHW")
+        pooled = graph.node(op_type, [tensor.name], f"{layer.name}_pooled", "NCHW")
+        return graph.node("Flatten", [pooled.name], layer.name, "plain", axis=1)
+    return nodes
+
+
+def zero_padding_nodes(graph, layer, tensor):
+    """``Pad`` with zeros on NCHW: ``[0, 0, top, left, 0, 0, bottom, right]``."""
+    tensor = graph.in_layout(tensor, "NCHW")
+    (top, bottom), (left, right) = layer.padding
+    pads = graph.constant(f"{layer.name}_pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64))
+    return graph.node("Pad", [tensor.name, pads], layer.name, "NCHW", mode="constant")
+
+
+def rescaling_nodes(graph, layer, tensor):
+    """``x * scale + offset`` (``Mul`` then ``Add`` by scalars); any layout."""
+    scaled = graph.node("Mul", [tensor.name, graph.weight(f"{layer.name}_scale", layer.scale)],
+                        f"{layer.name}_scaled", tensor.layout)
+    return graph.node("Add", [scaled.name, graph.weight(f"{layer.name}_offset", layer.offset)], layer.name,
+                      tensor.layout)
+
+
+def reshape_nodes(graph, layer, tensor):
+    """``Reshape`` of the NHWC tensor (minidl's order) to ``(N, *target_shape)``."""
+    tensor = graph.in_layout(tensor, "NHWC")
+    shape = graph.constant(f"{layer.name}_shape", np.array([-1, *layer.target_shape], np.int64))
+    return graph.node("Reshape", [tensor.name, shape], layer.name, image_layout(layer.target_shape))
+
+
+def common_layout(graph, tensors):
+    """The tensors in one layout, the first one's (a merge adds or joins like with like)."""
+    layout = next((tensor.layout for tensor in tensors if tensor.layout != "plain"), "plain")
+    return [graph.in_layout(tensor, layout) for tensor in tensors], layout
+
+
+def add_nodes(graph, layer, tensors):
+    """``Sum`` of the inputs, brought to one layout."""
+    tensors, layout = common_layout(graph, tensors)
+    return graph.node("Sum", [tensor.name for tensor in tensors], layer.name, layout)
+
+
+def concatenate_nodes(graph, layer, tensors):
+    """``Concat`` along minidl's axis, renumbered where the tensors are NCHW."""
+    tensors, layout = common_layout(graph, tensors)
+    axis = layer.batch_axis(len(layer.output_shape))
+    if layout == "NCHW":
+        axis = NHWC_TO_NCHW.index(axis)
+    return graph.node("Concat", [tensor.name for tensor in tensors], layer.name, layout, axis=axis)
+
+
 #: one converter per layer class, ``(graph, layer, input tensor) -> output tensor``; subclasses
 #: (``ReLU``, ``Softmax``, ...) use their base class's entry
 ONNX_CONVERTERS = {
     layers.Conv2D: conv2d_nodes, layers.MaxPooling2D: max_pooling_nodes,
     layers.AveragePooling2D: average_pooling_nodes, layers.Flatten: flatten_nodes, layers.Dense: dense_nodes,
     layers.Activation: activation_layer_nodes, layers.LeakyReLU: leaky_relu_nodes, layers.Dropout: dropout_nodes,
+    layers.BatchNormalization: batch_normalization_nodes,
+    layers.GlobalAveragePooling2D: global_pooling_nodes("GlobalAveragePool"),
+    layers.GlobalMaxPooling2D: global_pooling_nodes("GlobalMaxPool"), layers.ZeroPadding2D: zero_padding_nodes,
+    layers.Rescaling: rescaling_nodes, layers.Reshape: reshape_nodes, layers.Add: add_nodes,
+    layers.Concatenate: concatenate_nodes,
 }
 
 
@@ -201,7 +284,8 @@ def onnx_model(model):
 
 def export(model, path, format="onnx"):
     """Write ``model`` to ``path`` as an ONNX graph that passes ``onnx.checker`` (atomically: a
-    failure leaves the old file)."""
+    failure leaves the old file).  The graph computes in the model's dtype; onnxruntime's CPU
+    provider has no float64 ``Conv``, so export a float64 CNN after ``model.cast("float32")``."""
     if format != "onnx":
         raise ValueError(f"export: format {format!r} is not supported; minidl exports format='onnx' "
                          f"(use model.save for .keras, .h5 and .minidl files)")

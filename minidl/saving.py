@@ -34,8 +34,10 @@ parameters (no memory) and its shapes checked against the file's arrays before t
 Writes are atomic: the archive goes to a temporary file in the target folder, is fsync'ed, then
 renamed over the target, so a crash leaves either the old file or the new one.
 
-Weights from Keras: build the same architecture in minidl and call ``model.set_weights(
-keras_model.get_weights())`` (both are channels-last with the same kernel layouts).
+Keras's own files: :func:`save_model` writes ``.keras`` and ``.h5`` paths in Keras's formats and
+:func:`load_model` reads Keras files, both through :mod:`minidl.keras_format`.  Weights alone from
+Keras: build the same architecture in minidl and call ``model.set_weights(keras_model.get_weights())``
+(both are channels-last with the same kernel layouts).
 """
 
 import hashlib
@@ -152,7 +154,7 @@ def require_supported_suffix(path, function):
 def save_model(model, path, epoch=None):
     """Save ``model`` to ``path`` in the format its suffix names: ``.keras`` (Keras 3) and ``.h5``
     (legacy Keras) hold the architecture, weights and compile settings in Keras's own layout
-    (:mod:`minidl.keras_format`); any other suffix (``.minidl``) is the native file below."""
+    (:mod:`minidl.keras_format`); ``.minidl`` is the native file (:func:`save_native_model`)."""
     require_supported_suffix(path, "save_model")
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix in KERAS_SUFFIXES:

@@ -3,7 +3,7 @@
 A training step is: forward through the model's plan, the loss and its gradient w.r.t. the output,
 backward through the plan, weight penalties, one optimizer update.  Inputs are checked before any step
 runs, and a step whose gradients are not finite raises before the update, so a failed call never
-changes the weights.  :class:`minidl.model.Sequential`'s ``fit``, ``evaluate``, ``predict`` and
+changes the weights.  :class:`minidl.model.Model`'s ``fit``, ``evaluate``, ``predict`` and
 ``train_on_batch`` call the functions here.
 """
 
@@ -121,7 +121,7 @@ def prepare(model, verbose=0):
 
 def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
         validation_data=None, shuffle=True, initial_epoch=0, seed=None, augment=None, strategy=None):
-    """:meth:`minidl.model.Sequential.fit`; ``strategy`` a :class:`minidl.distributed.DataParallel`."""
+    """:meth:`minidl.model.Model.fit`; ``strategy`` a :class:`minidl.distributed.DataParallel`."""
     model.require_compiled("fit")
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
@@ -148,12 +148,12 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=N
         if strategy:
             base_seed = strategy.same_on_every_rank(base_seed)
         train = ArrayBatches(model, x, targets, (batch_size or 32) * ranks, shuffle, base_seed, augment)
+    if strategy and not strategy.is_chief:  # rank 0 alone prints and writes files
+        callbacks, verbose = [c for c in callbacks or [] if not c.writes_files], 0
     prepare(model, verbose)
     if strategy:
         train, validation = strategy.shards(train), strategy.shards(validation)
         strategy.start(model, verbose)
-        if not strategy.is_chief:
-            callbacks, verbose = [c for c in callbacks or [] if not c.writes_files], 0
     model.history = History()
     # user callbacks first, so History records what they add to the logs (e.g. learning_rate)
     all_callbacks = list(callbacks or []) + [model.history] + ([ProgbarLogger(verbose)] if verbose else [])
@@ -234,7 +234,7 @@ def evaluate_batches(model, batches, keep_outputs=False, strategy=None):
 
 
 def evaluate(model, x=None, y=None, batch_size=32, verbose=1, return_dict=False, report=False, strategy=None):
-    """:meth:`minidl.model.Sequential.evaluate`; ``strategy`` a :class:`minidl.distributed.DataParallel`."""
+    """:meth:`minidl.model.Model.evaluate`; ``strategy`` a :class:`minidl.distributed.DataParallel`."""
     model.require_compiled("evaluate")
     batch_size = checks.batch_size(batch_size, "evaluate")
     if is_loader(x):
@@ -242,11 +242,11 @@ def evaluate(model, x=None, y=None, batch_size=32, verbose=1, return_dict=False,
     else:
         x, targets = model.check_data(x, y)
         batches = ArrayBatches(model, x, targets, batch_size * (strategy.ranks if strategy else 1), shuffle=False)
+    if strategy:
+        batches, verbose = strategy.shards(batches), verbose if strategy.is_chief else 0
     prepare(model, verbose)
     if strategy:
-        batches = strategy.shards(batches)
         strategy.broadcast_model(model)
-        verbose = verbose if strategy.is_chief else 0
     logs, outputs = evaluate_batches(model, batches, keep_outputs=True, strategy=strategy) if report \
         else (evaluate_batches(model, batches, strategy=strategy), None)
     if verbose:
@@ -260,7 +260,7 @@ def evaluate(model, x=None, y=None, batch_size=32, verbose=1, return_dict=False,
 
 
 def predict(model, x, batch_size=32):
-    """:meth:`minidl.model.Sequential.predict`."""
+    """:meth:`minidl.model.Model.predict`."""
     batch_size = checks.batch_size(batch_size, "predict")
     if is_loader(x):
         batches = (x_batch for x_batch, _ in x)
@@ -274,7 +274,7 @@ def predict(model, x, batch_size=32):
 
 
 def train_on_batch(model, x, y):
-    """:meth:`minidl.model.Sequential.train_on_batch`."""
+    """:meth:`minidl.model.Model.train_on_batch`."""
     model.require_compiled("train_on_batch")
     x, targets = model.check_data(x, y)
     prepare(model)

@@ -163,7 +163,28 @@ def architecture(config, source):
         declared = layer["config"].get("input_shape")
         if declared is not None:
             input_shape_within_limits(declared, f"{source}: layer {index} 'input_shape'")
+    if config.get("class_name") == "Model":
+        graph_architecture(config, source)
     return config
+
+
+def graph_architecture(config, source):
+    """Check what a functional model's architecture (``Model.get_config()``) adds: an ``"input"``
+    with a string ``"name"`` and a ``"shape"``, each layer's ``"inbound"`` list of tensor names and
+    the ``"output"`` name."""
+    described = config.get("input")
+    if not isinstance(described, dict) or not isinstance(described.get("name"), str):
+        raise ValueError(f"{source}: a functional model's architecture needs an 'input' object with a "
+                         f"string 'name' and a 'shape', got {described!r}")
+    input_shape_within_limits(described.get("shape"), f"{source}: the input's 'shape'")
+    for index, layer in enumerate(config["layers"]):
+        inbound = layer.get("inbound")
+        if not isinstance(inbound, list) or not inbound or not all(isinstance(name, str) for name in inbound):
+            raise ValueError(f"{source}: layer {index} needs an 'inbound' list of the names of the tensors "
+                             f"it reads, got {inbound!r}")
+    if not isinstance(config.get("output"), str):
+        raise ValueError(f"{source}: a functional model's architecture needs the 'output' layer's name, "
+                         f"got {config.get('output')!r}")
 
 
 def input_shape_within_limits(shape, what):

@@ -1,7 +1,8 @@
 """A data-parallel training run for ``mpiexec -n N python3 tests/distributed_program.py SCENARIO FOLDER``,
 used by ``tests/test_distributed.py``.
 
-It trains the tiny CNN on 512 synthetic images for ``--epochs`` epochs (batch 16 per rank, SGD),
+It trains the tiny CNN on ``--samples`` synthetic images (512) for ``--epochs`` epochs (``--batch-size``
+16 per rank, SGD, ``--validation-split`` held out),
 saving a checkpoint in FOLDER after every epoch and the final model as ``FOLDER/final.minidl``.
 SCENARIO makes rank 1 misbehave in epoch 2 (the second epoch), after its 3rd batch:
 
@@ -68,22 +69,26 @@ def main():
     parser.add_argument("folder")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16, help="per rank")
+    parser.add_argument("--validation-split", type=float, default=0.0)
     args = parser.parse_args()
     strategy = DataParallel()
     minidl.utils.set_random_seed(0)
-    x, y = synthetic_images()
+    x, y = synthetic_images(args.samples)
     if args.resume:
         model = minidl.load_model(os.path.join(args.folder, "checkpoint-1.minidl"))
     else:
         model = presets.tiny_cnn((12, 12, 1), 4)
         model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
     checkpoint = callbacks.ModelCheckpoint(os.path.join(args.folder, "checkpoint-{epoch}.minidl"))
-    history = model.fit(x, y, batch_size=16, epochs=args.epochs, verbose=1, seed=5, distributed=strategy,
-                        initial_epoch=model.initial_epoch,
+    history = model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=1, seed=5, distributed=strategy,
+                        initial_epoch=model.initial_epoch, validation_split=args.validation_split,
                         callbacks=[Misbehave(args.scenario, strategy.rank), checkpoint])
     if strategy.is_chief:
         model.save(os.path.join(args.folder, "final.minidl"))
         print(f"epochs run: {history.epoch}", flush=True)
+        print(f"history: {history.history}", flush=True)
     return 0
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import minidl
 from minidl import layers, training
-from minidl.engine import passes
+from minidl.engine import conv_choice
 from minidl.presets import seed_cnn
 
 needs_cuda = pytest.mark.skipif(
@@ -52,7 +52,7 @@ def test_numba_and_numpy_train_the_seed_cnn_to_the_same_weights():
 
 @pytest.fixture
 def winograd_from_one_channel(monkeypatch):
-    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_choice, "WINOGRAD_MIN_CHANNELS", 1)
 
 
 def tiny_cnn():
@@ -129,6 +129,39 @@ def test_the_first_training_call_applies_the_process_settings_unless_told_not_to
               "print(os.environ.get('OMP_WAIT_POLICY'), numba.get_num_threads())")
     assert run_python(script) == ["PASSIVE", "1"]
     assert run_python(script, MINIDL_PROCESS_SETTINGS="0")[0] == "None"
+
+
+def keras_surface_cnn():
+    """The layers of the Keras surface in one small network."""
+    return minidl.Sequential([layers.Input((8, 8, 1)), layers.Rescaling(0.5, offset=-0.25), layers.ZeroPadding2D(1),
+                              layers.Conv2D(3, 3, use_bias=False), layers.BatchNormalization(), layers.ReLU(),
+                              layers.MaxPooling2D(2), layers.Conv2D(4, 3, activation="relu"),
+                              layers.GlobalMaxPooling2D(keepdims=True), layers.Reshape((2, 2)), layers.Flatten(),
+                              layers.BatchNormalization(center=False), layers.Dense(3, activation="softmax")])
+
+
+@needs_cuda
+def test_cuda_and_numpy_train_the_keras_surface_layers_to_the_same_weights_and_moving_statistics():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, 8)
+    reference = train("numpy", keras_surface_cnn, x, y, steps=2, batch_size=4)
+    assert_same_weights(reference, train("cuda", keras_surface_cnn, x, y, steps=2, batch_size=4), atol=1e-5)
+
+
+@needs_cuda
+def test_batch_normalization_keeps_its_moving_statistics_on_the_device():
+    from minidl.kernels import cuda
+
+    minidl.set_backend("cuda")
+    model = keras_surface_cnn()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x_batch = cuda.to_device(rng.random((4, 8, 8, 1), dtype=np.float32))
+    targets = cuda.to_device(model.loss.encode_targets(rng.integers(0, 3, 4), (3,), np.float32))
+    training.train_step(model, x_batch, targets)
+    cuda.reset_transfer_count()
+    training.train_step(model, x_batch, targets)
+    assert cuda.transfer_count() == 1 + sum(len(layer.params) for layer in model.layers)
 
 
 FIRST_FIT = """

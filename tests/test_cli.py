@@ -33,7 +33,7 @@ def assert_clean_error(result, *fragments):
         assert fragment in result.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "gradcheck", "bench"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "gradcheck", "bench", "convert"])
 def test_every_command_has_help(command):
     result = minidl_cli(command, "--help")
     assert result.returncode == 0 and "usage: minidl " + command in result.stdout
@@ -190,8 +190,7 @@ def test_resume_with_other_run_arguments_is_refused_naming_each_saved_and_given_
     assert first.returncode == 0, first.stderr
     saved_bytes = (tmp_path / "ckpt.minidl").read_bytes()
     resumed = minidl_cli(*common, "--model", "mlp", "--optimizer", "sgd", "--learning-rate", "0.1", "--seed", "4",
-                         "--epochs", "2", "--resume", tmp_path / "ckpt.minidl", "--checkpoint", tmp_path / "ckpt.minidl",
-                         cwd=tmp_path)
+                         "--epochs", "2", "--resume", tmp_path / "ckpt.minidl", "--checkpoint", tmp_path / "ckpt.minidl")
     assert_clean_error(resumed, "--model: saved 'tiny-cnn', given 'mlp'", "--optimizer: saved 'adam', given 'sgd'",
                        "--learning-rate: saved None, given 0.1", "--seed: saved 0, given 4")
     assert (tmp_path / "ckpt.minidl").read_bytes() == saved_bytes
@@ -204,7 +203,7 @@ def test_resume_on_another_dataset_is_refused_naming_the_datasets_and_class_coun
                          "--verbose", "0", "--checkpoint", tmp_path / "ckpt.minidl", "--output", tmp_path / "m.minidl")
     assert trained.returncode == 0, trained.stderr
     resumed = minidl_cli("train", "--model", "tiny-cnn", "--dataset", "shapes", "--limit", "32", "--epochs", "2",
-                         "--verbose", "0", "--resume", tmp_path / "ckpt.minidl", cwd=tmp_path)
+                         "--verbose", "0", "--resume", tmp_path / "ckpt.minidl")
     assert_clean_error(resumed, "--dataset: saved 'fashion_mnist', given 'shapes'",
                        "the saved model has 10 outputs, the dataset 3 classes")
 
@@ -255,6 +254,32 @@ def test_an_architecture_json_without_layers_is_refused_naming_the_file(tmp_path
     assert_clean_error(result, "arch.json: the architecture has no 'layers'", "expected Sequential.get_config()")
 
 
+KERAS_FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures", "keras")
+
+
+@pytest.mark.parametrize("target", ["cnn.onnx", "cnn.minidl", "cnn.h5"])
+def test_convert_writes_a_keras_file_in_the_format_of_the_target_suffix(target, tmp_path):
+    pytest.importorskip("h5py")
+    if target.endswith(".onnx"):
+        pytest.importorskip("onnx")
+    result = minidl_cli("convert", os.path.join(KERAS_FIXTURES, "sequential_cnn.keras"), tmp_path / target)
+    assert result.returncode == 0, result.stderr
+    assert "cnn (8 layers, 390 parameters)" in result.stdout and os.listdir(tmp_path) == [target]
+
+
+def test_convert_refuses_a_target_suffix_that_names_no_format(tmp_path):
+    result = minidl_cli("convert", os.path.join(KERAS_FIXTURES, "sequential_cnn.keras"), tmp_path / "cnn.pb")
+    assert_clean_error(result, "cnn.pb: OUT must end in .minidl, .keras, .h5, .onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_convert_refuses_a_lambda_layer_and_writes_nothing(tmp_path):
+    pytest.importorskip("h5py")
+    result = minidl_cli("convert", os.path.join(KERAS_FIXTURES, "lambda.keras"), tmp_path / "out.onnx")
+    assert_clean_error(result, "lambda.keras", "'Lambda' is not one minidl reads")
+    assert os.listdir(tmp_path) == []
+
+
 def test_version_prints_the_package_version():
     result = minidl_cli("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"minidl {minidl.__version__}"
@@ -292,8 +317,16 @@ def test_the_default_output_is_not_overwritten_without_overwrite(tmp_path):
     assert minidl.load_model(tmp_path / "model.minidl").count_params() > 0
 
 
-def test_an_output_with_a_suffix_no_format_has_is_refused_before_training(tmp_path):
-    result = minidl_cli("train", "--dataset", "shapes", "--limit", "30", "--verbose", "0", "--output", "m.hdf5",
+def test_an_output_with_a_suffix_that_names_no_format_is_refused_before_training(tmp_path):
+    result = minidl_cli("train", "--dataset", "shapes", "--limit", "30", "--verbose", "0", "--output", "m.pt",
                         cwd=tmp_path)
-    assert_clean_error(result, "--output save_model: m.hdf5 has the suffix '.hdf5'", "*.minidl or *.keras or *.h5")
+    assert_clean_error(result, "--output save_model: m.pt has the suffix '.pt'", "*.minidl or *.keras or *.h5")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_with_a_keras_suffix_is_written_in_keras_format(tmp_path):
+    pytest.importorskip("h5py")
+    result = minidl_cli("train", "--dataset", "shapes", "--limit", "30", "--verbose", "0", "--output", "m.h5",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m.h5").read_bytes().startswith(b"\x89HDF") and minidl.load_model(tmp_path / "m.h5").built

@@ -2,7 +2,9 @@
 marked ``mpi``, real runs under ``mpiexec -n 2``: equivalence with one process at twice the batch,
 faults that stop every rank with a message naming the rank, resuming from a checkpoint."""
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,8 +60,16 @@ def test_strategy_for_accepts_true_false_none_or_a_data_parallel():
         strategy_for("yes")
     with pytest.raises(ValueError, match="bucket_bytes"):
         DataParallel(bucket_bytes=0)
-    with pytest.raises(ValueError, match="timeout"):
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
         DataParallel(timeout=0)
+
+
+def test_a_bad_timeout_in_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv("MINIDL_MPI_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="MINIDL_MPI_TIMEOUT must be a positive number of seconds, got 'soon'"):
+        DataParallel()
+    monkeypatch.setenv("MINIDL_MPI_TIMEOUT", "2.5")
+    assert DataParallel().timeout == 2.5
 
 
 def test_buckets_hold_every_trainable_gradient_once_in_backward_order():
@@ -162,6 +172,28 @@ def test_two_ranks_at_batch_b_train_the_weights_of_one_process_at_2b(tmp_path):
 
 @pytest.mark.mpi
 @pytest.mark.slow
+def test_two_ranks_match_one_process_with_a_last_batch_smaller_than_the_ranks_and_sharded_validation(tmp_path):
+    # 97 samples: 12 held out (6 per rank), 85 = 2 x 32 + 21 trained, the last batch split 10 / 11;
+    # 74 samples: 9 held out (4 / 5), 65 = 2 x 32 + 1 trained, the last batch's one row on rank 1
+    for samples in (97, 74):
+        histories, weights = [], []
+        for ranks, batch_size in ((None, 32), (2, 16)):
+            folder = tmp_path / f"{samples}-{ranks}"
+            folder.mkdir()
+            arguments = [sys.executable, PROGRAM, "none", folder, "--epochs", "2", "--samples", samples,
+                         "--validation-split", "0.125", "--batch-size", batch_size]
+            result, _ = run(arguments, ranks=ranks)
+            assert result.returncode == 0, result.stderr
+            histories.append(ast.literal_eval(result.stdout.split("history: ")[1].splitlines()[0]))
+            weights.append(minidl.load_model(folder / "final.minidl").get_weights())
+        assert relative_difference(*weights) < 1e-5
+        assert histories[0].keys() == histories[1].keys() and "val_accuracy" in histories[0]
+        for key in histories[0]:
+            np.testing.assert_allclose(histories[1][key], histories[0][key], rtol=1e-5)
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_a_rank_that_raises_stops_every_rank_and_its_checkpoint_resumes_the_run(tmp_path):
     whole = tmp_path / "whole"
     whole.mkdir()
@@ -209,3 +241,50 @@ def test_a_callback_that_stops_one_rank_stops_them_all(tmp_path):
     stopped, _ = run([sys.executable, PROGRAM, "stop", tmp_path], ranks=2, timeout=300)
     assert stopped.returncode == 0, stopped.stderr
     assert "epochs run: [0, 1]" in stopped.stdout
+
+
+def test_the_cli_trains_with_distributed_on_one_rank_as_without(tmp_path, capsys):
+    from minidl import cli
+
+    common = ["train", "--dataset", "shapes", "--limit", "96", "--model", "tiny-cnn",
+              "--epochs", "1", "--batch-size", "16", "--verbose", "0", "--optimizer", "sgd"]
+    assert cli.main([*common, "--output", str(tmp_path / "plain.minidl")]) == 0
+    assert cli.main([*common, "--distributed", "--output", str(tmp_path / "one_rank.minidl")]) == 0
+    plain = minidl.load_model(tmp_path / "plain.minidl").get_weights()
+    one_rank = minidl.load_model(tmp_path / "one_rank.minidl").get_weights()
+    assert relative_difference(plain, one_rank) < 1e-6
+    assert capsys.readouterr().out.count("saved model to") == 2
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_the_readme_program_trains_on_two_ranks_and_rank_0_alone_reports(tmp_path):
+    from tests.markdown import section_python_blocks
+
+    readme = open(os.path.join(REPOSITORY, "README.md")).read()
+    program = tmp_path / "train.py"
+    program.write_text(section_python_blocks(readme, "## Training on several machines")[0])
+    result, _ = run([sys.executable, program], ranks=2)
+    assert result.returncode == 0, result.stderr
+    reports = re.findall(r"loss: ([0-9.]+) - accuracy: ([0-9.]+)$", result.stdout, re.M)
+    assert len(reports) == 3  # two epochs and evaluate, from rank 0 only
+    assert float(reports[-1][1]) > 0.6  # chance is 0.1; it reaches about 0.74
+
+
+def test_with_overlap_a_bucket_starts_while_backward_still_has_steps_to_run(monkeypatch):
+    model = presets.seed_cnn()
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32), np.arange(4)
+    events = []
+    original_start, original_step_done = GradientBuckets.start, GradientBuckets.step_done
+    monkeypatch.setattr(GradientBuckets, "start",
+                        lambda buckets, bucket: (events.append("start"), original_start(buckets, bucket)))
+    monkeypatch.setattr(GradientBuckets, "step_done",
+                        lambda buckets, step: (events.append("step"), original_step_done(buckets, step)))
+    steps = len(model.plan.steps)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, distributed=DataParallel(overlap=True))
+    assert events.index("start") < steps - 1  # the first bucket left before backward's last step
+    assert events.count("start") == 3 and events.count("step") == steps
+    events.clear()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, distributed=DataParallel(overlap=False))
+    assert events == ["step"] * steps + ["start"] * 3  # every bucket after the whole backward

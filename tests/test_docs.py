@@ -11,8 +11,6 @@ from tests.markdown import python_blocks
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 LESSONS = sorted(DOCS.glob("0[1-9]-*.md"))
-#: lesson 7 links to the BatchNormalization layer's file, which the library may not have yet
-PENDING_LAYER_FILE = "../minidl/layers/normalization.py"
 RELATIVE_LINK = re.compile(r"\]\((\.\./[^)#\s]+|img/[^)#\s]+)")
 
 
@@ -31,8 +29,6 @@ def test_each_lesson_has_formulas_code_links_and_exercises_with_solutions(lesson
     links = RELATIVE_LINK.findall(text)
     assert any(link.startswith("../minidl/") or link.startswith("../kernels/") for link in links)
     for link in links:
-        if link == PENDING_LAYER_FILE and not hasattr(minidl.layers, "BatchNormalization"):
-            continue
         assert (lesson.parent / link).exists(), f"{lesson.name} links to {link}, which does not exist"
     exercises = text[text.index("## Exercises"):]
     assert exercises.count("<details>") >= 2 and "Solution" in exercises
@@ -48,3 +44,21 @@ def test_every_python_block_of_the_lesson_runs(lesson, tmp_path, monkeypatch):
             exec(compile(block, f"{lesson.name}, block {number}", "exec"), namespace)
     finally:
         minidl.set_backend(previous)
+
+
+PICTURES = ("training_curves", "confusion_matrix", "filters", "feature_maps", "network", "optimizer_paths")
+
+
+def test_the_committed_pictures_exist_and_stay_small():
+    for name in PICTURES:
+        assert (DOCS / "img" / f"{name}.png").stat().st_size < 100 * 1024
+
+
+@pytest.mark.slow
+def test_make_pictures_draws_every_picture_from_a_real_training(tmp_path):
+    pytest.importorskip("matplotlib")
+    import runpy
+
+    script = runpy.run_path(str(DOCS / "make_pictures.py"))
+    script["main"](["--train-samples", "600", "--epochs", "1", "--output", str(tmp_path)])
+    assert sorted(path.stem for path in tmp_path.glob("*.png")) == sorted(PICTURES)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import minidl
+
 from tests.markdown import python_blocks as all_python_blocks
 from tests.markdown import section_python_blocks
 
@@ -28,7 +30,9 @@ CHAINED_SECTIONS = ("## Callbacks and metrics", "## Saving and resuming", "## Pl
 
 
 def test_every_python_block_of_the_readme_is_run_by_a_test():
-    tested = (python_blocks("## Quickstart") + python_blocks("## Data")
+    tested = (python_blocks("## Quickstart") + python_blocks("## Data") + python_blocks("## Keras files and ONNX")
+              + python_blocks("## Training on several machines")  # tests/test_distributed.py
+              + python_blocks("## Functional models")
               + [block for heading in CHAINED_SECTIONS for block in python_blocks(heading)])
     assert sorted(tested) == sorted(all_python_blocks(README))
 
@@ -47,6 +51,18 @@ def test_image_folder_example_trains_and_evaluates(tmp_path, monkeypatch):
     exec(compile(python_block_after("## Data"), "README data example", "exec"), namespace)
     assert namespace["accuracy"] > 0.55  # chance is 1/3; five augmented epochs reach about 0.7
     assert sorted(path.name for path in (tmp_path / "shapes").iterdir()) == ["circle", "square", "triangle"]
+
+
+def test_keras_files_and_onnx_examples_run_in_order(tmp_path, monkeypatch):
+    pytest.importorskip("h5py")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for index, block in enumerate(python_blocks("## Keras files and ONNX")):
+        exec(compile(block, f"README Keras files and ONNX {index}", "exec"), namespace)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.h5", "model.keras", "model.minidl",
+                                                               "model.onnx"]
+    assert abs(namespace["probabilities"] - namespace["model"].predict(namespace["x"])).max() < 1e-5
 
 
 @pytest.mark.slow
@@ -81,3 +97,10 @@ def test_gitignore_covers_what_the_readme_commands_write():
     result = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=repository, capture_output=True,
                             text=True)
     assert result.stdout.split() == written
+
+
+def test_functional_model_example_trains_saves_and_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(python_block_after("## Functional models"), "README functional models", "exec"), namespace)
+    assert type(namespace["same"]) is minidl.Model and (tmp_path / "residual.minidl").exists()

@@ -6,6 +6,8 @@ import cv2
 import numpy as np
 
 SHAPE_NAMES = ("circle", "square", "triangle")
+#: the smallest image side where a centre exists for every radius: 0.4 size + 1 <= size - 2 - 0.4 size
+MIN_SIZE = 15
 
 
 def make_shapes(n, size=28, seed=0, channels=1):
@@ -20,8 +22,9 @@ def make_shapes(n, size=28, seed=0, channels=1):
     """
     if channels not in (1, 3):
         raise ValueError(f"make_shapes: channels must be 1 or 3, got {channels}")
-    if size < 8:
-        raise ValueError(f"make_shapes: size must be at least 8 pixels, got {size}")
+    if size < MIN_SIZE:
+        raise ValueError(f"make_shapes: size must be at least {MIN_SIZE} pixels (a shape of the largest "
+                         f"radius, 40 % of size, must fit one pixel clear of the border), got {size}")
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, len(SHAPE_NAMES), size=n)
     images = np.zeros((n, size, size, channels), dtype=np.uint8)

@@ -12,8 +12,9 @@ import textwrap
 from dataclasses import dataclass, field
 
 from minidl.engine.passes import PASSES
-from minidl.layers import (Activation, AveragePooling2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU,
-                           MaxPooling2D)
+from minidl.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, Dense,
+                           Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, LeakyReLU, MaxPooling2D,
+                           Rescaling, Reshape, ZeroPadding2D)
 
 WIDTH = 100
 EQUATION_COLUMN = 36  # where the shape column starts after an equation
@@ -26,8 +27,8 @@ PASS_EFFECTS = {
                                  "(max f(z + b) = f(max z + b) for non-decreasing f), so they touch "
                                  "a quarter of the values",
     "crop_unread_outputs": "the conv computes only the outputs some pooling window reads",
-    "winograd": "z is computed by Winograd F(2x2, 3x3): 16 GEMMs over 4x4 input tiles, 2.25x fewer "
-                "multiplications than im2col",
+    "conv_algorithm": "z is computed by the method timed fastest for this conv's shape on this machine "
+                      "(cached on disk; MINIDL_CONV_CHOICE=model uses the cost model instead)",
     "workspace_chunking": "the scratch (cols or tiles) is computed a chunk of images at a time when "
                           "the batch would need more than max_workspace_bytes",
     "inference_maxima": "outside training, max pooling computes the maxima without the argmax",
@@ -49,6 +50,13 @@ class Explanation:
 
 def shape_text(*dims):
     return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def batch_text(layer, n):
+    """The batch's input shape, ``(N, H, W, C)``; for a layer of several inputs, each joined by ``, ``."""
+    if layer.takes_several_inputs:
+        return ", ".join(shape_text(n, *shape) for shape in layer.input_shape)
+    return shape_text(n, *layer.input_shape)
 
 
 def product(dims):
@@ -170,26 +178,103 @@ def explain_elementwise(layer, n):
     return e
 
 
-def explain_flatten(layer, n):
-    return Explanation(forward=[("y = x.reshape(N, -1)", f"{shape_text(n, *layer.input_shape)} -> "
-                                                         f"{shape_text(n, *layer.output_shape)}")],
-                       backward=[("dL/dx = dL/dy.reshape(x.shape)", shape_text(n, *layer.input_shape))],
+def explain_reshape(layer, n):
+    """Flatten and Reshape: a view of the same values."""
+    return Explanation(forward=[("y = x.reshape(N, *shape)", f"{batch_text(layer, n)} -> "
+                                                             f"{shape_text(n, *layer.output_shape)}")],
+                       backward=[("dL/dx = dL/dy.reshape(x.shape)", batch_text(layer, n))],
                        notes=["a reshape: no arithmetic, no copy"])
+
+
+def explain_batch_norm(layer, n):
+    """Per channel over ``M = N * (the other axes)`` values; the statistics are the batch's in training."""
+    in_shape = (n, *layer.input_shape)
+    channels, size, itemsize = in_shape[-1], product(in_shape), layer.dtype.itemsize
+    values = f"over the {size // channels} values of each channel"
+    e = Explanation()
+    e.forward = [(f"mu, var = mean, variance {values}", f"({channels},), ({channels},)"),
+                 ("x^ = (x - mu) / sqrt(var + eps)", shape_text(*in_shape)),
+                 ("y = gamma x^ + beta", shape_text(*in_shape))]
+    e.backward = [("dL/dbeta = sum g, dL/dgamma = sum g x^", f"({channels},), ({channels},)"),
+                  ("dL/dx = gamma / sqrt(var + eps) (g - mean(g) - x^ mean(g x^))", shape_text(*in_shape))]
+    e.forward_flops, e.backward_flops = 8 * size, 9 * size
+    e.forward_bytes, e.backward_bytes = 3 * size * itemsize, 5 * size * itemsize
+    e.notes.append("outside training mu and var are the moving averages, constants: dL/dx = gamma g / "
+                   "sqrt(var + eps)")
+    return e
+
+
+def explain_merge(layer, n):
+    """Add and Concatenate over several inputs."""
+    out_shape = (n, *layer.output_shape)
+    size, itemsize, count = product(out_shape), layer.dtype.itemsize, len(layer.input_shape)
+    if isinstance(layer, Add):
+        e = Explanation(forward=[("y = " + " + ".join(f"x{i}" for i in range(count)), shape_text(*out_shape))],
+                        backward=[("dL/dx_i = dL/dy, for every input", shape_text(*out_shape))])
+        e.forward_flops, e.forward_bytes = (count - 1) * size, (count + 1) * size * itemsize
+        e.notes.append("backward hands the same array to every input: no arithmetic, no copy")
+        return e
+    inputs = ", ".join(f"x{i}" for i in range(count))
+    e = Explanation(forward=[(f"y = concatenate({inputs}; axis {layer.axis})", shape_text(*out_shape))],
+                    backward=[("dL/dx_i = dL/dy's slice of x_i", batch_text(layer, n))])
+    e.forward_bytes = e.backward_bytes = 2 * size * itemsize
+    return e
+
+
+def explain_global_pooling(layer, n):
+    height, width, channels = layer.input_shape
+    in_shape, out_shape = (n, *layer.input_shape), (n, *layer.output_shape)
+    size, itemsize = product(in_shape), layer.dtype.itemsize
+    if isinstance(layer, GlobalMaxPooling2D):
+        e = Explanation(forward=[(f"y = max over the {height}x{width} pixels", f"{shape_text(*in_shape)} -> "
+                                                                               f"{shape_text(*out_shape)}")],
+                        backward=[("dL/dx[argmax] = dL/dy, else 0", shape_text(*in_shape))])
+        e.forward_flops, e.backward_flops = size, n * channels
+    else:
+        e = Explanation(forward=[(f"y = mean over the {height}x{width} pixels", f"{shape_text(*in_shape)} -> "
+                                                                                f"{shape_text(*out_shape)}")],
+                        backward=[(f"dL/dx = dL/dy / {height * width}, at every pixel", shape_text(*in_shape))])
+        e.forward_flops, e.backward_flops = size, size
+    e.forward_bytes = e.backward_bytes = (size + n * channels) * itemsize
+    return e
+
+
+def explain_zero_padding(layer, n):
+    (top, bottom), (left, right) = layer.padding
+    in_shape, out_shape = (n, *layer.input_shape), (n, *layer.output_shape)
+    itemsize = layer.dtype.itemsize
+    e = Explanation(forward=[(f"y = x with zeros: {top} top, {bottom} bottom, {left} left, {right} right",
+                              f"{shape_text(*in_shape)} -> {shape_text(*out_shape)}")],
+                    backward=[("dL/dx = dL/dy cropped to x", shape_text(*in_shape))])
+    e.forward_bytes = e.backward_bytes = (product(in_shape) + product(out_shape)) * itemsize
+    return e
+
+
+def explain_rescaling(layer, n):
+    shape, size = batch_text(layer, n), n * product(layer.input_shape)
+    e = Explanation(forward=[(f"y = {layer.scale:g} x + {layer.offset:g}", shape)],
+                    backward=[(f"dL/dx = {layer.scale:g} dL/dy", shape)])
+    e.forward_flops, e.backward_flops = 2 * size, size
+    e.forward_bytes = e.backward_bytes = 2 * size * layer.dtype.itemsize
+    return e
 
 
 def explain_other(layer, n):
     """A layer this module has no equations for: its shapes, and where to read its math."""
     module = type(layer).__module__
-    return Explanation(forward=[("y = forward(x)", f"{shape_text(n, *layer.input_shape)} -> "
+    return Explanation(forward=[("y = forward(x)", f"{batch_text(layer, n)} -> "
                                                    f"{shape_text(n, *layer.output_shape)}")],
-                       backward=[("dL/dx = backward(dL/dy)", shape_text(n, *layer.input_shape))],
+                       backward=[("dL/dx = backward(dL/dy)", batch_text(layer, n))],
                        notes=[f"FLOPs and bytes not counted; the formulas are in {module}"])
 
 
 EXPLAINERS = ((Conv2D, explain_conv), (Dense, explain_dense), (MaxPooling2D, explain_pooling),
-              (AveragePooling2D, explain_pooling), (Flatten, explain_flatten),
+              (AveragePooling2D, explain_pooling), (Flatten, explain_reshape), (Reshape, explain_reshape),
               (Dropout, explain_elementwise), (LeakyReLU, explain_elementwise),
-              (Activation, explain_elementwise))
+              (Activation, explain_elementwise), (BatchNormalization, explain_batch_norm),
+              (Add, explain_merge), (Concatenate, explain_merge), (GlobalAveragePooling2D, explain_global_pooling),
+              (GlobalMaxPooling2D, explain_global_pooling), (ZeroPadding2D, explain_zero_padding),
+              (Rescaling, explain_rescaling))
 
 
 def explain_layer(layer, batch_size):
@@ -222,6 +307,13 @@ def equation_lines(label, equations):
     return lines
 
 
+def method_detail(step, batch_size):
+    """The method ``conv_algorithm`` chose for ``step``; for Winograd, the live shapes of its GEMMs."""
+    if step.linear.method.name == "winograd":
+        return winograd_detail(step, batch_size)
+    return f"method: {step.linear.method.name}"
+
+
 def winograd_detail(step, batch_size):
     """The live shapes of a Winograd step's 16 GEMMs and its FLOPs beside im2col's."""
     conv = step.conv
@@ -230,7 +322,7 @@ def winograd_detail(step, batch_size):
     c_in, f = conv.input_shape[2], conv.filters
     winograd_flops = 2 * 16 * tiles * c_in * f
     im2col_flops = 2 * batch_size * out_h * out_w * 9 * c_in * f
-    return (f"16 GEMMs V (16, {tiles}, {c_in}) @ U (16, {c_in}, {f}): forward "
+    return (f"method: Winograd F(2x2, 3x3), 16 GEMMs V (16, {tiles}, {c_in}) @ U (16, {c_in}, {f}): forward "
             f"{amount(winograd_flops, 'FLOP')} against im2col's {amount(im2col_flops, 'FLOP')} "
             f"on the {out_h}x{out_w} outputs computed")
 
@@ -248,15 +340,15 @@ def pass_lines(layer, plan, batch_size):
     for name in step.passes:
         effect = PASS_EFFECTS.get(name) or (PASSES[name].__doc__ or name).split(".")[0]
         lines += wrapped(f"{name}: {effect}", " " * 12 + "- ", " " * 14)
-        if name == "winograd":
-            lines += wrapped(winograd_detail(step, batch_size), " " * 14, " " * 14)
+        if name == "conv_algorithm":
+            lines += wrapped(method_detail(step, batch_size), " " * 14, " " * 14)
     return lines
 
 
 def layer_section(layer, plan, batch_size):
     e = explain_layer(layer, batch_size)
     params = ", ".join(f"{key} {shape_text(*value.shape)}" for key, value in layer.params.items())
-    header = f"{layer.name} ({type(layer).__name__})  {shape_text(batch_size, *layer.input_shape)} -> " \
+    header = f"{layer.name} ({type(layer).__name__})  {batch_text(layer, batch_size)} -> " \
              f"{shape_text(batch_size, *layer.output_shape)}"
     lines = wrapped(header + (f"  params: {params}" if params else ""), "", "    ")
     lines += equation_lines("forward", e.forward) + equation_lines("backward", e.backward)

@@ -3,6 +3,8 @@
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minidl.data import SHAPE_NAMES, make_shapes
 
@@ -45,3 +47,15 @@ def test_shapes_stay_clear_of_the_border():
     x, _ = make_shapes(200, seed=0)
     border = np.concatenate([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)
     assert border.max() == 0
+
+
+@given(size=st.integers(15, 40), seed=st.integers(0, 2**31))
+@settings(max_examples=30, deadline=None)
+def test_every_size_from_the_minimum_up_draws_its_shapes(size, seed):
+    x, y = make_shapes(12, size=size, seed=seed)
+    assert x.shape == (12, size, size, 1) and (x.reshape(12, -1).max(axis=1) > 0).all()
+
+
+def test_a_size_too_small_for_the_largest_shape_is_refused_naming_the_minimum():
+    with pytest.raises(ValueError, match="size must be at least 15 pixels.*got 14"):
+        make_shapes(3, size=14)

@@ -334,7 +334,7 @@ def test_no_conv_and_pooling_pass_reaches_across_a_layer_between_them(between):
 
 @pytest.mark.parametrize("conv, pool, input_shape", CONV_POOL_CASES)
 def test_every_pass_gives_the_plain_results_for_a_conv_without_bias(backend, conv, pool, input_shape, monkeypatch):
-    monkeypatch.setattr(passes, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_choice, "WINOGRAD_MIN_CHANNELS", 1)
     models = []
     for optimize in (True, False):
         model = minidl.Sequential([layers.Input(input_shape),

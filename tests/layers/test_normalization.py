@@ -115,3 +115,12 @@ def test_bad_arguments_are_refused_naming_them(options, message):
 def test_the_last_axis_may_be_given_by_its_index():
     model = minidl.Sequential([layers.Input((4, 4, 2)), layers.BatchNormalization(axis=3)])
     assert model.output_shape == (4, 4, 2)
+
+
+def test_summary_counts_the_moving_statistics_as_non_trainable():
+    model = minidl.Sequential([layers.Input((4, 4, 2)), layers.Conv2D(3, 3), layers.BatchNormalization(),
+                               layers.Flatten(), layers.Dense(2)])
+    lines = []
+    model.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert "Total params: 95" in text and "Trainable params: 89" in text and "Non-trainable params: 6" in text

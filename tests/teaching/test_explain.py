@@ -103,3 +103,29 @@ def test_any_conv_shows_its_gemm_with_consistent_shapes_within_100_columns(batch
     rows, k = batch * out_h * out_w, kernel * kernel * channels
     assert f"({rows}, {k}) @ ({k}, {filters}) -> ({rows}, {filters})" in text
     assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_every_layer_class_has_its_own_equations():
+    from minidl.layers import LAYER_CLASSES
+    from minidl.teaching.explain import EXPLAINERS
+
+    explained = tuple(layer_type for layer_type, _ in EXPLAINERS)
+    assert [name for name, cls in LAYER_CLASSES.items() if not issubclass(cls, explained)] == []
+
+
+def test_a_functional_model_with_merges_and_batch_norm_is_explained_within_100_columns():
+    import minidl
+
+    inputs = layers.Input((8, 8, 3))
+    scaled = layers.Rescaling(1 / 255)(inputs)
+    branch = layers.Conv2D(4, 3, activation="relu")(layers.ZeroPadding2D(1)(scaled))
+    shortcut = layers.Conv2D(4, 1)(scaled)
+    merged = layers.Concatenate()([layers.Add()([branch, shortcut]), shortcut])
+    pooled = layers.GlobalAveragePooling2D()(layers.BatchNormalization()(merged))
+    model = minidl.Model(inputs, layers.Dense(3, activation="softmax")(pooled))
+    text = model.explain(4, print_fn=None)
+    assert "(4, 8, 8, 4), (4, 8, 8, 4) -> (4, 8, 8, 8)" in text                      # Concatenate's inputs
+    assert "dL/dx = gamma / sqrt(var + eps) (g - mean(g) - x^ mean(g x^))" in text
+    assert "over the 256 values of each channel" in text                           # N*H*W = 4*8*8
+    assert "y = x0 + x1" in text and "FLOPs and bytes not counted" not in text
+    assert max(len(line) for line in text.splitlines()) <= 100
