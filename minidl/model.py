@@ -87,6 +87,22 @@ class Model:
             return shape[1:]
         return shape
 
+    def get_layer(self, name=None, index=None):
+        """The layer called ``name``, or the one at position ``index`` (as in Keras, give one of them)."""
+        if (name is None) == (index is None):
+            raise ValueError(f"{self.name}: get_layer takes a layer name or an index, one of the two; "
+                             f"got name={name!r}, index={index!r}")
+        if index is not None:
+            if not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"{self.name}: asked for the layer at index {index}, but the model has "
+                                 f"{len(self.layers)} layers")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"{self.name}: no layer named {name!r}; the layers are "
+                         f"{[layer.name for layer in self.layers]}")
+
     @property
     def built(self):
         return self.input_shape is not None and all(layer.built for layer in self.layers)

@@ -190,7 +190,8 @@ def test_resume_with_other_run_arguments_is_refused_naming_each_saved_and_given_
     assert first.returncode == 0, first.stderr
     saved_bytes = (tmp_path / "ckpt.minidl").read_bytes()
     resumed = minidl_cli(*common, "--model", "mlp", "--optimizer", "sgd", "--learning-rate", "0.1", "--seed", "4",
-                         "--epochs", "2", "--resume", tmp_path / "ckpt.minidl", "--checkpoint", tmp_path / "ckpt.minidl")
+                         "--epochs", "2", "--resume", tmp_path / "ckpt.minidl", "--checkpoint", tmp_path / "ckpt.minidl",
+                         cwd=tmp_path)
     assert_clean_error(resumed, "--model: saved 'tiny-cnn', given 'mlp'", "--optimizer: saved 'adam', given 'sgd'",
                        "--learning-rate: saved None, given 0.1", "--seed: saved 0, given 4")
     assert (tmp_path / "ckpt.minidl").read_bytes() == saved_bytes
@@ -203,7 +204,7 @@ def test_resume_on_another_dataset_is_refused_naming_the_datasets_and_class_coun
                          "--verbose", "0", "--checkpoint", tmp_path / "ckpt.minidl", "--output", tmp_path / "m.minidl")
     assert trained.returncode == 0, trained.stderr
     resumed = minidl_cli("train", "--model", "tiny-cnn", "--dataset", "shapes", "--limit", "32", "--epochs", "2",
-                         "--verbose", "0", "--resume", tmp_path / "ckpt.minidl")
+                         "--verbose", "0", "--resume", tmp_path / "ckpt.minidl", cwd=tmp_path)
     assert_clean_error(resumed, "--dataset: saved 'fashion_mnist', given 'shapes'",
                        "the saved model has 10 outputs, the dataset 3 classes")
 
