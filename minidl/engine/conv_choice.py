@@ -4,9 +4,9 @@ The ``conv_algorithm`` pass (:mod:`minidl.engine.passes`) asks :func:`choose_met
 As cuDNN's benchmark mode does, the first time a shape is planned every candidate of
 :func:`minidl.engine.conv_methods.candidate_methods` runs forward and backward passes over
 :data:`MEASURE_IMAGES` random images, the candidates taking turns (the fastest of
-:data:`MEASURE_REPEATS` passes counts), and the fastest method wins.  The answer, with every candidate's seconds, is kept in a JSON file under a key made of the
-conv's shape and the machine (CPU, cores, backend, Numba threads), so later processes plan without
-timing anything.
+:data:`MEASURE_REPEATS` passes counts), and the fastest method wins.  The answer, with every
+candidate's seconds, is kept in a JSON file under a key made of the conv's shape and the machine (CPU,
+cores, backend, Numba threads), so later processes plan without timing anything.
 
 Environment:
 
