@@ -870,14 +870,31 @@ def bias_activation(z, bias, activation):
     """
     code = _activation_code("bias_activation", activation)
     y = np.empty(z.shape, dtype=z.dtype if bias is None else np.result_type(z, bias))
+    loop_code = LINEAR if code in (TANH, SIGMOID) else code  # those two by NumPy afterwards: _squash_in_place
     if bias is None:
-        _activation_kernel(_flat(z), code, y.reshape(-1))
-        return y
-    if bias.shape != (z.shape[-1],):
+        _activation_kernel(_flat(z), loop_code, y.reshape(-1))
+    elif bias.shape != (z.shape[-1],):
         raise ValueError(f"bias_activation: bias must have shape {(z.shape[-1],)}, got {bias.shape}")
-    channels = z.shape[-1]
-    _bias_activation_kernel(_flat(z).reshape(-1, channels), bias, code, y.reshape(-1, channels))
+    else:
+        channels = z.shape[-1]
+        _bias_activation_kernel(_flat(z).reshape(-1, channels), bias, loop_code, y.reshape(-1, channels))
+    _squash_in_place(y, code)
     return y
+
+
+def _squash_in_place(y, code):
+    """``y = tanh(y)`` or ``sigmoid(y) = 1 / (1 + e^-y)`` in place (other codes: unchanged), by NumPy's
+    SIMD ufuncs.  Without Intel's SVML, Numba compiles ``np.tanh`` and ``np.exp`` in a loop to a scalar
+    libm call per element, 100 to 800 times slower than NumPy's on float32 (``benchmarks/RESULTS.md``
+    [D8]).  IEEE arithmetic keeps the sigmoid exact at the ends: ``e^-y = inf`` gives ``0``."""
+    if code == TANH:
+        np.tanh(y, out=y)
+    elif code == SIGMOID:
+        with np.errstate(over="ignore"):
+            np.negative(y, out=y)
+            np.exp(y, out=y)
+            y += 1
+            np.reciprocal(y, out=y)
 
 
 @jit

@@ -2,11 +2,11 @@
 
 The ``conv_algorithm`` pass (:mod:`minidl.engine.passes`) asks :func:`choose_method` for every conv.
 As cuDNN's benchmark mode does, the first time a shape is planned every candidate of
-:func:`minidl.engine.conv_methods.candidate_methods` runs a forward and a backward pass over
-:data:`MEASURE_IMAGES` random images (the fastest of :data:`MEASURE_REPEATS`), and the fastest method
-wins.  The answer, with every candidate's seconds, is kept in a JSON file under a key made of the
-conv's shape and the machine (CPU, cores, backend, Numba threads), so later processes plan without
-timing anything.
+:func:`minidl.engine.conv_methods.candidate_methods` runs forward and backward passes over
+:data:`MEASURE_IMAGES` random images, the candidates taking turns (the fastest of
+:data:`MEASURE_REPEATS` passes counts), and the fastest method wins.  The answer, with every
+candidate's seconds, is kept in a JSON file under a key made of the conv's shape and the machine (CPU,
+cores, backend, Numba threads), so later processes plan without timing anything.
 
 Environment:
 
@@ -30,7 +30,7 @@ from minidl.engine.conv_methods import ConvLinear, candidate_methods
 
 #: Images per timed pass, and timed passes per candidate (the fastest counts).
 MEASURE_IMAGES = 16
-MEASURE_REPEATS = 3
+MEASURE_REPEATS = 5
 
 #: At most this much scratch per timed pass; fewer images where one would need more.
 MEASURE_WORKSPACE_BYTES = 128 * 2**20
@@ -87,15 +87,14 @@ def modelled_choice(conv, names):
     return "im2col"
 
 
-def measured_seconds(conv, method, pads, input_grad_needed):
-    """Fastest of :data:`MEASURE_REPEATS` forward + backward passes of ``conv`` by ``method`` over random
-    images; the layer's ``grads`` are left as they were."""
+def timed_pass(conv, method, pads, input_grad_needed):
+    """A function that runs one forward + backward pass of ``conv`` by ``method`` over random images
+    and returns its seconds."""
     linear = ConvLinear(conv, method, pads)
     images = max(1, min(MEASURE_IMAGES, MEASURE_WORKSPACE_BYTES // max(1, linear.bytes_per_image())))
     rng = np.random.default_rng(0)
     x = ops.to_device(rng.standard_normal((images, *conv.input_shape)).astype(conv.dtype))
     grad_z = ops.to_device(rng.standard_normal((images, *linear.output_hw(), conv.filters)).astype(conv.dtype))
-    kept_grads = dict(conv.grads)
 
     def one_pass():
         start = time.perf_counter()
@@ -104,9 +103,23 @@ def measured_seconds(conv, method, pads, input_grad_needed):
         ops.to_host(conv.grads["kernel"] if grad_x is None else grad_x)  # waits for an asynchronous device
         return time.perf_counter() - start
 
+    return one_pass
+
+
+def measured_seconds(conv, methods, pads, input_grad_needed):
+    """``{name: seconds}``: the fastest of :data:`MEASURE_REPEATS` passes of each of ``methods``
+    (``{name: method}``), the candidates taking turns so that load from the rest of the machine falls
+    on all of them alike.  The layer's ``grads`` are left as they were."""
+    kept_grads = dict(conv.grads)
     try:
-        one_pass()  # compiles and allocates: not counted
-        return min(one_pass() for _ in range(MEASURE_REPEATS))
+        passes = {name: timed_pass(conv, method, pads, input_grad_needed) for name, method in methods.items()}
+        for one_pass in passes.values():
+            one_pass()  # compiles and allocates: not counted
+        seconds = {name: float("inf") for name in passes}
+        for _ in range(MEASURE_REPEATS):
+            for name, one_pass in passes.items():
+                seconds[name] = min(seconds[name], one_pass())
+        return seconds
     finally:
         conv.grads.clear()
         conv.grads.update(kept_grads)
@@ -144,7 +157,7 @@ def choose_method(conv, pads, input_grad_needed):
     entry = read_choices(path).get(key)
     if isinstance(entry, dict) and entry.get("method") in candidates:
         return entry["method"]
-    seconds = {name: measured_seconds(conv, method, pads, input_grad_needed) for name, method in candidates.items()}
+    seconds = measured_seconds(conv, candidates, pads, input_grad_needed)
     fastest = min(seconds, key=seconds.get)
     choices = read_choices(path)
     choices[key] = {"method": fastest, "seconds": seconds}

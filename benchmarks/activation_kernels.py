@@ -1,0 +1,48 @@
+"""Bias + activation kernels of the Numba backend, per activation, on one float32 tensor.
+
+    python benchmarks/activation_kernels.py [--elements 1048576] [--channels 16] [--repeats 20]
+
+Times ``bias_activation`` (forward) and ``activation_grad`` (backward) on ``(elements / channels,
+channels)`` standard-normal values x 3 with Numba's kernels on one thread (minidl's policy), and prints
+the fastest call of each in milliseconds, with the memory bandwidth it implies (bytes read and written
+once).  Run it with ``PYTHONPATH`` at another checkout to time that checkout's kernels.
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+from minidl.kernels import cpu
+
+
+def fastest_ms(call, repeats):
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--elements", type=int, default=1 << 20)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    cpu.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((args.elements // args.channels, args.channels)) * 3).astype(np.float32)
+    bias = rng.standard_normal(args.channels).astype(np.float32)
+    for activation in ("linear", "relu", "tanh", "sigmoid"):
+        y = cpu.bias_activation(z, bias, activation)
+        forward = fastest_ms(lambda: cpu.bias_activation(z, bias, activation), args.repeats)
+        backward = fastest_ms(lambda: cpu.activation_grad(z, y, activation), args.repeats)
+        print(f"{activation:8s} bias_activation {forward:8.2f} ms ({2 * z.nbytes / forward / 1e6:5.1f} GB/s)   "
+              f"activation_grad {backward:6.2f} ms ({3 * z.nbytes / backward / 1e6:5.1f} GB/s)")
+
+
+if __name__ == "__main__":
+    main()
