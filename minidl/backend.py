@@ -15,6 +15,8 @@ import os
 import threading
 import time
 
+import numpy as np
+
 from minidl.kernels.memory import retain_freed_memory
 
 KERNEL_MODULES = {"numpy": "minidl.kernels.numpy_ref", "numba": "minidl.kernels.cpu", "cuda": "minidl.kernels.cuda"}
@@ -91,6 +93,10 @@ def apply_process_settings():
     _settings.applied = True
 
 
+#: the dtypes whose ``numba`` kernels this process has checked (and compiled if cold): the check reads
+#: the cache's files, too slow for every training step
+_kernels_ready_for = set()
+
 #: what a first run prints before it compiles the kernels (``{cache}``: the folder they are kept in)
 COLD_COMPILE_NOTICE = "minidl: compiling kernels once, about 30 s, cached in {cache}"
 
@@ -112,8 +118,9 @@ def compile_kernels_if_cold(dtype, print_fn=print):
     """On a first run (the ``numba`` backend with nothing in its cache), say so in one line and
     compile every kernel for ``dtype`` before training starts, so that no progress bar times the
     compilation; returns the seconds it took, or ``None`` when there was nothing to do."""
-    if get_backend() != "numba":
+    if get_backend() != "numba" or np.dtype(dtype) in _kernels_ready_for:
         return None
+    _kernels_ready_for.add(np.dtype(dtype))
     cached, cache_folder = numba_cache_state()
     if cached:
         return None

@@ -187,3 +187,17 @@ def test_a_cold_kernel_cache_is_announced_in_one_line_then_compiled_once(tmp_pat
     assert str(tmp_path / "numba-cache") in notice
     assert first.stdout.splitlines()[1].startswith("Epoch 1/1 - ")
     assert "compiling kernels" not in second.stdout and second.stdout.startswith("Epoch 1/1 - ")
+
+
+def test_the_kernel_cache_is_looked_at_once_per_process_not_at_every_step(backend, monkeypatch):
+    from minidl import backend as backend_module
+
+    looks = []
+    monkeypatch.setattr(backend_module, "_kernels_ready_for", set())
+    monkeypatch.setattr(backend_module, "numba_cache_state", lambda: looks.append(1) or (True, "cache"))
+    model = minidl.Sequential([layers.Input((4,)), layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    for _ in range(3):
+        model.train_on_batch(np.zeros((8, 4), np.float32), np.zeros(8, int))
+    model.predict(np.zeros((2, 4), np.float32))
+    assert len(looks) == (1 if backend == "numba" else 0)
