@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -189,7 +188,7 @@ def run_worker(args):
         "first_step_s": first_step_seconds,
         "step_overhead_ms": step_overhead * 1e3,
         "predict_images_per_s": len(x_test) / predict_seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": machine.peak_rss_mib(),
         "test_accuracy": float(test_accuracy),
     }
     if args.worker == "minidl":

@@ -1,9 +1,11 @@
 """What the benchmark scripts print about the machine they ran on: the CPU's name and the vector
 extensions its compiled code can use (Numba's kernels and TensorFlow's both compile for the host, so
-two machines of the same name but different extensions give different figures)."""
+two machines of the same name but different extensions give different figures), and the peak memory
+of the process measuring."""
 
 import os
 import platform
+import resource
 
 VECTOR_EXTENSIONS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
 
@@ -40,3 +42,17 @@ def vector_extensions():
 def describe():
     """One line: cores, CPU name, vector extensions, Python version."""
     return f"{os.cpu_count()} cores, {cpu_name()} ({vector_extensions()}), Python {platform.python_version()}"
+
+
+def peak_rss_mib():
+    """This process's peak resident memory: ``VmHWM`` of ``/proc/self/status``, which starts afresh at
+    ``exec`` (``getrusage``'s ``ru_maxrss`` keeps the launching process's peak, a floor under every
+    worker's figure), else ``ru_maxrss`` where there is no ``/proc``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -33,7 +33,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -276,20 +275,6 @@ def conv_layer_report(model, x, y, steps=5):
     return report
 
 
-def peak_rss_mib():
-    """This process's peak resident memory: ``VmHWM`` of ``/proc/self/status``, which starts afresh at
-    ``exec`` (``getrusage``'s ``ru_maxrss`` keeps the launching process's peak, a floor under every
-    worker's figure), else ``ru_maxrss`` where there is no ``/proc``."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class PassTimer:
     """Wall-clock seconds of every pass over the training batches, as a callback of either framework."""
 
@@ -346,7 +331,7 @@ def run_worker(args):
         result["convs"] = conv_layer_report(model, x_train[:args.batch_size], y_train[:args.batch_size])
     else:
         result["backend"] = lib.backend.backend()
-    result["peak_rss_mib"] = peak_rss_mib()
+    result["peak_rss_mib"] = machine.peak_rss_mib()
     print("RESULT " + json.dumps(result), flush=True)
 
 
