@@ -15,7 +15,7 @@ import numpy as np
 
 import minidl
 from minidl import metrics, optimizers, plots, presets
-from minidl.cli import FASHION_MNIST_CLASSES
+from minidl.datasets import fashion_mnist
 
 IMAGES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "img")
 
@@ -84,7 +84,7 @@ def main(argv=None):
     print(f"test accuracy {np.mean(predicted == y_test):.4f}")
     written = [plots.plot_history(history, os.path.join(args.output, "training_curves.png")),
                plots.plot_confusion_matrix(metrics.confusion_matrix(y_test, predicted, 10),
-                                           os.path.join(args.output, "confusion_matrix.png"), FASHION_MNIST_CLASSES),
+                                           os.path.join(args.output, "confusion_matrix.png"), fashion_mnist.class_names),
                plots.plot_filters(model, os.path.join(args.output, "filters.png")),
                plots.plot_feature_maps(model, x_test[0], os.path.join(args.output, "feature_maps.png")),
                plots.plot_network(model, os.path.join(args.output, "network.png")),
