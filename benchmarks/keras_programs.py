@@ -6,7 +6,8 @@ their imports changed: test accuracy and peak memory of each, side by side.
 
 Each program runs in a fresh process per framework (Keras first, then minidl), seeded as the program
 seeds itself (Keras 3 refuses the Keras 2 spelling ``lr=`` that the seed's program uses, so Keras
-runs it as ``learning_rate=``; minidl runs it as written); the peak resident memory is the process's ``VmHWM`` read at its end.  Keras's
+runs it as ``learning_rate=``; minidl runs it as written); the peak resident memory is the
+process's ``VmHWM`` read at its end (``machine.peak_rss_mib``).  Keras's
 ``datasets.fashion_mnist.load_data()`` reads ``~/.keras/datasets/fashion-mnist/``: copy the IDX files
 there (e.g. from ``/usr/share/datasets/fashion-mnist``) on a machine without internet access.
 """
@@ -37,21 +38,22 @@ if sys.argv[2] == "minidl":
     minidl.utils.set_random_seed(0)
     source = port(source)
 exec(compile(source, sys.argv[1], "exec"), {"__name__": "__main__"})
-status = open("/proc/self/status").read()
-print("PEAK_KIB", re.search(r"VmHWM:\\s+(\\d+)", status).group(1))
+sys.path.insert(0, sys.argv[4])
+import machine
+print("PEAK_MIB", machine.peak_rss_mib())
 """
 
 
 def run(program, framework, python):
     """``(test accuracy, peak MiB)`` of ``program`` run by ``python`` under ``framework``."""
     with tempfile.TemporaryDirectory() as folder:
-        result = subprocess.run([python, "-c", RUNNER, str(program), framework, str(ROOT)], cwd=folder,
+        result = subprocess.run([python, "-c", RUNNER, str(program), framework, str(ROOT),
+                                 str(Path(__file__).resolve().parent)], cwd=folder,
                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if result.returncode != 0:
         raise RuntimeError(f"{program.name} under {framework} failed:\n{result.stderr[-3000:]}")
     accuracy = float(re.search(r"test accuracy: ([0-9.]+)", result.stdout).group(1))
-    peak_kib = int(re.search(r"PEAK_KIB (\d+)", result.stdout).group(1))
-    return accuracy, peak_kib / 1024
+    return accuracy, float(re.search(r"PEAK_MIB ([0-9.]+)", result.stdout).group(1))
 
 
 def main():
