@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 import machine  # benchmarks/machine.py, beside this script
+from compare_keras import EpochTimer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -275,25 +276,6 @@ def conv_layer_report(model, x, y, steps=5):
     return report
 
 
-class PassTimer:
-    """Wall-clock seconds of every pass over the training batches, as a callback of either framework."""
-
-    def __init__(self, base):
-        self.base, self.seconds = base, []
-
-    def callback(self):
-        timer = self
-
-        class Callback(self.base):
-            def on_epoch_begin(self, epoch, logs=None):
-                timer.start = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                timer.seconds.append(time.perf_counter() - timer.start)
-
-        return Callback()
-
-
 def run_worker(args):
     """Train one framework on one network and batch size; print the measurements as JSON."""
     builder, optimizer_spec = NETWORKS[args.network][:2]
@@ -309,7 +291,7 @@ def run_worker(args):
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x_train, y_train, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
 
-    timer = PassTimer(lib.callbacks.Callback)
+    timer = EpochTimer(lib.callbacks.Callback)  # a pass is one epoch of the fixed steps
     model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.repeats, shuffle=False, verbose=0,
               callbacks=[timer.callback()])
     test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
