@@ -54,24 +54,23 @@ CLASSES = 10
 # --------------------------------------------------------------------------------------- networks
 
 
-def seed_cnn(lib):
+def conv_pool_conv_pool_dense(lib, input_shape, hidden):
+    """The seeds' network: Conv32-Pool-Conv64-Pool-Flatten-Dense(hidden)-Dense(classes)."""
     layers = lib.layers
     return lib.Sequential([
-        layers.Input((28, 28, 1)),
+        layers.Input(input_shape),
         layers.Conv2D(32, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2)),
         layers.Conv2D(64, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2)),
-        layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(CLASSES, activation="softmax"),
+        layers.Flatten(), layers.Dense(hidden, activation="relu"), layers.Dense(CLASSES, activation="softmax"),
     ])
+
+
+def seed_cnn(lib):
+    return conv_pool_conv_pool_dense(lib, (28, 28, 1), 64)
 
 
 def seed_cnn_224(lib):
-    layers = lib.layers
-    return lib.Sequential([
-        layers.Input((224, 224, 1)),
-        layers.Conv2D(32, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2)),
-        layers.Conv2D(64, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2)),
-        layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(CLASSES, activation="softmax"),
-    ])
+    return conv_pool_conv_pool_dense(lib, (224, 224, 1), 128)
 
 
 def cifar_cnn(lib):
