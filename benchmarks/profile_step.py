@@ -1,7 +1,10 @@
-"""Time and profile the seed CNN's training step through the real model (``train_on_batch``).
+"""Time and profile a network's training step through the real model (``train_on_batch``).
 
-    python benchmarks/profile_step.py [--batch-size 128] [--steps 150] [--backend numba] [--top 15]
-                                      [--kernels] [--without PASS ...]
+    python benchmarks/profile_step.py [--network seed_cnn] [--batch-size 128] [--steps 150]
+                                      [--backend numba] [--top 15] [--kernels] [--without PASS ...]
+
+``--network`` names any network of the benchmark suite (``benchmarks/suite.py``), trained with the
+suite's optimizer on random images of its input shape; the default is the seed CNN.
 
 Prints the fastest and the median of ``--steps`` timed steps (the fastest is the least disturbed by
 other load on a shared machine), then the functions that took the most time under cProfile over 100
@@ -27,7 +30,7 @@ import numpy as np
 import minidl
 from minidl.backend import KERNEL_MODULES
 from minidl.engine import PASSES
-from minidl.presets import seed_cnn
+from suite import NETWORKS, compiled  # benchmarks/suite.py, beside this script
 
 
 def kernel_milliseconds(step, steps):
@@ -67,6 +70,7 @@ def kernel_milliseconds(step, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", default="seed_cnn", choices=list(NETWORKS))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--backend", help="default: minidl's default")
@@ -79,11 +83,9 @@ def main():
     if args.backend:
         minidl.set_backend(args.backend)
     rng = np.random.default_rng(0)
-    x = rng.random((args.batch_size, 28, 28, 1), dtype=np.float32)
+    x = rng.random((args.batch_size, *NETWORKS[args.network][2]), dtype=np.float32)
     y = rng.integers(0, 10, args.batch_size)
-    model = seed_cnn()
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  optimize={name: False for name in args.without})
+    model = compiled(minidl, args.network, optimize={name: False for name in args.without})
     for _ in range(5):
         model.train_on_batch(x, y)
     seconds = []
@@ -91,7 +93,7 @@ def main():
         start = time.perf_counter()
         model.train_on_batch(x, y)
         seconds.append(time.perf_counter() - start)
-    print(f"backend {minidl.get_backend()}, batch {args.batch_size}: fastest {min(seconds) * 1e3:.2f} ms, "
+    print(f"{args.network}, backend {minidl.get_backend()}, batch {args.batch_size}: fastest {min(seconds) * 1e3:.2f} ms, "
           f"median {statistics.median(seconds) * 1e3:.2f} ms per step over {args.steps} steps")
     if args.kernels:
         if minidl.get_backend() == "cuda":

@@ -144,6 +144,17 @@ NETWORKS = {
 }
 
 
+def compiled(lib, name, **compile_options):
+    """Network ``name`` built by ``lib`` (``minidl`` or ``keras``) and compiled with its optimizer, the
+    sparse cross-entropy loss and ``compile_options`` (minidl's ``optimize=...``, say)."""
+    builder, optimizer_spec = NETWORKS[name][:2]
+    model = builder(lib)
+    spec = dict(optimizer_spec)
+    model.compile(optimizer=getattr(lib.optimizers, spec.pop("name"))(**spec),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], **compile_options)
+    return model
+
+
 def missing_feature(name):
     """What minidl lacks to build network ``name`` (e.g. ``"layers.BatchNormalization"``), or ``None``."""
     import minidl
@@ -277,17 +288,13 @@ def conv_layer_report(model, x, y, steps=5):
 
 def run_worker(args):
     """Train one framework on one network and batch size; print the measurements as JSON."""
-    builder, optimizer_spec = NETWORKS[args.network][:2]
     if args.worker == "minidl":
         import minidl as lib
     else:
         import keras as lib
-    model = builder(lib)
+    model = compiled(lib, args.network)
     data, weights = load_arrays(args.data), load_arrays(args.weights)
     model.set_weights([weights[f"arr_{i}"] for i in range(len(weights))])
-    spec = dict(optimizer_spec)
-    model.compile(optimizer=getattr(lib.optimizers, spec.pop("name"))(**spec),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x_train, y_train, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
 
     timer = EpochTimer(lib.callbacks.Callback)  # a pass is one epoch of the fixed steps

@@ -68,7 +68,7 @@ def main():
         if suite.missing_feature(network):
             print(f"{network}: skipped ({suite.missing_feature(network)})")
             continue
-        model, input_shape = compiled(network)
+        model, input_shape = suite.compiled(minidl, network), suite.NETWORKS[network][2]
         x = rng.random((batch_size, *input_shape), dtype=np.float32)
         y = rng.integers(0, suite.CLASSES, batch_size)
         model.train_on_batch(x, y)  # applies the process settings, compiles, plans

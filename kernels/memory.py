@@ -3,17 +3,21 @@
 import ctypes
 import sys
 
-# glibc mallopt parameters, and the values that keep freed blocks up to 32 MiB in the heap.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-HEAP_MMAP_THRESHOLD, HEAP_TRIM_THRESHOLD = 32 * 2**20, 2**30
+# glibc mallopt parameters: heap memory glibc may keep unreturned (1 GiB), and how many blocks it may
+# map outside the heap (none, so every block, however large, is carved from the heap).
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+HEAP_TRIM_THRESHOLD, MAPPED_BLOCKS_MAX = 2**30, 0
 
 
 def retain_freed_memory():
-    """Make glibc keep freed blocks of up to 32 MiB for reuse instead of returning them to the OS.
+    """Make glibc keep freed blocks in the heap for reuse instead of returning them to the OS.
 
-    Every training step allocates the same large arrays (cols, activations, gradients); by default
-    glibc maps each one afresh and unmaps it when freed, so every step pays a page fault per 4 KiB
-    touched.  Returns ``True`` when the setting took effect (glibc only).
+    Every training step allocates the same large arrays (cols, Winograd tiles, activations,
+    gradients).  By default glibc maps each block over its mmap threshold (at most 32 MiB) afresh and
+    unmaps it when freed, so every step pays a page fault, and the kernel zeroes a page, for every
+    page of them it touches.  With no mapped blocks and a high trim threshold, a freed block is reused
+    by the next allocation of its size.  Threads other than the main one still map blocks larger than
+    their arena's heap (64 MiB).  Returns ``True`` when the setting took effect (glibc only).
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -22,4 +26,4 @@ def retain_freed_memory():
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+    return bool(mallopt(M_MMAP_MAX, MAPPED_BLOCKS_MAX) and mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))

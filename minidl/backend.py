@@ -75,10 +75,9 @@ def apply_process_settings():
     """The process-wide settings that make training fast, applied once per thread by the first
     ``fit``, ``evaluate``, ``predict`` or ``train_on_batch`` (or by calling this), never on import:
 
-    * glibc keeps freed blocks of up to 32 MiB for reuse
+    * glibc keeps freed blocks in the heap for reuse, however large
       (:func:`minidl.kernels.memory.retain_freed_memory`): every step allocates the same large arrays,
-      and without it each one page-faults afresh (``benchmarks/RESULTS.md`` [P1]: 45 against 25 ms per
-      seed-CNN step at batch 128).
+      and without it each one page-faults afresh (``benchmarks/RESULTS.md`` [P1]).
     * on the ``numba`` backend, its thread policy (``minidl.kernels.cpu.apply_thread_policy``): one
       Numba thread unless ``MINIDL_NUM_THREADS`` says otherwise, BLAS owning the cores, and
       ``OMP_WAIT_POLICY=PASSIVE`` unless set ([P2]).

@@ -131,6 +131,19 @@ def test_the_first_training_call_applies_the_process_settings_unless_told_not_to
     assert run_python(script, MINIDL_PROCESS_SETTINGS="0")[0] == "None"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_freed_block_larger_than_glibcs_mmap_threshold_is_reused_without_page_faults():
+    """64 MiB is past the largest mmap threshold glibc accepts (32 MiB): only a heap that maps no
+    blocks keeps it, so the second array of that size touches pages it already has."""
+    script = ("import resource, numpy as np; from minidl.kernels.memory import retain_freed_memory; "
+              "print(retain_freed_memory()); np.ones(2**24, np.float32); "
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; np.ones(2**24, np.float32); "
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
+    took_effect, faults = run_python(script)
+    assert took_effect == "True"
+    assert int(faults) < 8
+
+
 def keras_surface_cnn():
     """The layers of the Keras surface in one small network."""
     return minidl.Sequential([layers.Input((8, 8, 1)), layers.Rescaling(0.5, offset=-0.25), layers.ZeroPadding2D(1),
