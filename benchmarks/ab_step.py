@@ -14,6 +14,7 @@ cite in ``benchmarks/RESULTS.md``:
 * ``conv_algorithm`` [D7, D3]: each conv by the method timed fastest for its shape (the second conv,
   3x3 over 32 channels: im2col + GEMM or Winograd F(2x2, 3x3)).
 * ``workspace_chunking`` [D4]: convs whose scratch passes the bound run in chunks of images.
+* ``inference_chunking`` [D9] (for ``--task predict``): convs outside training in chunks of images.
 * ``inference_maxima`` [D6] (for ``--task predict``): max pooling outside training without the argmax.
 
 ``--task train`` times ``train_on_batch`` steps; ``--task predict`` times ``predict`` on 10,000 random

@@ -1,7 +1,7 @@
 """minidl against Keras 3 on every common network, in one run.
 
     python benchmarks/suite.py [--quick] [--networks NAME ...] [--batch-sizes 32 128]
-                               [--numba-threads 1 2] [--no-record]
+                               [--numba-threads 1 2] [--without PASS ...] [--no-record]
 
 For every network of :data:`NETWORKS` and batch size, the two frameworks train the same architecture
 from the same initial weights (built by minidl, loaded into Keras with ``set_weights``) with the same
@@ -18,7 +18,8 @@ step of its plan over a few extra training steps and reports, per conv layer, th
 activation and any fused pooling) and the fraction of this machine's SGEMM peak, measured here by NumPy
 on 2048 x 2048 float32 matrices (best of 5).
 
-``--numba-threads 1 2`` runs minidl once per Numba thread count (``MINIDL_NUM_THREADS``), for the
+``--without PASS`` compiles minidl's models with that planner pass switched off (repeatable), the
+other side of a pass's A/B against Keras.  ``--numba-threads 1 2`` runs minidl once per Numba thread count (``MINIDL_NUM_THREADS``), for the
 thread policy's record.  The table is printed, written as JSON and a PNG chart under
 ``benchmarks/results/``, and appended to ``benchmarks/RESULTS.md`` as a dated section unless
 ``--no-record``.  Keras runs in ``--keras-python`` (default: ``/work/venv-keras/bin/python`` where it
@@ -290,9 +291,13 @@ def run_worker(args):
     """Train one framework on one network and batch size; print the measurements as JSON."""
     if args.worker == "minidl":
         import minidl as lib
+
+        options = {"optimize": {name: False for name in args.without}} if args.without else {}
     else:
         import keras as lib
-    model = compiled(lib, args.network)
+
+        options = {}
+    model = compiled(lib, args.network, **options)
     data, weights = load_arrays(args.data), load_arrays(args.weights)
     model.set_weights([weights[f"arr_{i}"] for i in range(len(weights))])
     x_train, y_train, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
@@ -328,6 +333,7 @@ def launch_worker(framework, network, batch_size, repeats, paths, args, numba_th
     command = [str(python), str(Path(__file__).resolve()), "--worker", framework, "--network", network,
                "--batch-size", str(batch_size), "--repeats", str(repeats),
                "--data", str(paths["data"]), "--weights", str(paths["weights"])]
+    command += [f"--without={name}" for name in args.without if framework == "minidl"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if numba_threads is not None:
@@ -474,6 +480,8 @@ def main(argv=None):
     parser.add_argument("--keras-python", type=Path,
                         default=DEFAULT_KERAS_PYTHON if DEFAULT_KERAS_PYTHON.exists() else Path(sys.executable))
     parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights")
+    parser.add_argument("--without", action="append", default=[], metavar="PASS",
+                        help="switch this planner pass off in minidl's models (repeatable)")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--worker", choices=["minidl", "keras"], help=argparse.SUPPRESS)
     parser.add_argument("--network", help=argparse.SUPPRESS)

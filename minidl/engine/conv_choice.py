@@ -5,13 +5,18 @@ As cuDNN's benchmark mode does, the first time a shape is planned every candidat
 :func:`minidl.engine.conv_methods.candidate_methods` runs forward and backward passes over
 :data:`MEASURE_IMAGES` random images, the candidates taking turns (the fastest of
 :data:`MEASURE_REPEATS` passes counts), and the fastest method wins.  The answer, with every
-candidate's seconds, is kept in a JSON file under a key made of the conv's shape and the machine (CPU,
-cores, backend, Numba threads), so later processes plan without timing anything.
+candidate's seconds and the machine's load at the time, is kept in a JSON file under a key made of
+the conv's shape and the machine (CPU, cores, backend, Numba threads), so later processes plan without
+timing anything.  A cached choice is timed again when it did not time every candidate there is now
+(a new method), or when it was timed on a busy machine (load per core above
+:data:`BUSY_LOAD_PER_CORE`: other processes' work falls on the candidates unevenly) and the machine is
+quieter now.
 
 Environment:
 
-* ``MINIDL_CONV_CHOICE``: ``measure`` (the default) as above, or ``model``: no timing and no file,
-  the cost model :func:`modelled_choice` (deterministic; the test suite uses it).
+* ``MINIDL_CONV_CHOICE``: ``measure`` (the default) as above; ``remeasure``: time every conv again
+  and replace its cached choice; or ``model``: no timing and no file, the cost model
+  :func:`modelled_choice` (deterministic; the test suite uses it).
 * ``MINIDL_CONV_CACHE``: the file of choices (default ``$XDG_CACHE_HOME/minidl/conv_choices.json``,
   ``~/.cache/minidl/conv_choices.json`` without ``XDG_CACHE_HOME``).
 """
@@ -39,13 +44,27 @@ MEASURE_WORKSPACE_BYTES = 128 * 2**20
 #: GEMMs have ``K = C_in``, and thinner ones were not measured to pay for the tile transforms ([D3]).
 WINOGRAD_MIN_CHANNELS = 32
 
+#: A choice timed while the 1-minute load average per core was above this is timed again at a later
+#: plan under less load.
+BUSY_LOAD_PER_CORE = 1.0
+
+CHOICE_MODES = ("measure", "remeasure", "model")
+
 
 def choice_mode():
-    """``"measure"`` or ``"model"`` from ``MINIDL_CONV_CHOICE``; raises ``ValueError`` naming a bad value."""
+    """One of :data:`CHOICE_MODES` from ``MINIDL_CONV_CHOICE``; raises ``ValueError`` naming a bad value."""
     mode = os.environ.get("MINIDL_CONV_CHOICE", "measure")
-    if mode not in ("measure", "model"):
-        raise ValueError(f"MINIDL_CONV_CHOICE must be 'measure' or 'model', got {mode!r}")
+    if mode not in CHOICE_MODES:
+        raise ValueError(f"MINIDL_CONV_CHOICE must be one of {', '.join(map(repr, CHOICE_MODES))}, got {mode!r}")
     return mode
+
+
+def load_per_core():
+    """The 1-minute load average over the number of cores; 0.0 where the system does not say."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def cache_path():
@@ -145,21 +164,36 @@ def write_choices(path, choices):
         pass
 
 
+def answers_for(entry, candidates, load_now):
+    """Whether a cached ``entry`` still answers: it timed exactly ``candidates``, and it was not timed
+    on a busy machine that is quieter now (``load_now`` per core)."""
+    if not isinstance(entry, dict) or entry.get("method") not in candidates:
+        return False
+    if not isinstance(entry.get("seconds"), dict) or set(entry["seconds"]) != set(candidates):
+        return False
+    load_then = entry.get("load_per_core", 0.0)
+    if not isinstance(load_then, (int, float)):
+        return False
+    return load_then <= BUSY_LOAD_PER_CORE or load_now >= load_then
+
+
 def choose_method(conv, pads, input_grad_needed):
     """The name of the method (a key of :func:`candidate_methods`) that computes ``conv`` over ``pads``
     fastest here: measured once per shape and machine and cached, or modelled (see the module)."""
     candidates = candidate_methods(conv)
     if len(candidates) == 1:
         return next(iter(candidates))
-    if choice_mode() == "model":
+    mode = choice_mode()
+    if mode == "model":
         return modelled_choice(conv, candidates)
     path, key = cache_path(), f"{machine_key()} | {shape_key(conv, pads, input_grad_needed)}"
+    load_now = load_per_core()
     entry = read_choices(path).get(key)
-    if isinstance(entry, dict) and entry.get("method") in candidates:
+    if mode == "measure" and answers_for(entry, candidates, load_now):
         return entry["method"]
     seconds = measured_seconds(conv, candidates, pads, input_grad_needed)
     fastest = min(seconds, key=seconds.get)
     choices = read_choices(path)
-    choices[key] = {"method": fastest, "seconds": seconds}
+    choices[key] = {"method": fastest, "seconds": seconds, "load_per_core": round(load_now, 2)}
     write_choices(path, choices)
     return fastest

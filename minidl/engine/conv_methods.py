@@ -127,13 +127,15 @@ class ConvLinear:
     ``pads`` are the layer's own, or smaller ones that leave out trailing outputs nobody reads
     (:func:`minidl.engine.passes.crop_unread_outputs`).  With ``images_per_chunk`` set, a larger batch
     is computed that many images at a time, and each chunk's unfolded input is recomputed in backward
-    instead of kept, which bounds the scratch memory.
+    instead of kept, which bounds the scratch memory.  With ``inference_images_per_chunk`` set, a
+    forward pass outside training runs in chunks of that many images and keeps nothing for backward
+    (a backward after it unfolds the input again).
     """
 
-    def __init__(self, conv, method, pads=None, images_per_chunk=None):
+    def __init__(self, conv, method, pads=None, images_per_chunk=None, inference_images_per_chunk=None):
         self.conv, self.method = conv, method
         self.pads = conv.pads if pads is None else pads
-        self.images_per_chunk = images_per_chunk
+        self.images_per_chunk, self.inference_images_per_chunk = images_per_chunk, inference_images_per_chunk
 
     def output_hw(self):
         """``(OH, OW)`` of the outputs computed (fewer than the layer's when ``pads`` crop)."""
@@ -144,9 +146,10 @@ class ConvLinear:
         return self.method.bytes_per_image(self.conv.input_shape, self.output_hw(), self.conv.filters,
                                            self.conv.dtype.itemsize)
 
-    def chunks(self, batch_size):
-        """Slices of the batch, each at most ``images_per_chunk`` images (one slice without chunking)."""
-        step = batch_size if self.images_per_chunk is None else self.images_per_chunk
+    def chunks(self, batch_size, images_per_chunk=None):
+        """Slices of the batch, each at most ``images_per_chunk`` images (default: the training
+        chunks; one slice without chunking)."""
+        step = images_per_chunk or self.images_per_chunk or batch_size
         return [slice(start, min(start + step, batch_size)) for start in range(0, batch_size, step)]
 
     def workspace_bytes(self, batch_size):
@@ -154,14 +157,15 @@ class ConvLinear:
         images = batch_size if self.images_per_chunk is None else min(batch_size, self.images_per_chunk)
         return 2 * images * self.bytes_per_image()
 
-    def forward(self, x):
+    def forward(self, x, training=True):
         """``z`` ``(N, OH, OW, F)`` from ``x`` ``(N, H, W, C_in)``; keeps ``x``, the kernel matrix and
-        (for a single chunk) the unfolded input."""
+        (for a single chunk, unless an inference pass runs in its own chunks) the unfolded input."""
         self.x = x
         self.kernel_matrix = self.method.kernel_matrix(self.conv.params["kernel"])
         out_shape = (x.shape[0], *self.output_hw(), self.conv.filters)
-        chunks = self.chunks(x.shape[0])
-        if len(chunks) == 1:
+        inference_chunks = not training and self.inference_images_per_chunk is not None
+        chunks = self.chunks(x.shape[0], self.inference_images_per_chunk if inference_chunks else None)
+        if len(chunks) == 1 and not inference_chunks:
             self.unfolded = self.method.unfold(x, self.pads)
             return self.method.outputs(self.unfolded, self.kernel_matrix, out_shape)
         self.unfolded = None

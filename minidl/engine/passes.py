@@ -11,6 +11,8 @@ switchable: ``compile(optimize={"conv_algorithm": False})``.  Each pass cites th
 * ``conv_algorithm``: each conv by the method measured fastest for its shape on this machine
   (im2col + GEMM or Winograd F(2x2, 3x3); :mod:`minidl.engine.conv_choice`).
 * ``workspace_chunking``: a conv whose scratch would pass ``max_workspace_bytes`` runs in chunks of images.
+* ``inference_chunking``: outside training a conv runs in chunks of images whose scratch fits
+  ``INFERENCE_WORKSPACE_BYTES`` and keeps nothing for backward.
 * ``inference_maxima``: max pooling outside training computes the maxima without the argmax.
 """
 
@@ -26,6 +28,10 @@ from minidl.layers.pooling import MaxPooling2D
 
 #: Scratch (im2col columns or Winograd tiles) allowed per conv step before it runs in chunks of images.
 DEFAULT_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_WORKSPACE_MB", "256")) * 2**20)
+
+#: Scratch allowed per conv outside training (or ``max_workspace_bytes``, where smaller), where a chunk
+#: of images costs no recomputation: nothing is kept for backward.
+INFERENCE_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_INFERENCE_WORKSPACE_MB", "32")) * 2**20)
 
 
 def record_pass(step, name):
@@ -151,17 +157,34 @@ def conv_algorithm(draft):
                           "conv_algorithm")
 
 
-def workspace_chunking(draft):
-    """[D4] A conv whose batch would need more than ``max_workspace_bytes`` of scratch (im2col
-    columns, Winograd tiles) computes that many bytes' worth of images at a time."""
+def convs_with_linear(draft, pass_name):
+    """Every conv step of ``draft`` with a :class:`ConvLinear` whose chunks can be set: a plain Conv2D
+    becomes a :class:`ConvStep` by its own im2col + GEMM, shaped by ``pass_name``."""
     for conv_step in draft.plain_steps(Conv2D):
         conv = conv_step.layer
         linear = ConvLinear(conv, Im2colGemm(conv.kernel_size, conv.strides))
         step = ConvStep(conv, linear, conv_step.inputs, conv_step.output, draft.needs_input_grad(conv_step.inputs))
-        draft.replace([conv_step], step, "workspace_chunking")
-    for step in draft.steps_with_conv_linear():
+        draft.replace([conv_step], step, pass_name)
+    return draft.steps_with_conv_linear()
+
+
+def workspace_chunking(draft):
+    """[D4] A conv whose batch would need more than ``max_workspace_bytes`` of scratch (im2col
+    columns, Winograd tiles) computes that many bytes' worth of images at a time."""
+    for step in convs_with_linear(draft, "workspace_chunking"):
         step.linear.images_per_chunk = max(1, draft.max_workspace_bytes // step.linear.bytes_per_image())
         record_pass(step, "workspace_chunking")
+
+
+def inference_chunking(draft):
+    """[D9] Outside training (``predict``, ``evaluate``) a conv computes
+    ``min(INFERENCE_WORKSPACE_BYTES, max_workspace_bytes)`` bytes' worth of images at a time and keeps
+    no unfolded input: without a backward to feed, a chunk costs no recomputation, and a predict's
+    scratch stays a few chunks' worth instead of the batch's."""
+    bound = min(INFERENCE_WORKSPACE_BYTES, draft.max_workspace_bytes)
+    for step in convs_with_linear(draft, "inference_chunking"):
+        step.linear.inference_images_per_chunk = max(1, bound // step.linear.bytes_per_image())
+        record_pass(step, "inference_chunking")
 
 
 def inference_maxima(draft):
@@ -187,6 +210,7 @@ PASSES = {
     "crop_unread_outputs": crop_unread_outputs,
     "conv_algorithm": conv_algorithm,
     "workspace_chunking": workspace_chunking,
+    "inference_chunking": inference_chunking,
     "inference_maxima": inference_maxima,
 }
 

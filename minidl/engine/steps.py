@@ -67,7 +67,7 @@ class ConvStep(Step):
         self.conv, self.linear, self.input_grad_needed = conv, linear, input_grad_needed
 
     def forward(self, inputs, training):
-        z = self.linear.forward(inputs[0])
+        z = self.linear.forward(inputs[0], training)
         self.y, self.kept_logits = activate(z, self.conv.params.get("bias"), self.conv.activation)
         return self.y
 
@@ -107,7 +107,7 @@ class ConvMaxPoolStep(Step):
         self.winners = MaxPoolWinners(pool)
 
     def forward(self, inputs, training):
-        pooled = self.winners.forward(self.linear.forward(inputs[0]), training)
+        pooled = self.winners.forward(self.linear.forward(inputs[0], training), training)
         self.y = ops.bias_activation(pooled, self.conv.params.get("bias"), self.conv.activation)
         return self.y
 

@@ -31,6 +31,8 @@ PASS_EFFECTS = {
                       "(cached on disk; MINIDL_CONV_CHOICE=model uses the cost model instead)",
     "workspace_chunking": "the scratch (cols or tiles) is computed a chunk of images at a time when "
                           "the batch would need more than max_workspace_bytes",
+    "inference_chunking": "outside training the conv runs a chunk of images at a time and keeps no "
+                          "scratch for backward",
     "inference_maxima": "outside training, max pooling computes the maxima without the argmax",
 }
 

@@ -91,13 +91,48 @@ def test_a_cached_choice_is_used_without_timing_again(measuring, monkeypatch):
 @pytest.mark.parametrize("cached, planned", [("winograd", "winograd"), ("im2col", None)])
 def test_the_plan_follows_the_cached_choice(measuring, cached, planned):
     model = minidl.Sequential([layers.Input((10, 10, 4)), layers.Conv2D(3, 3), layers.Flatten(), layers.Dense(2)])
-    model.compile(optimizer="sgd", loss="mse", optimize={"workspace_chunking": False})
+    model.compile(optimizer="sgd", loss="mse", optimize={"workspace_chunking": False, "inference_chunking": False})
     conv = model.layers[0]
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, False)}"
-    measuring.write_text(json.dumps({key: {"method": cached, "seconds": {}}}))
+    measuring.write_text(json.dumps({key: {"method": cached, "seconds": {"im2col": 1.0, "winograd": 1.0}}}))
     step = model.plan.step_of(conv)
     method = getattr(getattr(step, "linear", None), "method", None)  # a plain step computes im2col itself
     assert (method.name if method else None) == planned
+
+
+def cached_entry(measuring, **fields):
+    """A cache holding one choice of ``built_conv((10, 10, 4))``, with ``fields`` over a valid entry."""
+    conv = built_conv((10, 10, 4))
+    key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, True)}"
+    entry = {"method": "winograd", "seconds": {"im2col": 2.0, "winograd": 1.0}, "load_per_core": 0.5, **fields}
+    measuring.write_text(json.dumps({key: entry}))
+    return conv, key
+
+
+@pytest.mark.parametrize("fields, load_now, timed_again", [
+    ({}, 0.1, False),
+    ({"seconds": {"im2col": 2.0}}, 0.1, True),  # a candidate it never timed
+    ({"load_per_core": 6.0}, 0.5, True),  # timed on a busy machine, quieter now
+    ({"load_per_core": 6.0}, 7.0, False),  # busier now: the old timing is as good as a new one
+    ({"load_per_core": "high"}, 0.5, True),
+])
+def test_a_cached_choice_is_timed_again_when_it_missed_a_candidate_or_was_timed_under_load(
+        measuring, monkeypatch, fields, load_now, timed_again):
+    conv, key = cached_entry(measuring, **fields)
+    monkeypatch.setattr(conv_choice, "load_per_core", lambda: load_now)
+    monkeypatch.setattr(conv_choice, "measured_seconds", lambda *args: {"im2col": 1.0, "winograd": 3.0})
+    chosen = conv_choice.choose_method(conv, conv.pads, True)
+    assert chosen == ("im2col" if timed_again else "winograd")
+    entry = json.loads(measuring.read_text())[key]
+    assert (entry["load_per_core"] == load_now) is timed_again
+
+
+def test_remeasure_mode_times_a_cached_choice_again(measuring, monkeypatch):
+    conv, key = cached_entry(measuring)
+    monkeypatch.setenv("MINIDL_CONV_CHOICE", "remeasure")
+    monkeypatch.setattr(conv_choice, "measured_seconds", lambda *args: {"im2col": 1.0, "winograd": 3.0})
+    assert conv_choice.choose_method(conv, conv.pads, True) == "im2col"
+    assert json.loads(measuring.read_text())[key]["method"] == "im2col"
 
 
 def test_a_malformed_cache_file_is_measured_over_and_replaced(measuring):
@@ -125,5 +160,6 @@ def test_the_cost_model_times_nothing_and_writes_nothing(monkeypatch, tmp_path):
 
 def test_an_unknown_choice_mode_is_named(monkeypatch):
     monkeypatch.setenv("MINIDL_CONV_CHOICE", "fastest")
-    with pytest.raises(ValueError, match="MINIDL_CONV_CHOICE must be 'measure' or 'model', got 'fastest'"):
+    with pytest.raises(ValueError, match="MINIDL_CONV_CHOICE must be one of 'measure', 'remeasure', 'model', "
+                                         "got 'fastest'"):
         conv_choice.choose_method(built_conv((10, 10, 4)), ((0, 0), (0, 0)), True)

@@ -295,6 +295,33 @@ def test_workspace_of_a_224_pixel_batch_stays_under_the_bound(winograd, per_imag
     assert step.workspace_bytes(32) == 2 * step.linear.images_per_chunk * per_image <= 2 * 256 * 2**20
 
 
+@pytest.mark.parametrize("winograd", [False, True], ids=["im2col", "winograd"])
+def test_outside_training_a_conv_runs_in_its_inference_chunks_and_keeps_no_scratch(backend, winograd, monkeypatch):
+    from minidl.engine import passes
+
+    monkeypatch.setattr(passes, "INFERENCE_WORKSPACE_BYTES", 2 * 9 * 9 * 27 * 8)  # two images' im2col rows
+    monkeypatch.setattr(conv_choice, "WINOGRAD_MIN_CHANNELS", 1 if winograd else 10**6)
+    models = []
+    for optimize in (True, False):
+        model = minidl.Sequential([layers.Input((9, 9, 3)), layers.Conv2D(4, 3, padding="same", activation="tanh"),
+                                   layers.Flatten(), layers.Dense(2)]).cast("float64")
+        model.compile(optimizer="sgd", loss="mse", optimize=optimize)
+        models.append(model)
+    models[0].set_weights(models[1].get_weights())
+    linear = models[0].plan.step_of(models[0].layers[0]).linear
+    assert linear.method.name == ("winograd" if winograd else "im2col")
+    assert linear.images_per_chunk >= 5 and linear.inference_images_per_chunk == (1 if winograd else 2)
+    unfolded_batches = []
+    unfold = linear.method.unfold
+    monkeypatch.setattr(linear.method, "unfold", lambda x, pads: unfolded_batches.append(len(x)) or unfold(x, pads))
+    x = np.random.default_rng(0).standard_normal((5, 9, 9, 3))
+    np.testing.assert_allclose(models[0].predict(x, batch_size=5), models[1].predict(x, batch_size=5), rtol=1e-12)
+    assert unfolded_batches == ([1] * 5 if winograd else [2, 2, 1]) and linear.unfolded is None
+    unfolded_batches.clear()
+    models[0].train_on_batch(x, np.zeros((5, 2)))
+    assert unfolded_batches == [5] and linear.unfolded is not None
+
+
 @pytest.mark.slow
 def test_a_training_step_on_224_pixel_images_fits_in_memory():
     script = textwrap.dedent("""
