@@ -1,8 +1,10 @@
-"""A/B of one planner pass (or all of them) in the seed CNN, both sides in one process.
+"""A/B of one planner pass (or all of them) in one network, both sides in one process.
 
-    python benchmarks/ab_step.py [--decision PASS|all] [--task train|predict]
-                                 [--batch-size 128] [--rounds 30] [--steps 10]
+    python benchmarks/ab_step.py [--decision PASS|all] [--task train|predict] [--network seed_cnn]
+                                 [--images 10000] [--batch-size 128] [--rounds 30] [--steps 10]
 
+``--network`` names any network of the benchmark suite (``benchmarks/suite.py``), with its optimizer;
+the default is the seed CNN.
 Side A is the model as ``compile()`` plans it by default; side B switches one pass of
 ``minidl.engine.passes`` off (``compile(optimize={PASS: False})``), or, with ``--decision all``, every
 pass (``optimize=False``: each layer's own forward and backward).  The passes and the decisions they
@@ -17,8 +19,8 @@ cite in ``benchmarks/RESULTS.md``:
 * ``inference_chunking`` [D9] (for ``--task predict``): convs outside training in chunks of images.
 * ``inference_maxima`` [D6] (for ``--task predict``): max pooling outside training without the argmax.
 
-``--task train`` times ``train_on_batch`` steps; ``--task predict`` times ``predict`` on 10,000 random
-images at ``--batch-size`` (one call per step).  The two sides alternate every ``--steps`` steps on
+``--task train`` times ``train_on_batch`` steps; ``--task predict`` times ``predict`` on ``--images``
+random images at ``--batch-size`` (one call per step).  The two sides alternate every ``--steps`` steps on
 one model and one batch, so both see the same caches and the same load from the rest of the machine;
 comparing separate runs on a shared 2-core VM cannot resolve 10% differences.  Each side's minimum,
 25th percentile, median and mean are printed; the mean is what an epoch adds up.
@@ -29,8 +31,9 @@ import time
 
 import numpy as np
 
+import minidl
 from minidl.engine import PASSES
-from minidl.presets import seed_cnn
+from suite import NETWORKS, compiled  # benchmarks/suite.py, beside this script
 
 
 def summary(seconds):
@@ -51,19 +54,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decision", choices=[*PASSES, "all"], default="crop_unread_outputs")
     parser.add_argument("--task", choices=["train", "predict"], default="train")
+    parser.add_argument("--network", default="seed_cnn", choices=list(NETWORKS))
+    parser.add_argument("--images", type=int, default=10_000, help="images per predict call")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side per round")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    model = seed_cnn()
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model, input_shape = compiled(minidl, args.network), NETWORKS[args.network][2]
     if args.task == "train":
-        x = rng.random((args.batch_size, 28, 28, 1), dtype=np.float32)
+        x = rng.random((args.batch_size, *input_shape), dtype=np.float32)
         y = rng.integers(0, 10, args.batch_size)
         step = lambda: model.train_on_batch(x, y)  # noqa: E731
     else:
-        x = rng.random((10_000, 28, 28, 1), dtype=np.float32)
+        x = rng.random((args.images, *input_shape), dtype=np.float32)
         step = lambda: model.predict(x, batch_size=args.batch_size)  # noqa: E731
     switches = sides(model, args.decision)
     seconds = {name: [] for name in switches}
@@ -78,7 +82,7 @@ def main():
                     seconds[name].append(time.perf_counter() - start)
     finally:
         next(iter(switches.values()))()
-    print(f"{args.decision}, {args.task}, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps per side:")
+    print(f"{args.network}: {args.decision}, {args.task}, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps per side:")
     for name, times in seconds.items():
         print(f"  {name}: {summary(times)}")
 

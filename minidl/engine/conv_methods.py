@@ -165,9 +165,10 @@ class ConvLinear:
         out_shape = (x.shape[0], *self.output_hw(), self.conv.filters)
         inference_chunks = not training and self.inference_images_per_chunk is not None
         chunks = self.chunks(x.shape[0], self.inference_images_per_chunk if inference_chunks else None)
-        if len(chunks) == 1 and not inference_chunks:
-            self.unfolded = self.method.unfold(x, self.pads)
-            return self.method.outputs(self.unfolded, self.kernel_matrix, out_shape)
+        if len(chunks) == 1:
+            unfolded = self.method.unfold(x, self.pads)
+            self.unfolded = None if inference_chunks else unfolded
+            return self.method.outputs(unfolded, self.kernel_matrix, out_shape)
         self.unfolded = None
         z = ops.zeros(out_shape, self.conv.dtype)
         for chunk in chunks:

@@ -31,7 +31,7 @@ DEFAULT_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_WORKSPACE_MB", "256")
 
 #: Scratch allowed per conv outside training (or ``max_workspace_bytes``, where smaller), where a chunk
 #: of images costs no recomputation: nothing is kept for backward.
-INFERENCE_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_INFERENCE_WORKSPACE_MB", "32")) * 2**20)
+INFERENCE_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_INFERENCE_WORKSPACE_MB", "128")) * 2**20)
 
 
 def record_pass(step, name):
