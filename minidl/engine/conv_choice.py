@@ -165,15 +165,15 @@ def write_choices(path, choices):
 
 
 def answers_for(entry, candidates, load_now):
-    """Whether a cached ``entry`` still answers: it timed exactly ``candidates``, and it was not timed
-    on a busy machine that is quieter now (``load_now`` per core)."""
+    """Whether a cached ``entry`` still answers: it timed exactly ``candidates``, it says the load it
+    was timed under, and that was not a busy machine's that is quieter now (``load_now`` per core)."""
     if not isinstance(entry, dict) or entry.get("method") not in candidates:
         return False
     if not isinstance(entry.get("seconds"), dict) or set(entry["seconds"]) != set(candidates):
         return False
-    load_then = entry.get("load_per_core", 0.0)
+    load_then = entry.get("load_per_core")
     if not isinstance(load_then, (int, float)):
-        return False
+        return False  # timed before the load was recorded, or a malformed entry
     return load_then <= BUSY_LOAD_PER_CORE or load_now >= load_then
 
 

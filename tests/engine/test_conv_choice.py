@@ -94,7 +94,8 @@ def test_the_plan_follows_the_cached_choice(measuring, cached, planned):
     model.compile(optimizer="sgd", loss="mse", optimize={"workspace_chunking": False, "inference_chunking": False})
     conv = model.layers[0]
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, False)}"
-    measuring.write_text(json.dumps({key: {"method": cached, "seconds": {"im2col": 1.0, "winograd": 1.0}}}))
+    measuring.write_text(json.dumps({key: {"method": cached, "seconds": {"im2col": 1.0, "winograd": 1.0},
+                                           "load_per_core": 0.0}}))
     step = model.plan.step_of(conv)
     method = getattr(getattr(step, "linear", None), "method", None)  # a plain step computes im2col itself
     assert (method.name if method else None) == planned
@@ -115,6 +116,7 @@ def cached_entry(measuring, **fields):
     ({"load_per_core": 6.0}, 0.5, True),  # timed on a busy machine, quieter now
     ({"load_per_core": 6.0}, 7.0, False),  # busier now: the old timing is as good as a new one
     ({"load_per_core": "high"}, 0.5, True),
+    ({"load_per_core": None}, 0.5, True),  # timed before the load was recorded
 ])
 def test_a_cached_choice_is_timed_again_when_it_missed_a_candidate_or_was_timed_under_load(
         measuring, monkeypatch, fields, load_now, timed_again):
