@@ -1,10 +1,12 @@
-"""A/B of the seed CNN's training step between two checkouts of minidl (e.g. before and after a change).
+"""A/B of a training step between two checkouts of minidl (e.g. before and after a change).
 
     git worktree add /tmp/minidl-before <commit>
-    python benchmarks/ab_commits.py /tmp/minidl-before . [--batch-size 128] [--rounds 10] [--steps 20]
+    python benchmarks/ab_commits.py /tmp/minidl-before . [--network seed_cnn|mlp] [--batch-size 128]
+                                    [--rounds 10] [--steps 20]
 
 Each round runs one process per checkout in turn (its own code first on ``sys.path``): it trains the
-seed CNN with Adam on one random batch, untimed for 3 steps (kernels loaded from the cache, buffers
+network (the seed CNN, or the benchmark suite's MLP 784-512-512-10 with dropout, built from layers
+every version has) with Adam on one random batch, untimed for 3 steps (kernels loaded from the cache, buffers
 warm), then times ``--steps`` calls of ``train_on_batch``.  Alternating the checkouts round by round
 lets both see the same load from the rest of the machine.  Each side's minimum, 25th percentile,
 median and mean step are printed with the machine line.
@@ -23,11 +25,19 @@ import machine  # benchmarks/machine.py, beside this script
 TIMED_STEPS = """
 import json, sys, time
 import numpy as np
+import minidl
+from minidl import layers
 from minidl.presets import seed_cnn
-batch_size, steps = int(sys.argv[1]), int(sys.argv[2])
+batch_size, steps, network = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rng = np.random.default_rng(0)
 x, y = rng.random((batch_size, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, batch_size)
-model = seed_cnn()
+if network == "mlp":
+    model = minidl.Sequential([layers.Input((28, 28, 1)), layers.Flatten(),
+                               layers.Dense(512, activation="relu"), layers.Dropout(0.2),
+                               layers.Dense(512, activation="relu"), layers.Dropout(0.2),
+                               layers.Dense(10, activation="softmax")])
+else:
+    model = seed_cnn()
 model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 for _ in range(3):
     model.train_on_batch(x, y)
@@ -40,10 +50,11 @@ print(json.dumps(seconds))
 """
 
 
-def step_seconds(checkout, batch_size, steps):
-    """``steps`` timed training steps in a fresh process that imports minidl from ``checkout``."""
+def step_seconds(checkout, network, batch_size, steps):
+    """``steps`` timed training steps of ``network`` in a fresh process that imports minidl from
+    ``checkout``."""
     env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
-    completed = subprocess.run([sys.executable, "-c", TIMED_STEPS, str(batch_size), str(steps)],
+    completed = subprocess.run([sys.executable, "-c", TIMED_STEPS, str(batch_size), str(steps), network],
                                cwd=checkout, env=env, capture_output=True, text=True, check=True)
     return json.loads(completed.stdout.splitlines()[-1])
 
@@ -58,19 +69,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkout_a")
     parser.add_argument("checkout_b")
+    parser.add_argument("--network", choices=["seed_cnn", "mlp"], default="seed_cnn")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     checkouts = [args.checkout_a, args.checkout_b]
     for checkout in checkouts:  # the first process of a checkout may compile its kernels
-        step_seconds(checkout, args.batch_size, 1)
+        step_seconds(checkout, args.network, args.batch_size, 1)
     seconds = {checkout: [] for checkout in checkouts}
     for _ in range(args.rounds):
         for checkout in checkouts:
-            seconds[checkout] += step_seconds(checkout, args.batch_size, args.steps)
+            seconds[checkout] += step_seconds(checkout, args.network, args.batch_size, args.steps)
     print(machine.describe())
-    print(f"seed CNN training step, Adam, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps:")
+    print(f"{args.network} training step, Adam, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps:")
     for checkout, times in seconds.items():
         print(f"  {checkout}: {describe(times)}")
 
