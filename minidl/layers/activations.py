@@ -53,6 +53,8 @@ def activation_backward(grad_out, y, activation):
 class Activation(Layer):
     """Apply an activation elementwise (softmax: over the last axis); any input shape."""
 
+    forward_keeps = ("y", "logits")
+
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
         self.activation = check_activation(activation, self.name)
@@ -113,6 +115,8 @@ class Softmax(_FixedActivation):
 class LeakyReLU(Layer):
     """``y = x`` for ``x > 0``, else ``negative_slope * x`` (Keras 3 default slope 0.3; ``alpha`` is
     accepted as the Keras 2 name)."""
+
+    forward_keeps = ("x",)
 
     def __init__(self, negative_slope=0.3, alpha=None, **kwargs):
         super().__init__(**kwargs)

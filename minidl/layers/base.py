@@ -2,7 +2,8 @@
 
 * ``__init__`` validates and stores the arguments (Keras names).
 * ``build(input_shape)`` creates the parameters once the per-sample input shape is known.
-* ``forward(x, training)`` returns the output and keeps on ``self`` what ``backward`` needs.
+* ``forward(x, training)`` returns the output and keeps on ``self`` what ``backward`` needs (named in
+  ``forward_keeps``, so a backward before any forward says that forward must run first).
 * ``backward(grad_out)`` fills ``self.grads`` (same keys as ``self.params``) and returns ``dL/dx``.
 
 Weights are of two kinds: ``params``, which the optimizer trains from ``grads``, and ``state``, the
@@ -19,7 +20,6 @@ A layer computes in float32 (the default) or float64; no other dtype is accepted
 import collections
 import contextlib
 import contextvars
-import sys
 
 import numpy as np
 
@@ -100,6 +100,8 @@ class Layer:
     weight_order = ()
     #: True for layers that combine several tensors (``forward`` takes a list, ``backward`` returns one)
     takes_several_inputs = False
+    #: what ``forward`` keeps on ``self`` for ``backward`` (a backward before any forward names them)
+    forward_keeps = ()
 
     def __init__(self, name=None, input_shape=None, dtype=None, trainable=True):
         self.name = name or unique_layer_name(type(self).__name__)
@@ -153,16 +155,11 @@ class Layer:
         raise NotImplementedError
 
     def __getattr__(self, attribute):
-        """Reached only for an attribute the layer lacks.  Asked for by a backward method, it is a
-        value forward keeps (``x``, ``y``, ``cols``): say that forward has to run first."""
-        frame = sys._getframe(1)
-        caller = frame.f_code.co_name
-        in_backward = (caller.startswith("backward") or caller.endswith("_backward")) \
-            and frame.f_locals.get("self") is self
-        if in_backward and not attribute.startswith("__") and "name" in self.__dict__:
-            raise AttributeError(f"layer {self.name!r} ({type(self).__name__}): {caller}() needs "
-                                 f"{attribute!r}, which forward() keeps; call forward(x, training=True) "
-                                 f"before {caller}()")
+        """Reached only for an attribute the layer lacks.  One of ``forward_keeps`` is missing because
+        forward has not run yet: say so, naming the layer."""
+        if attribute in type(self).forward_keeps and "name" in self.__dict__:
+            raise AttributeError(f"layer {self.name!r} ({type(self).__name__}): backward() needs {attribute!r}, "
+                                 f"which forward() keeps; call forward(x, training=True) before backward()")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {attribute!r}")
 
     def __call__(self, x, training=False):

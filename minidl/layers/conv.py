@@ -22,6 +22,8 @@ class Conv2D(KernelLayer):
         z = cols @ W2d          (N*OH*OW, filters), then reshaped to (N, OH, OW, filters)
     """
 
+    forward_keeps = ("x", "cols", "y", "logits")
+
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None, **kwargs):
         super().__init__(activation=activation, **kwargs)
         if not isinstance(filters, int) or filters < 1:

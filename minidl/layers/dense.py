@@ -11,6 +11,8 @@ class Dense(KernelLayer):
     Inputs must be ``(N, D_in)``; put a ``Flatten`` before a Dense that follows a conv layer.
     """
 
+    forward_keeps = ("x", "y", "logits")
+
     def __init__(self, units, activation=None, **kwargs):
         super().__init__(activation=activation, **kwargs)
         if not isinstance(units, int) or units < 1:

@@ -39,6 +39,8 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
     """``y[n, c] = 1/(H W) sum_{i, j} x[n, i, j, c]``: ``(N, H, W, C) -> (N, C)`` (``(N, 1, 1, C)``
     with ``keepdims``)."""
 
+    forward_keeps = ("x_shape",)
+
     def forward(self, x, training=False):
         """``y[n, c]`` = mean of channel ``c`` of image ``n``.  ``(N, H, W, C) -> (N, C)``."""
         self.x_shape = x.shape
@@ -56,6 +58,8 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
 class GlobalMaxPooling2D(_GlobalPooling2D):
     """``y[n, c] = max_{i, j} x[n, i, j, c]``: ``(N, H, W, C) -> (N, C)`` (``(N, 1, 1, C)`` with
     ``keepdims``)."""
+
+    forward_keeps = ("x_shape", "argmax")
 
     def forward(self, x, training=False):
         """``y[n, c]`` = maximum of channel ``c`` of image ``n``.  ``(N, H, W, C) -> (N, C)``.

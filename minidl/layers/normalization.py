@@ -25,6 +25,8 @@ class BatchNormalization(Layer):
     Keras's order: gamma, beta, moving_mean, moving_variance.  Any input ``(N, ..., C)``, same shape out.
     """
 
+    forward_keeps = ("x_rows", "mean", "variance", "batch_statistics")
+
     weight_order = ("gamma", "beta", "moving_mean", "moving_variance")
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,

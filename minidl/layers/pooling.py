@@ -28,6 +28,8 @@ class MaxPooling2D(_Pooling2D):
     wins the max.
     """
 
+    forward_keeps = ("x_shape", "argmax")
+
     def forward(self, x, training=False):
         """``y[n, i, j, c] = max_{p, q} x_pad[n, i*SH + p, j*SW + q, c]``.  ``(N, H, W, C) -> (N, OH, OW, C)``.
 
@@ -47,6 +49,8 @@ class MaxPooling2D(_Pooling2D):
 class AveragePooling2D(_Pooling2D):
     """``y[n, i, j, c] = mean of x[n, i*SH + p, j*SW + q, c]`` over the window's real pixels
     (padding is not counted, as in Keras).  ``(N, H, W, C) -> (N, OH, OW, C)``."""
+
+    forward_keeps = ("x_shape",)
 
     def forward(self, x, training=False):
         """``y[n, i, j, c]`` = mean of the window's real pixels.  ``(N, H, W, C) -> (N, OH, OW, C)``."""

@@ -8,6 +8,8 @@ from minidl.layers.base import Layer
 class Flatten(Layer):
     """``(N, d1, d2, ...) -> (N, d1*d2*...)`` in C order, so channels-last weights match Keras's."""
 
+    forward_keeps = ("x_shape",)
+
     def compute_output_shape(self, input_shape):
         return (math.prod(input_shape),)
 

@@ -13,6 +13,10 @@ from minidl import layers
     (lambda: layers.AveragePooling2D(2), (4, 4, 2)),
     (lambda: layers.Flatten(), (2, 3)),
     (lambda: layers.Activation("tanh"), (3,)),
+    (lambda: layers.LeakyReLU(), (3,)),
+    (lambda: layers.BatchNormalization(), (4, 4, 2)),
+    (lambda: layers.GlobalAveragePooling2D(), (4, 4, 2)),
+    (lambda: layers.GlobalMaxPooling2D(), (4, 4, 2)),
 ])
 def test_backward_before_any_forward_says_that_forward_must_run_first(make, input_shape):
     layer = make()
@@ -22,6 +26,21 @@ def test_backward_before_any_forward_says_that_forward_must_run_first(make, inpu
                                              rf"backward\(\) needs '\w+', which forward\(\) keeps; "
                                              rf"call forward\(x, training=True\) before backward\(\)"):
         layer.backward(grad_out)
+
+
+@pytest.mark.parametrize("make, input_shape", [
+    (lambda: layers.Dense(3, activation="softmax"), (4,)), (lambda: layers.Conv2D(2, 3), (5, 5, 1)),
+    (lambda: layers.MaxPooling2D(2), (4, 4, 2)), (lambda: layers.AveragePooling2D(2), (4, 4, 2)),
+    (lambda: layers.GlobalAveragePooling2D(), (4, 4, 2)), (lambda: layers.GlobalMaxPooling2D(), (4, 4, 2)),
+    (lambda: layers.Flatten(), (2, 3)), (lambda: layers.BatchNormalization(), (4, 4, 2)),
+    (lambda: layers.Activation("softmax"), (3,)), (lambda: layers.LeakyReLU(), (3,)),
+])
+def test_forward_keeps_names_what_a_training_forward_keeps(make, input_shape):
+    layer = make()
+    layer.build(input_shape)
+    assert layer.forward_keeps
+    layer.forward(np.ones((2, *input_shape), np.float32), training=True)
+    assert set(layer.forward_keeps) <= set(vars(layer))
 
 
 def test_a_missing_attribute_outside_backward_keeps_python_s_usual_message():
