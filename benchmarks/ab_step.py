@@ -10,6 +10,7 @@ Side A is the model as ``compile()`` plans it by default; side B switches one pa
 pass (``optimize=False``: each layer's own forward and backward).  The passes and the decisions they
 cite in ``benchmarks/RESULTS.md``:
 
+* ``softmax_cross_entropy`` [D10]: the loss starts from the last softmax's logits.
 * ``direct_conv_pool`` [D5]: the first conv (one channel, 3x3) and its 2x2 max pooling as one kernel.
 * ``activation_after_max_pool`` [D1]: a conv's bias and activation after its max pooling.
 * ``crop_unread_outputs`` [D2]: a conv before max pooling computes only the outputs the pooling reads.

@@ -154,12 +154,10 @@ class Model:
         if self.loss is None:
             raise RuntimeError(f"{self.name}: call compile(optimizer, loss, metrics) before {method}()")
 
-    def softmax_fused_into_loss(self):
-        """True when the loss is a cross-entropy on probabilities and the last layer ends in softmax:
-        then the loss starts from that layer's logits (exact, stable gradient)."""
-        last = self.layers[-1]
-        return (self.loss.is_cross_entropy and not self.loss.from_logits
-                and getattr(last, "activation", None) == "softmax")
+    def loss_takes_probabilities(self):
+        """True when the loss is a cross-entropy on probabilities: the planner may let it start from
+        the logits of a last softmax (``softmax_cross_entropy``)."""
+        return self.loss is not None and self.loss.is_cross_entropy and not self.loss.from_logits
 
     # -------------------------------------------------------------------------------- the plan
 
@@ -171,10 +169,11 @@ class Model:
     @property
     def plan(self):
         """The :class:`minidl.engine.Plan` that computes this model, built on first use after a change."""
-        key = (repr(self.optimize), self.input_grad_needed, self.max_workspace_bytes)
+        key = (repr(self.optimize), self.input_grad_needed, self.max_workspace_bytes, self.loss_takes_probabilities())
         if self.cached_plan is None or self.cached_plan_key != key:
             self.cached_plan = engine.build_plan(self.layer_graph(), 0, len(self.layers), self.optimize,
-                                                 self.input_grad_needed, self.max_workspace_bytes)
+                                                 self.input_grad_needed, self.max_workspace_bytes,
+                                                 self.loss_takes_probabilities())
             self.cached_plan_key = key
         return self.cached_plan
 
@@ -183,14 +182,16 @@ class Model:
         return self.plan.forward(x, training)
 
     def backward(self, grad, on_step_done=None):
-        """Backward from ``dL/d(output)``, or from ``dL/d(logits)`` when softmax is fused with the loss;
-        returns ``dL/d(input)`` (``None`` unless ``input_grad_needed``).  ``on_step_done``: see
-        :meth:`minidl.engine.Plan.backward`."""
-        return self.plan.backward(grad, from_logits=self.softmax_fused_into_loss(), on_step_done=on_step_done)
+        """Backward from ``dL/d(output)``, or from ``dL/d(logits)`` when the plan's output step keeps
+        them (:meth:`loss_and_grad` started there); returns ``dL/d(input)`` (``None`` unless
+        ``input_grad_needed``).  ``on_step_done``: see :meth:`minidl.engine.Plan.backward`."""
+        from_logits = self.plan.output_logits() is not None
+        return self.plan.backward(grad, from_logits=from_logits, on_step_done=on_step_done)
 
     def loss_and_grad(self, y_pred, targets):
-        if self.softmax_fused_into_loss():
-            return self.loss.value_and_grad_from_logits(self.plan.logits(), targets)
+        logits = self.plan.output_logits()
+        if logits is not None:
+            return self.loss.value_and_grad_from_logits(logits, targets)
         return self.loss.value_and_grad(y_pred, targets)
 
     def regularization_penalty(self):

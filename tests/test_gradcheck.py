@@ -27,8 +27,8 @@ def test_mlp_with_weight_penalties_mse_and_tanh_passes(backend):
 
 def test_a_wrong_backward_is_caught():
     class BrokenDense(layers.Dense):
-        def backward_from_logits(self, grad_z):
-            grad_in = super().backward_from_logits(grad_z)
+        def linear_backward(self, grad_z):
+            grad_in = super().linear_backward(grad_z)
             self.grads["kernel"] = self.grads["kernel"] * 1.01
             return grad_in
 

@@ -153,7 +153,7 @@ def test_a_step_with_non_finite_gradients_raises_before_the_update(monkeypatch):
         loss, grad = model.loss.value_and_grad_from_logits(y_pred, targets)
         return loss, grad * np.nan
 
-    monkeypatch.setattr(model, "loss_and_grad", lambda y_pred, targets: poisoned(model.layers[-1].logits, targets))
+    monkeypatch.setattr(model, "loss_and_grad", lambda y_pred, targets: poisoned(model.plan.output_logits(), targets))
     with pytest.raises(FloatingPointError, match=r"non-finite gradient for dense.*kernel"):
         model.fit(x, y, epochs=1, verbose=0)
     assert_weights_unchanged(model, before)

@@ -5,6 +5,8 @@ switchable: ``compile(optimize={"conv_algorithm": False})``.  Each pass cites th
 ``benchmarks/RESULTS.md`` that measured it (its id, e.g. ``[D3]``).  They run in the order of
 :data:`PASSES`:
 
+* ``softmax_cross_entropy``: under a cross-entropy loss, the model's last softmax keeps its logits and
+  the loss starts from them.
 * ``direct_conv_pool``: a first conv of one-channel images and its max pooling as one direct kernel.
 * ``activation_after_max_pool``: a conv followed by max pooling pools before its bias and activation.
 * ``crop_unread_outputs``: such a conv computes only the outputs some pooling window reads.
@@ -22,8 +24,10 @@ from minidl.engine.conv_choice import choose_method
 from minidl.engine.conv_methods import ConvLinear, Im2colGemm, candidate_methods
 from minidl.engine.plan import LayerStep, Plan
 from minidl.engine.steps import (MONOTONE_ACTIVATIONS, ConvMaxPoolStep, ConvStep, DirectConvMaxPoolStep,
-                                 MaxPoolStep)
+                                 MaxPoolStep, SoftmaxLogitsStep)
+from minidl.layers.activations import Activation
 from minidl.layers.conv import Conv2D
+from minidl.layers.dense import Dense
 from minidl.layers.pooling import MaxPooling2D
 
 #: Scratch (im2col columns or Winograd tiles) allowed per conv step before it runs in chunks of images.
@@ -42,9 +46,10 @@ def record_pass(step, name):
 class Draft:
     """A plan being rewritten: its steps, which steps read each node, and the planner's settings."""
 
-    def __init__(self, steps, input_node, output_node, input_grad_needed, max_workspace_bytes):
+    def __init__(self, steps, input_node, output_node, input_grad_needed, max_workspace_bytes, softmax_loss):
         self.steps, self.input_node, self.output_node = steps, input_node, output_node
         self.input_grad_needed, self.max_workspace_bytes = input_grad_needed, max_workspace_bytes
+        self.softmax_loss = softmax_loss
 
     def needs_input_grad(self, inputs):
         """Whether a step reading ``inputs`` must return their gradient: not when all it reads is the
@@ -81,6 +86,19 @@ class Draft:
 
     def steps_with_conv_linear(self):
         return [step for step in self.steps if isinstance(step, (ConvStep, ConvMaxPoolStep))]
+
+
+def softmax_cross_entropy(draft):
+    """[D10] Under a cross-entropy loss on probabilities, a model whose last layer (Dense, Conv2D or
+    Activation) ends in softmax keeps that layer's logits (:class:`~minidl.engine.steps.SoftmaxLogitsStep`),
+    and the loss and backward start from them: exact and finite where the probabilities underflow."""
+    if not draft.softmax_loss:
+        return
+    last = next(step for step in draft.steps if step.output == draft.output_node)
+    if (type(last) is LayerStep and isinstance(last.layer, (Dense, Conv2D, Activation))
+            and last.layer.activation == "softmax"):
+        step = SoftmaxLogitsStep(last.layer, last.inputs, last.output, draft.needs_input_grad(last.inputs))
+        draft.replace([last], step, "softmax_cross_entropy")
 
 
 def direct_conv_pool(draft):
@@ -205,6 +223,7 @@ def inference_maxima(draft):
 
 #: Every pass, in the order the planner runs them.
 PASSES = {
+    "softmax_cross_entropy": softmax_cross_entropy,
     "direct_conv_pool": direct_conv_pool,
     "activation_after_max_pool": activation_after_max_pool,
     "crop_unread_outputs": crop_unread_outputs,
@@ -232,17 +251,18 @@ def enabled_passes(optimize):
 
 
 def build_plan(nodes, input_node, output_node, optimize=True, input_grad_needed=False,
-               max_workspace_bytes=DEFAULT_WORKSPACE_BYTES):
+               max_workspace_bytes=DEFAULT_WORKSPACE_BYTES, softmax_loss=False):
     """The plan of a built model given as ``nodes``: ``(layer, input node ids, output node id)`` in an
     order where each layer's inputs are written first.
 
     ``optimize`` switches the passes (:func:`enabled_passes`); ``input_grad_needed`` asks ``backward``
-    for the gradient of the model's input (a gradient check does; training does not).
+    for the gradient of the model's input (a gradient check does; training does not);
+    ``softmax_loss`` says the loss is a cross-entropy on probabilities (:func:`softmax_cross_entropy`).
     """
     passes = enabled_passes(optimize)
     steps = [LayerStep(layer, inputs, output, input_grad_needed or any(node != input_node for node in inputs))
              for layer, inputs, output in nodes]
-    draft = Draft(steps, input_node, output_node, input_grad_needed, max_workspace_bytes)
+    draft = Draft(steps, input_node, output_node, input_grad_needed, max_workspace_bytes, softmax_loss)
     for name in passes:
         PASSES[name](draft)
     return Plan(draft.steps, input_node, output_node)

@@ -29,14 +29,6 @@ class Step:
     def backward(self, grad_out):
         raise NotImplementedError
 
-    def backward_from_logits(self, grad_logits):
-        """``backward`` from ``dL/d(logits)`` of a step that ends in softmax (fused with its loss)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot start backward from logits")
-
-    def logits(self):
-        """The logits (pre-softmax values) of the last forward pass, for a step ending in softmax."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no logits")
-
     def workspace_bytes(self, batch_size):
         """Scratch memory beyond inputs and outputs for a batch of ``batch_size`` (0 unless said)."""
         return 0
@@ -57,12 +49,6 @@ class LayerStep(Step):
     def backward(self, grad_out):
         grad_in = self.layer.backward(grad_out)
         return list(grad_in) if self.layer.takes_several_inputs else [grad_in]
-
-    def backward_from_logits(self, grad_logits):
-        return [self.layer.backward_from_logits(grad_logits)]
-
-    def logits(self):
-        return self.layer.logits
 
 
 def summed(a, b):
@@ -88,13 +74,18 @@ class Plan:
             values[step.output] = step.forward([values[node] for node in step.inputs], training)
         return values[self.output_node]
 
-    def logits(self):
-        """The logits of the last step (the model ends in softmax)."""
-        return self.steps[-1].logits()
+    def output_logits(self):
+        """The logits of the last forward pass where the output step keeps them (a softmax the loss
+        starts from, :func:`minidl.engine.passes.softmax_cross_entropy`), else ``None``."""
+        return getattr(self.output_step(), "logits", None)
+
+    def output_step(self):
+        return next(step for step in self.steps if step.output == self.output_node)
 
     def backward(self, grad_output, from_logits=False, on_step_done=None):
-        """Gradients from ``dL/d(output)`` (or ``dL/d(logits)`` with ``from_logits``) back through
-        every step; returns ``dL/d(input)``, or ``None`` when the plan computes no input gradient.
+        """Gradients from ``dL/d(output)`` (or, with ``from_logits``, ``dL/d(logits)`` of an output step
+        that keeps them) back through every step; returns ``dL/d(input)``, or ``None`` when the plan
+        computes no input gradient.
         ``on_step_done(step)`` is called once each step's layers hold their ``grads`` (distributed
         training starts sending them while backward goes on)."""
         grads = {self.output_node: grad_output}

@@ -68,18 +68,13 @@ class ConvStep(Step):
 
     def forward(self, inputs, training):
         z = self.linear.forward(inputs[0], training)
-        self.y, self.kept_logits = activate(z, self.conv.params.get("bias"), self.conv.activation)
+        self.y = activate(z, self.conv.params.get("bias"), self.conv.activation)
         return self.y
 
     def backward(self, grad_out):
-        return self.backward_from_logits(activation_backward(grad_out, self.y, self.conv.activation))
-
-    def backward_from_logits(self, grad_z):
+        grad_z = activation_backward(grad_out, self.y, self.conv.activation)
         add_bias_grad(self.conv, grad_z)
         return [self.linear.backward(grad_z, self.input_grad_needed)]
-
-    def logits(self):
-        return self.kept_logits
 
     def workspace_bytes(self, batch_size):
         return self.linear.workspace_bytes(batch_size)
@@ -153,3 +148,36 @@ class DirectConvMaxPoolStep(Step):
             _, self.argmax = ops.conv3x3_maxpool(self.x, self.conv.params["kernel"])
         self.conv.grads["kernel"] = ops.conv3x3_maxpool_kernel_grad(self.x, grad_pooled, self.argmax)
         return [None]
+
+
+class SoftmaxLogitsStep(Step):
+    """A model's last layer ending in softmax, ``y = softmax(z)``, under a cross-entropy loss on
+    probabilities: keeps the logits ``z`` so the loss computes ``-sum_k t_k log softmax(z)_k`` and
+    ``dL/dz = (softmax(z) - t) / N`` from them, exact and finite where ``y`` underflows to 0.
+
+    ``z`` is the layer's own :meth:`linear` (``x W + b`` for Dense, the conv for Conv2D; the input
+    itself for a softmax ``Activation``), and ``backward_from_logits`` its ``linear_backward``.
+    """
+
+    def __init__(self, layer, inputs, output, input_grad_needed):
+        super().__init__((layer,), inputs, output)
+        self.layer, self.logits = layer, None
+        layer.input_grad_needed = input_grad_needed
+
+    def forward(self, inputs, training):
+        """``z`` ``(N, ..., K)`` -> ``y = softmax(z)`` over the last axis."""
+        x = inputs[0]
+        self.logits = self.layer.linear(x) if hasattr(self.layer, "linear") else x
+        self.y = activate(self.logits, None, "softmax")
+        return self.y
+
+    def backward(self, grad_out):
+        """``dL/dz = y * (g - sum_k g_k y_k)`` for ``g = dL/dy``, then :meth:`backward_from_logits`."""
+        return self.backward_from_logits(activation_backward(grad_out, self.y, "softmax"))
+
+    def backward_from_logits(self, grad_logits):
+        """From ``dL/dz``: the layer's parameter gradients and ``dL/dx``."""
+        if hasattr(self.layer, "linear_backward"):
+            return [self.layer.linear_backward(grad_logits)]
+        return [grad_logits]
+

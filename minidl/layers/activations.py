@@ -30,15 +30,13 @@ def softmax_last_axis(z):
 
 
 def activate(z, bias, activation):
-    """``y = f(z + bias)`` for ``z`` ``(..., C)`` and ``bias`` ``(C,)`` or ``None``; same shape out.
-
-    Returns ``(y, logits)``: for softmax ``logits = z + bias`` is kept so a fused softmax +
-    cross-entropy loss can start from it; for the other activations ``logits`` is ``None``.
-    """
+    """``y = f(z + bias)`` for ``z`` ``(..., C)`` and ``bias`` ``(C,)`` or ``None``; same shape out
+    (``z`` itself for a linear activation without bias)."""
     if activation == "softmax":
-        logits = ops.bias_activation(z, bias, "linear")
-        return softmax_last_axis(logits), logits
-    return ops.bias_activation(z, bias, activation), None
+        return softmax_last_axis(z if bias is None else ops.bias_activation(z, bias, "linear"))
+    if activation == "linear" and bias is None:
+        return z
+    return ops.bias_activation(z, bias, activation)
 
 
 def activation_backward(grad_out, y, activation):
@@ -53,7 +51,7 @@ def activation_backward(grad_out, y, activation):
 class Activation(Layer):
     """Apply an activation elementwise (softmax: over the last axis); any input shape."""
 
-    forward_keeps = ("y", "logits")
+    forward_keeps = ("y",)
 
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
@@ -61,16 +59,12 @@ class Activation(Layer):
 
     def forward(self, x, training=False):
         """``y = f(x)``; ``(N, ...) -> (N, ...)``."""
-        self.y, self.logits = activate(x, None, self.activation)
+        self.y = activate(x, None, self.activation)
         return self.y
 
     def backward(self, grad_out):
         """``dL/dx = dL/dy * f'(x)``; ``(N, ...) -> (N, ...)``."""
         return activation_backward(grad_out, self.y, self.activation)
-
-    def backward_from_logits(self, grad_logits):
-        """The gradient w.r.t. this layer's input when a fused loss differentiated its softmax."""
-        return grad_logits
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation}

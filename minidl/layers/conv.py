@@ -22,7 +22,7 @@ class Conv2D(KernelLayer):
         z = cols @ W2d          (N*OH*OW, filters), then reshaped to (N, OH, OW, filters)
     """
 
-    forward_keeps = ("x", "cols", "y", "logits")
+    forward_keeps = ("x", "cols", "y")
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None, **kwargs):
         super().__init__(activation=activation, **kwargs)
@@ -48,24 +48,26 @@ class Conv2D(KernelLayer):
         return self.params["kernel"].reshape(-1, self.filters)
 
     def forward(self, x, training=False):
-        """``y = f(im2col(x) @ W2d + b)``.  ``x`` ``(N, H, W, C_in)`` -> ``y`` ``(N, OH, OW, F)``.
+        """``y = f(z)`` with ``z = im2col(x) @ W2d + b`` (:meth:`linear`).  ``x`` ``(N, H, W, C_in)`` ->
+        ``y`` ``(N, OH, OW, F)``.  Keeps ``x``, ``cols`` and ``y`` for backward."""
+        self.y = activate(self.linear(x), None, self.activation)
+        return self.y
 
-        Keeps ``x``, ``cols`` and ``y`` for backward (and, for softmax, the logits ``z + b``).
-        """
+    def linear(self, x):
+        """``z = im2col(x) @ W2d + b``: ``(N, H, W, C_in) -> (N, OH, OW, F)``; keeps ``x`` and ``cols``."""
         self.x = x
         self.cols = ops.im2col(x, self.kernel_size, self.strides, self.pads)   # (N*OH*OW, KH*KW*C_in)
         z = ops.matmul(self.cols, self.kernel_matrix())                         # (N*OH*OW, F)
         z = z.reshape(x.shape[0], *self.output_shape)                           # (N, OH, OW, F)
-        self.y, self.logits = activate(z, self.params.get("bias"), self.activation)
-        return self.y
+        return activate(z, self.params.get("bias"), "linear")
 
     def backward(self, grad_out):
-        """``dL/dz = dL/dy * f'(z)``, then :meth:`backward_from_logits`.
+        """``dL/dz = dL/dy * f'(z)``, then :meth:`linear_backward`.
         ``(N, OH, OW, F) -> (N, H, W, C_in)``."""
-        return self.backward_from_logits(activation_backward(grad_out, self.y, self.activation))
+        return self.linear_backward(activation_backward(grad_out, self.y, self.activation))
 
-    def backward_from_logits(self, grad_z):
-        """From ``dL/d(z + b)`` ``(N, OH, OW, F)``, as ``G`` ``(N*OH*OW, F)``::
+    def linear_backward(self, grad_z):
+        """From ``G = dL/dz`` ``(N, OH, OW, F)`` of ``z = im2col(x) @ W2d + b``, as ``G`` ``(N*OH*OW, F)``::
 
             dL/db   = sum of G's rows           (F,)
             dL/dW2d = cols^T G                  (KH*KW*C_in, F), reshaped to W's (KH, KW, C_in, F)

@@ -11,7 +11,7 @@ class Dense(KernelLayer):
     Inputs must be ``(N, D_in)``; put a ``Flatten`` before a Dense that follows a conv layer.
     """
 
-    forward_keeps = ("x", "y", "logits")
+    forward_keeps = ("x", "y")
 
     def __init__(self, units, activation=None, **kwargs):
         super().__init__(activation=activation, **kwargs)
@@ -30,21 +30,22 @@ class Dense(KernelLayer):
         self.add_kernel_and_bias((input_shape[0], self.units))
 
     def forward(self, x, training=False):
-        """``y = f(z + b)`` with ``z = x W``.  ``x`` ``(N, D_in)`` -> ``y`` ``(N, units)``.
-
-        Keeps ``x`` and ``y`` for backward (and, for softmax, the logits ``z + b``).
-        """
-        self.x = x
-        z = ops.matmul(x, self.params["kernel"])                                          # (N, units)
-        self.y, self.logits = activate(z, self.params.get("bias"), self.activation)
+        """``y = f(z)`` with ``z = x W + b`` (:meth:`linear`).  ``x`` ``(N, D_in)`` -> ``y`` ``(N, units)``.
+        Keeps ``x`` and ``y`` for backward."""
+        self.y = activate(self.linear(x), None, self.activation)
         return self.y
 
-    def backward(self, grad_out):
-        """``dL/dz = dL/dy * f'(z)``, then :meth:`backward_from_logits`.  ``(N, units) -> (N, D_in)``."""
-        return self.backward_from_logits(activation_backward(grad_out, self.y, self.activation))
+    def linear(self, x):
+        """``z = x W + b``: ``(N, D_in) -> (N, units)``; keeps ``x``."""
+        self.x = x
+        return activate(ops.matmul(x, self.params["kernel"]), self.params.get("bias"), "linear")
 
-    def backward_from_logits(self, grad_z):
-        """From ``G = dL/d(z + b)`` ``(N, units)``::
+    def backward(self, grad_out):
+        """``dL/dz = dL/dy * f'(z)``, then :meth:`linear_backward`.  ``(N, units) -> (N, D_in)``."""
+        return self.linear_backward(activation_backward(grad_out, self.y, self.activation))
+
+    def linear_backward(self, grad_z):
+        """From ``G = dL/dz`` ``(N, units)`` of ``z = x W + b``::
 
             dL/db = sum_n G[n]      (units,)
             dL/dW = x^T G           (D_in, units)

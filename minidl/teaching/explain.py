@@ -21,6 +21,8 @@ EQUATION_COLUMN = 36  # where the shape column starts after an equation
 
 #: What each planner pass does to the layers it applies to, in one sentence.
 PASS_EFFECTS = {
+    "softmax_cross_entropy": "the softmax keeps its logits z and the cross-entropy loss starts from them: "
+                             "dL/dz = (softmax(z) - t) / N",
     "direct_conv_pool": "the conv and its 2x2 max pooling run as one direct kernel that keeps only each "
                         "window's maximum; z is never stored and no input gradient is computed",
     "activation_after_max_pool": "max pooling runs on z before the bias and activation "

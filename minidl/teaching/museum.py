@@ -33,8 +33,8 @@ GRADCHECK_TOLERANCE = 1e-6
 class BiasMeanDense(layers.Dense):
     """Dense whose bias gradient is averaged over the batch instead of summed."""
 
-    def backward_from_logits(self, grad_z):
-        grad_in = super().backward_from_logits(grad_z)
+    def linear_backward(self, grad_z):
+        grad_in = super().linear_backward(grad_z)
         self.grads["bias"] = grad_z.mean(axis=0)  # the bug: dL/db = sum_n G[n]
         return grad_in
 
@@ -50,12 +50,11 @@ class TransposedPatchConv2D(layers.Conv2D):
     """Conv2D unfolding its input with :func:`transposed_im2col`; backward still folds back with the
     real col2im, which is the adjoint of the real im2col only."""
 
-    def forward(self, x, training=False):
+    def linear(self, x):
         self.x = x
         self.cols = transposed_im2col(x, self.kernel_size, self.strides, self.pads)  # the bug
         z = (self.cols @ self.kernel_matrix()).reshape(x.shape[0], *self.output_shape)
-        self.y, self.logits = layers.activations.activate(z, self.params.get("bias"), self.activation)
-        return self.y
+        return layers.activations.activate(z, self.params.get("bias"), "linear")
 
 
 def overwriting_col2im(cols, x_shape, kernel_size, strides, pads):
@@ -75,8 +74,8 @@ def overwriting_col2im(cols, x_shape, kernel_size, strides, pads):
 class OverwritingCol2imConv2D(layers.Conv2D):
     """Conv2D whose input gradient is folded back by :func:`overwriting_col2im`."""
 
-    def backward_from_logits(self, grad_z):
-        super().backward_from_logits(grad_z)
+    def linear_backward(self, grad_z):
+        super().linear_backward(grad_z)
         grad_cols = grad_z.reshape(-1, self.filters) @ self.kernel_matrix().T
         return overwriting_col2im(grad_cols, self.x.shape, self.kernel_size, self.strides, self.pads)  # the bug
 
