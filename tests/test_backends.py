@@ -73,20 +73,30 @@ def test_cuda_and_numpy_train_to_the_same_weights():
     assert_same_weights(reference, train("cuda", tiny_cnn, x, y, steps=2, batch_size=4), atol=1e-6)
 
 
+def second_cuda_step_counting_transfers(make_model, image_shape):
+    """``(model, loss)`` of a second training step on the cuda backend, on 4 random images of
+    ``image_shape`` already on the device, with the transfer count reset before it (the first step
+    creates the optimizer's slots on the device)."""
+    from minidl.kernels import cuda
+
+    minidl.set_backend("cuda")
+    model = make_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x_batch = cuda.to_device(rng.random((4, *image_shape), dtype=np.float32))
+    targets = cuda.to_device(model.loss.encode_targets(rng.integers(0, 3, 4), (3,), np.float32))
+    training.train_step(model, x_batch, targets)
+    cuda.reset_transfer_count()
+    loss, _ = training.train_step(model, x_batch, targets)
+    return model, loss
+
+
 @needs_cuda
 @pytest.mark.usefixtures("winograd_from_one_channel")
 def test_a_cuda_training_step_copies_only_the_batch_in_and_scalars_out():
     from minidl.kernels import cuda
 
-    minidl.set_backend("cuda")
-    model = tiny_cnn()
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x_batch = cuda.to_device(rng.random((4, 10, 10, 1), dtype=np.float32))
-    targets = cuda.to_device(model.loss.encode_targets(rng.integers(0, 3, 4), (3,), np.float32))
-    training.train_step(model, x_batch, targets)  # first step creates the optimizer's slots on the device
-    cuda.reset_transfer_count()
-    loss, _ = training.train_step(model, x_batch, targets)
+    model, loss = second_cuda_step_counting_transfers(tiny_cnn, (10, 10, 1))
     parameter_tensors = sum(len(layer.params) for layer in model.layers)
     # the per-sample losses, and one finiteness flag per gradient; parameters never leave the device
     assert cuda.transfer_count() == 1 + parameter_tensors
@@ -165,15 +175,7 @@ def test_cuda_and_numpy_train_the_keras_surface_layers_to_the_same_weights_and_m
 def test_batch_normalization_keeps_its_moving_statistics_on_the_device():
     from minidl.kernels import cuda
 
-    minidl.set_backend("cuda")
-    model = keras_surface_cnn()
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x_batch = cuda.to_device(rng.random((4, 8, 8, 1), dtype=np.float32))
-    targets = cuda.to_device(model.loss.encode_targets(rng.integers(0, 3, 4), (3,), np.float32))
-    training.train_step(model, x_batch, targets)
-    cuda.reset_transfer_count()
-    training.train_step(model, x_batch, targets)
+    model, _ = second_cuda_step_counting_transfers(keras_surface_cnn, (8, 8, 1))
     assert cuda.transfer_count() == 1 + sum(len(layer.params) for layer in model.layers)
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import minidl
 from minidl import keras_format, layers, saving
+from tests.archives import archive_members, write_archive
 
 h5py = pytest.importorskip("h5py")
 
@@ -80,17 +81,6 @@ def cnn():
 
 def images(shape, count=5, seed=0):
     return np.random.default_rng(seed).standard_normal((count, *shape)).astype(np.float32)
-
-
-def archive_members(path):
-    with zipfile.ZipFile(path) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
-
-
-def write_archive(path, members):
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
 
 
 def with_edited_config(source, target, edit):

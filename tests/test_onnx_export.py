@@ -53,14 +53,18 @@ def small_cnns(draw):
         reject()
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(model=small_cnns())
-def test_onnxruntime_computes_what_minidl_computes_for_any_small_cnn(model, tmp_path):
-    path = tmp_path / "model.onnx"
+def assert_onnx_predicts_as_minidl(model, path):
+    """Export ``model`` to ``path``: the checker accepts the graph and onnxruntime's outputs are minidl's."""
     model.export(path, format="onnx")
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     x = images(model.input_shape)
     np.testing.assert_allclose(run_onnx(path, x), model.predict(x), atol=1e-5, rtol=0)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(model=small_cnns())
+def test_onnxruntime_computes_what_minidl_computes_for_any_small_cnn(model, tmp_path):
+    assert_onnx_predicts_as_minidl(model, tmp_path / "model.onnx")
 
 
 def test_a_keras_file_exported_to_onnx_predicts_what_keras_predicted(tmp_path):
@@ -119,11 +123,7 @@ def small_graphs(draw):
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(model=small_graphs())
 def test_onnxruntime_computes_what_minidl_computes_for_any_small_functional_graph(model, tmp_path):
-    path = tmp_path / "graph.onnx"
-    model.export(path, format="onnx")
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    x = images(model.input_shape)
-    np.testing.assert_allclose(run_onnx(path, x), model.predict(x), atol=1e-5, rtol=0)
+    assert_onnx_predicts_as_minidl(model, tmp_path / "graph.onnx")
 
 
 def test_consecutive_convs_and_poolings_stay_channels_first_between_two_transposes(tmp_path):

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import minidl
 from minidl import layers, metrics, saving
 from minidl.utils import get_rng_state, set_random_seed
+from tests.archives import archive_members, write_archive
 
 
 def small_model():
@@ -102,24 +103,13 @@ def test_save_replaces_the_file_atomically_and_leaves_no_temporary(trained):
 # ------------------------------------------------------------------------- refused files
 
 
-def members_of(path):
-    with zipfile.ZipFile(path) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
-
-
-def write_members(path, members):
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-
-
 def rewrite_with_valid_checksums(path, members):
     """Forge a file: members replaced, manifest checksums recomputed to match."""
     manifest = json.loads(members["manifest.json"])
     manifest["sha256"] = {name: hashlib.sha256(data).hexdigest()
                           for name, data in members.items() if name != "manifest.json"}
     members["manifest.json"] = json.dumps(manifest).encode()
-    write_members(path, members)
+    write_archive(path, members)
 
 
 def test_truncated_file_is_refused_naming_the_file(trained):
@@ -132,21 +122,21 @@ def test_truncated_file_is_refused_naming_the_file(trained):
 
 def test_tampered_weight_fails_the_checksum(trained):
     _, path, _, _ = trained
-    members = members_of(path)
+    members = archive_members(path)
     weight = np.load(io.BytesIO(members["weights/0000.npy"]))
     members["weights/0000.npy"] = saving.npy_bytes(weight + 1)
-    write_members(path, members)
+    write_archive(path, members)
     with pytest.raises(saving.ModelFileError, match="checksum mismatch in 'weights/0000.npy'"):
         minidl.load_model(path)
 
 
 def test_other_format_version_is_refused(trained):
     _, path, _, _ = trained
-    members = members_of(path)
+    members = archive_members(path)
     manifest = json.loads(members["manifest.json"])
     manifest["format_version"] = 99
     members["manifest.json"] = json.dumps(manifest).encode()
-    write_members(path, members)
+    write_archive(path, members)
     with pytest.raises(saving.ModelFileError, match="format version 99.*version 1"):
         minidl.load_model(path)
 
@@ -165,7 +155,7 @@ def test_pickled_object_array_is_refused_and_never_unpickled(trained, tmp_path):
     payload = np.array([CreatesFileWhenUnpickled(str(marker))], dtype=object)
     buffer = io.BytesIO()
     np.save(buffer, payload, allow_pickle=True)
-    members = members_of(path)
+    members = archive_members(path)
     members["weights/0000.npy"] = buffer.getvalue()
     rewrite_with_valid_checksums(path, members)
     with pytest.raises(saving.ModelFileError, match="weights/0000.npy.*object arrays"):
@@ -324,7 +314,7 @@ def forge(trained):
     _, path, _, _ = trained
 
     def forged(change):
-        members = members_of(path)
+        members = archive_members(path)
         description = json.loads(members["model.json"])
         if change(members, description) is not False:
             members["model.json"] = json.dumps(description).encode()
@@ -423,7 +413,7 @@ def test_compressed_or_extra_members_are_refused_before_they_are_read(trained):
     import tracemalloc
 
     _, path, _, _ = trained
-    members = members_of(path)
+    members = archive_members(path)
     with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("padding.bin", b"\0" * (64 * 2**20))  # 64 MiB that compress to 64 kB
     assert path.stat().st_size < 2**20
@@ -436,7 +426,7 @@ def test_compressed_or_extra_members_are_refused_before_they_are_read(trained):
         tracemalloc.stop()
     assert peak < 8 * 2**20
     members["extra.npy"] = saving.npy_bytes(np.zeros(4, np.float32))
-    write_members(path, members)
+    write_archive(path, members)
     with pytest.raises(saving.ModelFileError, match=r"unexpected \['extra.npy'\]"):
         minidl.load_model(path)
 
