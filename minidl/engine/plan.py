@@ -66,6 +66,7 @@ class Plan:
 
     def __init__(self, steps, input_node, output_node):
         self.steps, self.input_node, self.output_node = list(steps), input_node, output_node
+        self.output_step = next(step for step in self.steps if step.output == output_node)
 
     def forward(self, x, training):
         """The model's output for ``x`` (every step's output is kept on the step as ``y``)."""
@@ -77,10 +78,7 @@ class Plan:
     def output_logits(self):
         """The logits of the last forward pass where the output step keeps them (a softmax the loss
         starts from, :func:`minidl.engine.passes.softmax_cross_entropy`), else ``None``."""
-        return getattr(self.output_step(), "logits", None)
-
-    def output_step(self):
-        return next(step for step in self.steps if step.output == self.output_node)
+        return getattr(self.output_step, "logits", None)
 
     def backward(self, grad_output, from_logits=False, on_step_done=None):
         """Gradients from ``dL/d(output)`` (or, with ``from_logits``, ``dL/d(logits)`` of an output step

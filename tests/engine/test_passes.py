@@ -276,8 +276,8 @@ def test_under_cross_entropy_the_last_softmax_keeps_its_logits_and_the_loss_star
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     model.set_weights([np.eye(3) * 500, np.zeros(3)] + ([np.eye(3), np.zeros(3)] if model.layers[-1].params else []))
     x, targets = np.array([[2.0, 0.0, -2.0]]), np.array([[0.0, 0.0, 1.0]])  # logits 1000 apart
-    assert isinstance(model.plan.output_step(), SoftmaxLogitsStep)
-    assert model.plan.output_step().passes == ["softmax_cross_entropy"]
+    assert isinstance(model.plan.output_step, SoftmaxLogitsStep)
+    assert model.plan.output_step.passes == ["softmax_cross_entropy"]
     loss = model.train_on_batch(x, targets)
     assert loss == pytest.approx(numpy_ref.softmax_cross_entropy(np.array([[1000.0, 0.0, -1000.0]]), targets)[0][0])
     assert np.isfinite(model.get_weights()[0]).all()
@@ -290,7 +290,7 @@ def test_without_a_cross_entropy_or_the_pass_the_softmax_is_a_plain_step(backend
     model.compile(optimizer="sgd", loss=loss, optimize=optimize)
     model.predict(np.ones((2, 3)), verbose=0)
     assert model.plan.output_logits() is None
-    assert "softmax_cross_entropy" not in model.plan.output_step().passes
+    assert "softmax_cross_entropy" not in model.plan.output_step.passes
 
 
 # ------------------------------------------------------------------------ chunks and the workspace
