@@ -10,8 +10,9 @@ on one random batch, then times ``--steps`` calls of ``train_on_batch`` or of ``
 batch.  ``seed_cnn`` and ``mlp`` (the benchmark suite's MLP 784-512-512-10 with dropout) are built
 from layers every version has, trained with Adam; any other name is a network of the checkout's own
 ``benchmarks/suite.py``, with its optimizer.  Alternating the checkouts round by round lets both see
-the same load from the rest of the machine.  Each side's minimum, 25th percentile, median and mean
-step are printed with the machine line.
+the same load from the rest of the machine.  Each checkout keeps its measured conv choices in a cache
+file of its own (in the temp directory).  Each side's minimum, 25th percentile, median and mean step
+are printed with the machine line.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -62,10 +64,17 @@ print(json.dumps(seconds))
 """
 
 
+def conv_choice_cache(checkout):
+    """A conv-choice cache file of ``checkout``'s own, so that two versions with different candidate
+    methods do not re-time each other's choices."""
+    name = os.path.abspath(checkout).strip(os.sep).replace(os.sep, "_")
+    return os.path.join(tempfile.gettempdir(), f"minidl-ab-conv-choices-{name}.json")
+
+
 def step_seconds(checkout, network, task, batch_size, steps):
     """``steps`` timed training steps (or predict calls) of ``network`` in a fresh process that
     imports minidl from ``checkout``."""
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout), "MINIDL_CONV_CACHE": conv_choice_cache(checkout)}
     completed = subprocess.run([sys.executable, "-c", TIMED_STEPS, str(batch_size), str(steps), network, task],
                                cwd=checkout, env=env, capture_output=True, text=True, check=True)
     return json.loads(completed.stdout.splitlines()[-1])
