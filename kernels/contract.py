@@ -37,12 +37,14 @@ KERNELS = {
     "col2im": (("cols", "x_shape", "kernel_size", "strides", "pads"),
                "adjoint of im2col: (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlapping windows summed"),
     # convolution by Winograd F(2x2, 3x3)
-    "winograd_kernel": (("kernel",), "U = G W G^T: (3, 3, C_in, F) -> (16, C_in, F)"),
-    "winograd_kernel_grad": (("grad_kernel_tiles",), "adjoint of winograd_kernel: (16, C_in, F) -> (3, 3, C_in, F)"),
-    "winograd_tiles": (("x", "pads"), "V = B^T d B of every 4x4 tile: (N, H, W, C) -> (16, N*TH*TW, C)"),
-    "winograd_tiles_grad": (("grad_tiles", "x_shape", "pads"), "adjoint of winograd_tiles: (16, N*TH*TW, C) -> x_shape"),
-    "winograd_outputs": (("products", "out_shape"), "A^T M A of every tile: (16, N*TH*TW, F) -> out_shape (N, OH, OW, F)"),
-    "winograd_outputs_grad": (("grad_out",), "adjoint of winograd_outputs: (N, OH, OW, F) -> (16, N*TH*TW, F)"),
+    # Winograd F(m x m, 3 x 3) with m = tile (2 or 4, minidl.kernels.winograd), P = (m + 2)^2 positions
+    "winograd_kernel": (("kernel", "tile"), "U = G W G^T: (3, 3, C_in, F) -> (P, C_in, F)"),
+    "winograd_kernel_grad": (("grad_kernel_tiles",), "adjoint of winograd_kernel: (P, C_in, F) -> (3, 3, C_in, F)"),
+    "winograd_tiles": (("x", "pads", "tile"), "V = B^T d B of every (m+2)x(m+2) tile: (N, H, W, C) -> (P, N*TH*TW, C)"),
+    "winograd_tiles_grad": (("grad_tiles", "x_shape", "pads"),
+                            "adjoint of winograd_tiles: (P, N*TH*TW, C) -> x_shape"),
+    "winograd_outputs": (("products", "out_shape"), "A^T M A of every tile: (P, N*TH*TW, F) -> out_shape (N, OH, OW, F)"),
+    "winograd_outputs_grad": (("grad_out", "tile"), "adjoint of winograd_outputs: (N, OH, OW, F) -> (P, N*TH*TW, F)"),
     # pooling
     "maxpool_forward": (("x", "pool_size", "strides", "pads"), "(N, H, W, C) -> (out, argmax), both (N, OH, OW, C)"),
     "maxpool_values": (("x", "pool_size", "strides", "pads"), "maxpool_forward's out alone: (N, H, W, C) -> (N, OH, OW, C)"),

@@ -47,6 +47,7 @@ from . import numpy_ref  # noqa: E402
 from .numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
                             winograd_tile_grid, winograd_tiles_hw)
+from .winograd import check_tile, tile_of_positions, winograd_matrices  # noqa: E402
 from .shapes import as_three_axes, concatenated_shape, split_shapes  # noqa: E402
 
 __all__ = [
@@ -333,38 +334,48 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 
 # ------------------------------------------------------------------------ Winograd F(2x2, 3x3)
 #
-# The transforms of ``numpy_ref``'s Winograd section, as loops over tiles.  Tile ``t = (n*TH + i)*TW + j``
-# reads ``x[n, 2i - top : 2i - top + 4, 2j - left : 2j - left + 4]`` (zeros outside ``x``) and gives
-# the 2x2 output block at ``(2i, 2j)``.  Each tile is copied into a small ``(4, 4, C)`` scratch array
-# and transformed there one contiguous channel row at a time: loops that write one array row per
-# iteration vectorise, a single loop writing all 16 rows at once did not.  These loops are serial:
-# compiled ``parallel=True`` they ran no faster on the default one thread and took several times
-# longer to compile (benchmarks/RESULTS.md, "Winograd F(2x2, 3x3) in the second conv").
+# The transforms of ``numpy_ref``'s Winograd section, as loops over tiles, for F(m x m, 3 x 3) with
+# ``m = tile`` (2 or 4) and tiles of side ``m + 2``.  Tile ``t = (n*TH + i)*TW + j`` reads
+# ``x[n, m*i - top : m*i - top + m + 2, m*j - left : m*j - left + m + 2]`` (zeros outside ``x``) and
+# gives the ``m x m`` output block at ``(m*i, m*j)``.  Each tile is copied into a small scratch array
+# and transformed there one contiguous channel row at a time, the first pass in place and the second
+# written straight to the output: loops that write one array row per iteration vectorise, a single
+# loop writing all rows at once did not, and generic loops over the matrices' entries (with a swap
+# of axes between the passes) ran about 1.5 times slower.  So each tile size has its own kernels,
+# with the matrices of ``minidl.kernels.winograd`` written out; their coefficients are made in the
+# array's dtype (``x.dtype.type(4)``), since ``4 *`` would promote float32 to float64 (9x slower).  The
+# loops over tiles are serial: compiled ``parallel=True`` they ran no faster on the default one
+# thread and took several times longer to compile (benchmarks/RESULTS.md, "Winograd F(2x2, 3x3) in
+# the second conv").
 
-# kron(G, G): row 4a + b, column 3p + q holds G[a, p] * G[b, q], so ``U = KRON_G @ g.reshape(9, -1)``.
-WINOGRAD_KERNEL_MATRIX = np.kron(numpy_ref.WINOGRAD_G, numpy_ref.WINOGRAD_G)
+
+def _kron_g(tile, dtype):
+    """``kron(G, G)`` of F(tile x tile, 3 x 3) as ``dtype``: row ``a*(m+2) + b``, column ``3p + q`` hold
+    ``G[a, p] * G[b, q]``, so that ``U = kron(G, G) @ g.reshape(9, -1)``."""
+    _, g, _ = winograd_matrices(tile, dtype)
+    return np.kron(g, g)
 
 
-def winograd_kernel(kernel):
-    """``G g G^T`` for every ``(c_in, c_out)``: ``kernel (3, 3, C_in, C_out) -> (16, C_in, C_out)``, one
-    ``(16, 9) @ (9, C_in*C_out)`` GEMM."""
-    transform = WINOGRAD_KERNEL_MATRIX.astype(kernel.dtype)
-    return (transform @ kernel.reshape(9, -1)).reshape(16, *kernel.shape[2:])
+def winograd_kernel(kernel, tile=2):
+    """``G g G^T`` for every ``(c_in, c_out)``: ``kernel (3, 3, C_in, C_out) -> (P, C_in, C_out)``, one
+    ``(P, 9) @ (9, C_in*C_out)`` GEMM."""
+    return (_kron_g(tile, kernel.dtype) @ kernel.reshape(9, -1)).reshape(-1, *kernel.shape[2:])
 
 
 def winograd_kernel_grad(grad_kernel_tiles):
-    """Adjoint of :func:`winograd_kernel`: ``(16, C_in, C_out) -> (3, 3, C_in, C_out)``, one GEMM."""
-    transform = WINOGRAD_KERNEL_MATRIX.astype(grad_kernel_tiles.dtype)
-    return (transform.T @ grad_kernel_tiles.reshape(16, -1)).reshape(3, 3, *grad_kernel_tiles.shape[1:])
+    """Adjoint of :func:`winograd_kernel`: ``(P, C_in, C_out) -> (3, 3, C_in, C_out)``, one GEMM."""
+    transform = _kron_g(tile_of_positions(grad_kernel_tiles.shape[0]), grad_kernel_tiles.dtype)
+    return (transform.T @ grad_kernel_tiles.reshape(transform.shape[0], -1)).reshape(3, 3, *grad_kernel_tiles.shape[1:])
 
 
 @jit
 def _load_tile(x, n, row, col, tile):
-    """``tile (4, 4, C) = x[n, row : row + 4, col : col + 4]``, zero outside ``x`` (explicit channel
+    """``tile (a, a, C) = x[n, row : row + a, col : col + a]``, zero outside ``x`` (explicit channel
     loops: Numba's slice assignment was slower)."""
     _, height, width, channels = x.shape
-    for a in range(4):
-        for b in range(4):
+    side = tile.shape[0]
+    for a in range(side):
+        for b in range(side):
             if 0 <= row + a < height and 0 <= col + b < width:
                 for c in range(channels):
                     tile[a, b, c] = x[n, row + a, col + b, c]
@@ -374,8 +385,8 @@ def _load_tile(x, n, row, col, tile):
 
 
 @jit
-def _winograd_tiles_kernel(x, top, left, tiles_h, tiles_w, tiles):
-    """``tiles[4a + b, t, c] = (B^T d B)[a, b]`` for tile ``d`` of every ``(t, c)``, with
+def _winograd_tiles_f2(x, top, left, tiles_h, tiles_w, tiles):
+    """F(2x2, 3x3): ``tiles[4a + b, t, c] = (B^T d B)[a, b]`` for tile ``d`` of every ``(t, c)``, with
     ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: columns, then rows."""
     n_images, _, _, channels = x.shape
     d = np.empty((4, 4, channels), x.dtype)
@@ -397,21 +408,9 @@ def _winograd_tiles_kernel(x, top, left, tiles_h, tiles_w, tiles):
                         tiles[4 * a + 3, t, c] = e1 - e3
 
 
-def winograd_tiles(x, pads):
-    """``B^T d B`` for every 4x4 tile ``d`` of ``x`` padded by ``pads`` (tiles at stride 2, in the
-    order of :func:`im2col`'s rows): ``x (N, H, W, C) -> tiles (16, N*TH*TW, C)``.
-
-    ``(TH, TW)`` come from :func:`kernels.shapes.winograd_tile_grid`; reads past the image are zeros.
-    """
-    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads)
-    tiles = np.empty((16, x.shape[0] * tiles_h * tiles_w, x.shape[3]), dtype=x.dtype)
-    _winograd_tiles_kernel(np.ascontiguousarray(x), top, left, tiles_h, tiles_w, tiles)
-    return tiles
-
-
 @jit
-def _winograd_tiles_grad_kernel(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
-    """``grad_x[n, 2i - top + p, 2j - left + q, c] += (B u B^T)[p, q]`` for ``u = grad_tiles[:, t, c]``
+def _winograd_tiles_grad_f2(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
+    """F(2x2, 3x3): ``grad_x[n, 2i - top + p, 2j - left + q, c] += (B u B^T)[p, q]`` for ``u = grad_tiles[:, t, c]``
     of every tile, inside the image; overlapping tiles add up."""
     n_images, height, width, channels = grad_x.shape
     grad_x[:] = 0
@@ -438,22 +437,9 @@ def _winograd_tiles_grad_kernel(grad_tiles, top, left, tiles_h, tiles_w, grad_x)
                                     grad_x[n, row, col, c] += e[p, q, c]
 
 
-def winograd_tiles_grad(grad_tiles, x_shape, pads):
-    """Adjoint of :func:`winograd_tiles`: ``B u B^T`` per tile, added back onto the pixels the tile
-    was read from: ``(16, N*TH*TW, C) -> (N, H, W, C)``."""
-    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x_shape, pads)
-    expected = (16, x_shape[0] * tiles_h * tiles_w, x_shape[3])
-    if grad_tiles.shape != expected:
-        raise ValueError(f"winograd_tiles_grad: grad_tiles must have shape {expected} for images "
-                         f"{tuple(x_shape)}, got {grad_tiles.shape}")
-    grad_x = np.empty(tuple(x_shape), dtype=grad_tiles.dtype)
-    _winograd_tiles_grad_kernel(np.ascontiguousarray(grad_tiles), top, left, tiles_h, tiles_w, grad_x)
-    return grad_x
-
-
 @jit
-def _winograd_outputs_kernel(products, tiles_h, tiles_w, out):
-    """``out[n, 2i + r, 2j + s, o] = (A^T m A)[r, s]`` for ``m = products[:, t, o]``, with
+def _winograd_outputs_f2(products, tiles_h, tiles_w, out):
+    """F(2x2, 3x3): ``out[n, 2i + r, 2j + s, o] = (A^T m A)[r, s]`` for ``m = products[:, t, o]``, with
     ``A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]``: rows, then columns; a block's row or column past
     ``out`` is dropped."""
     n_images, out_h, out_w, c_out = out.shape
@@ -475,23 +461,9 @@ def _winograd_outputs_kernel(products, tiles_h, tiles_w, out):
                             out[n, 2 * i + r, 2 * j + 1, o] = half[r, 1, o] - half[r, 2, o] - half[r, 3, o]
 
 
-def winograd_outputs(products, out_shape):
-    """``A^T m A`` for every tile: ``products (16, N*TH*TW, C_out) -> y (N, OH, OW, C_out)``, the 2x2
-    output blocks laid side by side; an odd ``OH`` or ``OW`` drops the last block's second row or
-    column."""
-    n, out_h, out_w, c_out = out_shape
-    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
-    if products.shape != (16, n * tiles_h * tiles_w, c_out):
-        raise ValueError(f"winograd_outputs: products must have shape {(16, n * tiles_h * tiles_w, c_out)} "
-                         f"for outputs {tuple(out_shape)}, got {products.shape}")
-    out = np.empty(tuple(out_shape), dtype=products.dtype)
-    _winograd_outputs_kernel(np.ascontiguousarray(products), tiles_h, tiles_w, out)
-    return out
-
-
 @jit
-def _winograd_outputs_grad_kernel(grad_out, tiles_h, tiles_w, grad_products):
-    """``grad_products[:, t, o] = A g A^T`` for the 2x2 block ``g`` of ``grad_out`` at tile ``t`` (zero
+def _winograd_outputs_grad_f2(grad_out, tiles_h, tiles_w, grad_products):
+    """F(2x2, 3x3): ``grad_products[:, t, o] = A g A^T`` for the 2x2 block ``g`` of ``grad_out`` at tile ``t`` (zero
     past ``grad_out``): columns, then rows."""
     n_images, out_h, out_w, c_out = grad_out.shape
     g = np.empty((2, 2, c_out), grad_out.dtype)
@@ -521,13 +493,210 @@ def _winograd_outputs_grad_kernel(grad_out, tiles_h, tiles_w, grad_products):
                         grad_products[12 + b, t, o] = -h1
 
 
-def winograd_outputs_grad(grad_out):
-    """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every 2x2 block of ``grad_out``
-    (zeros for the dropped row or column): ``(N, OH, OW, C_out) -> (16, N*TH*TW, C_out)``."""
+@jit
+def _winograd_tiles_f4(x, top, left, tiles_h, tiles_w, tiles):
+    """F(4x4, 3x3): ``tiles[6a + b, t, c] = (B^T d B)[a, b]`` for the 6x6 tile ``d`` of every ``(t, c)``,
+    with the ``B^T`` of ``minidl.kernels.winograd``: columns, then rows."""
+    n_images, _, _, channels = x.shape
+    two, four, five = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
+    d = np.empty((6, 6, channels), x.dtype)
+    for n in range(n_images):
+        for i in range(tiles_h):
+            for j in range(tiles_w):
+                t = (n * tiles_h + i) * tiles_w + j
+                _load_tile(x, n, 4 * i - top, 4 * j - left, d)
+                for b in range(6):  # d <- B^T d
+                    for c in range(channels):
+                        d0, d1, d2, d3, d4, d5 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c], d[4, b, c], d[5, b, c]
+                        d[0, b, c] = four * d0 - five * d2 + d4
+                        d[1, b, c] = d3 + d4 - four * (d1 + d2)
+                        d[2, b, c] = d4 - d3 + four * (d1 - d2)
+                        d[3, b, c] = d4 - d2 + two * (d3 - d1)
+                        d[4, b, c] = d4 - d2 + two * (d1 - d3)
+                        d[5, b, c] = four * d1 - five * d3 + d5
+                for a in range(6):  # tiles <- d B
+                    for c in range(channels):
+                        e0, e1, e2, e3, e4, e5 = d[a, 0, c], d[a, 1, c], d[a, 2, c], d[a, 3, c], d[a, 4, c], d[a, 5, c]
+                        tiles[6 * a, t, c] = four * e0 - five * e2 + e4
+                        tiles[6 * a + 1, t, c] = e3 + e4 - four * (e1 + e2)
+                        tiles[6 * a + 2, t, c] = e4 - e3 + four * (e1 - e2)
+                        tiles[6 * a + 3, t, c] = e4 - e2 + two * (e3 - e1)
+                        tiles[6 * a + 4, t, c] = e4 - e2 + two * (e1 - e3)
+                        tiles[6 * a + 5, t, c] = four * e1 - five * e3 + e5
+
+
+@jit
+def _winograd_tiles_grad_f4(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
+    """F(4x4, 3x3): ``grad_x[n, 4i - top + p, 4j - left + q, c] += (B u B^T)[p, q]`` for
+    ``u = grad_tiles[:, t, c]`` of every tile, inside the image; overlapping tiles add up."""
+    n_images, height, width, channels = grad_x.shape
+    two, four, five = grad_x.dtype.type(2), grad_x.dtype.type(4), grad_x.dtype.type(5)
+    grad_x[:] = 0
+    e = np.empty((6, 6, channels), grad_x.dtype)
+    for n in range(n_images):
+        for i in range(tiles_h):
+            for j in range(tiles_w):
+                t = (n * tiles_h + i) * tiles_w + j
+                for b in range(6):  # e <- B u
+                    for c in range(channels):
+                        u0, u1, u2 = grad_tiles[b, t, c], grad_tiles[6 + b, t, c], grad_tiles[12 + b, t, c]
+                        u3, u4, u5 = grad_tiles[18 + b, t, c], grad_tiles[24 + b, t, c], grad_tiles[30 + b, t, c]
+                        e[0, b, c] = four * u0
+                        e[1, b, c] = four * (u2 - u1 + u5) + two * (u4 - u3)
+                        e[2, b, c] = -five * u0 - four * (u1 + u2) - u3 - u4
+                        e[3, b, c] = u1 - u2 + two * (u3 - u4) - five * u5
+                        e[4, b, c] = u0 + u1 + u2 + u3 + u4
+                        e[5, b, c] = u5
+                for p in range(6):  # e <- e B^T, then added onto the image
+                    for c in range(channels):
+                        e0, e1, e2, e3, e4, e5 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c], e[p, 4, c], e[p, 5, c]
+                        e[p, 0, c] = four * e0
+                        e[p, 1, c] = four * (e2 - e1 + e5) + two * (e4 - e3)
+                        e[p, 2, c] = -five * e0 - four * (e1 + e2) - e3 - e4
+                        e[p, 3, c] = e1 - e2 + two * (e3 - e4) - five * e5
+                        e[p, 4, c] = e0 + e1 + e2 + e3 + e4
+                        e[p, 5, c] = e5
+                    row = 4 * i - top + p
+                    if 0 <= row < height:
+                        for q in range(6):
+                            col = 4 * j - left + q
+                            if 0 <= col < width:
+                                for c in range(channels):
+                                    grad_x[n, row, col, c] += e[p, q, c]
+
+
+@jit
+def _winograd_outputs_f4(products, tiles_h, tiles_w, out):
+    """F(4x4, 3x3): ``out[n, 4i + r, 4j + s, o] = (A^T M A)[r, s]`` for ``M = products[:, t, o]``, with
+    the ``A^T`` of ``minidl.kernels.winograd``: rows, then columns; a block's rows or columns past
+    ``out`` are dropped."""
+    n_images, out_h, out_w, c_out = out.shape
+    two, four, eight = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)
+    half = np.empty((4, 6, c_out), out.dtype)  # A^T M
+    block = np.empty((4, 4, c_out), out.dtype)  # A^T M A
+    for n in range(n_images):
+        for i in range(tiles_h):
+            for j in range(tiles_w):
+                t = (n * tiles_h + i) * tiles_w + j
+                for b in range(6):
+                    for o in range(c_out):
+                        m0, m1, m2 = products[b, t, o], products[6 + b, t, o], products[12 + b, t, o]
+                        m3, m4, m5 = products[18 + b, t, o], products[24 + b, t, o], products[30 + b, t, o]
+                        half[0, b, o] = m0 + m1 + m2 + m3 + m4
+                        half[1, b, o] = m1 - m2 + two * (m3 - m4)
+                        half[2, b, o] = m1 + m2 + four * (m3 + m4)
+                        half[3, b, o] = m1 - m2 + eight * (m3 - m4) + m5
+                for r in range(4):
+                    for o in range(c_out):
+                        h0, h1, h2, h3, h4, h5 = half[r, 0, o], half[r, 1, o], half[r, 2, o], half[r, 3, o], \
+                            half[r, 4, o], half[r, 5, o]
+                        block[r, 0, o] = h0 + h1 + h2 + h3 + h4
+                        block[r, 1, o] = h1 - h2 + two * (h3 - h4)
+                        block[r, 2, o] = h1 + h2 + four * (h3 + h4)
+                        block[r, 3, o] = h1 - h2 + eight * (h3 - h4) + h5
+                for r in range(min(4, out_h - 4 * i)):
+                    for s in range(min(4, out_w - 4 * j)):
+                        for o in range(c_out):
+                            out[n, 4 * i + r, 4 * j + s, o] = block[r, s, o]
+
+
+@jit
+def _winograd_outputs_grad_f4(grad_out, tiles_h, tiles_w, grad_products):
+    """F(4x4, 3x3): ``grad_products[:, t, o] = A g A^T`` for the 4x4 block ``g`` of ``grad_out`` at tile
+    ``t`` (zero past ``grad_out``): rows, then columns."""
+    n_images, out_h, out_w, c_out = grad_out.shape
+    two, four, eight = grad_out.dtype.type(2), grad_out.dtype.type(4), grad_out.dtype.type(8)
+    g = np.empty((4, 4, c_out), grad_out.dtype)
+    half = np.empty((4, 6, c_out), grad_out.dtype)  # g A^T
+    for n in range(n_images):
+        for i in range(tiles_h):
+            for j in range(tiles_w):
+                t = (n * tiles_h + i) * tiles_w + j
+                for r in range(4):
+                    for s in range(4):
+                        if 4 * i + r < out_h and 4 * j + s < out_w:
+                            for o in range(c_out):
+                                g[r, s, o] = grad_out[n, 4 * i + r, 4 * j + s, o]
+                        else:
+                            for o in range(c_out):
+                                g[r, s, o] = 0
+                for r in range(4):
+                    for o in range(c_out):
+                        g0, g1, g2, g3 = g[r, 0, o], g[r, 1, o], g[r, 2, o], g[r, 3, o]
+                        half[r, 0, o] = g0
+                        half[r, 1, o] = g0 + g1 + g2 + g3
+                        half[r, 2, o] = g0 - g1 + g2 - g3
+                        half[r, 3, o] = g0 + two * g1 + four * g2 + eight * g3
+                        half[r, 4, o] = g0 - two * g1 + four * g2 - eight * g3
+                        half[r, 5, o] = g3
+                for q in range(6):
+                    for o in range(c_out):
+                        h0, h1, h2, h3 = half[0, q, o], half[1, q, o], half[2, q, o], half[3, q, o]
+                        grad_products[q, t, o] = h0
+                        grad_products[6 + q, t, o] = h0 + h1 + h2 + h3
+                        grad_products[12 + q, t, o] = h0 - h1 + h2 - h3
+                        grad_products[18 + q, t, o] = h0 + two * h1 + four * h2 + eight * h3
+                        grad_products[24 + q, t, o] = h0 - two * h1 + four * h2 - eight * h3
+                        grad_products[30 + q, t, o] = h3
+
+
+_TILES_KERNELS = {2: _winograd_tiles_f2, 4: _winograd_tiles_f4}
+_TILES_GRAD_KERNELS = {2: _winograd_tiles_grad_f2, 4: _winograd_tiles_grad_f4}
+_OUTPUTS_KERNELS = {2: _winograd_outputs_f2, 4: _winograd_outputs_f4}
+_OUTPUTS_GRAD_KERNELS = {2: _winograd_outputs_grad_f2, 4: _winograd_outputs_grad_f4}
+
+
+def winograd_tiles(x, pads, tile=2):
+    """``B^T d B`` for every ``(m+2) x (m+2)`` tile ``d`` of ``x`` padded by ``pads`` (tiles at stride
+    ``m``, in the order of :func:`im2col`'s rows): ``x (N, H, W, C) -> tiles (P, N*TH*TW, C)``.
+
+    ``(TH, TW)`` come from :func:`kernels.shapes.winograd_tile_grid`; reads past the image are zeros.
+    """
+    check_tile(tile)
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads, tile)
+    tiles = np.empty(((tile + 2) ** 2, x.shape[0] * tiles_h * tiles_w, x.shape[3]), dtype=x.dtype)
+    _TILES_KERNELS[tile](np.ascontiguousarray(x), top, left, tiles_h, tiles_w, tiles)
+    return tiles
+
+
+def winograd_tiles_grad(grad_tiles, x_shape, pads):
+    """Adjoint of :func:`winograd_tiles`: ``B u B^T`` per tile, added back onto the pixels the tile
+    was read from: ``(P, N*TH*TW, C) -> (N, H, W, C)``."""
+    tile = tile_of_positions(grad_tiles.shape[0])
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x_shape, pads, tile)
+    expected = ((tile + 2) ** 2, x_shape[0] * tiles_h * tiles_w, x_shape[3])
+    if grad_tiles.shape != expected:
+        raise ValueError(f"winograd_tiles_grad: grad_tiles must have shape {expected} for images "
+                         f"{tuple(x_shape)}, got {grad_tiles.shape}")
+    grad_x = np.empty(tuple(x_shape), dtype=grad_tiles.dtype)
+    _TILES_GRAD_KERNELS[tile](np.ascontiguousarray(grad_tiles), top, left, tiles_h, tiles_w, grad_x)
+    return grad_x
+
+
+def winograd_outputs(products, out_shape):
+    """``A^T M A`` for every tile: ``products (P, N*TH*TW, C_out) -> y (N, OH, OW, C_out)``, the
+    ``m x m`` output blocks laid side by side; where ``m`` does not divide ``OH`` or ``OW`` the last
+    blocks' trailing rows or columns are dropped."""
+    n, out_h, out_w, c_out = out_shape
+    tile = tile_of_positions(products.shape[0])
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w), tile)
+    expected = ((tile + 2) ** 2, n * tiles_h * tiles_w, c_out)
+    if products.shape != expected:
+        raise ValueError(f"winograd_outputs: products must have shape {expected} "
+                         f"for outputs {tuple(out_shape)}, got {products.shape}")
+    out = np.empty(tuple(out_shape), dtype=products.dtype)
+    _OUTPUTS_KERNELS[tile](np.ascontiguousarray(products), tiles_h, tiles_w, out)
+    return out
+
+
+def winograd_outputs_grad(grad_out, tile=2):
+    """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every ``m x m`` block of ``grad_out``
+    (zeros for the dropped rows or columns): ``(N, OH, OW, C_out) -> (P, N*TH*TW, C_out)``."""
+    check_tile(tile)
     n, out_h, out_w, c_out = grad_out.shape
-    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
-    grad_products = np.empty((16, n * tiles_h * tiles_w, c_out), dtype=grad_out.dtype)
-    _winograd_outputs_grad_kernel(np.ascontiguousarray(grad_out), tiles_h, tiles_w, grad_products)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w), tile)
+    grad_products = np.empty(((tile + 2) ** 2, n * tiles_h * tiles_w, c_out), dtype=grad_out.dtype)
+    _OUTPUTS_GRAD_KERNELS[tile](np.ascontiguousarray(grad_out), tiles_h, tiles_w, grad_products)
     return grad_products
 
 

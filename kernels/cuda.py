@@ -4,8 +4,9 @@ Every array argument and result is a ``numba.cuda`` device array (C-contiguous);
 ``.shape``, ``.dtype``, ``.reshape`` and the functions below, so activations, gradients and weights
 stay on the device between layers.  Data crosses the bus only in :func:`to_device`, :func:`to_host`
 and the two reductions that return a Python scalar (:func:`all_finite`,
-:func:`regularization_penalty`); each crossing adds one to :func:`transfer_count`.  Passing a host
-NumPy array to a kernel raises ``TypeError`` instead of letting Numba copy it silently.
+:func:`regularization_penalty`); each crossing adds one to :func:`transfer_count`.  The Winograd
+transforms' small matrices cross too, through :func:`to_device`, once per tile size and dtype.
+Passing a host NumPy array to a kernel raises ``TypeError`` instead of letting Numba copy it silently.
 
 How the work is split (one idea per kernel):
 
@@ -15,8 +16,9 @@ How the work is split (one idea per kernel):
 * ``col2im``, ``winograd_tiles_grad`` and the pooling backward passes let each *input* pixel gather
   from the windows (or Winograd tiles) that cover it, so no two threads write the same element and no
   atomics are needed.
-* The Winograd F(2x2, 3x3) transforms of input tiles and output blocks run one thread per (tile,
-  channel), each doing its tile's small 2-D transform as two passes of 1-D ones on a few scalars.
+* The Winograd F(m x m, 3 x 3) transforms (m = 2 or 4) run one thread per element of their result,
+  each summing one entry of a small 2-D transform with the matrices ``B^T``, ``G``, ``A^T`` read from
+  device arrays, so one kernel serves both tile sizes.
 * Row-wise kernels (softmax, the fused loss) run one thread per row.
 * Sums (``bias_grad``, ``regularization_penalty``) fold rows into partial sums, then fold the
   partials again, until one row is left; no atomics, so results are deterministic.
@@ -46,6 +48,7 @@ from .numpy_ref import ACTIVATIONS, check_activation
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
 from .shapes import as_three_axes, concatenated_shape, split_shapes
+from .winograd import tile_of_positions, winograd_matrices
 
 __all__ = [
     "accumulate",
@@ -585,82 +588,37 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
     return x
 
 
-# ------------------------------------------------------------------------------ Winograd F(2x2, 3x3)
+# ------------------------------------------------------------------------- Winograd F(m x m, 3 x 3)
 #
-# The transforms of ``numpy_ref``'s Winograd section.  Tile ``t = (n*TH + i)*TW + j`` reads the 4x4
-# block ``x[n, 2i - top : 2i - top + 4, 2j - left : 2j - left + 4]`` (zeros outside ``x``) and gives
-# the 2x2 output block at ``(2i, 2j)``.  Each 2-D transform ``L v R^T`` of a small block is two passes
-# of 1-D transforms, e.g. ``(L v R^T)[a, b] = (R e)[b]`` with ``e[q] = (L v[:, q])[a]``; the device
-# functions below give one entry ``k`` of a 1-D transform, so a thread keeps only a few scalars.  The
-# tile and block transforms run one thread per (tile, channel) writing all of the tile's values, the
-# tiny kernel transforms one thread per output element; winograd_tiles_grad lets each input pixel
-# gather from the (at most 2x2) tiles that cover it, as col2im does.
+# The transforms of ``numpy_ref``'s Winograd section, for an output tile side ``m = tile`` (2 or 4)
+# and an input tile side ``side = m + 2`` (``P = side^2`` positions).  Tile
+# ``t = (n*TH + i)*TW + j`` reads the ``side x side`` block ``x[n, m*i - top : +side, m*j - left : +side]``
+# (zeros outside ``x``) and gives the ``m x m`` output block at ``(m*i, m*j)``.  The matrices ``B^T``,
+# ``G``, ``A^T`` of ``kernels.winograd`` reach the kernels as small device arrays
+# (:func:`_device_matrices`), and the kernels read ``m`` and ``side`` from their shapes, so one
+# compiled kernel serves both tiles.  Every kernel runs one thread per element of its result, and each
+# element is one entry of a small 2-D transform, ``(L v R^T)[k, l] = sum_{p, q} L[k, p] v[p, q] R[l, q]``;
+# winograd_tiles_grad lets each input pixel gather from the (at most 2 x 2) tiles that cover it, as
+# col2im does.
 
 
-@cuda.jit(device=True)
-def _g_times(k, v0, v1, v2):
-    """``(G v)[k]``, ``G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]``: ``(3,) -> (4,)``."""
-    if k == 0:
-        return v0
-    if k == 1:
-        return (v0 + v1 + v2) * 0.5
-    if k == 2:
-        return (v0 - v1 + v2) * 0.5
-    return v2
+@functools.cache
+def _device_matrices(tile, dtype):
+    """``(B^T, G, A^T)`` of F(tile x tile, 3 x 3) (:func:`kernels.winograd.winograd_matrices`) as
+    ``dtype`` device arrays.  They are copied through :func:`to_device` (so counted) on the first call
+    for each ``(tile, dtype)`` and kept for every later one; an unknown ``tile`` raises ``ValueError``."""
+    return tuple(to_device(matrix) for matrix in winograd_matrices(tile, dtype))
 
 
-@cuda.jit(device=True)
-def _g_t_times(k, u0, u1, u2, u3):
-    """``(G^T u)[k]``: ``(4,) -> (3,)``, the adjoint of :func:`_g_times`."""
-    if k == 0:
-        return u0 + (u1 + u2) * 0.5
-    if k == 1:
-        return (u1 - u2) * 0.5
-    return (u1 + u2) * 0.5 + u3
-
-
-@cuda.jit(device=True)
-def _b_t_times(k, v0, v1, v2, v3):
-    """``(B^T v)[k]``, ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: ``(4,) -> (4,)``."""
-    if k == 0:
-        return v0 - v2
-    if k == 1:
-        return v1 + v2
-    if k == 2:
-        return v2 - v1
-    return v1 - v3
-
-
-@cuda.jit(device=True)
-def _b_times(k, u0, u1, u2, u3):
-    """``(B u)[k]``: ``(4,) -> (4,)``, the adjoint of :func:`_b_t_times`."""
-    if k == 0:
-        return u0
-    if k == 1:
-        return u1 - u2 + u3
-    if k == 2:
-        return u1 + u2 - u0
-    return -u3
-
-
-@cuda.jit(device=True)
-def _a_t_times(k, m0, m1, m2, m3):
-    """``(A^T m)[k]``, ``A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]``: ``(4,) -> (2,)``."""
-    if k == 0:
-        return m0 + m1 + m2
-    return m1 - m2 - m3
-
-
-@cuda.jit(device=True)
-def _a_times(k, g0, g1):
-    """``(A g)[k]``: ``(2,) -> (4,)``, the adjoint of :func:`_a_t_times`."""
-    if k == 0:
-        return g0
-    if k == 1:
-        return g0 + g1
-    if k == 2:
-        return g0 - g1
-    return -g1
+def _tile_of(function, name, array, axes):
+    """The tile side ``m`` of a Winograd array of shape ``(P, *axes)``, read from ``P = (m + 2)^2``;
+    ``ValueError`` naming ``function`` and the expected shape for any other array."""
+    if array.ndim != 3:
+        raise ValueError(f"minidl.kernels.cuda.{function}: {name} must be (P, {axes}), got {tuple(array.shape)}")
+    try:
+        return tile_of_positions(array.shape[0])
+    except ValueError as error:
+        raise ValueError(f"minidl.kernels.cuda.{function}: {name} must be (P, {axes}): {error}") from None
 
 
 @cuda.jit(device=True)
@@ -678,264 +636,274 @@ def _split_tile(t, tiles_h, tiles_w):
     return rest // tiles_h, rest % tiles_h, j
 
 
-@cuda.jit
-def _winograd_kernel(kernel, out):
-    """``out[4a + b, k] = (G g G^T)[a, b] = (G e)[a]`` with ``e[p] = (G g[p, :])[b]``, ``g = kernel[:, :, k]``.
+@cuda.jit(device=True)
+def _split_ptc(index, shape):
+    """The ``(position, tile, channel)`` of flat ``index`` in a C-contiguous ``(P, N*TH*TW, C)`` array."""
+    per_position = shape[1] * shape[2]
+    position, rest = index // per_position, index % per_position
+    return position, rest // shape[2], rest % shape[2]
 
-    ``kernel`` ``(3, 3, C_in*C_out)`` -> ``out`` ``(16, C_in*C_out)``, one thread per element of ``out``.
+
+@cuda.jit
+def _winograd_kernel(g, kernel, zero, out):
+    """``out[side*a + b, k] = (G g_k G^T)[a, b] = sum_{p, q} G[a, p] g_k[p, q] G[b, q]``, ``g_k = kernel[:, :, k]``.
+
+    ``g`` the matrix ``G`` ``(side, 3)``, ``kernel`` ``(3, 3, C_in*C_out)`` -> ``out``
+    ``(side^2, C_in*C_out)``, one thread per element of ``out``.
     """
     index = cuda.grid(1)
     if index >= out.size:
         return
+    side = g.shape[0]
     ab, k = index // out.shape[1], index % out.shape[1]
-    a, b = ab // 4, ab % 4
-    e0 = _g_times(b, kernel[0, 0, k], kernel[0, 1, k], kernel[0, 2, k])
-    e1 = _g_times(b, kernel[1, 0, k], kernel[1, 1, k], kernel[1, 2, k])
-    e2 = _g_times(b, kernel[2, 0, k], kernel[2, 1, k], kernel[2, 2, k])
-    out[ab, k] = _g_times(a, e0, e1, e2)
+    a, b = ab // side, ab % side
+    total = zero
+    for p in range(3):
+        for q in range(3):
+            total += g[a, p] * kernel[p, q, k] * g[b, q]
+    out[ab, k] = total
 
 
-def winograd_kernel(kernel):
-    """``G g G^T`` for every ``(c_in, c_out)``: ``kernel (3, 3, C_in, C_out) -> (16, C_in, C_out)``.
+def winograd_kernel(kernel, tile=2):
+    """``G g G^T`` for every ``(c_in, c_out)``: ``kernel (3, 3, C_in, C_out) -> (P, C_in, C_out)``,
+    ``P = (tile + 2)^2``.
 
-    Launch: one thread per output element, ``16 * C_in * C_out`` threads.
+    Launch: one thread per output element, ``P * C_in * C_out`` threads.
     """
     _reject_host_arrays("winograd_kernel", (kernel,))
     if kernel.ndim != 4 or tuple(kernel.shape)[:2] != (3, 3):
         raise ValueError(f"minidl.kernels.cuda.winograd_kernel: kernel must be (3, 3, C_in, C_out), got {kernel.shape}")
+    _, g, _ = _device_matrices(tile, kernel.dtype)
     c_in, c_out = kernel.shape[2], kernel.shape[3]
-    out = cuda.device_array((16, c_in, c_out), dtype=kernel.dtype)
-    _launch(_winograd_kernel, out.size, kernel.reshape(3, 3, c_in * c_out), out.reshape(16, c_in * c_out))
+    positions = (tile + 2) ** 2
+    out = cuda.device_array((positions, c_in, c_out), dtype=kernel.dtype)
+    zero = np.dtype(kernel.dtype).type(0)
+    _launch(
+        _winograd_kernel, out.size, g, kernel.reshape(3, 3, c_in * c_out), zero, out.reshape(positions, c_in * c_out)
+    )
     return out
 
 
 @cuda.jit
-def _winograd_kernel_grad(grad_tiles, grad_kernel):
-    """``grad_kernel[3p + q, k] = (G^T u G)[p, q] = (G^T v)[p]`` with ``v[a] = (G^T u[a, :])[q]``,
-    ``u = grad_tiles[:, k]`` as 4x4.
+def _winograd_kernel_grad(g, grad_tiles, zero, grad_kernel):
+    """``grad_kernel[3p + q, k] = (G^T u G)[p, q] = sum_{a, b} G[a, p] u[a, b] G[b, q]``,
+    ``u = grad_tiles[:, k]`` as ``side x side``.
 
-    ``grad_tiles`` ``(16, C_in*C_out)`` -> ``grad_kernel`` ``(9, C_in*C_out)``, one thread per element
-    of ``grad_kernel``.
+    ``g`` the matrix ``G`` ``(side, 3)``, ``grad_tiles`` ``(side^2, C_in*C_out)`` -> ``grad_kernel``
+    ``(9, C_in*C_out)``, one thread per element of ``grad_kernel``.
     """
     index = cuda.grid(1)
     if index >= grad_kernel.size:
         return
+    side = g.shape[0]
     pq, k = index // grad_kernel.shape[1], index % grad_kernel.shape[1]
     p, q = pq // 3, pq % 3
-    v0 = _g_t_times(q, grad_tiles[0, k], grad_tiles[1, k], grad_tiles[2, k], grad_tiles[3, k])
-    v1 = _g_t_times(q, grad_tiles[4, k], grad_tiles[5, k], grad_tiles[6, k], grad_tiles[7, k])
-    v2 = _g_t_times(q, grad_tiles[8, k], grad_tiles[9, k], grad_tiles[10, k], grad_tiles[11, k])
-    v3 = _g_t_times(q, grad_tiles[12, k], grad_tiles[13, k], grad_tiles[14, k], grad_tiles[15, k])
-    grad_kernel[pq, k] = _g_t_times(p, v0, v1, v2, v3)
+    total = zero
+    for a in range(side):
+        for b in range(side):
+            total += g[a, p] * grad_tiles[side * a + b, k] * g[b, q]
+    grad_kernel[pq, k] = total
 
 
 def winograd_kernel_grad(grad_kernel_tiles):
-    """Adjoint of :func:`winograd_kernel`: ``G^T u G``, ``(16, C_in, C_out) -> (3, 3, C_in, C_out)``.
+    """Adjoint of :func:`winograd_kernel`: ``G^T u G``, ``(P, C_in, C_out) -> (3, 3, C_in, C_out)``;
+    the tile side ``m`` comes from ``P = (m + 2)^2``.
 
     Launch: one thread per output element, ``9 * C_in * C_out`` threads.
     """
     _reject_host_arrays("winograd_kernel_grad", (grad_kernel_tiles,))
-    if grad_kernel_tiles.ndim != 3 or grad_kernel_tiles.shape[0] != 16:
-        raise ValueError(
-            f"minidl.kernels.cuda.winograd_kernel_grad: grad_kernel_tiles must be (16, C_in, C_out), "
-            f"got {grad_kernel_tiles.shape}"
-        )
-    c_in, c_out = grad_kernel_tiles.shape[1], grad_kernel_tiles.shape[2]
+    tile = _tile_of("winograd_kernel_grad", "grad_kernel_tiles", grad_kernel_tiles, "C_in, C_out")
+    _, g, _ = _device_matrices(tile, grad_kernel_tiles.dtype)
+    positions, c_in, c_out = grad_kernel_tiles.shape
     grad_kernel = cuda.device_array((3, 3, c_in, c_out), dtype=grad_kernel_tiles.dtype)
+    zero = np.dtype(grad_kernel_tiles.dtype).type(0)
     _launch(
         _winograd_kernel_grad,
         grad_kernel.size,
-        grad_kernel_tiles.reshape(16, c_in * c_out),
+        g,
+        grad_kernel_tiles.reshape(positions, c_in * c_out),
+        zero,
         grad_kernel.reshape(9, c_in * c_out),
     )
     return grad_kernel
 
 
-@cuda.jit(device=True)
-def _b_t_column(x, n, row, col, c, a, zero):
-    """``(B^T d[:, q])[a]`` for column ``q`` of a tile ``d`` at image column ``col``, top row ``row``."""
-    return _b_t_times(
-        a,
-        _pixel_or(x, n, row, col, c, zero),
-        _pixel_or(x, n, row + 1, col, c, zero),
-        _pixel_or(x, n, row + 2, col, c, zero),
-        _pixel_or(x, n, row + 3, col, c, zero),
-    )
-
-
 @cuda.jit
-def _winograd_tiles(x, top, left, tiles_h, tiles_w, zero, tiles):
-    """``tiles[4a + b, t, c] = (B^T d B)[a, b] = (B^T e)[b]`` with ``e[q] = (B^T d[:, q])[a]``, for the
-    tile ``d = x[n, 2i - top : +4, 2j - left : +4, c]`` (zeros outside ``x``).
+def _winograd_tiles(b_t, x, top, left, tiles_h, tiles_w, zero, tiles):
+    """``tiles[side*a + b, t, c] = (B^T d B)[a, b] = sum_{p, q} B^T[a, p] d[p, q] B^T[b, q]`` for the
+    tile ``d = x[n, m*i - top : +side, m*j - left : +side, c]`` (zeros outside ``x``).
 
-    ``x`` ``(N, H, W, C)`` -> ``tiles`` ``(16, N*TH*TW, C)``, one thread per ``(t, c)`` writing all 16
-    values, one row ``a`` at a time (adjacent threads read and write adjacent channels).
+    ``b_t`` the matrix ``B^T`` ``(side, side)``, ``x`` ``(N, H, W, C)`` -> ``tiles``
+    ``(side^2, N*TH*TW, C)``, one thread per element of ``tiles`` (adjacent threads, adjacent channels).
     """
     index = cuda.grid(1)
-    channels = tiles.shape[2]
-    if index >= tiles.shape[1] * channels:
+    if index >= tiles.size:
         return
-    t, c = index // channels, index % channels
+    side = b_t.shape[0]
+    ab, t, c = _split_ptc(index, tiles.shape)
+    a, b = ab // side, ab % side
     n, i, j = _split_tile(t, tiles_h, tiles_w)
-    row, col = 2 * i - top, 2 * j - left
-    for a in range(4):
-        e0 = _b_t_column(x, n, row, col, c, a, zero)
-        e1 = _b_t_column(x, n, row, col + 1, c, a, zero)
-        e2 = _b_t_column(x, n, row, col + 2, c, a, zero)
-        e3 = _b_t_column(x, n, row, col + 3, c, a, zero)
-        for b in range(4):
-            tiles[4 * a + b, t, c] = _b_t_times(b, e0, e1, e2, e3)
+    row, col = (side - 2) * i - top, (side - 2) * j - left
+    total = zero
+    for p in range(side):
+        for q in range(side):
+            total += b_t[a, p] * _pixel_or(x, n, row + p, col + q, c, zero) * b_t[b, q]
+    tiles[ab, t, c] = total
 
 
-def winograd_tiles(x, pads):
-    """``B^T d B`` for every 4x4 tile ``d`` of ``x`` padded by ``pads`` (tiles at stride 2, in the
-    order of :func:`im2col`'s rows): ``x (N, H, W, C) -> tiles (16, N*TH*TW, C)``.
+def winograd_tiles(x, pads, tile=2):
+    """``B^T d B`` for every ``(m+2) x (m+2)`` tile ``d`` of ``x`` padded by ``pads`` (``m = tile``;
+    tiles at stride ``m``, in the order of :func:`im2col`'s rows): ``x (N, H, W, C) -> tiles (P, N*TH*TW, C)``,
+    ``P = (m + 2)^2``.
 
     ``(TH, TW)`` come from :func:`kernels.shapes.winograd_tile_grid`; reads past the image are zeros.
-    Launch: one thread per (tile, channel), ``N*TH*TW*C`` threads.
+    Launch: one thread per output element, ``P * N*TH*TW * C`` threads.
     """
     _reject_host_arrays("winograd_tiles", (x,))
-    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads)
+    b_t, _, _ = _device_matrices(tile, x.dtype)
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads, tile)
     n, _, _, channels = x.shape
-    tiles = cuda.device_array((16, n * tiles_h * tiles_w, channels), dtype=x.dtype)
+    tiles = cuda.device_array(((tile + 2) ** 2, n * tiles_h * tiles_w, channels), dtype=x.dtype)
     zero = np.dtype(x.dtype).type(0)
-    _launch(_winograd_tiles, n * tiles_h * tiles_w * channels, x, top, left, tiles_h, tiles_w, zero, tiles)
+    _launch(_winograd_tiles, tiles.size, b_t, x, top, left, tiles_h, tiles_w, zero, tiles)
     return tiles
 
 
 @cuda.jit(device=True)
-def _b_row_of_grad(grad_tiles, a, t, c, q):
-    """``(B u[a, :])[q]`` for ``u = grad_tiles[:, t, c]`` as 4x4."""
-    u = 4 * a
-    return _b_times(q, grad_tiles[u, t, c], grad_tiles[u + 1, t, c], grad_tiles[u + 2, t, c], grad_tiles[u + 3, t, c])
+def _tile_grad_entry(b_t, grad_tiles, t, c, p, q, zero):
+    """``(B u B^T)[p, q] = sum_{a, b} B^T[a, p] u[a, b] B^T[b, q]`` for ``u = grad_tiles[:, t, c]`` as
+    ``side x side``."""
+    side = b_t.shape[0]
+    total = zero
+    for a in range(side):
+        for b in range(side):
+            total += b_t[a, p] * grad_tiles[side * a + b, t, c] * b_t[b, q]
+    return total
 
 
 @cuda.jit
-def _winograd_tiles_grad(grad_tiles, top, left, tiles_h, tiles_w, zero, grad_x):
-    """``grad_x[n, h, w, c] = sum over the tiles (i, j) covering it of (B u B^T)[p, q] = (B v)[p]``
-    with ``v[a] = (B u[a, :])[q]``, ``u = grad_tiles[:, t, c]`` as 4x4, ``p = h + top - 2i``,
-    ``q = w + left - 2j``.
+def _winograd_tiles_grad(b_t, grad_tiles, top, left, tiles_h, tiles_w, zero, grad_x):
+    """``grad_x[n, h, w, c] = sum over the tiles (i, j) covering it of (B u B^T)[p, q]``, ``u`` the
+    tile's ``grad_tiles[:, t, c]`` as ``side x side``, ``p = h + top - m*i``, ``q = w + left - m*j``.
 
-    ``grad_tiles`` ``(16, N*TH*TW, C)`` -> ``grad_x`` ``(N, H, W, C)``, one thread per pixel of ``grad_x``
-    gathering from its covering tiles (at most 2 x 2; no two threads write one element).
+    ``b_t`` the matrix ``B^T`` ``(side, side)``, ``grad_tiles`` ``(side^2, N*TH*TW, C)`` -> ``grad_x``
+    ``(N, H, W, C)``, one thread per pixel of ``grad_x`` gathering from its covering tiles (at most
+    2 x 2, as tiles overlap by 2 <= m; no two threads write one element).
     """
     index = cuda.grid(1)
     if index >= grad_x.size:
         return
+    side = b_t.shape[0]
+    tile = side - 2
     n, h, w, c = _split_nhwc(index, grad_x.shape)
     hp, wp = h + top, w + left
-    i_first, i_stop = _covering_windows(hp, 4, 2, tiles_h)
-    j_first, j_stop = _covering_windows(wp, 4, 2, tiles_w)
+    i_first, i_stop = _covering_windows(hp, side, tile, tiles_h)
+    j_first, j_stop = _covering_windows(wp, side, tile, tiles_w)
     total = zero
     for i in range(i_first, i_stop):
         for j in range(j_first, j_stop):
             t = (n * tiles_h + i) * tiles_w + j
-            p, q = hp - 2 * i, wp - 2 * j
-            v0 = _b_row_of_grad(grad_tiles, 0, t, c, q)
-            v1 = _b_row_of_grad(grad_tiles, 1, t, c, q)
-            v2 = _b_row_of_grad(grad_tiles, 2, t, c, q)
-            v3 = _b_row_of_grad(grad_tiles, 3, t, c, q)
-            total += _b_times(p, v0, v1, v2, v3)
+            total += _tile_grad_entry(b_t, grad_tiles, t, c, hp - tile * i, wp - tile * j, zero)
     grad_x[n, h, w, c] = total
 
 
 def winograd_tiles_grad(grad_tiles, x_shape, pads):
     """Adjoint of :func:`winograd_tiles`: ``B u B^T`` per tile, added back onto the pixels the tile
-    was read from: ``(16, N*TH*TW, C) -> (N, H, W, C)``.
+    was read from: ``(P, N*TH*TW, C) -> (N, H, W, C)``; the tile side ``m`` comes from ``P = (m + 2)^2``.
 
     Launch: one thread per input pixel and channel, ``N*H*W*C`` threads.
     """
     _reject_host_arrays("winograd_tiles_grad", (grad_tiles,))
-    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x_shape, pads)
-    _require_shape("winograd_tiles_grad", "grad_tiles", grad_tiles, (16, x_shape[0] * tiles_h * tiles_w, x_shape[3]))
+    tile = _tile_of("winograd_tiles_grad", "grad_tiles", grad_tiles, "N*TH*TW, C")
+    b_t, _, _ = _device_matrices(tile, grad_tiles.dtype)
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x_shape, pads, tile)
+    expected = ((tile + 2) ** 2, x_shape[0] * tiles_h * tiles_w, x_shape[3])
+    _require_shape("winograd_tiles_grad", "grad_tiles", grad_tiles, expected)
     grad_x = cuda.device_array(tuple(x_shape), dtype=grad_tiles.dtype)
     zero = np.dtype(grad_tiles.dtype).type(0)
-    _launch(_winograd_tiles_grad, grad_x.size, grad_tiles, top, left, tiles_h, tiles_w, zero, grad_x)
+    _launch(_winograd_tiles_grad, grad_x.size, b_t, grad_tiles, top, left, tiles_h, tiles_w, zero, grad_x)
     return grad_x
 
 
-@cuda.jit(device=True)
-def _a_t_column_of(products, r, b, t, o):
-    """``(A^T m[:, b])[r]`` for ``m = products[:, t, o]`` as 4x4."""
-    return _a_t_times(r, products[b, t, o], products[4 + b, t, o], products[8 + b, t, o], products[12 + b, t, o])
-
-
 @cuda.jit
-def _winograd_outputs(products, tiles_h, tiles_w, out):
-    """``out[n, 2i + r, 2j + s, o] = (A^T m A)[r, s] = (A^T e)[s]`` with ``e[b] = (A^T m[:, b])[r]``,
-    ``m = products[:, t, o]`` as 4x4.
+def _winograd_outputs(a_t, products, tiles_h, tiles_w, zero, out):
+    """``out[n, m*i + r, m*j + s, o] = (A^T M A)[r, s] = sum_{a, b} A^T[r, a] M[a, b] A^T[s, b]``,
+    ``M = products[:, t, o]`` as ``side x side``, ``t = (n*TH + i)*TW + j``.
 
-    ``products`` ``(16, N*TH*TW, C_out)`` -> ``out`` ``(N, OH, OW, C_out)``, one thread per ``(t, o)``
-    writing the elements of its 2x2 block that lie inside ``out``.
+    ``a_t`` the matrix ``A^T`` ``(m, side)``, ``products`` ``(side^2, N*TH*TW, C_out)`` -> ``out``
+    ``(N, OH, OW, C_out)``, one thread per element of ``out`` (so the dropped rows and columns of the
+    last blocks are never computed).
     """
     index = cuda.grid(1)
-    c_out = products.shape[2]
-    if index >= products.shape[1] * c_out:
+    if index >= out.size:
         return
-    t, o = index // c_out, index % c_out
-    n, i, j = _split_tile(t, tiles_h, tiles_w)
-    for r in range(min(2, out.shape[1] - 2 * i)):
-        e0 = _a_t_column_of(products, r, 0, t, o)
-        e1 = _a_t_column_of(products, r, 1, t, o)
-        e2 = _a_t_column_of(products, r, 2, t, o)
-        e3 = _a_t_column_of(products, r, 3, t, o)
-        for s in range(min(2, out.shape[2] - 2 * j)):
-            out[n, 2 * i + r, 2 * j + s, o] = _a_t_times(s, e0, e1, e2, e3)
+    tile, side = a_t.shape[0], a_t.shape[1]
+    n, h, w, o = _split_nhwc(index, out.shape)
+    i, r = h // tile, h % tile
+    j, s = w // tile, w % tile
+    t = (n * tiles_h + i) * tiles_w + j
+    total = zero
+    for a in range(side):
+        for b in range(side):
+            total += a_t[r, a] * products[side * a + b, t, o] * a_t[s, b]
+    out[n, h, w, o] = total
 
 
 def winograd_outputs(products, out_shape):
-    """``A^T m A`` for every tile: ``products (16, N*TH*TW, C_out) -> y (N, OH, OW, C_out)``, the 2x2
-    output blocks laid side by side; an odd ``OH`` or ``OW`` drops the last block's second row or
-    column.
+    """``A^T m A`` for every tile: ``products (P, N*TH*TW, C_out) -> y (N, OH, OW, C_out)``, the
+    ``m x m`` output blocks laid side by side (``P = (m + 2)^2`` gives ``m``); where ``m`` does not
+    divide ``OH`` or ``OW`` the last blocks' trailing rows or columns are dropped.
 
-    Launch: one thread per (tile, output channel), ``N*TH*TW*C_out`` threads.
+    Launch: one thread per output element, ``N*OH*OW*C_out`` threads.
     """
     _reject_host_arrays("winograd_outputs", (products,))
+    tile = _tile_of("winograd_outputs", "products", products, "N*TH*TW, C_out")
+    _, _, a_t = _device_matrices(tile, products.dtype)
     n, out_h, out_w, c_out = out_shape
-    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
-    _require_shape("winograd_outputs", "products", products, (16, n * tiles_h * tiles_w, c_out))
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w), tile)
+    _require_shape("winograd_outputs", "products", products, ((tile + 2) ** 2, n * tiles_h * tiles_w, c_out))
     out = cuda.device_array(tuple(out_shape), dtype=products.dtype)
-    _launch(_winograd_outputs, n * tiles_h * tiles_w * c_out, products, tiles_h, tiles_w, out)
+    zero = np.dtype(products.dtype).type(0)
+    _launch(_winograd_outputs, out.size, a_t, products, tiles_h, tiles_w, zero, out)
     return out
 
 
 @cuda.jit
-def _winograd_outputs_grad(grad_out, tiles_h, tiles_w, zero, grad_products):
-    """``grad_products[4a + b, t, o] = (A g A^T)[a, b] = (A e)[b]`` with ``e[s] = (A g[:, s])[a]``,
-    ``g = grad_out[n, 2i : 2i + 2, 2j : 2j + 2, o]`` (zeros past ``grad_out``).
+def _winograd_outputs_grad(a_t, grad_out, tiles_h, tiles_w, zero, grad_products):
+    """``grad_products[side*a + b, t, o] = (A g A^T)[a, b] = sum_{r, s} A^T[r, a] g[r, s] A^T[s, b]``,
+    ``g = grad_out[n, m*i : m*i + m, m*j : m*j + m, o]`` (zeros past ``grad_out``).
 
-    ``grad_out`` ``(N, OH, OW, C_out)`` -> ``grad_products`` ``(16, N*TH*TW, C_out)``, one thread per
-    ``(t, o)`` writing all 16 values.
+    ``a_t`` the matrix ``A^T`` ``(m, side)``, ``grad_out`` ``(N, OH, OW, C_out)`` -> ``grad_products``
+    ``(side^2, N*TH*TW, C_out)``, one thread per element of ``grad_products``.
     """
     index = cuda.grid(1)
-    c_out = grad_products.shape[2]
-    if index >= grad_products.shape[1] * c_out:
+    if index >= grad_products.size:
         return
-    t, o = index // c_out, index % c_out
+    tile, side = a_t.shape[0], a_t.shape[1]
+    ab, t, o = _split_ptc(index, grad_products.shape)
+    a, b = ab // side, ab % side
     n, i, j = _split_tile(t, tiles_h, tiles_w)
-    g00 = _pixel_or(grad_out, n, 2 * i, 2 * j, o, zero)
-    g01 = _pixel_or(grad_out, n, 2 * i, 2 * j + 1, o, zero)
-    g10 = _pixel_or(grad_out, n, 2 * i + 1, 2 * j, o, zero)
-    g11 = _pixel_or(grad_out, n, 2 * i + 1, 2 * j + 1, o, zero)
-    for a in range(4):
-        e0, e1 = _a_times(a, g00, g10), _a_times(a, g01, g11)
-        for b in range(4):
-            grad_products[4 * a + b, t, o] = _a_times(b, e0, e1)
+    total = zero
+    for r in range(tile):
+        for s in range(tile):
+            total += a_t[r, a] * _pixel_or(grad_out, n, tile * i + r, tile * j + s, o, zero) * a_t[s, b]
+    grad_products[ab, t, o] = total
 
 
-def winograd_outputs_grad(grad_out):
-    """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every 2x2 block of ``grad_out``
-    (zeros for the dropped row or column): ``(N, OH, OW, C_out) -> (16, N*TH*TW, C_out)``.
+def winograd_outputs_grad(grad_out, tile=2):
+    """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every ``m x m`` block of ``grad_out``
+    (``m = tile``; zeros for the dropped rows or columns): ``(N, OH, OW, C_out) -> (P, N*TH*TW, C_out)``,
+    ``P = (m + 2)^2``.
 
-    Launch: one thread per (tile, output channel), ``N*TH*TW*C_out`` threads.
+    Launch: one thread per output element, ``P * N*TH*TW * C_out`` threads.
     """
     _reject_host_arrays("winograd_outputs_grad", (grad_out,))
+    _, _, a_t = _device_matrices(tile, grad_out.dtype)
     n, out_h, out_w, c_out = grad_out.shape
-    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
-    grad_products = cuda.device_array((16, n * tiles_h * tiles_w, c_out), dtype=grad_out.dtype)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w), tile)
+    grad_products = cuda.device_array(((tile + 2) ** 2, n * tiles_h * tiles_w, c_out), dtype=grad_out.dtype)
     zero = np.dtype(grad_out.dtype).type(0)
-    n_threads = n * tiles_h * tiles_w * c_out
-    _launch(_winograd_outputs_grad, n_threads, grad_out, tiles_h, tiles_w, zero, grad_products)
+    _launch(_winograd_outputs_grad, grad_products.size, a_t, grad_out, tiles_h, tiles_w, zero, grad_products)
     return grad_products
 
 

@@ -15,7 +15,7 @@ Linear algebra
     on stacks of matrices, ``(S, M, K)`` with ``(S, K, N)``, one product per slice),
     ``bias_grad(g) = g.sum(axis=0)``
 Convolution
-    ``im2col``, ``col2im``; Winograd F(2x2, 3x3): ``winograd_kernel``, ``winograd_tiles``,
+    ``im2col``, ``col2im``; Winograd F(2x2, 3x3) and F(4x4, 3x3): ``winograd_kernel``, ``winograd_tiles``,
     ``winograd_outputs`` and their adjoints ``winograd_kernel_grad``, ``winograd_tiles_grad``,
     ``winograd_outputs_grad``
 Pooling
@@ -44,6 +44,7 @@ from numpy.lib.stride_tricks import as_strided
 from .shapes import concatenated_shape, split_shapes
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape,
                             winograd_tile_grid, winograd_tiles_hw)
+from .winograd import tile_of_positions, winograd_matrices
 
 __all__ = [
     "accumulate",
@@ -222,80 +223,84 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
     return x_padded[:, top : top + height, left : left + width, :]
 
 
-# ------------------------------------------------------------------------ Winograd F(2x2, 3x3)
+# ---------------------------------------------------------------------- Winograd F(m x m, 3 x 3)
 #
-# A 3x3 stride-1 convolution computed 2x2 outputs at a time from 4x4 input tiles (Lavin & Gray,
-# "Fast Algorithms for Convolutional Neural Networks", 2015).  For one tile ``d`` and one kernel ``g``:
+# A 3x3 stride-1 convolution computed m x m outputs at a time from (m + 2) x (m + 2) input tiles
+# (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015), m = ``tile`` = 2 or 4.
+# For one tile ``d`` and one kernel ``g``:
 #
-#     y (2x2) = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise, 16 products instead of 36)
+#     y (m x m) = A^T [ (G g G^T) * (B^T d B) ] A      (* elementwise: 16 products instead of 36 for
+#                                                        m = 2, 36 instead of 144 for m = 4)
 #
-# Over a batch, the elementwise product summed over input channels is 16 GEMMs, one per position
-# ``(a, b)`` of the 4x4 transformed tile: ``products[4a+b] = tiles[4a+b] @ kernel[4a+b]``, with
-# ``tiles (16, N*TH*TW, C_in)``, ``kernel (16, C_in, C_out)``, ``products (16, N*TH*TW, C_out)``.
-# Every transform is linear, so each backward is its transpose (the ``_grad`` functions).
-
-WINOGRAD_B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
-WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-WINOGRAD_A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+# Over a batch, the elementwise product summed over input channels is P = (m + 2)^2 GEMMs, one per
+# position ``(a, b)`` of the transformed tile: ``products[(m+2)a + b] = tiles[(m+2)a + b] @ kernel[...]``,
+# with ``tiles (P, N*TH*TW, C_in)``, ``kernel (P, C_in, C_out)``, ``products (P, N*TH*TW, C_out)``.
+# The matrices are in ``minidl.kernels.winograd``.  Every transform is linear, so each backward is its
+# transpose (the ``_grad`` functions); those read ``m`` from the number of positions.
 
 
-def winograd_kernel(kernel):
-    """``G g G^T`` for every ``(c_in, c_out)``: ``kernel (3, 3, C_in, C_out) -> (16, C_in, C_out)``."""
-    g = WINOGRAD_G.astype(kernel.dtype)
-    return np.einsum("ap,pqco,bq->abco", g, kernel, g).reshape(16, *kernel.shape[2:])
+def winograd_kernel(kernel, tile=2):
+    """``G g G^T`` for every ``(c_in, c_out)``: ``kernel (3, 3, C_in, C_out) -> (P, C_in, C_out)``."""
+    _, g, _ = winograd_matrices(tile, kernel.dtype)
+    return np.einsum("ap,pqco,bq->abco", g, kernel, g).reshape(-1, *kernel.shape[2:])
 
 
 def winograd_kernel_grad(grad_kernel_tiles):
-    """Adjoint of :func:`winograd_kernel`: ``G^T u G``, ``(16, C_in, C_out) -> (3, 3, C_in, C_out)``."""
-    g = WINOGRAD_G.astype(grad_kernel_tiles.dtype)
-    u = grad_kernel_tiles.reshape(4, 4, *grad_kernel_tiles.shape[1:])
+    """Adjoint of :func:`winograd_kernel`: ``G^T u G``, ``(P, C_in, C_out) -> (3, 3, C_in, C_out)``."""
+    tile = tile_of_positions(grad_kernel_tiles.shape[0])
+    _, g, _ = winograd_matrices(tile, grad_kernel_tiles.dtype)
+    u = grad_kernel_tiles.reshape(tile + 2, tile + 2, *grad_kernel_tiles.shape[1:])
     return np.einsum("ap,abco,bq->pqco", g, u, g)
 
 
-def winograd_tiles(x, pads):
-    """``B^T d B`` for every 4x4 tile ``d`` of ``x`` padded by ``pads`` (tiles at stride 2, in the
-    order of :func:`im2col`'s rows): ``x (N, H, W, C) -> tiles (16, N*TH*TW, C)``.
+def winograd_tiles(x, pads, tile=2):
+    """``B^T d B`` for every ``(m+2) x (m+2)`` tile ``d`` of ``x`` padded by ``pads`` (tiles at stride
+    ``m``, in the order of :func:`im2col`'s rows): ``x (N, H, W, C) -> tiles (P, N*TH*TW, C)``.
 
     ``(TH, TW)`` come from :func:`kernels.shapes.winograd_tile_grid`; reads past the image are zeros.
     """
-    _, tile_pads = winograd_tile_grid(x.shape, pads)
-    d = im2col(x, (4, 4), (2, 2), tile_pads).reshape(-1, 4, 4, x.shape[3])  # (N*TH*TW, 4, 4, C)
-    b_t = WINOGRAD_B_T.astype(x.dtype)
-    return np.einsum("ap,tpqc,bq->abtc", b_t, d, b_t).reshape(16, -1, x.shape[3])
+    _, tile_pads = winograd_tile_grid(x.shape, pads, tile)
+    side = tile + 2
+    d = im2col(x, (side, side), (tile, tile), tile_pads).reshape(-1, side, side, x.shape[3])
+    b_t, _, _ = winograd_matrices(tile, x.dtype)
+    return np.einsum("ap,tpqc,bq->abtc", b_t, d, b_t).reshape(side * side, -1, x.shape[3])
 
 
 def winograd_tiles_grad(grad_tiles, x_shape, pads):
     """Adjoint of :func:`winograd_tiles`: ``B u B^T`` per tile, added back onto the pixels the tile
-    was read from: ``(16, N*TH*TW, C) -> (N, H, W, C)``."""
-    _, tile_pads = winograd_tile_grid(x_shape, pads)
-    b_t = WINOGRAD_B_T.astype(grad_tiles.dtype)
-    u = grad_tiles.reshape(4, 4, -1, x_shape[3])
+    was read from: ``(P, N*TH*TW, C) -> (N, H, W, C)``."""
+    tile = tile_of_positions(grad_tiles.shape[0])
+    _, tile_pads = winograd_tile_grid(x_shape, pads, tile)
+    side = tile + 2
+    b_t, _, _ = winograd_matrices(tile, grad_tiles.dtype)
+    u = grad_tiles.reshape(side, side, -1, x_shape[3])
     d = np.einsum("ap,abtc,bq->tpqc", b_t, u, b_t)
-    return col2im(d.reshape(d.shape[0], -1), x_shape, (4, 4), (2, 2), tile_pads)
+    return col2im(d.reshape(d.shape[0], -1), x_shape, (side, side), (tile, tile), tile_pads)
 
 
 def winograd_outputs(products, out_shape):
-    """``A^T m A`` for every tile: ``products (16, N*TH*TW, C_out) -> y (N, OH, OW, C_out)``, the 2x2
-    output blocks laid side by side; an odd ``OH`` or ``OW`` drops the last block's second row or
-    column."""
+    """``A^T m A`` for every tile: ``products (P, N*TH*TW, C_out) -> y (N, OH, OW, C_out)``, the
+    ``m x m`` output blocks laid side by side; where ``m`` does not divide ``OH`` or ``OW`` the last
+    blocks' trailing rows or columns are dropped."""
     n, out_h, out_w, c_out = out_shape
-    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
-    a_t = WINOGRAD_A_T.astype(products.dtype)
-    m = products.reshape(4, 4, n, tiles_h, tiles_w, c_out)
-    blocks = np.einsum("ia,abnhwo,jb->nhiwjo", a_t, m, a_t)  # (N, TH, 2, TW, 2, C_out)
-    return blocks.reshape(n, 2 * tiles_h, 2 * tiles_w, c_out)[:, :out_h, :out_w]
+    tile = tile_of_positions(products.shape[0])
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w), tile)
+    _, _, a_t = winograd_matrices(tile, products.dtype)
+    m = products.reshape(tile + 2, tile + 2, n, tiles_h, tiles_w, c_out)
+    blocks = np.einsum("ia,abnhwo,jb->nhiwjo", a_t, m, a_t)  # (N, TH, m, TW, m, C_out)
+    return blocks.reshape(n, tile * tiles_h, tile * tiles_w, c_out)[:, :out_h, :out_w]
 
 
-def winograd_outputs_grad(grad_out):
-    """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every 2x2 block of ``grad_out``
-    (zeros for the dropped row or column): ``(N, OH, OW, C_out) -> (16, N*TH*TW, C_out)``."""
+def winograd_outputs_grad(grad_out, tile=2):
+    """Adjoint of :func:`winograd_outputs`: ``A g A^T`` for every ``m x m`` block of ``grad_out``
+    (zeros for the dropped rows or columns): ``(N, OH, OW, C_out) -> (P, N*TH*TW, C_out)``."""
     n, out_h, out_w, c_out = grad_out.shape
-    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
-    padded = np.zeros((n, 2 * tiles_h, 2 * tiles_w, c_out), grad_out.dtype)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w), tile)
+    padded = np.zeros((n, tile * tiles_h, tile * tiles_w, c_out), grad_out.dtype)
     padded[:, :out_h, :out_w] = grad_out
-    blocks = padded.reshape(n, tiles_h, 2, tiles_w, 2, c_out)
-    a_t = WINOGRAD_A_T.astype(grad_out.dtype)
-    return np.einsum("ia,nhiwjo,jb->abnhwo", a_t, blocks, a_t).reshape(16, -1, c_out)
+    blocks = padded.reshape(n, tiles_h, tile, tiles_w, tile, c_out)
+    _, _, a_t = winograd_matrices(tile, grad_out.dtype)
+    return np.einsum("ia,nhiwjo,jb->abnhwo", a_t, blocks, a_t).reshape((tile + 2) ** 2, -1, c_out)
 
 
 # ---------------------------------------------------------------------------------------- pooling

@@ -48,24 +48,26 @@ def window_geometry(input_hw, kernel_size, strides, padding):
     return pads, (out_h, out_w)
 
 
-def winograd_tiles_hw(out_hw):
-    """``(TH, TW) = (ceil(OH / 2), ceil(OW / 2))``: the rows and columns of Winograd F(2x2, 3x3) tiles,
-    each giving a ``2 x 2`` block of an ``(OH, OW)`` output."""
-    return -(-out_hw[0] // 2), -(-out_hw[1] // 2)
+def winograd_tiles_hw(out_hw, tile=2):
+    """``(TH, TW) = (ceil(OH / m), ceil(OW / m))``: the rows and columns of Winograd F(m x m, 3 x 3)
+    tiles (``m = tile``), each giving an ``m x m`` block of an ``(OH, OW)`` output."""
+    return -(-out_hw[0] // tile), -(-out_hw[1] // tile)
 
 
-def winograd_tile_grid(x_shape, pads):
-    """The tiles of a Winograd F(2x2, 3x3) convolution of images ``x_shape = (N, H, W, C)`` padded by ``pads``.
+def winograd_tile_grid(x_shape, pads, tile=2):
+    """The tiles of a Winograd F(m x m, 3 x 3) convolution (``m = tile``) of images
+    ``x_shape = (N, H, W, C)`` padded by ``pads``.
 
-    Each tile is a ``4 x 4`` window of the padded image, taken at stride 2, that gives a ``2 x 2`` block
-    of the 3x3 stride-1 convolution's ``(OH, OW)`` output.  Returns ``((TH, TW), tile_pads)``:
-    ``TH = ceil(OH / 2)`` rows of tiles, and the padding under which the tiles are exactly the windows
-    of a ``4 x 4``, stride-2 ``im2col``.  When ``OH`` is odd the last row of tiles reaches one row past
-    the padded image (zeros, or a real row that ``pads`` dropped); the output it gives is not kept.
+    Each tile is an ``(m + 2) x (m + 2)`` window of the padded image, taken at stride ``m``, that gives an
+    ``m x m`` block of the 3x3 stride-1 convolution's ``(OH, OW)`` output.  Returns
+    ``((TH, TW), tile_pads)``: ``TH = ceil(OH / m)`` rows of tiles, and the padding under which the
+    tiles are exactly the windows of an ``(m + 2) x (m + 2)``, stride-``m`` ``im2col``.  When ``m``
+    does not divide ``OH`` the last row of tiles reaches past the padded image (zeros, or real rows
+    that ``pads`` dropped); the outputs it gives are not kept.
     """
-    tiles_h, tiles_w = winograd_tiles_hw(output_hw(x_shape, (3, 3), (1, 1), pads))
+    tiles_h, tiles_w = winograd_tiles_hw(output_hw(x_shape, (3, 3), (1, 1), pads), tile)
     (top, _), (left, _) = pads
-    tile_pads = ((top, 2 * tiles_h + 2 - x_shape[1] - top), (left, 2 * tiles_w + 2 - x_shape[2] - left))
+    tile_pads = ((top, tile * tiles_h + 2 - x_shape[1] - top), (left, tile * tiles_w + 2 - x_shape[2] - left))
     return (tiles_h, tiles_w), tile_pads
 
 

@@ -7,8 +7,9 @@ As cuDNN's benchmark mode does, the first time a shape is planned every candidat
 :data:`MEASURE_REPEATS` passes counts), and the fastest method wins.  The answer, with every
 candidate's seconds and the machine's load at the time, is kept in a JSON file under a key made of
 the conv's shape and the machine (CPU, cores, backend, Numba threads), so later processes plan without
-timing anything.  A cached choice is timed again when it did not time every candidate there is now
-(a new method), or when it was timed on a busy machine (load per core above
+timing anything.  Every candidate is timed on the same images (as many as the largest candidate's
+scratch allows).  A cached choice is timed again when it did not time every candidate there is now
+(a new method) or did not record its images, or when it was timed on a busy machine (load per core above
 :data:`BUSY_LOAD_PER_CORE`: other processes' work falls on the candidates unevenly) and the machine is
 quieter now.
 
@@ -106,11 +107,18 @@ def modelled_choice(conv, names):
     return "im2col"
 
 
-def timed_pass(conv, method, pads, input_grad_needed):
-    """A function that runs one forward + backward pass of ``conv`` by ``method`` over random images
-    and returns its seconds."""
+def images_to_time(conv, methods, pads):
+    """How many images each candidate's timed pass runs: :data:`MEASURE_IMAGES`, or fewer where one
+    candidate's scratch for them would pass :data:`MEASURE_WORKSPACE_BYTES`.  The same number for
+    every candidate, so that their seconds compare."""
+    largest = max(ConvLinear(conv, method, pads).bytes_per_image() for method in methods.values())
+    return max(1, min(MEASURE_IMAGES, MEASURE_WORKSPACE_BYTES // max(1, largest)))
+
+
+def timed_pass(conv, method, pads, input_grad_needed, images):
+    """A function that runs one forward + backward pass of ``conv`` by ``method`` over ``images``
+    random images and returns its seconds."""
     linear = ConvLinear(conv, method, pads)
-    images = max(1, min(MEASURE_IMAGES, MEASURE_WORKSPACE_BYTES // max(1, linear.bytes_per_image())))
     rng = np.random.default_rng(0)
     x = ops.to_device(rng.standard_normal((images, *conv.input_shape)).astype(conv.dtype))
     grad_z = ops.to_device(rng.standard_normal((images, *linear.output_hw(), conv.filters)).astype(conv.dtype))
@@ -125,13 +133,14 @@ def timed_pass(conv, method, pads, input_grad_needed):
     return one_pass
 
 
-def measured_seconds(conv, methods, pads, input_grad_needed):
-    """``{name: seconds}``: the fastest of :data:`MEASURE_REPEATS` passes of each of ``methods``
-    (``{name: method}``), the candidates taking turns so that load from the rest of the machine falls
-    on all of them alike.  The layer's ``grads`` are left as they were."""
+def measured_seconds(conv, methods, pads, input_grad_needed, images):
+    """``{name: seconds}``: the fastest of :data:`MEASURE_REPEATS` passes over ``images`` images of each
+    of ``methods`` (``{name: method}``), the candidates taking turns so that load from the rest of the
+    machine falls on all of them alike.  The layer's ``grads`` are left as they were."""
     kept_grads = dict(conv.grads)
     try:
-        passes = {name: timed_pass(conv, method, pads, input_grad_needed) for name, method in methods.items()}
+        passes = {name: timed_pass(conv, method, pads, input_grad_needed, images)
+                  for name, method in methods.items()}
         for one_pass in passes.values():
             one_pass()  # compiles and allocates: not counted
         seconds = {name: float("inf") for name in passes}
@@ -165,11 +174,15 @@ def write_choices(path, choices):
 
 
 def answers_for(entry, candidates, load_now):
-    """Whether a cached ``entry`` still answers: it timed exactly ``candidates``, it says the load it
-    was timed under, and that was not a busy machine's that is quieter now (``load_now`` per core)."""
+    """Whether a cached ``entry`` still answers: it timed exactly ``candidates`` on one number of images
+    (entries without ``images`` timed each candidate on as many as its own scratch allowed, which
+    favoured the method with the most scratch per image), it says the load it was timed under, and
+    that was not a busy machine's that is quieter now (``load_now`` per core)."""
     if not isinstance(entry, dict) or entry.get("method") not in candidates:
         return False
     if not isinstance(entry.get("seconds"), dict) or set(entry["seconds"]) != set(candidates):
+        return False
+    if not isinstance(entry.get("images"), int):
         return False
     load_then = entry.get("load_per_core")
     if not isinstance(load_then, (int, float)):
@@ -191,9 +204,10 @@ def choose_method(conv, pads, input_grad_needed):
     entry = read_choices(path).get(key)
     if mode == "measure" and answers_for(entry, candidates, load_now):
         return entry["method"]
-    seconds = measured_seconds(conv, candidates, pads, input_grad_needed)
+    images = images_to_time(conv, candidates, pads)
+    seconds = measured_seconds(conv, candidates, pads, input_grad_needed, images)
     fastest = min(seconds, key=seconds.get)
     choices = read_choices(path)
-    choices[key] = {"method": fastest, "seconds": seconds, "load_per_core": round(load_now, 2)}
+    choices[key] = {"method": fastest, "seconds": seconds, "images": images, "load_per_core": round(load_now, 2)}
     write_choices(path, choices)
     return fastest

@@ -9,8 +9,9 @@ chunk), and the outputs are folded back from the products.  Shapes are for ``n``
 
 * :class:`Im2colGemm`: any window and strides; one GEMM of ``K = KH*KW*C_in`` per pass (the layer's
   own formula, :class:`minidl.layers.Conv2D`).
-* :class:`WinogradF2x2`: 3x3 kernels at stride 1 only; 16 GEMMs of ``K = C_in`` (forward), 2.25x fewer
-  multiplications than im2col, paid for by the tile transforms (``minidl.kernels.numpy_ref`` explains them).
+* :class:`Winograd`: 3x3 kernels at stride 1 only, F(2x2, 3x3) or F(4x4, 3x3); 16 or 36 GEMMs of
+  ``K = C_in`` (forward), 2.25x or 4x fewer multiplications than im2col, paid for by the tile
+  transforms (``minidl.kernels.winograd`` and ``minidl.kernels.numpy_ref`` explain them).
 """
 
 from minidl.kernels.shapes import output_hw, winograd_tiles_hw
@@ -60,38 +61,44 @@ class Im2colGemm:
         return out_h * out_w * kh * kw * input_shape[2] * itemsize
 
 
-class WinogradF2x2:
-    """Winograd F(2x2, 3x3): for each 4x4 input tile ``d`` and 2x2 output block,
-    ``y = A^T [U * (B^T d B)] A`` with ``U = G W G^T``.  Per position ``p`` of the 16 in a transformed
-    tile the sum over input channels is a GEMM::
+class Winograd:
+    """Winograd F(m x m, 3x3), ``m = tile`` (2 or 4): for each ``(m+2) x (m+2)`` input tile ``d`` and
+    ``m x m`` output block, ``y = A^T [U * (B^T d B)] A`` with ``U = G W G^T``.  Per position ``p`` of the
+    ``P = (m+2)^2`` in a transformed tile the sum over input channels is a GEMM::
 
-        M[p] = V[p] @ U[p]        V = tiles (16, n*TH*TW, C_in), U (16, C_in, F), M (16, n*TH*TW, F)
+        M[p] = V[p] @ U[p]        V = tiles (P, n*TH*TW, C_in), U (P, C_in, F), M (P, n*TH*TW, F)
         z    = winograd_outputs(M)
 
     Backward, with ``dM = winograd_outputs_grad(dL/dz)``::
 
         dL/dU[p] = V[p]^T dM[p]             dL/dW = winograd_kernel_grad(dL/dU)
         dL/dV[p] = dM[p] U[p]^T             dL/dx = winograd_tiles_grad(dL/dV)
+
+    The larger tile does fewer multiplications and moves fewer transformed values per output, but
+    computes whole ``4 x 4`` blocks (a 13x13 output costs as much as a 16x16 one) and rounds more.
     """
 
-    name = "winograd"
+    NAMES = {2: "winograd", 4: "winograd_4x4"}
+
+    def __init__(self, tile=2):
+        self.tile, self.name = tile, self.NAMES[tile]
 
     @staticmethod
     def applies_to(conv):
-        """Winograd F(2x2, 3x3) computes 3x3 kernels at stride 1 (any padding)."""
+        """Winograd computes 3x3 kernels at stride 1 (any padding)."""
         return conv.kernel_size == (3, 3) and conv.strides == (1, 1)
 
     def kernel_matrix(self, kernel):
-        """``U = G W G^T``: ``(3, 3, C_in, F) -> (16, C_in, F)``."""
-        return ops.winograd_kernel(kernel)
+        """``U = G W G^T``: ``(3, 3, C_in, F) -> (P, C_in, F)``."""
+        return ops.winograd_kernel(kernel, self.tile)
 
     def kernel_grad(self, grad_kernel_matrix, kernel_shape):
-        """``dL/dW`` from ``dL/dU``: ``(16, C_in, F) -> (3, 3, C_in, F)``."""
+        """``dL/dW`` from ``dL/dU``: ``(P, C_in, F) -> (3, 3, C_in, F)``."""
         return ops.winograd_kernel_grad(grad_kernel_matrix)
 
     def unfold(self, x, pads):
-        """``V`` ``(16, n*TH*TW, C_in)``: every 4x4 tile, transformed."""
-        return ops.winograd_tiles(x, pads)
+        """``V`` ``(P, n*TH*TW, C_in)``: every tile, transformed."""
+        return ops.winograd_tiles(x, pads, self.tile)
 
     def outputs(self, tiles, kernel_matrix, out_shape):
         """``z = winograd_outputs(V @ U)`` as ``out_shape`` ``(n, OH, OW, F)``."""
@@ -99,25 +106,29 @@ class WinogradF2x2:
 
     def grads(self, tiles, kernel_matrix, grad_z, x_shape, pads, input_grad_needed):
         """``(dL/dU, dL/dx or None)`` from ``grad_z = dL/dz`` ``(n, OH, OW, F)``."""
-        grad_products = ops.winograd_outputs_grad(grad_z)
+        grad_products = ops.winograd_outputs_grad(grad_z, self.tile)
         grad_kernel_matrix = ops.matmul_tn(tiles, grad_products)
         if not input_grad_needed:
             return grad_kernel_matrix, None
         grad_tiles = ops.matmul_nt(grad_products, kernel_matrix)
         return grad_kernel_matrix, ops.winograd_tiles_grad(grad_tiles, x_shape, pads)
 
+    def tiles(self, output_hw):
+        """``TH * TW``: the tiles one image's ``(OH, OW)`` output takes."""
+        tiles_h, tiles_w = winograd_tiles_hw(output_hw, self.tile)
+        return tiles_h * tiles_w
+
     def bytes_per_image(self, input_shape, output_hw, filters, itemsize):
         """Scratch one image needs in a forward pass: its tiles ``V`` and products ``M``."""
-        tiles_h, tiles_w = winograd_tiles_hw(output_hw)
-        return 16 * tiles_h * tiles_w * (input_shape[2] + filters) * itemsize
+        return (self.tile + 2) ** 2 * self.tiles(output_hw) * (input_shape[2] + filters) * itemsize
 
 
 def candidate_methods(conv):
     """``{name: method}`` of every method that can compute ``conv``: im2col + GEMM always, Winograd
-    where it applies."""
+    F(2x2, 3x3) and F(4x4, 3x3) where they apply."""
     methods = {Im2colGemm.name: Im2colGemm(conv.kernel_size, conv.strides)}
-    if WinogradF2x2.applies_to(conv):
-        methods[WinogradF2x2.name] = WinogradF2x2()
+    if Winograd.applies_to(conv):
+        methods.update({method.name: method for method in (Winograd(2), Winograd(4))})
     return methods
 
 

@@ -313,20 +313,21 @@ def equation_lines(label, equations):
 
 def method_detail(step, batch_size):
     """The method ``conv_algorithm`` chose for ``step``; for Winograd, the live shapes of its GEMMs."""
-    if step.linear.method.name == "winograd":
+    if step.linear.method.name.startswith("winograd"):
         return winograd_detail(step, batch_size)
     return f"method: {step.linear.method.name}"
 
 
 def winograd_detail(step, batch_size):
-    """The live shapes of a Winograd step's 16 GEMMs and its FLOPs beside im2col's."""
-    conv = step.conv
+    """The live shapes of a Winograd step's GEMMs (one per tile position) and its FLOPs beside im2col's."""
+    conv, method = step.conv, step.linear.method
     out_h, out_w = step.linear.output_hw()
-    tiles = batch_size * -(-out_h // 2) * -(-out_w // 2)
+    tiles, positions, m = batch_size * method.tiles((out_h, out_w)), (method.tile + 2) ** 2, method.tile
     c_in, f = conv.input_shape[2], conv.filters
-    winograd_flops = 2 * 16 * tiles * c_in * f
+    winograd_flops = 2 * positions * tiles * c_in * f
     im2col_flops = 2 * batch_size * out_h * out_w * 9 * c_in * f
-    return (f"method: Winograd F(2x2, 3x3), 16 GEMMs V (16, {tiles}, {c_in}) @ U (16, {c_in}, {f}): forward "
+    return (f"method: Winograd F({m}x{m}, 3x3), {positions} GEMMs V ({positions}, {tiles}, {c_in}) @ "
+            f"U ({positions}, {c_in}, {f}): forward "
             f"{amount(winograd_flops, 'FLOP')} against im2col's {amount(im2col_flops, 'FLOP')} "
             f"on the {out_h}x{out_w} outputs computed")
 

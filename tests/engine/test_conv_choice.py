@@ -1,6 +1,7 @@
 """The measured conv algorithm choice: every candidate method computes the layer's own conv, the
 fastest one is timed once per shape and machine and remembered, and the cost model times nothing."""
 
+import collections
 import json
 
 import numpy as np
@@ -51,8 +52,8 @@ def test_every_candidate_computes_the_layers_own_conv_and_gradients(backend, pro
 
 
 def test_winograd_is_a_candidate_for_3x3_stride_1_kernels_only():
-    assert set(candidate_methods(built_conv((8, 8, 2)))) == {"im2col", "winograd"}
-    assert set(candidate_methods(built_conv((8, 8, 2), padding="same"))) == {"im2col", "winograd"}
+    assert set(candidate_methods(built_conv((8, 8, 2)))) == {"im2col", "winograd", "winograd_4x4"}
+    assert set(candidate_methods(built_conv((8, 8, 2), padding="same"))) == {"im2col", "winograd", "winograd_4x4"}
     assert set(candidate_methods(built_conv((8, 8, 2), strides=2))) == {"im2col"}
     assert set(candidate_methods(built_conv((8, 8, 2), kernel_size=5))) == {"im2col"}
 
@@ -70,9 +71,32 @@ def test_the_first_choice_times_every_candidate_and_keeps_the_fastest_on_disk(me
     conv = built_conv((10, 10, 4))
     chosen = conv_choice.choose_method(conv, conv.pads, True)
     (entry,) = json.loads(measuring.read_text()).values()
-    assert set(entry["seconds"]) == {"im2col", "winograd"}
+    assert set(entry["seconds"]) == {"im2col", "winograd", "winograd_4x4"}
     assert all(seconds > 0 for seconds in entry["seconds"].values())
     assert chosen == entry["method"] == min(entry["seconds"], key=entry["seconds"].get)
+    assert entry["images"] == conv_choice.MEASURE_IMAGES
+
+
+def test_every_candidate_is_timed_on_the_same_images(measuring, monkeypatch):
+    """Where the workspace bound allows each candidate a different number of images, all are timed
+    on the fewest (the seconds of 7 images against 13 favoured the method with the most scratch)."""
+    conv = built_conv((24, 24, 8))
+    bytes_per_image = {name: ConvLinear(conv, method, conv.pads).bytes_per_image()
+                       for name, method in candidate_methods(conv).items()}
+    assert len(set(bytes_per_image.values())) == 3
+    monkeypatch.setattr(conv_choice, "MEASURE_WORKSPACE_BYTES", 5 * max(bytes_per_image.values()))
+    timed_images = collections.defaultdict(set)
+    forward = ConvLinear.forward
+
+    def counted_forward(linear, x, *args, **kwargs):
+        timed_images[linear.method.name].add(x.shape[0])
+        return forward(linear, x, *args, **kwargs)
+
+    monkeypatch.setattr(ConvLinear, "forward", counted_forward)
+    conv_choice.choose_method(conv, conv.pads, True)
+    assert dict(timed_images) == {name: {5} for name in bytes_per_image}
+    (entry,) = json.loads(measuring.read_text()).values()
+    assert entry["images"] == 5
 
 
 def test_a_cached_choice_is_used_without_timing_again(measuring, monkeypatch):
@@ -94,8 +118,8 @@ def test_the_plan_follows_the_cached_choice(measuring, cached, planned):
     model.compile(optimizer="sgd", loss="mse", optimize={"workspace_chunking": False, "inference_chunking": False})
     conv = model.layers[0]
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, False)}"
-    measuring.write_text(json.dumps({key: {"method": cached, "seconds": {"im2col": 1.0, "winograd": 1.0},
-                                           "load_per_core": 0.0}}))
+    seconds = {"im2col": 1.0, "winograd": 1.0, "winograd_4x4": 1.0}
+    measuring.write_text(json.dumps({key: {"method": cached, "seconds": seconds, "images": 16, "load_per_core": 0.0}}))
     step = model.plan.step_of(conv)
     method = getattr(getattr(step, "linear", None), "method", None)  # a plain step computes im2col itself
     assert (method.name if method else None) == planned
@@ -105,7 +129,8 @@ def cached_entry(measuring, **fields):
     """A cache holding one choice of ``built_conv((10, 10, 4))``, with ``fields`` over a valid entry."""
     conv = built_conv((10, 10, 4))
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, True)}"
-    entry = {"method": "winograd", "seconds": {"im2col": 2.0, "winograd": 1.0}, "load_per_core": 0.5, **fields}
+    entry = {"method": "winograd", "seconds": {"im2col": 2.0, "winograd": 1.0, "winograd_4x4": 3.0}, "images": 16,
+             "load_per_core": 0.5, **fields}
     measuring.write_text(json.dumps({key: entry}))
     return conv, key
 
@@ -117,6 +142,7 @@ def cached_entry(measuring, **fields):
     ({"load_per_core": 6.0}, 7.0, False),  # busier now: the old timing is as good as a new one
     ({"load_per_core": "high"}, 0.5, True),
     ({"load_per_core": None}, 0.5, True),  # timed before the load was recorded
+    ({"images": None}, 0.1, True),  # timed before every candidate ran on the same images
 ])
 def test_a_cached_choice_is_timed_again_when_it_missed_a_candidate_or_was_timed_under_load(
         measuring, monkeypatch, fields, load_now, timed_again):

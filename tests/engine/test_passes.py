@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import minidl
 from minidl import gradcheck, layers
 from minidl.engine import PASSES, build_plan, conv_choice
-from minidl.engine.conv_methods import ConvLinear, Im2colGemm, WinogradF2x2
+from minidl.engine.conv_methods import ConvLinear, Im2colGemm, Winograd
 from minidl.presets import seed_cnn
 
 TOLERANCE = 1e-6
@@ -161,6 +161,7 @@ def test_each_pass_gives_the_plain_outputs_and_gradients(backend, pass_name, con
 @pytest.mark.parametrize("check_input", [False, True])
 def test_each_pass_alone_passes_the_gradient_check(backend, pass_name, check_input, monkeypatch):
     monkeypatch.setattr(conv_choice, "WINOGRAD_MIN_CHANNELS", 1)
+    minidl.utils.set_random_seed(4)  # weights whose ReLU and max-pool kinks lie beyond the check's steps
     model = minidl.Sequential([layers.Input((10, 9, 1)), layers.Conv2D(3, 3, activation="tanh"), layers.MaxPooling2D(2),
                                layers.Conv2D(4, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
                                layers.Flatten(), layers.Dense(3, activation="softmax")])
@@ -296,7 +297,8 @@ def test_without_a_cross_entropy_or_the_pass_the_softmax_is_a_plain_step(backend
 # ------------------------------------------------------------------------ chunks and the workspace
 
 
-@pytest.mark.parametrize("method", [Im2colGemm((3, 3), (1, 1)), WinogradF2x2()], ids=["im2col", "winograd"])
+@pytest.mark.parametrize("method", [Im2colGemm((3, 3), (1, 1)), Winograd(2), Winograd(4)],
+                         ids=["im2col", "winograd", "winograd_4x4"])
 def test_chunked_forward_and_backward_equal_the_single_chunk_ones(method):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 9, 9, 3)).astype(np.float32)

@@ -25,5 +25,5 @@ def window_problems(draw, max_batch=3, max_size=9, max_window=4, max_channels=3,
 
 
 def winograd_problems(max_batch=3, max_size=9, max_channels=4):
-    """:func:`window_problems` for the 3x3, stride-1 convolutions Winograd F(2x2, 3x3) computes."""
+    """:func:`window_problems` for the 3x3, stride-1 convolutions Winograd F(2x2, 3x3) and F(4x4, 3x3) compute."""
     return window_problems(max_batch, max_size, max_channels=max_channels, window=(3, 3), strides=(1, 1))

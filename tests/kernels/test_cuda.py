@@ -216,62 +216,91 @@ def test_im2col_and_col2im_match_the_reference(problem, dtype, seed):
     )
 
 
-# ---------------------------------------------------------------------------- Winograd F(2x2, 3x3)
+# ------------------------------------------------------------------------ Winograd F(m x m, 3 x 3)
+
+WINOGRAD_TILES = [2, 4]
+# F(4x4)'s transforms hold larger coefficients (kernels.winograd): about ten times F(2x2)'s rounding
+WINOGRAD_ROUNDING = {2: 1, 4: 10}
+
+
+def assert_winograd_close(device_result, expected, dtype, tile):
+    """:func:`assert_close` for a Winograd transform of ``tile``: its sums of many terms round relative
+    to the values' size, not to an entry that cancels to near 0."""
+    host = gpu.to_host(device_result)
+    assert host.dtype == dtype
+    tolerance = TOLERANCE[dtype] * WINOGRAD_ROUNDING[tile]
+    np.testing.assert_allclose(host, expected, rtol=tolerance, atol=tolerance * max(1.0, np.abs(expected).max()))
 
 
 def small_winograd_problems():
     return winograd_problems(max_batch=2, max_size=6, max_channels=3)
 
 
-# 'same' padding with two output rows dropped: OH = OW = 3 (odd), and the last tile row reads x's row 4,
-# which the padding dropped
+# 'same' padding with two output rows dropped: OH = OW = 3 (not a multiple of 2 or 4), and the last
+# tile row reads x's row 4, which the padding dropped
 ODD_OUTPUTS_FROM_A_DROPPED_ROW = ((2, 5, 4, 1), (3, 3), (1, 1), ((1, -1), (1, 0)), (3, 3))
+# 'same' padding with three output rows dropped: OH = 5, OW = 7, so F(4x4) has 2 x 2 overlapping tiles,
+# the last row of them reading x's dropped rows 6 and 7 and a zero row past x
+TWO_F4_TILES_EACH_WAY = ((1, 8, 7, 2), (3, 3), (1, 1), ((1, -2), (1, 1)), (5, 7))
 
 
+@pytest.mark.parametrize("tile", WINOGRAD_TILES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @FEW
 @given(st.integers(1, 3), st.integers(1, 3), seeds)
-def test_winograd_kernel_transform_and_its_adjoint_match_the_reference(dtype, c_in, c_out, seed):
+def test_winograd_kernel_transform_and_its_adjoint_match_the_reference(dtype, tile, c_in, c_out, seed):
     kernel = random_array(seed, (3, 3, c_in, c_out), dtype)
-    assert_close(gpu.winograd_kernel(gpu.to_device(kernel)), numpy_ref.winograd_kernel(kernel), dtype)
-    grad_kernel_tiles = random_array(seed + 1, (16, c_in, c_out), dtype)
-    assert_close(
+    assert_winograd_close(gpu.winograd_kernel(gpu.to_device(kernel), tile), numpy_ref.winograd_kernel(kernel, tile),
+                          dtype, tile)
+    grad_kernel_tiles = random_array(seed + 1, ((tile + 2) ** 2, c_in, c_out), dtype)
+    assert_winograd_close(
         gpu.winograd_kernel_grad(gpu.to_device(grad_kernel_tiles)),
         numpy_ref.winograd_kernel_grad(grad_kernel_tiles),
         dtype,
+        tile,
     )
 
 
+@pytest.mark.parametrize("tile", WINOGRAD_TILES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @FEW
 @given(small_winograd_problems(), seeds)
 @example(ODD_OUTPUTS_FROM_A_DROPPED_ROW, 0)
-def test_winograd_input_tiles_and_their_adjoint_match_the_reference(dtype, problem, seed):
+@example(TWO_F4_TILES_EACH_WAY, 0)
+def test_winograd_input_tiles_and_their_adjoint_match_the_reference(dtype, tile, problem, seed):
     x_shape, _, _, pads, _ = problem
     x = random_array(seed, x_shape, dtype)
-    tiles = numpy_ref.winograd_tiles(x, pads)
-    assert_close(gpu.winograd_tiles(gpu.to_device(x), pads), tiles, dtype)
+    tiles = numpy_ref.winograd_tiles(x, pads, tile)
+    assert_winograd_close(gpu.winograd_tiles(gpu.to_device(x), pads, tile), tiles, dtype, tile)
     grad_tiles = random_array(seed + 1, tiles.shape, dtype)
-    assert_close(
+    assert_winograd_close(
         gpu.winograd_tiles_grad(gpu.to_device(grad_tiles), x_shape, pads),
         numpy_ref.winograd_tiles_grad(grad_tiles, x_shape, pads),
         dtype,
+        tile,
     )
 
 
+@pytest.mark.parametrize("tile", WINOGRAD_TILES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @FEW
 @given(small_winograd_problems(), st.integers(1, 3), seeds)
 @example(ODD_OUTPUTS_FROM_A_DROPPED_ROW, 2, 0)
-def test_winograd_outputs_and_their_adjoint_match_the_reference_for_odd_sizes_too(dtype, problem, c_out, seed):
+@example(TWO_F4_TILES_EACH_WAY, 1, 0)
+def test_winograd_outputs_and_their_adjoint_match_the_reference_for_partial_blocks_too(dtype, tile, problem, c_out,
+                                                                                        seed):
     x_shape, _, _, _, (out_h, out_w) = problem
     out_shape = (x_shape[0], out_h, out_w, c_out)
-    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w))
-    products = random_array(seed, (16, x_shape[0] * tiles_h * tiles_w, c_out), dtype)
+    tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w), tile)
+    products = random_array(seed, ((tile + 2) ** 2, x_shape[0] * tiles_h * tiles_w, c_out), dtype)
     y = numpy_ref.winograd_outputs(products, out_shape)
-    assert_close(gpu.winograd_outputs(gpu.to_device(products), out_shape), y, dtype)
+    assert_winograd_close(gpu.winograd_outputs(gpu.to_device(products), out_shape), y, dtype, tile)
     grad_out = random_array(seed + 1, out_shape, dtype)
-    assert_close(gpu.winograd_outputs_grad(gpu.to_device(grad_out)), numpy_ref.winograd_outputs_grad(grad_out), dtype)
+    assert_winograd_close(
+        gpu.winograd_outputs_grad(gpu.to_device(grad_out), tile), numpy_ref.winograd_outputs_grad(grad_out, tile),
+        dtype,
+        tile,
+    )
 
 
 @pytest.mark.parametrize(
@@ -293,8 +322,49 @@ def test_winograd_transforms_refuse_host_arrays(function, args):
 def test_winograd_transforms_reject_a_tile_count_that_does_not_fit_the_images():
     with pytest.raises(ValueError, match=r"winograd_outputs.*\(16, 4, 1\).*\(16, 1, 1\)"):
         gpu.winograd_outputs(gpu.zeros((16, 1, 1), np.float32), (1, 4, 3, 1))
+    with pytest.raises(ValueError, match=r"winograd_outputs.*\(36, 2, 1\).*\(36, 1, 1\)"):
+        gpu.winograd_outputs(gpu.zeros((36, 1, 1), np.float32), (1, 5, 3, 1))
     with pytest.raises(ValueError, match=r"winograd_tiles_grad.*\(16, 2, 1\).*\(16, 1, 1\)"):
         gpu.winograd_tiles_grad(gpu.zeros((16, 1, 1), np.float32), (1, 4, 6, 1), ((0, 0), (0, 0)))
+
+
+@pytest.mark.parametrize(
+    "function, shape, args",
+    [
+        ("winograd_kernel", (3, 3, 1, 1), (3,)),
+        ("winograd_tiles", (1, 4, 4, 1), (((0, 0), (0, 0)), 3)),
+        ("winograd_outputs_grad", (1, 2, 2, 1), (3,)),
+    ],
+)
+def test_winograd_transforms_reject_an_unknown_tile(function, shape, args):
+    with pytest.raises(ValueError, match=r"tile must be one of \(2, 4\).*got 3"):
+        getattr(gpu, function)(gpu.zeros(shape, np.float32), *args)
+
+
+@pytest.mark.parametrize(
+    "function, shape, args",
+    [
+        ("winograd_kernel_grad", (25, 1, 1), ()),
+        ("winograd_kernel_grad", (16, 1), ()),
+        ("winograd_tiles_grad", (25, 1, 1), ((1, 5, 5, 1), ((0, 0), (0, 0)))),
+        ("winograd_outputs", (25, 1, 1), ((1, 3, 3, 1),)),
+    ],
+)
+def test_winograd_adjoints_and_outputs_name_the_shape_they_expect_for_positions_of_no_tile(function, shape, args):
+    with pytest.raises(ValueError, match=rf"{function}.*must be \(P, .*\)"):
+        getattr(gpu, function)(gpu.zeros(shape, np.float32), *args)
+
+
+@pytest.mark.parametrize("tile", WINOGRAD_TILES)
+def test_winograd_transforms_copy_their_matrices_to_the_device_once_per_tile_and_dtype(tile):
+    kernel = gpu.zeros((3, 3, 1, 1), np.float64)
+    gpu.winograd_kernel(kernel, tile)
+    gpu.reset_transfer_count()
+    gpu.winograd_kernel_grad(gpu.winograd_kernel(kernel, tile))
+    gpu.winograd_outputs_grad(gpu.winograd_outputs(gpu.zeros(((tile + 2) ** 2, 1, 1), np.float64), (1, 2, 2, 1)), tile)
+    gpu.winograd_tiles_grad(gpu.winograd_tiles(gpu.zeros((1, 4, 4, 1), np.float64), ((0, 0), (0, 0)), tile),
+                            (1, 4, 4, 1), ((0, 0), (0, 0)))
+    assert gpu.transfer_count() == 0
 
 
 # ------------------------------------------------------------------------------------------ pooling
