@@ -4,8 +4,10 @@ The ``conv_algorithm`` pass (:mod:`minidl.engine.passes`) asks :func:`choose_met
 As cuDNN's benchmark mode does, the first time a shape is planned every candidate of
 :func:`minidl.engine.conv_methods.candidate_methods` runs forward and backward passes over
 :data:`MEASURE_IMAGES` random images, the candidates taking turns (the fastest of
-:data:`MEASURE_REPEATS` passes counts), and the fastest method wins.  The answer, with every
-candidate's seconds and the machine's load at the time, is kept in a JSON file under a key made of
+:data:`MEASURE_REPEATS` passes counts), and the fastest method wins; methods within
+:data:`TIED_WITHIN` of it count as tied, and of those the one with the least scratch wins.  The
+answer, with every candidate's seconds and the machine's load at the time, is kept in a JSON file
+under a key made of
 the conv's shape and the machine (CPU, cores, backend, Numba threads), so later processes plan without
 timing anything.  Every candidate is timed on the same images (as many as the largest candidate's
 scratch allows).  A cached choice is timed again when it did not time every candidate there is now
@@ -48,6 +50,11 @@ WINOGRAD_MIN_CHANNELS = 32
 #: A choice timed while the 1-minute load average per core was above this is timed again at a later
 #: plan under less load.
 BUSY_LOAD_PER_CORE = 1.0
+
+#: Candidates timed within this fraction of the fastest count as tied (alternating passes of one
+#: process still differ by 5-10% from run to run); of tied candidates the one with the least scratch
+#: per image wins, so that a near-tie does not buy a few percent of time with more memory.
+TIED_WITHIN = 0.10
 
 CHOICE_MODES = ("measure", "remeasure", "model")
 
@@ -190,6 +197,14 @@ def answers_for(entry, candidates, load_now):
     return load_then <= BUSY_LOAD_PER_CORE or load_now >= load_then
 
 
+def leanest_of_the_fastest(conv, methods, pads, seconds):
+    """The name of the method with the least scratch per image among those of ``methods`` timed
+    within :data:`TIED_WITHIN` of the fastest in ``seconds`` (``{name: seconds}``)."""
+    fastest = min(seconds.values())
+    tied = [name for name, taken in seconds.items() if taken <= fastest * (1 + TIED_WITHIN)]
+    return min(tied, key=lambda name: (ConvLinear(conv, methods[name], pads).bytes_per_image(), seconds[name]))
+
+
 def choose_method(conv, pads, input_grad_needed):
     """The name of the method (a key of :func:`candidate_methods`) that computes ``conv`` over ``pads``
     fastest here: measured once per shape and machine and cached, or modelled (see the module)."""
@@ -206,8 +221,8 @@ def choose_method(conv, pads, input_grad_needed):
         return entry["method"]
     images = images_to_time(conv, candidates, pads)
     seconds = measured_seconds(conv, candidates, pads, input_grad_needed, images)
-    fastest = min(seconds, key=seconds.get)
+    chosen = leanest_of_the_fastest(conv, candidates, pads, seconds)
     choices = read_choices(path)
-    choices[key] = {"method": fastest, "seconds": seconds, "images": images, "load_per_core": round(load_now, 2)}
+    choices[key] = {"method": chosen, "seconds": seconds, "images": images, "load_per_core": round(load_now, 2)}
     write_choices(path, choices)
-    return fastest
+    return chosen

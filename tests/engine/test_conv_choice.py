@@ -99,6 +99,21 @@ def test_every_candidate_is_timed_on_the_same_images(measuring, monkeypatch):
     assert entry["images"] == 5
 
 
+@pytest.mark.parametrize("seconds, expected", [
+    ({"im2col": 1.0, "winograd": 1.05, "winograd_4x4": 1.5}, "leanest of im2col and winograd"),
+    ({"im2col": 1.0, "winograd": 1.2, "winograd_4x4": 1.5}, "im2col"),  # beyond the tie: the fastest
+    ({"im2col": 2.0, "winograd": 1.0, "winograd_4x4": 1.08}, "leanest of winograd and winograd_4x4"),
+])
+def test_of_candidates_timed_within_the_tie_the_one_with_least_scratch_wins(measuring, monkeypatch, seconds, expected):
+    conv = built_conv((10, 10, 4))
+    methods = candidate_methods(conv)
+    scratch = {name: ConvLinear(conv, method, conv.pads).bytes_per_image() for name, method in methods.items()}
+    if expected.startswith("leanest of "):
+        expected = min(expected.removeprefix("leanest of ").split(" and "), key=scratch.get)
+    monkeypatch.setattr(conv_choice, "measured_seconds", lambda *args: seconds)
+    assert conv_choice.choose_method(conv, conv.pads, True) == expected
+
+
 def test_a_cached_choice_is_used_without_timing_again(measuring, monkeypatch):
     conv = built_conv((10, 10, 4))
     chosen = conv_choice.choose_method(conv, conv.pads, True)
