@@ -9,21 +9,11 @@ once).  Run it with ``PYTHONPATH`` at another checkout to time that checkout's k
 """
 
 import argparse
-import time
 
 import numpy as np
 
+from machine import fastest_ms  # benchmarks/machine.py, beside this script
 from minidl.kernels import cpu
-
-
-def fastest_ms(call, repeats):
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def main():

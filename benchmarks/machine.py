@@ -1,11 +1,12 @@
 """What the benchmark scripts print about the machine they ran on: the CPU's name and the vector
 extensions its compiled code can use (Numba's kernels and TensorFlow's both compile for the host, so
 two machines of the same name but different extensions give different figures), and the peak memory
-of the process measuring."""
+of the process measuring; and the one timer of single calls the kernel benchmarks share."""
 
 import os
 import platform
 import resource
+import time
 
 VECTOR_EXTENSIONS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
 
@@ -56,3 +57,15 @@ def peak_rss_mib():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fastest_ms(call, repeats):
+    """The fastest of ``repeats`` calls of ``call``, in milliseconds, after one untimed call (compiles,
+    allocates)."""
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
