@@ -274,8 +274,7 @@ def conv_layer_report(model, x, y, steps=5):
     report = []
     for step, (forward_s, backward_s) in totals.items():
         for conv in [layer for layer in step.layers if isinstance(layer, Conv2D)]:
-            input_grad_needed = getattr(step, "input_grad_needed", conv.input_grad_needed)
-            forward_flops, backward_flops = conv_flops(conv, len(x), input_grad_needed)
+            forward_flops, backward_flops = conv_flops(conv, len(x), step.computes_input_grad)
             report.append({
                 "layer": conv.name, "input_shape": list(conv.input_shape), "output_shape": list(conv.output_shape),
                 "kernel_size": list(conv.kernel_size), "strides": list(conv.strides),

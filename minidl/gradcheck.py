@@ -102,7 +102,6 @@ def check_layer(layer, input_shape, seed=0, eps=1e-6, max_checks=None, training=
         layer.dtype = np.dtype(np.float64)
         sample_shapes = [shape[1:] for shape in batch_shapes]
         layer.build(sample_shapes if several else sample_shapes[0])
-    layer.input_grad_needed = True
     xs = [rng.standard_normal(shape) for shape in batch_shapes]
     projection = rng.standard_normal((batch_shapes[0][0], *layer.output_shape))
 

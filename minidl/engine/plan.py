@@ -15,8 +15,17 @@ class Step:
     ``layers`` are the layers it computes, in order; ``passes`` names the passes that made it.
     ``forward(inputs, training)`` takes one array per input node and returns the output;
     ``backward(grad_out)`` returns one gradient per input node (``None`` where nobody needs it).
-    After a forward pass ``y`` holds the output.
+    After a forward pass ``y`` holds the output.  ``input_grad_needed`` is False where the step's
+    inputs are the model's input, whose gradient nobody reads; ``computes_input_grad`` says whether
+    ``backward`` computes ``dL/dx`` even so.
     """
+
+    input_grad_needed = True
+
+    @property
+    def computes_input_grad(self):
+        """By default a step computes ``dL/dx`` exactly where it is needed."""
+        return self.input_grad_needed
 
     def __init__(self, layers, inputs, output):
         self.layers, self.inputs, self.output = tuple(layers), tuple(inputs), output
@@ -35,12 +44,14 @@ class Step:
 
 
 class LayerStep(Step):
-    """The plain path: the layer's own ``forward`` and ``backward``."""
+    """The plain path: the layer's own ``forward`` and ``backward``.  The layer always computes
+    ``dL/dx``; without ``input_grad_needed`` the step drops it."""
+
+    computes_input_grad = True
 
     def __init__(self, layer, inputs, output, input_grad_needed):
         super().__init__((layer,), inputs, output)
-        self.layer = layer
-        layer.input_grad_needed = input_grad_needed
+        self.layer, self.input_grad_needed = layer, input_grad_needed
 
     def forward(self, inputs, training):
         self.y = self.layer.forward(inputs if self.layer.takes_several_inputs else inputs[0], training)
@@ -48,7 +59,12 @@ class LayerStep(Step):
 
     def backward(self, grad_out):
         grad_in = self.layer.backward(grad_out)
-        return list(grad_in) if self.layer.takes_several_inputs else [grad_in]
+        return needed_grads(list(grad_in) if self.layer.takes_several_inputs else [grad_in], self.input_grad_needed)
+
+
+def needed_grads(grads, input_grad_needed):
+    """``grads``, one per input node, or ``None`` for each where nobody needs them."""
+    return grads if input_grad_needed else [None] * len(grads)
 
 
 def summed(a, b):

@@ -3,7 +3,7 @@ would, by other means.  Shapes: ``x`` ``(N, H, W, C_in)``, conv outputs ``z`` ``
 pooled ``(N, PH, PW, F)``."""
 
 from minidl.backend import ops
-from minidl.engine.plan import Step
+from minidl.engine.plan import Step, needed_grads
 from minidl.layers.activations import activate, activation_backward, rows_of_last_axis
 
 #: Non-decreasing activations: for them ``max_window f(v) = f(max_window v)``.
@@ -125,6 +125,8 @@ class DirectConvMaxPoolStep(Step):
     With ``maxima_alone`` an inference pass skips the argmax; a later backward recomputes it.
     """
 
+    input_grad_needed = False
+
     def __init__(self, conv, pool, inputs, output, maxima_alone=False):
         super().__init__((conv, pool), inputs, output)
         self.conv, self.maxima_alone = conv, maxima_alone
@@ -159,10 +161,11 @@ class SoftmaxLogitsStep(Step):
     itself for a softmax ``Activation``), and ``backward_from_logits`` its ``linear_backward``.
     """
 
+    computes_input_grad = True  # the layer's linear_backward always does; the step drops it where unneeded
+
     def __init__(self, layer, inputs, output, input_grad_needed):
         super().__init__((layer,), inputs, output)
-        self.layer, self.logits = layer, None
-        layer.input_grad_needed = input_grad_needed
+        self.layer, self.logits, self.input_grad_needed = layer, None, input_grad_needed
 
     def forward(self, inputs, training):
         """``z`` ``(N, ..., K)`` -> ``y = softmax(z)`` over the last axis."""
@@ -176,8 +179,8 @@ class SoftmaxLogitsStep(Step):
         return self.backward_from_logits(activation_backward(grad_out, self.y, "softmax"))
 
     def backward_from_logits(self, grad_logits):
-        """From ``dL/dz``: the layer's parameter gradients and ``dL/dx``."""
+        """From ``dL/dz``: the layer's parameter gradients and ``dL/dx`` (``None`` unless needed)."""
         if hasattr(self.layer, "linear_backward"):
-            return [self.layer.linear_backward(grad_logits)]
-        return [grad_logits]
+            return needed_grads([self.layer.linear_backward(grad_logits)], self.input_grad_needed)
+        return needed_grads([grad_logits], self.input_grad_needed)
 

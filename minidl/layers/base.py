@@ -113,8 +113,6 @@ class Layer:
         self.state = {}
         self.input_shape = self.output_shape = None
         self.built = False
-        #: False when nobody uses this layer's input gradient (a model's first layer): backward returns None
-        self.input_grad_needed = True
 
     # ------------------------------------------------------------------------------- lifecycle
 

@@ -71,7 +71,7 @@ class Conv2D(KernelLayer):
 
             dL/db   = sum of G's rows           (F,)
             dL/dW2d = cols^T G                  (KH*KW*C_in, F), reshaped to W's (KH, KW, C_in, F)
-            dL/dx   = col2im(G W2d^T)           (N, H, W, C_in), returned (None unless input_grad_needed)
+            dL/dx   = col2im(G W2d^T)           (N, H, W, C_in), returned
 
         ``col2im`` adds each row of ``G W2d^T`` back onto the pixels its window read, so a pixel in
         several windows collects the gradient of each.
@@ -80,8 +80,6 @@ class Conv2D(KernelLayer):
         if self.use_bias:
             self.grads["bias"] = ops.bias_grad(grad_2d)
         self.grads["kernel"] = ops.matmul_tn(self.cols, grad_2d).reshape(self.params["kernel"].shape)
-        if not self.input_grad_needed:
-            return None
         grad_cols = ops.matmul_nt(grad_2d, self.kernel_matrix())               # (N*OH*OW, KH*KW*C_in)
         return ops.col2im(grad_cols, self.x.shape, self.kernel_size, self.strides, self.pads)
 

@@ -49,13 +49,11 @@ class Dense(KernelLayer):
 
             dL/db = sum_n G[n]      (units,)
             dL/dW = x^T G           (D_in, units)
-            dL/dx = G W^T           (N, D_in), returned (None unless ``input_grad_needed``)
+            dL/dx = G W^T           (N, D_in), returned
         """
         if self.use_bias:
             self.grads["bias"] = ops.bias_grad(grad_z)
         self.grads["kernel"] = ops.matmul_tn(self.x, grad_z)
-        if not self.input_grad_needed:
-            return None
         return ops.matmul_nt(grad_z, self.params["kernel"])
 
     def get_config(self):

@@ -108,7 +108,7 @@ class BatchNormalization(Layer):
             self.grads["gamma"] = grad_gamma
         if self.center:
             self.grads["beta"] = grad_beta
-        return grad_x.reshape(grad_out.shape) if self.input_grad_needed else None
+        return grad_x.reshape(grad_out.shape)
 
     def apply_state_updates(self):
         """``moving = momentum * moving + (1 - momentum) * batch`` for the mean and the variance of the

@@ -85,7 +85,7 @@ def activation_lines(activation, out_shape):
             (f"G = dL/dy{DERIVATIVES[activation]}", shape_text(*out_shape))]
 
 
-def gemm_layer_costs(e, rows, k, f, itemsize, activation, x_bytes, unfolds, input_grad_needed):
+def gemm_layer_costs(e, rows, k, f, itemsize, activation, x_bytes, unfolds):
     """FLOPs and bytes of ``y = f(A @ W + b)`` and its backward, with ``A`` ``(rows, k)`` the input
     itself (Dense) or its im2col (Conv2D: ``unfolds``, which writes and reads ``A`` once more each way).
     """
@@ -96,12 +96,10 @@ def gemm_layer_costs(e, rows, k, f, itemsize, activation, x_bytes, unfolds, inpu
     e.forward_flops = gemm + rows * f * (1 + activation_pass)
     e.forward_bytes = (x_bytes + a_bytes if unfolds else 0) + a_bytes + weight_bytes + out_bytes \
         + out_bytes + bias_bytes + out_bytes                                   # im2col, GEMM, f(z + b)
-    e.backward_flops = rows * f * activation_pass + rows * f + gemm            # G, dL/db, dL/dW
+    e.backward_flops = rows * f * activation_pass + rows * f + gemm \
+        + gemm + (rows * k if unfolds else 0)                                  # G, dL/db, dL/dW, dL/dx
     e.backward_bytes = 3 * out_bytes * activation_pass + out_bytes + bias_bytes + a_bytes + out_bytes \
-        + weight_bytes
-    if input_grad_needed:
-        e.backward_flops += gemm + (rows * k if unfolds else 0)                # G W^T, then col2im's adds
-        e.backward_bytes += out_bytes + weight_bytes + a_bytes + (a_bytes + x_bytes if unfolds else 0)
+        + weight_bytes + out_bytes + weight_bytes + a_bytes + (a_bytes + x_bytes if unfolds else 0)
 
 
 def explain_conv(layer, n):
@@ -116,12 +114,8 @@ def explain_conv(layer, n):
     e.backward = [g_line, ("dL/db = sum of G's rows", shape_text(f)),
                   ("dL/dW2d = cols^T G", f"({k}, {rows}) @ ({rows}, {f}) -> ({k}, {f})")]
     x_bytes = n * product(layer.input_shape) * layer.dtype.itemsize
-    gemm_layer_costs(e, rows, k, f, layer.dtype.itemsize, layer.activation, x_bytes, True, layer.input_grad_needed)
-    if layer.input_grad_needed:
-        e.backward.append(("dL/dx = col2im(G W2d^T)",
-                           f"({rows}, {f}) @ ({f}, {k}) -> {shape_text(n, *layer.input_shape)}"))
-    else:
-        e.notes.append("dL/dx is not computed: nothing before this layer needs it")
+    gemm_layer_costs(e, rows, k, f, layer.dtype.itemsize, layer.activation, x_bytes, True)
+    e.backward.append(("dL/dx = col2im(G W2d^T)", f"({rows}, {f}) @ ({f}, {k}) -> {shape_text(n, *layer.input_shape)}"))
     return e
 
 
@@ -133,11 +127,8 @@ def explain_dense(layer, n):
     e.backward = [g_line, ("dL/db = sum_n G[n]", shape_text(u)),
                   ("dL/dW = x^T G", f"({d_in}, {n}) @ ({n}, {u}) -> ({d_in}, {u})")]
     x_bytes = n * d_in * layer.dtype.itemsize
-    gemm_layer_costs(e, n, d_in, u, layer.dtype.itemsize, layer.activation, x_bytes, False, layer.input_grad_needed)
-    if layer.input_grad_needed:
-        e.backward.append(("dL/dx = G W^T", f"({n}, {u}) @ ({u}, {d_in}) -> ({n}, {d_in})"))
-    else:
-        e.notes.append("dL/dx is not computed: nothing before this layer needs it")
+    gemm_layer_costs(e, n, d_in, u, layer.dtype.itemsize, layer.activation, x_bytes, False)
+    e.backward.append(("dL/dx = G W^T", f"({n}, {u}) @ ({u}, {d_in}) -> ({n}, {d_in})"))
     return e
 
 
@@ -350,8 +341,21 @@ def pass_lines(layer, plan, batch_size):
     return lines
 
 
+def input_grad_note(step):
+    """What the plan does with ``dL/dx`` where nobody before the layer reads it; ``None`` elsewhere."""
+    if step.input_grad_needed:
+        return None
+    if step.computes_input_grad:
+        return "dL/dx is computed by the layer's backward and dropped: nothing before this layer reads it"
+    return "dL/dx is not computed: nothing before this layer needs it"
+
+
 def layer_section(layer, plan, batch_size):
     e = explain_layer(layer, batch_size)
+    step = plan.step_of(layer)
+    note = input_grad_note(step)
+    if note and layer is step.layers[0]:
+        e.notes.append(note)
     params = ", ".join(f"{key} {shape_text(*value.shape)}" for key, value in layer.params.items())
     header = f"{layer.name} ({type(layer).__name__})  {batch_text(layer, batch_size)} -> " \
              f"{shape_text(batch_size, *layer.output_shape)}"
