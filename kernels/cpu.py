@@ -385,6 +385,18 @@ def _load_tile(x, n, row, col, tile):
 
 
 @jit
+def _add_tile_row(grad_x, n, row, col, tile, p):
+    """``grad_x[n, row, col + q] += tile[p, q]`` for row ``p`` of ``tile (S, S, C)``, where that pixel
+    is inside the image."""
+    _, height, width, channels = grad_x.shape
+    if 0 <= row < height:
+        for q in range(tile.shape[1]):
+            if 0 <= col + q < width:
+                for c in range(channels):
+                    grad_x[n, row, col + q, c] += tile[p, q, c]
+
+
+@jit
 def _winograd_tiles_f2(x, top, left, tiles_h, tiles_w, tiles):
     """F(2x2, 3x3): ``tiles[4a + b, t, c] = (B^T d B)[a, b]`` for tile ``d`` of every ``(t, c)``, with
     ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: columns, then rows."""
@@ -412,7 +424,7 @@ def _winograd_tiles_f2(x, top, left, tiles_h, tiles_w, tiles):
 def _winograd_tiles_grad_f2(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
     """F(2x2, 3x3): ``grad_x[n, 2i - top + p, 2j - left + q, c] += (B u B^T)[p, q]`` for ``u = grad_tiles[:, t, c]``
     of every tile, inside the image; overlapping tiles add up."""
-    n_images, height, width, channels = grad_x.shape
+    n_images, _, _, channels = grad_x.shape
     grad_x[:] = 0
     e = np.empty((4, 4, channels), grad_x.dtype)
     for n in range(n_images):
@@ -428,13 +440,7 @@ def _winograd_tiles_grad_f2(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
                     for c in range(channels):
                         e0, e1, e2, e3 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c]
                         e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c] = e0, e1 - e2 + e3, e2 + e1 - e0, -e3
-                    row = 2 * i - top + p
-                    if 0 <= row < height:
-                        for q in range(4):
-                            col = 2 * j - left + q
-                            if 0 <= col < width:
-                                for c in range(channels):
-                                    grad_x[n, row, col, c] += e[p, q, c]
+                    _add_tile_row(grad_x, n, 2 * i - top + p, 2 * j - left, e, p)
 
 
 @jit
@@ -465,21 +471,14 @@ def _winograd_outputs_f2(products, tiles_h, tiles_w, out):
 def _winograd_outputs_grad_f2(grad_out, tiles_h, tiles_w, grad_products):
     """F(2x2, 3x3): ``grad_products[:, t, o] = A g A^T`` for the 2x2 block ``g`` of ``grad_out`` at tile ``t`` (zero
     past ``grad_out``): columns, then rows."""
-    n_images, out_h, out_w, c_out = grad_out.shape
+    n_images, _, _, c_out = grad_out.shape
     g = np.empty((2, 2, c_out), grad_out.dtype)
     half = np.empty((2, 4, c_out), grad_out.dtype)  # g A^T
     for n in range(n_images):
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
-                for r in range(2):
-                    for s in range(2):
-                        if 2 * i + r < out_h and 2 * j + s < out_w:
-                            for o in range(c_out):
-                                g[r, s, o] = grad_out[n, 2 * i + r, 2 * j + s, o]
-                        else:
-                            for o in range(c_out):
-                                g[r, s, o] = 0
+                _load_tile(grad_out, n, 2 * i, 2 * j, g)
                 for r in range(2):
                     for o in range(c_out):
                         g0, g1 = g[r, 0, o], g[r, 1, o]
@@ -529,7 +528,7 @@ def _winograd_tiles_f4(x, top, left, tiles_h, tiles_w, tiles):
 def _winograd_tiles_grad_f4(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
     """F(4x4, 3x3): ``grad_x[n, 4i - top + p, 4j - left + q, c] += (B u B^T)[p, q]`` for
     ``u = grad_tiles[:, t, c]`` of every tile, inside the image; overlapping tiles add up."""
-    n_images, height, width, channels = grad_x.shape
+    n_images, _, _, channels = grad_x.shape
     two, four, five = grad_x.dtype.type(2), grad_x.dtype.type(4), grad_x.dtype.type(5)
     grad_x[:] = 0
     e = np.empty((6, 6, channels), grad_x.dtype)
@@ -556,13 +555,7 @@ def _winograd_tiles_grad_f4(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
                         e[p, 3, c] = e1 - e2 + two * (e3 - e4) - five * e5
                         e[p, 4, c] = e0 + e1 + e2 + e3 + e4
                         e[p, 5, c] = e5
-                    row = 4 * i - top + p
-                    if 0 <= row < height:
-                        for q in range(6):
-                            col = 4 * j - left + q
-                            if 0 <= col < width:
-                                for c in range(channels):
-                                    grad_x[n, row, col, c] += e[p, q, c]
+                    _add_tile_row(grad_x, n, 4 * i - top + p, 4 * j - left, e, p)
 
 
 @jit
@@ -604,7 +597,7 @@ def _winograd_outputs_f4(products, tiles_h, tiles_w, out):
 def _winograd_outputs_grad_f4(grad_out, tiles_h, tiles_w, grad_products):
     """F(4x4, 3x3): ``grad_products[:, t, o] = A g A^T`` for the 4x4 block ``g`` of ``grad_out`` at tile
     ``t`` (zero past ``grad_out``): rows, then columns."""
-    n_images, out_h, out_w, c_out = grad_out.shape
+    n_images, _, _, c_out = grad_out.shape
     two, four, eight = grad_out.dtype.type(2), grad_out.dtype.type(4), grad_out.dtype.type(8)
     g = np.empty((4, 4, c_out), grad_out.dtype)
     half = np.empty((4, 6, c_out), grad_out.dtype)  # g A^T
@@ -612,14 +605,7 @@ def _winograd_outputs_grad_f4(grad_out, tiles_h, tiles_w, grad_products):
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
-                for r in range(4):
-                    for s in range(4):
-                        if 4 * i + r < out_h and 4 * j + s < out_w:
-                            for o in range(c_out):
-                                g[r, s, o] = grad_out[n, 4 * i + r, 4 * j + s, o]
-                        else:
-                            for o in range(c_out):
-                                g[r, s, o] = 0
+                _load_tile(grad_out, n, 4 * i, 4 * j, g)
                 for r in range(4):
                     for o in range(c_out):
                         g0, g1, g2, g3 = g[r, 0, o], g[r, 1, o], g[r, 2, o], g[r, 3, o]
