@@ -37,6 +37,7 @@ and gain little from a second core that BLAS's threads are about to claim.  The 
 (``benchmarks/kernel_step.py --skip-compile`` under each setting) are in ``benchmarks/RESULTS.md`` [P2].
 """
 
+import functools
 import os
 import time
 
@@ -223,16 +224,14 @@ def _im2col_kernel(x, kh, kw, sh, sw, top, left, out_h, out_w, cols):
 
 
 @jit
-def _padded_planes(image, top, left, padded_h, padded_w):
-    """``image (H, W, C)`` as channel planes ``(C, padded_h, padded_w)``: the pixel ``(h, w)`` at
-    ``(top + h, left + w)``, zeros around it; pixels beyond ``padded_h``/``padded_w`` are left out."""
+def _copy_to_planes(image, top, left, planes):
+    """``planes[c, top + h, left + w] = image[h, w, c]`` for ``image (H, W, C)`` and zeroed channel
+    planes ``(C, PH, PW)``; pixels beyond ``PH``/``PW`` are left out."""
     height, width, channels = image.shape
-    planes = np.zeros((channels, padded_h, padded_w), dtype=image.dtype)
-    for h in range(min(height, padded_h - top)):
-        for w in range(min(width, padded_w - left)):
+    for h in range(min(height, planes.shape[1] - top)):
+        for w in range(min(width, planes.shape[2] - left)):
             for c in range(channels):
                 planes[c, top + h, left + w] = image[h, w, c]
-    return planes
 
 
 @jit
@@ -256,10 +255,11 @@ def _im2col_transposed_kernel(x, kh, kw, sh, sw, top, left, out_h, out_w, cols_t
     one contiguous run of ``OH*OW`` values, each image row of it a strided read of one plane row
     with no padding test.  ``x (N, H, W, C)`` -> ``cols_t (KH*KW*C, N*OH*OW)``."""
     n_images, _, _, channels = x.shape
-    padded_h, padded_w = (out_h - 1) * sh + kh, (out_w - 1) * sw + kw
+    padded = np.zeros((n_images, channels, (out_h - 1) * sh + kh, (out_w - 1) * sw + kw), dtype=x.dtype)
     pixels = out_h * out_w
     for n in numba.prange(n_images):
-        planes = _padded_planes(x[n], top, left, padded_h, padded_w)
+        planes = padded[n]
+        _copy_to_planes(x[n], top, left, planes)
         for i in range(kh):
             for j in range(kw):
                 for c in range(channels):
@@ -332,7 +332,7 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
     return x
 
 
-# ------------------------------------------------------------------------ Winograd F(2x2, 3x3)
+# ---------------------------------------------------------------------- Winograd F(m x m, 3 x 3)
 #
 # The transforms of ``numpy_ref``'s Winograd section, as loops over tiles, for F(m x m, 3 x 3) with
 # ``m = tile`` (2 or 4) and tiles of side ``m + 2``.  Tile ``t = (n*TH + i)*TW + j`` reads
@@ -349,11 +349,15 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 # (benchmarks/RESULTS.md, "Winograd F(2x2, 3x3) in the second conv").
 
 
+@functools.cache
 def _kron_g(tile, dtype):
     """``kron(G, G)`` of F(tile x tile, 3 x 3) as ``dtype``: row ``a*(m+2) + b``, column ``3p + q`` hold
-    ``G[a, p] * G[b, q]``, so that ``U = kron(G, G) @ g.reshape(9, -1)``."""
+    ``G[a, p] * G[b, q]``, so that ``U = kron(G, G) @ g.reshape(9, -1)``.  Made once per tile and
+    dtype; read only."""
     _, g, _ = winograd_matrices(tile, dtype)
-    return np.kron(g, g)
+    kron = np.kron(g, g)
+    kron.setflags(write=False)
+    return kron
 
 
 def winograd_kernel(kernel, tile=2):
