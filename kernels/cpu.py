@@ -341,11 +341,11 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 # and transformed there one contiguous channel row at a time, the first pass in place and the second
 # written straight to the output: loops that write one array row per iteration vectorise, a single
 # loop writing all rows at once did not, and generic loops over the matrices' entries (with a swap
-# of axes between the passes) ran about 1.5 times slower in scratch timings.  So each tile size has
-# its own kernels, with the matrices of ``minidl.kernels.winograd`` written out; their coefficients
-# are made in the array's dtype (``x.dtype.type(4)``), since ``4 *`` would promote float32 to float64
-# (9x slower in a scratch timing).  The loops over tiles are serial: compiled ``parallel=True`` they
-# ran no faster on the default one thread and took several times longer to compile
+# of axes between the passes) ran slower in scratch timings.  So each tile size has its own kernels,
+# with the matrices of ``minidl.kernels.winograd`` written out; their coefficients are made in the
+# array's dtype (``x.dtype.type(4)``), since ``4 *`` would promote float32 to float64 (many times
+# slower in a scratch timing).  The loops over tiles are serial: compiled ``parallel=True`` they ran
+# no faster on the default one thread and took several times longer to compile
 # (benchmarks/RESULTS.md, "Winograd F(2x2, 3x3) in the second conv").
 
 

@@ -11,9 +11,9 @@ under a key made of
 the conv's shape and the machine (CPU, cores, backend, Numba threads), so later processes plan without
 timing anything.  Every candidate is timed on the same images (as many as the largest candidate's
 scratch allows).  A cached choice is timed again when it did not time every candidate there is now
-(a new method) or did not record its images, or when it was timed on a busy machine (load per core above
-:data:`BUSY_LOAD_PER_CORE`: other processes' work falls on the candidates unevenly) and the machine is
-quieter now.
+(a new method) or did not record its images, or when it was timed on a busy machine (load per core
+above :data:`BUSY_LOAD_PER_CORE`: other processes' work falls on the candidates unevenly) and the
+machine is quieter now.
 
 Environment:
 
