@@ -46,15 +46,15 @@ def record_pass(step, name):
 class Draft:
     """A plan being rewritten: its steps, which steps read each node, and the planner's settings."""
 
-    def __init__(self, steps, input_node, output_node, input_grad_needed, max_workspace_bytes, softmax_loss):
+    def __init__(self, steps, input_node, output_node, nodes_with_grads, max_workspace_bytes, softmax_loss):
         self.steps, self.input_node, self.output_node = steps, input_node, output_node
-        self.input_grad_needed, self.max_workspace_bytes = input_grad_needed, max_workspace_bytes
+        self.nodes_with_grads, self.max_workspace_bytes = nodes_with_grads, max_workspace_bytes
         self.softmax_loss = softmax_loss
 
     def needs_input_grad(self, inputs):
-        """Whether a step reading ``inputs`` must return their gradient: not when all it reads is the
-        model's input and nobody asked for that input's gradient."""
-        return self.input_grad_needed or any(node != self.input_node for node in inputs)
+        """Whether a step reading ``inputs`` must return their gradient: only where one of them is in
+        :func:`nodes_with_grads`."""
+        return any(node in self.nodes_with_grads for node in inputs)
 
     def sole_reader(self, step):
         """The only step that reads ``step``'s output, or ``None`` (several readers, or the model's output)."""
@@ -105,7 +105,8 @@ def direct_conv_pool(draft):
     """[D5] A 3x3, stride-1, unpadded conv of one-channel images (a grayscale network's first conv,
     whose im2col rows are only ``K = 9`` long) with a non-decreasing activation, read only by a 2x2
     max pooling at stride 2, runs as one :class:`~minidl.engine.steps.DirectConvMaxPoolStep`.  The
-    kernel has no input gradient, so the conv must read the model's input."""
+    kernel has no input gradient, so nobody may need the gradient of what the conv reads: the model's
+    input, or what parameter-free layers made of it (:func:`nodes_with_grads`)."""
     for conv_step, pool_step in draft.conv_then_max_pool():
         conv, pool = conv_step.layer, pool_step.layer
         if (conv.kernel_size == (3, 3) and conv.strides == (1, 1) and conv.pads == ((0, 0), (0, 0))
@@ -250,6 +251,18 @@ def enabled_passes(optimize):
     return [name for name in PASSES if optimize.get(name, True)]
 
 
+def nodes_with_grads(nodes, input_node, input_grad_needed):
+    """The nodes whose gradient backward must compute: the output of every layer that holds parameters
+    or reads such a node, and the model's input where ``input_grad_needed``.  Other nodes come only from
+    parameter-free layers (``Rescaling``, ``Flatten``, ...) over the model's input, so nobody reads their
+    gradient, and the layer after them need not compute its ``dL/dx``."""
+    with_grads = {input_node} if input_grad_needed else set()
+    for layer, inputs, output in nodes:
+        if layer.params or any(node in with_grads for node in inputs):
+            with_grads.add(output)
+    return with_grads
+
+
 def build_plan(nodes, input_node, output_node, optimize=True, input_grad_needed=False,
                max_workspace_bytes=DEFAULT_WORKSPACE_BYTES, softmax_loss=False):
     """The plan of a built model given as ``nodes``: ``(layer, input node ids, output node id)`` in an
@@ -260,9 +273,10 @@ def build_plan(nodes, input_node, output_node, optimize=True, input_grad_needed=
     ``softmax_loss`` says the loss is a cross-entropy on probabilities (:func:`softmax_cross_entropy`).
     """
     passes = enabled_passes(optimize)
-    steps = [LayerStep(layer, inputs, output, input_grad_needed or any(node != input_node for node in inputs))
+    grad_nodes = nodes_with_grads(nodes, input_node, input_grad_needed)
+    steps = [LayerStep(layer, inputs, output, any(node in grad_nodes for node in inputs))
              for layer, inputs, output in nodes]
-    draft = Draft(steps, input_node, output_node, input_grad_needed, max_workspace_bytes, softmax_loss)
+    draft = Draft(steps, input_node, output_node, grad_nodes, max_workspace_bytes, softmax_loss)
     for name in passes:
         PASSES[name](draft)
-    return Plan(draft.steps, input_node, output_node)
+    return Plan(draft.steps, input_node, output_node, grad_nodes)

@@ -15,9 +15,10 @@ class Step:
     ``layers`` are the layers it computes, in order; ``passes`` names the passes that made it.
     ``forward(inputs, training)`` takes one array per input node and returns the output;
     ``backward(grad_out)`` returns one gradient per input node (``None`` where nobody needs it).
-    After a forward pass ``y`` holds the output.  ``input_grad_needed`` is False where the step's
-    inputs are the model's input, whose gradient nobody reads; ``computes_input_grad`` says whether
-    ``backward`` computes ``dL/dx`` even so.
+    After a forward pass ``y`` holds the output.  ``input_grad_needed`` is False where nobody reads
+    the gradient of the step's inputs: the model's input, or what parameter-free layers made of it
+    (:func:`minidl.engine.passes.nodes_with_grads`); ``computes_input_grad`` says whether ``backward``
+    computes ``dL/dx`` even so.
     """
 
     input_grad_needed = True
@@ -44,20 +45,26 @@ class Step:
 
 
 class LayerStep(Step):
-    """The plain path: the layer's own ``forward`` and ``backward``.  The layer always computes
-    ``dL/dx``; without ``input_grad_needed`` the step drops it."""
-
-    computes_input_grad = True
+    """The plain path: the layer's own ``forward`` and ``backward``.  Without ``input_grad_needed`` a
+    layer that has a ``parameter_backward`` (Dense, Conv2D) runs that instead and skips ``dL/dx``;
+    any other layer computes ``dL/dx`` and the step drops it."""
 
     def __init__(self, layer, inputs, output, input_grad_needed):
         super().__init__((layer,), inputs, output)
         self.layer, self.input_grad_needed = layer, input_grad_needed
+
+    @property
+    def computes_input_grad(self):
+        return self.input_grad_needed or not hasattr(self.layer, "parameter_backward")
 
     def forward(self, inputs, training):
         self.y = self.layer.forward(inputs if self.layer.takes_several_inputs else inputs[0], training)
         return self.y
 
     def backward(self, grad_out):
+        if not self.computes_input_grad:
+            self.layer.parameter_backward(grad_out)
+            return [None]
         grad_in = self.layer.backward(grad_out)
         return needed_grads(list(grad_in) if self.layer.takes_several_inputs else [grad_in], self.input_grad_needed)
 
@@ -77,11 +84,14 @@ def summed(a, b):
 
 class Plan:
     """``steps`` in a valid order over the nodes; ``input_node`` is the model's input, ``output_node``
-    its output.  ``forward`` runs the steps in order, ``backward`` in reverse, summing the gradients of
-    a node that several steps read (fan-out)."""
+    its output, ``nodes_with_grads`` the nodes whose gradient backward computes (the others come from
+    parameter-free layers over the model's input, and their steps have no backward to run).
+    ``forward`` runs the steps in order, ``backward`` in reverse, summing the gradients of a node that
+    several steps read (fan-out)."""
 
-    def __init__(self, steps, input_node, output_node):
+    def __init__(self, steps, input_node, output_node, nodes_with_grads):
         self.steps, self.input_node, self.output_node = list(steps), input_node, output_node
+        self.nodes_with_grads = frozenset(nodes_with_grads)
         self.output_step = next(step for step in self.steps if step.output == output_node)
 
     def forward(self, x, training):
@@ -104,6 +114,8 @@ class Plan:
         training starts sending them while backward goes on)."""
         grads = {self.output_node: grad_output}
         for step in reversed(self.steps):
+            if step.output not in self.nodes_with_grads:
+                continue
             grad_out = grads.pop(step.output)
             if from_logits and step.output == self.output_node:
                 grads_in = step.backward_from_logits(grad_out)

@@ -120,7 +120,8 @@ class DirectConvMaxPoolStep(Step):
     2x2 max pooling at stride 2, as one direct kernel (``ops.conv3x3_maxpool``): each pooling window's
     four outputs are computed from the pixels under it and only the maximum is kept, so ``z`` is never
     stored.  Then ``y = f(pooled + b)`` as in :class:`ConvMaxPoolStep`.  The kernel has no input
-    gradient: the conv must read the model's input, whose gradient nobody needs.
+    gradient: the conv must read a tensor whose gradient nobody needs (the model's input, or what
+    parameter-free layers made of it).
 
     With ``maxima_alone`` an inference pass skips the argmax; a later backward recomputes it.
     """
@@ -161,7 +162,6 @@ class SoftmaxLogitsStep(Step):
     itself for a softmax ``Activation``), and ``backward_from_logits`` its ``linear_backward``.
     """
 
-    computes_input_grad = True  # the layer's linear_backward always does; the step drops it where unneeded
 
     def __init__(self, layer, inputs, output, input_grad_needed):
         super().__init__((layer,), inputs, output)
@@ -180,7 +180,10 @@ class SoftmaxLogitsStep(Step):
 
     def backward_from_logits(self, grad_logits):
         """From ``dL/dz``: the layer's parameter gradients and ``dL/dx`` (``None`` unless needed)."""
-        if hasattr(self.layer, "linear_backward"):
-            return needed_grads([self.layer.linear_backward(grad_logits)], self.input_grad_needed)
-        return needed_grads([grad_logits], self.input_grad_needed)
+        if not hasattr(self.layer, "linear_backward"):
+            return needed_grads([grad_logits], self.input_grad_needed)
+        if not self.input_grad_needed:
+            self.layer.linear_parameter_grads(grad_logits)
+            return [None]
+        return [self.layer.linear_backward(grad_logits)]
 

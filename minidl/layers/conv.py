@@ -67,21 +67,28 @@ class Conv2D(KernelLayer):
         return self.linear_backward(activation_backward(grad_out, self.y, self.activation))
 
     def linear_backward(self, grad_z):
-        """From ``G = dL/dz`` ``(N, OH, OW, F)`` of ``z = im2col(x) @ W2d + b``, as ``G`` ``(N*OH*OW, F)``::
+        """From ``G = dL/dz`` ``(N, OH, OW, F)`` of ``z = im2col(x) @ W2d + b``, as ``G`` ``(N*OH*OW, F)``:
+        the parameters' gradients (:meth:`linear_parameter_grads`), and::
 
-            dL/db   = sum of G's rows           (F,)
-            dL/dW2d = cols^T G                  (KH*KW*C_in, F), reshaped to W's (KH, KW, C_in, F)
             dL/dx   = col2im(G W2d^T)           (N, H, W, C_in), returned
 
         ``col2im`` adds each row of ``G W2d^T`` back onto the pixels its window read, so a pixel in
         several windows collects the gradient of each.
         """
+        self.linear_parameter_grads(grad_z)
+        grad_cols = ops.matmul_nt(grad_z.reshape(-1, self.filters), self.kernel_matrix())  # (N*OH*OW, KH*KW*C_in)
+        return ops.col2im(grad_cols, self.x.shape, self.kernel_size, self.strides, self.pads)
+
+    def linear_parameter_grads(self, grad_z):
+        """From ``G = dL/dz`` ``(N, OH, OW, F)``, as ``G`` ``(N*OH*OW, F)``, into ``grads``::
+
+            dL/db   = sum of G's rows           (F,)
+            dL/dW2d = cols^T G                  (KH*KW*C_in, F), reshaped to W's (KH, KW, C_in, F)
+        """
         grad_2d = grad_z.reshape(-1, self.filters)                              # G (N*OH*OW, F)
         if self.use_bias:
             self.grads["bias"] = ops.bias_grad(grad_2d)
         self.grads["kernel"] = ops.matmul_tn(self.cols, grad_2d).reshape(self.params["kernel"].shape)
-        grad_cols = ops.matmul_nt(grad_2d, self.kernel_matrix())               # (N*OH*OW, KH*KW*C_in)
-        return ops.col2im(grad_cols, self.x.shape, self.kernel_size, self.strides, self.pads)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,

@@ -45,16 +45,20 @@ class Dense(KernelLayer):
         return self.linear_backward(activation_backward(grad_out, self.y, self.activation))
 
     def linear_backward(self, grad_z):
-        """From ``G = dL/dz`` ``(N, units)`` of ``z = x W + b``::
+        """From ``G = dL/dz`` ``(N, units)`` of ``z = x W + b``: the parameters' gradients
+        (:meth:`linear_parameter_grads`), and ``dL/dx = G W^T`` ``(N, D_in)``, returned."""
+        self.linear_parameter_grads(grad_z)
+        return ops.matmul_nt(grad_z, self.params["kernel"])
+
+    def linear_parameter_grads(self, grad_z):
+        """From ``G = dL/dz`` ``(N, units)`` of ``z = x W + b``, into ``grads``::
 
             dL/db = sum_n G[n]      (units,)
             dL/dW = x^T G           (D_in, units)
-            dL/dx = G W^T           (N, D_in), returned
         """
         if self.use_bias:
             self.grads["bias"] = ops.bias_grad(grad_z)
         self.grads["kernel"] = ops.matmul_tn(self.x, grad_z)
-        return ops.matmul_nt(grad_z, self.params["kernel"])
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}

@@ -341,10 +341,12 @@ def pass_lines(layer, plan, batch_size):
     return lines
 
 
-def input_grad_note(step):
+def input_grad_note(step, plan):
     """What the plan does with ``dL/dx`` where nobody before the layer reads it; ``None`` elsewhere."""
     if step.input_grad_needed:
         return None
+    if step.output not in plan.nodes_with_grads:
+        return "no backward runs: the layer holds no parameters, and nothing before it needs a gradient"
     if step.computes_input_grad:
         return "dL/dx is computed by the layer's backward and dropped: nothing before this layer reads it"
     return "dL/dx is not computed: nothing before this layer needs it"
@@ -353,7 +355,7 @@ def input_grad_note(step):
 def layer_section(layer, plan, batch_size):
     e = explain_layer(layer, batch_size)
     step = plan.step_of(layer)
-    note = input_grad_note(step)
+    note = input_grad_note(step, plan)
     if note and layer is step.layers[0]:
         e.notes.append(note)
     params = ", ".join(f"{key} {shape_text(*value.shape)}" for key, value in layer.params.items())

@@ -422,3 +422,63 @@ def test_one_sgd_step_through_batch_normalization_gives_the_plain_weights_and_mo
         weights.append(model.get_weights())
     for planned, plain in zip(*weights):
         np.testing.assert_allclose(planned, plain, rtol=1e-5, atol=1e-6)
+
+
+def parameter_free_front(front):
+    """``[Input 6x6x2, *front, Conv2D 3x3, Flatten, Dense]``: ``front`` holds parameter-free layers."""
+    return minidl.Sequential([layers.Input((6, 6, 2)), *front, layers.Conv2D(3, 3, activation="relu"),
+                              layers.Flatten(), layers.Dense(2)])
+
+
+@pytest.mark.parametrize("front, has_parameters", [
+    ([], []),
+    ([layers.Rescaling(1 / 255)], [False]),
+    ([layers.Rescaling(2.0), layers.ZeroPadding2D(1)], [False, False]),
+    ([layers.Conv2D(2, 1)], [True]),
+])
+def test_parameter_free_layers_over_the_input_need_no_gradient_and_neither_does_the_layer_after_them(
+        front, has_parameters):
+    model = parameter_free_front(front)
+    model.compile(optimizer="sgd", loss="mse")
+    conv_step = model.plan.step_of(model.layers[len(front)])
+    assert conv_step.input_grad_needed == conv_step.computes_input_grad == any(has_parameters)
+    for layer in front:
+        step = model.plan.step_of(layer)
+        assert not step.input_grad_needed
+        assert (step.output in model.plan.nodes_with_grads) == bool(layer.params)
+    model.input_grad_needed = True
+    assert all(step.input_grad_needed for step in model.plan.steps)
+    assert all(step.output in model.plan.nodes_with_grads for step in model.plan.steps)
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_a_model_behind_parameter_free_layers_trains_to_the_same_gradients_with_and_without_the_input_gradient(
+        optimize):
+    """The plan without ``dL/dx`` of the first layers (Rescaling, Flatten, then a Dense and a conv) gives
+    the gradients of the plan that computes every input gradient (a gradient check's)."""
+    rng = np.random.default_rng(0)
+    dense_first = minidl.Sequential([layers.Input((4, 4, 2)), layers.Rescaling(0.5), layers.Flatten(),
+                                     layers.Dense(5, activation="tanh", dtype="float64"),
+                                     layers.Dense(3, dtype="float64")])
+    conv_first = parameter_free_front([layers.Rescaling(0.5)])
+    for model, shape, first_with_parameters in ((dense_first, (4, 4, 4, 2), 2), (conv_first, (4, 6, 6, 2), 1)):
+        for layer in model.layers:
+            layer.params = {key: rng.standard_normal(value.shape).astype(value.dtype) for key, value in layer.params.items()}
+        model.compile(optimizer="sgd", loss="mse", optimize=optimize)
+        x = rng.standard_normal(shape).astype(model.layers[-1].dtype)
+        grad_out = rng.standard_normal((4, model.layers[-1].output_shape[-1])).astype(x.dtype)
+        skipping = outputs_and_gradients(model, x, grad_out, training=True)
+        assert skipping[1] is None
+        assert not model.plan.step_of(model.layers[first_with_parameters]).computes_input_grad
+        model.input_grad_needed = True
+        computing = outputs_and_gradients(model, x, grad_out, training=True)
+        assert computing[1] is not None
+        assert_same_results(skipping[:1] + (None,) + skipping[2:], computing[:1] + (None,) + computing[2:],
+                            rtol=1e-6, atol=1e-6)
+
+
+def test_a_one_channel_first_conv_after_rescaling_runs_as_the_direct_kernel():
+    model = minidl.Sequential([layers.Input((9, 8, 1)), layers.Rescaling(1 / 255),
+                               layers.Conv2D(3, 3, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
+                               layers.Dense(2)])
+    assert "direct_conv_pool" in passes_of(model, 1)

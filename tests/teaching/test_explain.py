@@ -44,14 +44,22 @@ def test_the_passes_named_are_those_of_the_plan():
     assert "dL/dx is not computed" in text.split(f"{model.layers[2].name} (Conv2D)")[0]  # the direct first conv
 
 
-def test_the_plain_plan_shows_no_pass_and_the_input_gradient_of_a_first_layer_is_dropped():
+def test_the_plain_plan_shows_no_pass_and_skips_the_input_gradient_of_a_first_conv():
     model = presets.seed_cnn()
     model.compile("sgd", "sparse_categorical_crossentropy", optimize=False)
     text = explain_model(model, 8)
     assert "planner   none" in text and "- winograd" not in text
     first_conv, second_conv = model.layers[0].name, model.layers[2].name
-    assert "dL/dx is computed by the layer's backward and dropped" in text.split(f"{second_conv} (Conv2D)")[0]
+    assert "dL/dx is not computed" in text.split(f"{second_conv} (Conv2D)")[0]
     assert f"{first_conv} (Conv2D)" in text
+
+
+def test_a_first_layer_without_a_parameter_backward_computes_the_input_gradient_and_the_plan_drops_it():
+    model = Sequential([layers.Input((4, 4, 2)), layers.BatchNormalization(), layers.Flatten(),
+                        layers.Dense(3, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy", optimize=False)
+    text = explain_model(model, 8)
+    assert "dL/dx is computed by the layer's backward and dropped" in text
 
 
 def test_every_pass_has_a_sentence():
