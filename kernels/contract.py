@@ -66,7 +66,8 @@ KERNELS = {
     "softmax_grad": (("grad_out", "y"), "y * (g - sum_k g_k y_k) row-wise: (M, K) -> (M, K)"),
     # losses, regularization, dropout
     "softmax_cross_entropy": (("logits", "targets"), "(N, K), (N, K) -> (losses (N,), dL/dlogits (N, K))"),
-    "dropout_mask": (("shape", "rate", "seed", "dtype"), "1/(1-rate) with probability 1-rate, else 0; of shape"),
+    "dropout": (("x", "rate", "seed"), "(y = x * mask, mask): mask 1/(1-rate) where the hash of (seed, i) keeps "
+                                        "element i (probability 1-rate), else 0; the same on every backend"),
     "regularize_grad": (("grad", "param", "l1", "l2"), "in place: grad += l1 sign(param) + 2 l2 param"),
     "regularization_penalty": (("param", "l1", "l2"), "l1 sum|w| + l2 sum w^2 (a Python float)"),
     # joining tensors (merge layers); axis is a non-negative axis index
@@ -94,7 +95,7 @@ KERNELS = {
 
 #: Functions a backend offers beyond the contract (and no other module has to).
 EXTRAS = {
-    "minidl.kernels.numpy_ref": ("check_activation",),
+    "minidl.kernels.numpy_ref": ("check_activation", "dropout_counter", "dropout_hash_bits", "dropout_threshold"),
     "minidl.kernels.cpu": ("apply_thread_policy", "cache_report", "check_available", "set_num_threads",
                            "thread_policy", "warmup"),
     "minidl.kernels.cuda": ("check_available", "get_gemm", "reset_transfer_count", "set_gemm", "transfer_count"),

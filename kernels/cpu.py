@@ -45,7 +45,8 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import numpy_ref  # noqa: E402
-from .numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
+from .numpy_ref import (ACTIVATIONS, DROPOUT_BITS, SPLITMIX_GAMMA, SPLITMIX_MULTIPLIERS, accumulate,  # noqa: E402
+                        to_device, to_host, zeros, zeros_like)
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
                             winograd_tile_grid, winograd_tiles_hw)
 from .winograd import check_tile, tile_of_positions, winograd_matrices  # noqa: E402
@@ -59,7 +60,7 @@ __all__ = [
     "maxpool_forward", "maxpool_values", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "conv3x3_maxpool", "conv3x3_maxpool_values", "conv3x3_maxpool_kernel_grad",
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
-    "softmax_cross_entropy", "dropout_mask", "regularize_grad", "regularization_penalty",
+    "softmax_cross_entropy", "dropout", "regularize_grad", "regularization_penalty",
     "sgd_update", "adam_update", "rmsprop_update",
     "channel_moments", "batch_norm", "batch_norm_backward", "moving_average_update",
     "zero_pad", "zero_pad_grad", "scale_shift",
@@ -1238,23 +1239,37 @@ def softmax_cross_entropy(logits, targets):
 # --------------------------------------------------------------------------------- regularisation
 
 
-@jit_parallel
-def _dropout_mask_kernel(uniform, rate, mask):
-    """``mask[i] = 1 / (1 - rate)`` where ``uniform[i] >= rate``, else ``0``."""
-    keep_scale = mask.dtype.type(1.0 / (1.0 - rate))
-    for i in numba.prange(uniform.size):
-        mask[i] = keep_scale if uniform[i] >= rate else 0
+@jit
+def _dropout_hash_bits(counter):
+    """``numpy_ref.dropout_hash_bits`` of one uint64 counter."""
+    z = counter * SPLITMIX_GAMMA
+    z = (z ^ (z >> np.uint64(30))) * SPLITMIX_MULTIPLIERS[0]
+    z = (z ^ (z >> np.uint64(27))) * SPLITMIX_MULTIPLIERS[1]
+    z = z ^ (z >> np.uint64(31))
+    return z >> np.uint64(64 - DROPOUT_BITS)
 
 
-def dropout_mask(shape, rate, seed, dtype):
-    """Inverted-dropout mask: ``1 / (1 - rate)`` with probability ``1 - rate``, else ``0``.
+@jit
+def _dropout_kernel(x, first_counter, threshold, keep_scale, y, mask):
+    """``mask[i] = keep_scale`` where the hash of ``first_counter + i`` reaches ``threshold``, else ``0``;
+    ``y[i] = x[i] * mask[i]``: one pass over flat arrays."""
+    zero = x.dtype.type(0)
+    for i in range(x.size):
+        kept = keep_scale if _dropout_hash_bits(first_counter + np.uint64(i)) >= threshold else zero
+        mask[i] = kept
+        y[i] = x[i] * kept
 
-    The same ``seed`` gives the same mask on the same backend (not across backends).
-    """
-    uniform = np.random.default_rng(seed).random(shape, dtype=np.float32)
-    mask = np.empty(shape, dtype=dtype)
-    _dropout_mask_kernel(uniform.reshape(-1), float(rate), mask.reshape(-1))
-    return mask
+
+def dropout(x, rate, seed):
+    """Inverted dropout in one pass: ``(y, mask)``, the masks of ``numpy_ref.dropout`` (the same seed
+    gives the same mask on every backend).  The hash runs inside the loop, so no uniform numbers are
+    stored and read back (``benchmarks/RESULTS.md``, "Dropout in one pass")."""
+    first_counter, threshold = numpy_ref.dropout_counter(seed), numpy_ref.dropout_threshold(rate)
+    x = np.ascontiguousarray(x)
+    y, mask = np.empty_like(x), np.empty_like(x)
+    _dropout_kernel(x.reshape(-1), first_counter, threshold, x.dtype.type(1.0 / (1.0 - rate)), y.reshape(-1),
+                    mask.reshape(-1))
+    return y, mask
 
 
 @jit
@@ -1466,7 +1481,7 @@ def _warmup_calls(dtype):
         "concatenate": lambda: concatenate([x, x], 3),
         "split": lambda: split(x, [1, 2], 3),
         "softmax_cross_entropy": lambda: softmax_cross_entropy(logits, targets),
-        "dropout_mask": lambda: dropout_mask((4, 3), 0.5, 0, dtype),
+        "dropout": lambda: dropout(logits, 0.5, 0),
         "regularize_grad": lambda: regularize_grad(grad, param, 0.1, 0.1),
         "regularization_penalty": lambda: regularization_penalty(param, 0.1, 0.1),
         "sgd_update": lambda: sgd_update(param, grad, slot_1, 0.1, 0.9, True),

@@ -38,13 +38,8 @@ import os
 import numba
 import numpy as np
 from numba import cuda
-from numba.cuda.random import (
-    init_xoroshiro128p_state,
-    xoroshiro128p_dtype,
-    xoroshiro128p_uniform_float32,
-)
-
-from .numpy_ref import ACTIVATIONS, check_activation
+from . import numpy_ref
+from .numpy_ref import ACTIVATIONS, DROPOUT_BITS, SPLITMIX_GAMMA, SPLITMIX_MULTIPLIERS, check_activation
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
 from .shapes import as_three_axes, concatenated_shape, split_shapes
@@ -63,7 +58,7 @@ __all__ = [
     "conv3x3_maxpool",
     "conv3x3_maxpool_kernel_grad",
     "conv3x3_maxpool_values",
-    "dropout_mask",
+    "dropout",
     "im2col",
     "leaky_relu",
     "leaky_relu_grad",
@@ -1282,31 +1277,36 @@ def softmax_cross_entropy(logits, targets):
 # -------------------------------------------------------------------------------------- regularisation
 
 
+@cuda.jit(device=True)
+def _dropout_hash_bits(counter):
+    """``numpy_ref.dropout_hash_bits`` of one uint64 counter."""
+    z = counter * SPLITMIX_GAMMA
+    z = (z ^ (z >> numba.uint64(30))) * SPLITMIX_MULTIPLIERS[0]
+    z = (z ^ (z >> numba.uint64(27))) * SPLITMIX_MULTIPLIERS[1]
+    z = z ^ (z >> numba.uint64(31))
+    return z >> numba.uint64(64 - DROPOUT_BITS)
+
+
 @cuda.jit
-def _dropout(generators, first_seed, keep_scale, rate, mask_flat):
-    """``mask[i] = 1 / (1 - rate)`` if ``u_i >= rate`` else ``0``, ``u_i`` uniform in ``[0, 1)``.
-
-    Thread ``i`` seeds xoroshiro128+ generator ``i`` with ``first_seed + i`` (spread by SplitMix64)
-    and draws ``u_i`` from it, so the states are made on the device and nothing is copied.
-    """
+def _dropout(x_flat, first_counter, threshold, keep_scale, y_flat, mask_flat):
+    """Thread ``i``: ``mask[i] = keep_scale`` where the hash of ``first_counter + i`` reaches
+    ``threshold``, else ``0``; ``y[i] = x[i] * mask[i]``."""
     i = cuda.grid(1)
-    if i >= mask_flat.size:
+    if i >= x_flat.size:
         return
-    init_xoroshiro128p_state(generators, i, first_seed + numba.uint64(i))
-    mask_flat[i] = keep_scale if xoroshiro128p_uniform_float32(generators, i) >= rate else 0
+    mask_flat[i] = keep_scale if _dropout_hash_bits(first_counter + numba.uint64(i)) >= threshold else 0
+    y_flat[i] = x_flat[i] * mask_flat[i]
 
 
-def dropout_mask(shape, rate, seed, dtype):
-    """Inverted-dropout mask: ``1 / (1 - rate)`` with probability ``1 - rate``, else ``0``.
-
-    The same ``seed`` gives the same mask on this backend; element ``i`` draws from a generator
-    seeded with ``seed * 2^32 + i``, so masks for different seeds do not overlap.
-    """
-    mask = cuda.device_array(shape, dtype=np.dtype(dtype))
-    generators = cuda.device_array(mask.size, dtype=xoroshiro128p_dtype)
-    first_seed = np.uint64((int(seed) << 32) % 2**64)
-    _launch(_dropout, mask.size, generators, first_seed, 1.0 / (1.0 - rate), rate, _flat(mask))
-    return mask
+def dropout(x, rate, seed):
+    """Inverted dropout in one pass: ``(y, mask)``, the masks of ``numpy_ref.dropout`` (the same seed
+    gives the same mask on every backend)."""
+    first_counter, threshold = numpy_ref.dropout_counter(seed), numpy_ref.dropout_threshold(rate)
+    y = cuda.device_array(x.shape, dtype=x.dtype)
+    mask = cuda.device_array(x.shape, dtype=x.dtype)
+    keep_scale = x.dtype.type(1.0 / (1.0 - rate))
+    _launch(_dropout, x.size, _flat(x), first_counter, threshold, keep_scale, _flat(y), _flat(mask))
+    return y, mask
 
 
 @cuda.jit

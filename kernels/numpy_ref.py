@@ -29,7 +29,7 @@ Activations
 Losses
     ``softmax_cross_entropy``
 Regularisation
-    ``dropout_mask``, ``regularize_grad``, ``regularization_penalty``
+    ``dropout``, ``regularize_grad``, ``regularization_penalty``
 Optimizer updates (in place)
     ``sgd_update``, ``adam_update``, ``rmsprop_update``
 Batch normalization
@@ -59,7 +59,10 @@ __all__ = [
     "conv3x3_maxpool",
     "conv3x3_maxpool_kernel_grad",
     "conv3x3_maxpool_values",
-    "dropout_mask",
+    "dropout",
+    "dropout_counter",
+    "dropout_hash_bits",
+    "dropout_threshold",
     "im2col",
     "leaky_relu",
     "leaky_relu_grad",
@@ -510,13 +513,49 @@ def softmax_cross_entropy(logits, targets):
 # --------------------------------------------------------------------------------- regularisation
 
 
-def dropout_mask(shape, rate, seed, dtype):
-    """Inverted-dropout mask: ``1 / (1 - rate)`` with probability ``1 - rate``, else ``0``.
+#: SplitMix64's increment and multipliers (Steele, Lea and Flood, "Fast splittable pseudorandom number
+#: generators", 2014): the hash that decides, element by element, what dropout keeps.
+SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+SPLITMIX_MULTIPLIERS = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
-    The same ``seed`` gives the same mask on the same backend (not across backends).
-    """
-    keep = np.random.default_rng(seed).random(shape) >= rate
-    return (keep / (1.0 - rate)).astype(dtype)
+#: Dropout compares the top this many bits of each element's hash with the rate.
+DROPOUT_BITS = 24
+
+
+def dropout_counter(seed):
+    """Element ``i`` of a dropout with ``seed`` hashes the counter ``seed * 2^32 + i``: masks of
+    different seeds (``0 <= seed < 2^31``) do not overlap for arrays under ``2^32`` elements."""
+    if not 0 <= int(seed) < 2**31:
+        raise ValueError(f"dropout: seed must be in [0, 2^31), got {seed!r}")
+    return np.uint64(int(seed) << 32)
+
+
+def dropout_threshold(rate):
+    """Element ``i`` is dropped where the top :data:`DROPOUT_BITS` bits of its hash are below
+    ``round(rate * 2^24)``: probability ``rate`` to within ``2^-25``."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"dropout: rate must be in [0, 1), got {rate!r}")
+    return np.uint64(round(rate * 2**DROPOUT_BITS))
+
+
+def dropout_hash_bits(counters):
+    """SplitMix64's output for ``counters`` (uint64), its top :data:`DROPOUT_BITS` bits."""
+    z = counters * SPLITMIX_GAMMA
+    z = (z ^ (z >> np.uint64(30))) * SPLITMIX_MULTIPLIERS[0]
+    z = (z ^ (z >> np.uint64(27))) * SPLITMIX_MULTIPLIERS[1]
+    z = z ^ (z >> np.uint64(31))
+    return z >> np.uint64(64 - DROPOUT_BITS)
+
+
+def dropout(x, rate, seed):
+    """Inverted dropout in one pass: ``(y, mask)`` with ``mask = 1 / (1 - rate)`` where element ``i``'s
+    hash keeps it (probability ``1 - rate``), else ``0``, and ``y = x * mask``; both of ``x``'s shape
+    and dtype.  The hash of ``(seed, i)`` decides, so the same seed gives the same mask on every
+    backend."""
+    counters = dropout_counter(seed) + np.arange(x.size, dtype=np.uint64)
+    keep = dropout_hash_bits(counters) >= dropout_threshold(rate)
+    mask = np.where(keep, x.dtype.type(1.0 / (1.0 - rate)), x.dtype.type(0)).reshape(x.shape)
+    return x * mask, mask
 
 
 def regularize_grad(grad, param, l1, l2):

@@ -29,8 +29,8 @@ class Dropout(Layer):
             self.mask = None
             return x
         rng = global_rng() if self.own_rng is None else self.own_rng
-        self.mask = ops.dropout_mask(x.shape, self.rate, int(rng.integers(2**31)), self.dtype)
-        return ops.multiply(x, self.mask)
+        y, self.mask = ops.dropout(x, self.rate, int(rng.integers(2**31)))
+        return y
 
     def backward(self, grad_out):
         """``dL/dx = dL/dy * m`` (the same mask), or ``dL/dy`` at inference."""

@@ -212,3 +212,32 @@ def test_conv3x3_maxpool_kernel_grad_matches_central_differences(case):
         numeric[index] = (loss(kernel + shift) - loss(kernel - shift)) / (2 * step)
     np.testing.assert_allclose(numpy_ref.conv3x3_maxpool_kernel_grad(x, grad_pooled, argmax), numeric,
                                rtol=1e-6, atol=1e-7)
+
+
+# -------------------------------------------------------------------------------------------- dropout
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_keeps_about_one_minus_rate_scaled_and_repeats_for_a_seed(dtype):
+    x = np.random.default_rng(0).standard_normal((200, 50)).astype(dtype)
+    y, mask = numpy_ref.dropout(x, 0.3, 7)
+    assert y.dtype == mask.dtype == dtype
+    assert set(np.unique(mask)) <= {dtype(0), dtype(1 / 0.7)}
+    assert abs((mask > 0).mean() - 0.7) < 0.02
+    np.testing.assert_array_equal(y, x * mask)
+    np.testing.assert_array_equal(mask, numpy_ref.dropout(x, 0.3, 7)[1])
+    assert not np.array_equal(mask, numpy_ref.dropout(x, 0.3, 8)[1])
+
+
+def test_dropout_masks_of_neighbouring_seeds_are_not_shifted_copies():
+    """Element ``i`` hashes ``seed * 2^32 + i``: a seed's mask is no slice of the next seed's."""
+    first, second = (numpy_ref.dropout(np.ones(4096), 0.5, seed)[1] for seed in (11, 12))
+    assert all(not np.array_equal(first[shift:], second[:4096 - shift]) for shift in range(64))
+    assert abs(np.mean(first == second) - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("rate, seed, message", [(1.0, 0, "rate must be in"), (-0.1, 0, "rate must be in"),
+                                                  (0.5, 2**31, "seed must be in"), (0.5, -1, "seed must be in")])
+def test_dropout_names_a_bad_rate_or_seed(rate, seed, message):
+    with pytest.raises(ValueError, match=f"dropout: {message}"):
+        numpy_ref.dropout(np.ones(3), rate, seed)
