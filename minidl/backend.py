@@ -73,7 +73,9 @@ _settings = threading.local()
 
 def apply_process_settings():
     """The process-wide settings that make training fast, applied once per thread by the first
-    ``fit``, ``evaluate``, ``predict`` or ``train_on_batch`` (or by calling this), never on import:
+    ``fit``, ``evaluate``, ``predict`` or ``train_on_batch``, by the first timing of conv methods
+    (:mod:`minidl.engine.conv_choice`, which must time them as they will run), or by calling this;
+    never on import:
 
     * glibc keeps freed blocks in the heap for reuse, however large
       (:func:`minidl.kernels.memory.retain_freed_memory`): every step allocates the same large arrays,

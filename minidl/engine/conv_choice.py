@@ -9,7 +9,9 @@ As cuDNN's benchmark mode does, the first time a shape is planned every candidat
 answer, with every candidate's seconds and the machine's load at the time, is kept in a JSON file
 under a key made of
 the conv's shape and the machine (CPU, cores, backend, Numba threads), so later processes plan without
-timing anything.  Every candidate is timed on the same images (as many as the largest candidate's
+timing anything.  The process settings (:func:`minidl.backend.apply_process_settings`: threads and
+allocator) are applied before any timing, also where a plan is first built by ``summary()`` before
+training.  Every candidate is timed on the same images (as many as the largest candidate's
 scratch allows).  A cached choice is timed again when it did not time every candidate there is now
 (a new method) or did not record its images, or when it was timed on a busy machine (load per core
 above :data:`BUSY_LOAD_PER_CORE`: other processes' work falls on the candidates unevenly) and the
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidl.backend import get_backend, ops
+from minidl.backend import apply_process_settings, get_backend, ops
 from minidl.engine.conv_methods import ConvLinear, candidate_methods
 
 #: Images per timed pass, and timed passes per candidate (the fastest counts).
@@ -214,6 +216,7 @@ def choose_method(conv, pads, input_grad_needed):
     mode = choice_mode()
     if mode == "model":
         return modelled_choice(conv, candidates)
+    apply_process_settings()  # the threads and allocator the conv will run under, and the key names
     path, key = cache_path(), f"{machine_key()} | {shape_key(conv, pads, input_grad_needed)}"
     load_now = load_per_core()
     entry = read_choices(path).get(key)

@@ -77,6 +77,21 @@ def test_the_first_choice_times_every_candidate_and_keeps_the_fastest_on_disk(me
     assert entry["images"] == conv_choice.MEASURE_IMAGES
 
 
+def test_the_process_settings_are_applied_before_the_machine_key_and_the_timing(measuring, monkeypatch):
+    """A plan built before training (``model.summary()`` first, as Keras programs do) timed its convs on
+    Numba's default threads and glibc's default allocator, kept the choice under another machine key,
+    and trained with it."""
+    calls = []
+    monkeypatch.setattr(conv_choice, "apply_process_settings", lambda: calls.append("settings"))
+    for name in ("machine_key", "measured_seconds"):
+        original = getattr(conv_choice, name)
+        monkeypatch.setattr(conv_choice, name,
+                            lambda *args, original=original, name=name: calls.append(name) or original(*args))
+    conv = built_conv((10, 10, 4))
+    conv_choice.choose_method(conv, conv.pads, True)
+    assert calls == ["settings", "machine_key", "measured_seconds"]
+
+
 def test_every_candidate_is_timed_on_the_same_images(measuring, monkeypatch):
     """Where the workspace bound allows each candidate a different number of images, all are timed
     on the fewest (the seconds of 7 images against 13 favoured the method with the most scratch)."""
