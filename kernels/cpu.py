@@ -225,48 +225,51 @@ def _im2col_kernel(x, kh, kw, sh, sw, top, left, out_h, out_w, cols):
 
 
 @jit
-def _copy_to_planes(image, top, left, planes):
-    """``planes[c, top + h, left + w] = image[h, w, c]`` for ``image (H, W, C)`` and zeroed channel
-    planes ``(C, PH, PW)``; pixels beyond ``PH``/``PW`` are left out."""
+def _copy_to_phase_planes(image, top, left, sh, sw, planes):
+    """``planes[c, a, b, r, k] = padded[r*SH + a, k*SW + b, c]`` for ``image (H, W, C)`` padded by
+    ``top``/``left`` and zeroed planes ``(C, SH, SW, PH, PW)``: each plane holds the pixels of one
+    phase ``(a, b)`` of the strides, so that a window tap at stride ``SH x SW`` reads a contiguous run
+    of one plane row.  Pixels past the planes are left out."""
     height, width, channels = image.shape
-    for h in range(min(height, planes.shape[1] - top)):
-        for w in range(min(width, planes.shape[2] - left)):
-            for c in range(channels):
-                planes[c, top + h, left + w] = image[h, w, c]
-
-
-@jit
-def _strided_copy(source, step, dest):
-    """``dest[k] = source[k * step]``; steps 1 and 2 are spelled out so that they vectorise."""
-    if step == 1:
-        for k in range(dest.shape[0]):
-            dest[k] = source[k]
-    elif step == 2:
-        for k in range(dest.shape[0]):
-            dest[k] = source[2 * k]
-    else:
-        for k in range(dest.shape[0]):
-            dest[k] = source[k * step]
+    _, _, _, phase_h, phase_w = planes.shape
+    for c in range(channels):
+        for a in range(sh):
+            for r in range(phase_h):
+                h = r * sh + a - top
+                if 0 <= h < height:
+                    row = image[h]
+                    for b in range(sw):
+                        first = max(0, (left - b + sw - 1) // sw)
+                        stop = min(phase_w, (width + left - b + sw - 1) // sw)
+                        plane_row = planes[c, a, b, r]
+                        for k in range(first, stop):
+                            plane_row[k] = row[k * sw + b - left, c]
 
 
 @jit_parallel
 def _im2col_transposed_kernel(x, kh, kw, sh, sw, top, left, out_h, out_w, cols_t):
     """:func:`_im2col_kernel` writing the transpose, ``cols_t[(i*KW + j)*C + c, (n, oh, ow)]``.
-    Each image is first laid out as zero-padded channel planes, so that every ``(i, j, c)`` fills
-    one contiguous run of ``OH*OW`` values, each image row of it a strided read of one plane row
-    with no padding test.  ``x (N, H, W, C)`` -> ``cols_t (KH*KW*C, N*OH*OW)``."""
+    Each image is first laid out as zero-padded phase planes (:func:`_copy_to_phase_planes`), so
+    that every ``(i, j, c)`` fills one run of ``OH*OW`` values, each image row of it a contiguous
+    copy of a plane row: ``x_padded[oh*SH + i, ow*SW + j] = plane (i % SH, j % SW)[oh + i // SH,
+    ow + j // SW]``.  ``x (N, H, W, C)`` -> ``cols_t (KH*KW*C, N*OH*OW)``."""
     n_images, _, _, channels = x.shape
-    padded = np.zeros((n_images, channels, (out_h - 1) * sh + kh, (out_w - 1) * sw + kw), dtype=x.dtype)
+    phase_h, phase_w = out_h + (kh - 1) // sh, out_w + (kw - 1) // sw
+    padded = np.zeros((n_images, channels, sh, sw, phase_h, phase_w), dtype=x.dtype)
     pixels = out_h * out_w
     for n in numba.prange(n_images):
         planes = padded[n]
-        _copy_to_planes(x[n], top, left, planes)
+        _copy_to_phase_planes(x[n], top, left, sh, sw, planes)
         for i in range(kh):
             for j in range(kw):
                 for c in range(channels):
+                    plane = planes[c, i % sh, j % sw]
                     run = cols_t[(i * kw + j) * channels + c, n * pixels:(n + 1) * pixels]
                     for oh in range(out_h):
-                        _strided_copy(planes[c, oh * sh + i, j:], sw, run[oh * out_w:(oh + 1) * out_w])
+                        plane_row = plane[oh + i // sh, j // sw:]
+                        run_row = run[oh * out_w:(oh + 1) * out_w]
+                        for ow in range(out_w):
+                            run_row[ow] = plane_row[ow]
 
 
 def im2col(x, kernel_size, strides, pads):
@@ -278,7 +281,8 @@ def im2col(x, kernel_size, strides, pads):
     ``cols`` is the transpose of a C-contiguous ``(KH*KW*C, N*OH*OW)`` array (BLAS takes either
     order): each of its rows is written contiguously, which made the first conv's unfold about three
     times faster than writing rows of ``KH*KW*C`` scalars (``benchmarks/profile_step.py`` times it),
-    and read from zero-padded channel planes, which took another 20-35% off it at stride 1.
+    and read from zero-padded planes, one per channel and phase of the strides, which took another
+    25-50% off it (``benchmarks/RESULTS.md``, "A thin unfold from phase planes").
     """
     (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
     out_h, out_w = output_hw(x.shape, kernel_size, strides, pads)
