@@ -12,7 +12,9 @@ the conv's shape and the machine (CPU, cores, backend, Numba threads), so later 
 timing anything.  The process settings (:func:`minidl.backend.apply_process_settings`: threads and
 allocator) are applied before any timing, also where a plan is first built by ``summary()`` before
 training.  Every candidate is timed on the same images (as many as the largest candidate's
-scratch allows).  A cached choice is timed again when it did not time every candidate there is now
+scratch allows).  A new choice is timed again at the next plan, and each candidate keeps the faster
+of its two timings (:data:`CONFIRMING_TIMINGS`).  A cached choice is timed afresh when it did not
+time every candidate there is now
 (a new method) or did not record its images, or when it was timed on a busy machine (load per core
 above :data:`BUSY_LOAD_PER_CORE`: other processes' work falls on the candidates unevenly) and the
 machine is quieter now.
@@ -52,6 +54,11 @@ WINOGRAD_MIN_CHANNELS = 32
 #: A choice timed while the 1-minute load average per core was above this is timed again at a later
 #: plan under less load.
 BUSY_LOAD_PER_CORE = 1.0
+
+#: A choice is timed at this many moments (later plans, usually in later processes) before it is final;
+#: each candidate keeps the fastest of all its timings, so that one burst of load from the rest of the
+#: machine (which can slow one candidate's passes 2x on a shared VM) does not decide a choice alone.
+CONFIRMING_TIMINGS = 2
 
 #: Candidates timed within this fraction of the fastest count as tied (alternating passes of one
 #: process still differ by 5-10% from run to run); of tied candidates the one with the least scratch
@@ -220,12 +227,24 @@ def choose_method(conv, pads, input_grad_needed):
     path, key = cache_path(), f"{machine_key()} | {shape_key(conv, pads, input_grad_needed)}"
     load_now = load_per_core()
     entry = read_choices(path).get(key)
-    if mode == "measure" and answers_for(entry, candidates, load_now):
+    still_answers = mode == "measure" and answers_for(entry, candidates, load_now)
+    if still_answers and timings_of(entry) >= CONFIRMING_TIMINGS:
         return entry["method"]
     images = images_to_time(conv, candidates, pads)
     seconds = measured_seconds(conv, candidates, pads, input_grad_needed, images)
+    timings = 1
+    if still_answers and entry["images"] == images:
+        seconds = {name: min(taken, entry["seconds"][name]) for name, taken in seconds.items()}
+        timings = timings_of(entry) + 1
     chosen = leanest_of_the_fastest(conv, candidates, pads, seconds)
     choices = read_choices(path)
-    choices[key] = {"method": chosen, "seconds": seconds, "images": images, "load_per_core": round(load_now, 2)}
+    choices[key] = {"method": chosen, "seconds": seconds, "images": images, "load_per_core": round(load_now, 2),
+                    "timings": timings}
     write_choices(path, choices)
     return chosen
+
+
+def timings_of(entry):
+    """How many timings a cached ``entry`` merged (entries from before the count are one)."""
+    timings = entry.get("timings")
+    return timings if isinstance(timings, int) and timings >= 1 else 1

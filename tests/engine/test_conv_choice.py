@@ -130,9 +130,12 @@ def test_of_candidates_timed_within_the_tie_the_one_with_least_scratch_wins(meas
     assert conv_choice.choose_method(conv, conv.pads, True) == expected
 
 
-def test_a_cached_choice_is_used_without_timing_again(measuring, monkeypatch):
+def test_a_confirmed_choice_is_used_without_timing_again(measuring, monkeypatch):
     conv = built_conv((10, 10, 4))
-    chosen = conv_choice.choose_method(conv, conv.pads, True)
+    conv_choice.choose_method(conv, conv.pads, True)
+    chosen = conv_choice.choose_method(conv, conv.pads, True)  # the confirming timing
+    (entry,) = json.loads(measuring.read_text()).values()
+    assert entry["timings"] == conv_choice.CONFIRMING_TIMINGS == 2
 
     def no_timing(*args):
         raise AssertionError("timed again")
@@ -143,6 +146,19 @@ def test_a_cached_choice_is_used_without_timing_again(measuring, monkeypatch):
         conv_choice.choose_method(conv, ((1, 1), (1, 1)), True)
 
 
+@pytest.mark.parametrize("timings", [1, None])  # None: an entry from before the count, one timing
+def test_a_new_choice_is_timed_again_and_each_candidate_keeps_its_faster_timing(measuring, monkeypatch, timings):
+    """A burst of load that slowed im2col's passes in the first timing (2.0 against 1.0 later) no
+    longer decides the choice: the second timing's im2col and the first's winograd are merged."""
+    conv, key = cached_entry(measuring, seconds={"im2col": 2.0, "winograd": 1.2, "winograd_4x4": 3.0}, timings=timings)
+    monkeypatch.setattr(conv_choice, "measured_seconds",
+                        lambda *args: {"im2col": 1.0, "winograd": 1.5, "winograd_4x4": 2.5})
+    assert conv_choice.choose_method(conv, conv.pads, True) == "im2col"
+    entry = json.loads(measuring.read_text())[key]
+    assert entry["seconds"] == {"im2col": 1.0, "winograd": 1.2, "winograd_4x4": 2.5}
+    assert entry["timings"] == 2
+
+
 @pytest.mark.parametrize("cached, planned", [("winograd", "winograd"), ("im2col", None)])
 def test_the_plan_follows_the_cached_choice(measuring, cached, planned):
     model = minidl.Sequential([layers.Input((10, 10, 4)), layers.Conv2D(3, 3), layers.Flatten(), layers.Dense(2)])
@@ -150,7 +166,8 @@ def test_the_plan_follows_the_cached_choice(measuring, cached, planned):
     conv = model.layers[0]
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, False)}"
     seconds = {"im2col": 1.0, "winograd": 1.0, "winograd_4x4": 1.0}
-    measuring.write_text(json.dumps({key: {"method": cached, "seconds": seconds, "images": 16, "load_per_core": 0.0}}))
+    measuring.write_text(json.dumps({key: {"method": cached, "seconds": seconds, "images": 16, "load_per_core": 0.0,
+                                           "timings": 2}}))
     step = model.plan.step_of(conv)
     method = getattr(getattr(step, "linear", None), "method", None)  # a plain step computes im2col itself
     assert (method.name if method else None) == planned
@@ -161,7 +178,7 @@ def cached_entry(measuring, **fields):
     conv = built_conv((10, 10, 4))
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, True)}"
     entry = {"method": "winograd", "seconds": {"im2col": 2.0, "winograd": 1.0, "winograd_4x4": 3.0}, "images": 16,
-             "load_per_core": 0.5, **fields}
+             "load_per_core": 0.5, "timings": 2, **fields}
     measuring.write_text(json.dumps({key: entry}))
     return conv, key
 
