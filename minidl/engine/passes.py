@@ -34,8 +34,9 @@ from minidl.layers.pooling import MaxPooling2D
 DEFAULT_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_WORKSPACE_MB", "256")) * 2**20)
 
 #: Scratch allowed per conv outside training (or ``max_workspace_bytes``, where smaller), where a chunk
-#: of images costs no recomputation: nothing is kept for backward.
-INFERENCE_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_INFERENCE_WORKSPACE_MB", "128")) * 2**20)
+#: of images costs no recomputation: nothing is kept for backward.  About the size of the L2 caches,
+#: so that a chunk's unfolded input or tiles are still in cache when its GEMMs read them ([D9]).
+INFERENCE_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_INFERENCE_WORKSPACE_MB", "2")) * 2**20)
 
 
 def record_pass(step, name):
@@ -198,8 +199,9 @@ def workspace_chunking(draft):
 def inference_chunking(draft):
     """[D9] Outside training (``predict``, ``evaluate``) a conv computes
     ``min(INFERENCE_WORKSPACE_BYTES, max_workspace_bytes)`` bytes' worth of images at a time and keeps
-    no unfolded input: without a backward to feed, a chunk costs no recomputation, and a predict's
-    scratch stays a few chunks' worth instead of the batch's."""
+    no unfolded input: without a backward to feed, a chunk costs no recomputation, a predict's
+    scratch stays a few chunks' worth instead of the batch's, and a chunk small enough to stay in
+    cache is read by its GEMMs from there."""
     bound = min(INFERENCE_WORKSPACE_BYTES, draft.max_workspace_bytes)
     for step in convs_with_linear(draft, "inference_chunking"):
         step.linear.inference_images_per_chunk = max(1, bound // step.linear.bytes_per_image())
