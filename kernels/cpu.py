@@ -45,8 +45,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import numpy_ref  # noqa: E402
-from .numpy_ref import (ACTIVATIONS, DROPOUT_BITS, SPLITMIX_GAMMA, SPLITMIX_MULTIPLIERS, accumulate,  # noqa: E402
-                        to_device, to_host, zeros, zeros_like)
+from .numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
                             winograd_tile_grid, winograd_tiles_hw)
 from .winograd import check_tile, tile_of_positions, winograd_matrices  # noqa: E402
@@ -1243,14 +1242,8 @@ def softmax_cross_entropy(logits, targets):
 # --------------------------------------------------------------------------------- regularisation
 
 
-@jit
-def _dropout_hash_bits(counter):
-    """``numpy_ref.dropout_hash_bits`` of one uint64 counter."""
-    z = counter * SPLITMIX_GAMMA
-    z = (z ^ (z >> np.uint64(30))) * SPLITMIX_MULTIPLIERS[0]
-    z = (z ^ (z >> np.uint64(27))) * SPLITMIX_MULTIPLIERS[1]
-    z = z ^ (z >> np.uint64(31))
-    return z >> np.uint64(64 - DROPOUT_BITS)
+#: ``numpy_ref.dropout_hash_bits`` compiled for one uint64 counter at a time.
+_dropout_hash_bits = jit(numpy_ref.dropout_hash_bits)
 
 
 @jit

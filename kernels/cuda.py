@@ -39,7 +39,7 @@ import numba
 import numpy as np
 from numba import cuda
 from . import numpy_ref
-from .numpy_ref import ACTIVATIONS, DROPOUT_BITS, SPLITMIX_GAMMA, SPLITMIX_MULTIPLIERS, check_activation
+from .numpy_ref import ACTIVATIONS, check_activation
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
 from .shapes import as_three_axes, concatenated_shape, split_shapes
@@ -1277,14 +1277,8 @@ def softmax_cross_entropy(logits, targets):
 # -------------------------------------------------------------------------------------- regularisation
 
 
-@cuda.jit(device=True)
-def _dropout_hash_bits(counter):
-    """``numpy_ref.dropout_hash_bits`` of one uint64 counter."""
-    z = counter * SPLITMIX_GAMMA
-    z = (z ^ (z >> numba.uint64(30))) * SPLITMIX_MULTIPLIERS[0]
-    z = (z ^ (z >> numba.uint64(27))) * SPLITMIX_MULTIPLIERS[1]
-    z = z ^ (z >> numba.uint64(31))
-    return z >> numba.uint64(64 - DROPOUT_BITS)
+#: ``numpy_ref.dropout_hash_bits`` compiled for one uint64 counter at a time, on the device.
+_dropout_hash_bits = cuda.jit(device=True)(numpy_ref.dropout_hash_bits)
 
 
 @cuda.jit

@@ -539,7 +539,8 @@ def dropout_threshold(rate):
 
 
 def dropout_hash_bits(counters):
-    """SplitMix64's output for ``counters`` (uint64), its top :data:`DROPOUT_BITS` bits."""
+    """SplitMix64's output for ``counters`` (uint64, an array or one number), its top
+    :data:`DROPOUT_BITS` bits; the CPU and CUDA backends compile this function for one counter."""
     z = counters * SPLITMIX_GAMMA
     z = (z ^ (z >> np.uint64(30))) * SPLITMIX_MULTIPLIERS[0]
     z = (z ^ (z >> np.uint64(27))) * SPLITMIX_MULTIPLIERS[1]
