@@ -281,7 +281,8 @@ def im2col(x, kernel_size, strides, pads):
     order): each of its rows is written contiguously, which made the first conv's unfold about three
     times faster than writing rows of ``KH*KW*C`` scalars (``benchmarks/profile_step.py`` times it),
     and read from zero-padded planes, one per channel and phase of the strides, which took another
-    25-50% off it (``benchmarks/RESULTS.md``, "A thin unfold from phase planes").
+    20-35% off it inside a training step (``benchmarks/RESULTS.md``, section
+    "Planner gradients, dropout in one pass, a phase-plane unfold and the conv choice under the process settings").
     """
     (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
     out_h, out_w = output_hw(x.shape, kernel_size, strides, pads)
@@ -1260,7 +1261,8 @@ def _dropout_kernel(x, first_counter, threshold, keep_scale, y, mask):
 def dropout(x, rate, seed):
     """Inverted dropout in one pass: ``(y, mask)``, the masks of ``numpy_ref.dropout`` (the same seed
     gives the same mask on every backend).  The hash runs inside the loop, so no uniform numbers are
-    stored and read back (``benchmarks/RESULTS.md``, "Dropout in one pass")."""
+    stored and read back (``benchmarks/RESULTS.md``, section
+    "Planner gradients, dropout in one pass, a phase-plane unfold and the conv choice under the process settings")."""
     first_counter, threshold = numpy_ref.dropout_counter(seed), numpy_ref.dropout_threshold(rate)
     x = np.ascontiguousarray(x)
     y, mask = np.empty_like(x), np.empty_like(x)

@@ -5,9 +5,15 @@
 ``fan_out = KH*KW*C_out``.  Every initializer is called as ``init(shape, dtype, rng)``.
 """
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
+
+from minidl.backend import ops
+
+_placeholders = contextvars.ContextVar("weight_placeholders", default=False)
 
 
 def compute_fans(shape):
@@ -125,3 +131,24 @@ def get(identifier):
 
 def serialize(initializer):
     return {"class_name": initializer.name, "config": initializer.get_config()}
+
+
+@contextlib.contextmanager
+def placeholders():
+    """Weights made inside this block by :func:`initial_weight` are read-only zero placeholders, which
+    take no memory whatever their shape (``np.broadcast_to`` of one zero) and draw nothing from the
+    random generator.  Loading a file builds its architecture so, checks every parameter's shape
+    against the file's arrays, then sets the real weights."""
+    token = _placeholders.set(True)
+    try:
+        yield
+    finally:
+        _placeholders.reset(token)
+
+
+def initial_weight(initializer, shape, dtype, rng):
+    """``initializer(shape, dtype, rng)`` on the active backend, or a placeholder inside
+    :func:`placeholders`."""
+    if _placeholders.get():
+        return np.broadcast_to(np.zeros((), dtype), shape)
+    return ops.to_device(initializer(shape, dtype, rng))

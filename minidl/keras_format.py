@@ -44,7 +44,6 @@ import numpy as np
 
 from minidl import initializers, layers, losses, metrics, optimizers, validation
 from minidl.layers.activations import ACTIVATION_NAMES
-from minidl.layers.base import parameters_as_placeholders
 from minidl.model import Model, Sequential
 from minidl.saving import MAX_JSON_BYTES, ModelFileError, parameter_shapes, require_built
 from minidl.utils import atomic_write
@@ -462,7 +461,7 @@ def model_from_config(model_config):
     if not isinstance(model_config.get("config"), dict):
         refuse("the model has no config")
     name = model_config["config"].get("name")
-    with parameters_as_placeholders():
+    with initializers.placeholders():
         model, ordered = MODEL_READERS[model_config["class_name"]](
             model_config, name if isinstance(name, str) else "model")
     if not model.layers or not model.built:

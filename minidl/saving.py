@@ -49,8 +49,7 @@ import zipfile
 
 import numpy as np
 
-from minidl import losses, metrics, optimizers, validation
-from minidl.layers.base import parameters_as_placeholders
+from minidl import initializers, losses, metrics, optimizers, validation
 from minidl.model import model_from_config
 from minidl.utils import atomic_write, get_rng_state
 
@@ -357,7 +356,7 @@ def architecture_from(archive, description):
     """The saved architecture built with placeholder parameters (no memory used), then given the
     file's weights once every shape is checked."""
     config = validation.architecture(description["architecture"], f"{archive.path}: the architecture")
-    with parameters_as_placeholders():
+    with initializers.placeholders():
         model = model_from_config(config)
     if not model.built:
         raise ModelFileError(archive.path, "the architecture has no input shape")

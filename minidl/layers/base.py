@@ -18,32 +18,17 @@ A layer computes in float32 (the default) or float64; no other dtype is accepted
 """
 
 import collections
-import contextlib
-import contextvars
 
 import numpy as np
 
 from minidl.kernels.shapes import window_geometry
+from minidl import initializers
 from minidl.backend import ops
 from minidl.utils import global_rng
 
 _names_used = collections.Counter()
-_params_as_placeholders = contextvars.ContextVar("params_as_placeholders", default=False)
 
 FLOAT_DTYPES = ("float32", "float64")
-
-
-@contextlib.contextmanager
-def parameters_as_placeholders():
-    """Layers built inside this block get read-only zero placeholders for their parameters, which
-    take no memory whatever their shape (``np.broadcast_to`` of one zero) and draw nothing from the
-    random generator.  Loading a file builds its architecture so, checks every parameter's shape
-    against the file's arrays, then sets the real weights."""
-    token = _params_as_placeholders.set(True)
-    try:
-        yield
-    finally:
-        _params_as_placeholders.reset(token)
 
 
 def float_dtype(dtype, layer_name):
@@ -127,10 +112,8 @@ class Layer:
         return input_shape
 
     def new_weight(self, shape, initializer, rng=None):
-        """An array of ``shape`` from ``initializer`` on the backend (a placeholder while loading)."""
-        if _params_as_placeholders.get():
-            return np.broadcast_to(np.zeros((), self.dtype), shape)
-        return ops.to_device(initializer(shape, self.dtype, rng if rng is not None else global_rng()))
+        """An array of ``shape`` from ``initializer`` on the backend (:func:`minidl.initializers.initial_weight`)."""
+        return initializers.initial_weight(initializer, shape, self.dtype, rng if rng is not None else global_rng())
 
     def add_param(self, key, shape, initializer, regularizer=None, rng=None):
         """A trainable weight: updated by the optimizer from ``grads[key]``."""
