@@ -1,4 +1,4 @@
-"""Numba and BLAS threads, 1 against 2, on the suite's networks: all settings alternate in one process.
+"""Thread policies on the suite's networks: one pool against two, all settings alternating in one process.
 
     python benchmarks/threads_ab.py [--networks seed_cnn mlp ...] [--batch-sizes 32 128]
                                     [--rounds 8] [--steps 3]
@@ -7,15 +7,19 @@ For each network of ``benchmarks/suite.py`` and batch size, one model trains on 
 the settings take turns every ``--steps`` training steps for ``--rounds`` rounds, so every setting sees
 the same caches and the same load from the rest of the machine:
 
-* Numba threads: ``minidl.kernels.cpu.set_num_threads`` (the parallel kernels: im2col, pooling, ...);
-* BLAS threads: OpenBLAS's own ``set_num_threads``, found in the library NumPy loaded (the GEMMs).
+* one pool, 2 threads: minidl's policy ([P3] in ``benchmarks/RESULTS.md``): BLAS on one thread, each
+  GEMM split across Numba's two threads, which run every other kernel too;
+* one pool, 1 thread: the same on a single thread;
+* two pools, Numba 1 + BLAS 2: the previous policy ([P2]): NumPy's ``@`` on BLAS's own two threads,
+  the Numba kernels on one;
+* two pools, Numba 2 + BLAS 2.
 
-minidl's policy (``minidl.kernels.cpu.apply_thread_policy``, [P2] in ``benchmarks/RESULTS.md``) is
-Numba 1, BLAS 2.  Each setting's fastest and median step are printed, in milliseconds.
+The policy applied first leaves ``OMP_WAIT_POLICY`` unset, so the two-pool settings here run with
+libgomp's default wait (spin a while, then sleep) rather than [P2]'s ``PASSIVE``.  Each setting's
+fastest and median step are printed, in milliseconds.
 """
 
 import argparse
-import ctypes
 import itertools
 import time
 
@@ -23,34 +27,22 @@ import numpy as np
 
 import minidl
 import suite  # benchmarks/suite.py, beside this script
-from minidl.kernels import cpu
+from minidl.kernels import blas, cpu
 
-#: OpenBLAS's thread setter under the names its builds export (NumPy's wheels prefix it).
-OPENBLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
-
-
-def openblas_thread_setter():
-    """``set(n)`` for the OpenBLAS that NumPy loaded; raises ``RuntimeError`` where NumPy's BLAS is not one."""
-    np.ones((2, 2)) @ np.ones((2, 2))
-    with open("/proc/self/maps") as maps:
-        paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
-    for path in sorted(paths):
-        library = ctypes.CDLL(path)
-        for name in OPENBLAS_SETTERS:
-            if hasattr(library, name):
-                setter = getattr(library, name)
-                setter.argtypes = [ctypes.c_int]
-                return setter
-    raise RuntimeError(f"no OpenBLAS with a thread setter among the loaded libraries {sorted(paths)}")
+#: name -> (Numba threads, BLAS threads, GEMMs split across Numba's threads)
+SETTINGS = {
+    "one pool, 2 threads": (2, 1, True),
+    "one pool, 1 thread": (1, 1, True),
+    "two pools, Numba 1 + BLAS 2": (1, 2, False),
+    "two pools, Numba 2 + BLAS 2": (2, 2, False),
+}
 
 
-def compiled(network):
-    builder, optimizer_spec, input_shape = suite.NETWORKS[network][:3]
-    model = builder(minidl)
-    spec = dict(optimizer_spec)
-    model.compile(optimizer=getattr(minidl.optimizers, spec.pop("name"))(**spec),
-                  loss="sparse_categorical_crossentropy")
-    return model, input_shape
+def apply(setting, library):
+    numba_threads, blas_threads, split_gemms = SETTINGS[setting]
+    cpu.set_num_threads(numba_threads)
+    library.set_num_threads(blas_threads)
+    cpu.GEMM_LIBRARY = library if split_gemms else None
 
 
 def main():
@@ -61,8 +53,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setting per round")
     args = parser.parse_args()
-    set_blas_threads = openblas_thread_setter()
-    settings = list(itertools.product((1, 2), (1, 2)))  # (numba threads, BLAS threads)
+    library = blas.find()
+    if library is None:
+        raise SystemExit("threads_ab.py needs NumPy's BLAS to be an OpenBLAS that minidl.kernels.blas can call")
     rng = np.random.default_rng(0)
     for network, batch_size in itertools.product(args.networks, args.batch_sizes):
         if suite.missing_feature(network):
@@ -72,21 +65,17 @@ def main():
         x = rng.random((batch_size, *input_shape), dtype=np.float32)
         y = rng.integers(0, suite.CLASSES, batch_size)
         model.train_on_batch(x, y)  # applies the process settings, compiles, plans
-        seconds = {setting: [] for setting in settings}
+        seconds = {setting: [] for setting in SETTINGS}
         for _ in range(args.rounds):
-            for numba_threads, blas_threads in settings:
-                cpu.set_num_threads(numba_threads)
-                set_blas_threads(blas_threads)
+            for setting in SETTINGS:
+                apply(setting, library)
                 model.train_on_batch(x, y)  # untimed: the pools wake up
                 for _ in range(args.steps):
                     start = time.perf_counter()
                     model.train_on_batch(x, y)
-                    seconds[numba_threads, blas_threads].append(time.perf_counter() - start)
-        cells = [f"numba {n} BLAS {b}: min {min(t) * 1e3:.1f} median {np.median(t) * 1e3:.1f}"
-                 for (n, b), t in seconds.items()]
+                    seconds[setting].append(time.perf_counter() - start)
+        cells = [f"{setting}: min {min(t) * 1e3:.1f} median {np.median(t) * 1e3:.1f}" for setting, t in seconds.items()]
         print(f"{network} batch {batch_size}: " + "; ".join(cells), flush=True)
-    cpu.set_num_threads(1)
-    set_blas_threads(2)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,18 @@ there and ``minidl.kernels.contract``); the optimizer updates and
 :func:`regularize_grad` work in place and need C-contiguous targets.
 
 Loops whose size is an activation tensor (im2col, col2im, pooling, activations, ...) are compiled
-``parallel=True`` over images or rows, except the Winograd transforms (see their section); loops over
-parameters or a batch of logits are serial.
+``parallel=True`` over images, rows or elements, as are the optimizer updates; loops over a batch of
+logits are serial.
 Division follows IEEE rules as in NumPy (``x / 0`` is ``inf``), which also lets loops vectorise.
 
 GEMMs
 -----
-:func:`matmul`, :func:`matmul_tn` and :func:`matmul_nt` call NumPy's BLAS, which handles the
-transposes without copies.  A direct Numba loop for the thin products of a grayscale first conv
-(``K = 9``) lost to BLAS on every shape tried (``benchmarks/RESULTS.md``), once fresh outputs stopped
-paying page faults (see Memory).
+:func:`matmul`, :func:`matmul_tn` and :func:`matmul_nt` split each product across Numba's threads,
+each part a call of the BLAS library's own single-threaded GEMM (``kernels.blas``, found by
+:func:`apply_thread_policy`); transposed operands are passed as BLAS flags, never copied.  Before the
+policy runs, or where no such library is found, NumPy's ``@`` runs them.  A direct Numba loop for the
+thin products of a grayscale first conv (``K = 9``) lost to BLAS on every shape tried
+(``benchmarks/RESULTS.md``), once fresh outputs stopped paying page faults (see Memory).
 
 Memory
 ------
@@ -29,12 +31,14 @@ shows the difference).  The process then keeps its peak heap instead of returnin
 
 Threads
 -------
-Policy (:func:`apply_thread_policy`): BLAS owns the cores; the Numba kernels run on one thread
-(``MINIDL_NUM_THREADS=n`` or :func:`set_num_threads` gives them ``n``, for the calling thread: Numba's
-rule), and ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` so idle Numba threads sleep instead of spinning
-against BLAS's.  The GEMMs are over half a step and use both cores; the Numba loops are memory-bound
-and gain little from a second core that BLAS's threads are about to claim.  The measurements behind it
-(``benchmarks/kernel_step.py --skip-compile`` under each setting) are in ``benchmarks/RESULTS.md`` [P2].
+Policy (:func:`apply_thread_policy`): one pool of threads runs the whole step.  NumPy's BLAS is set to
+one thread, and the GEMMs are split across Numba's threads (above), which run every other kernel too:
+``MINIDL_NUM_THREADS`` of them (default: every thread Numba has, one per core), or
+:func:`set_num_threads` (for the calling thread: Numba's rule).  With two pools, BLAS's idle threads
+spin on the cores between GEMMs and the Numba kernels could not use them ([P2]); with one, the
+Winograd transforms, unfolds and elementwise kernels run on every core as well ([P3];
+``benchmarks/RESULTS.md`` holds both).  Where no BLAS library is found, the [P2] policy holds: BLAS on
+its own threads, the Numba kernels on one, ``OMP_WAIT_POLICY=PASSIVE`` unless set.
 """
 
 import functools
@@ -44,7 +48,7 @@ import time
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import numpy_ref  # noqa: E402
+from . import blas, numpy_ref  # noqa: E402
 from .numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
                             winograd_tile_grid, winograd_tiles_hw)
@@ -75,9 +79,6 @@ SUM_CHUNK_ROWS = 1024
 
 # Inputs with fewer channels than this get the transposed im2col layout (see im2col).
 FEW_CHANNELS = 4
-
-# Threads of the parallel Numba kernels when MINIDL_NUM_THREADS is not set (see "Threads" above).
-DEFAULT_NUM_THREADS = 1
 
 # error_model="numpy": division by zero gives inf/nan as in NumPy instead of raising, which also
 # lets LLVM vectorise loops that divide.
@@ -154,25 +155,126 @@ def _check_matmul(function, a, b, a_axis, b_axis):
         raise ValueError(f"{function}: cannot multiply shapes {a.shape} and {b.shape}")
 
 
+# Under the one-pool policy (see "Threads") a GEMM is split across Numba's threads, each calling the
+# BLAS library's single-threaded ``?gemm`` (``kernels.blas``) on one part: a slice of a stack, a block
+# of output rows or columns or, where the output is too small to split, a share of the inner
+# dimension whose partial products are then added.  Below the sizes here, splitting costs more than it saves.
+
+#: the BLAS library whose GEMMs run on Numba's threads, set by :func:`apply_thread_policy`; while it
+#: is ``None``, NumPy's ``@`` runs them on the library's own threads
+GEMM_LIBRARY = None
+#: fewest output rows (or columns) of a block, fewest inner-dimension terms of a share, fewest
+#: multiply-adds of a product worth splitting
+MIN_PART_ROWS, MIN_PART_DEPTH, MIN_SPLIT_WORK = 16, 256, 2**16
+
+
+@jit_parallel
+def _gemm_by_blocks(gemm, a, b, trans_a, trans_b, row_blocks, col_blocks, c):
+    """``c[s, rows, cols] = op(a[s])[rows] @ op(b[s])[:, cols]`` for each slice ``s`` and each of
+    ``row_blocks x col_blocks`` blocks of the output: one BLAS call per (slice, block), the calls
+    spread across the threads.  ``op`` transposes where ``trans_a`` / ``trans_b`` say: ``a (S, M, K)``
+    or ``(S, K, M)``, ``b (S, K, N)`` or ``(S, N, K)``, ``c (S, M, N)``, all C-contiguous."""
+    slices, rows, cols = c.shape
+    depth = a.shape[1] if trans_a else a.shape[2]
+    lda, ldb, size = a.shape[2], b.shape[2], c.itemsize
+    op_a, op_b = blas.TRANS if trans_a else blas.NO_TRANS, blas.TRANS if trans_b else blas.NO_TRANS
+    blocks = row_blocks * col_blocks
+    for part in numba.prange(slices * blocks):
+        s, row_block, col_block = part // blocks, part % blocks // col_blocks, part % col_blocks
+        first_row, last_row = row_block * rows // row_blocks, (row_block + 1) * rows // row_blocks
+        first_col, last_col = col_block * cols // col_blocks, (col_block + 1) * cols // col_blocks
+        a_start = s * a.shape[1] * lda + (first_row if trans_a else first_row * lda)
+        b_start = s * b.shape[1] * ldb + (first_col * ldb if trans_b else first_col)
+        gemm(blas.ROW_MAJOR, op_a, op_b, last_row - first_row, last_col - first_col, depth, 1.0,
+             a.ctypes.data + a_start * size, lda, b.ctypes.data + b_start * size, ldb,
+             0.0, c.ctypes.data + ((s * rows + first_row) * cols + first_col) * size, cols)
+
+
+@jit_parallel
+def _gemm_by_depth(gemm, a, b, trans_a, trans_b, partials):
+    """``partials[p, s] = op(a[s])[:, ks] @ op(b[s])[ks, :]`` for each of ``P`` consecutive shares
+    ``ks`` of the inner dimension, one BLAS call per (share, slice), so that ``partials.sum(0)`` is
+    the product; shapes as in :func:`_gemm_by_blocks`, ``partials (P, S, M, N)``."""
+    shares, slices, rows, cols = partials.shape
+    depth = a.shape[1] if trans_a else a.shape[2]
+    lda, ldb, size = a.shape[2], b.shape[2], partials.itemsize
+    op_a, op_b = blas.TRANS if trans_a else blas.NO_TRANS, blas.TRANS if trans_b else blas.NO_TRANS
+    for part in numba.prange(shares * slices):
+        share, s = part // slices, part % slices
+        first, last = share * depth // shares, (share + 1) * depth // shares
+        a_start = s * a.shape[1] * lda + (first * lda if trans_a else first)
+        b_start = s * b.shape[1] * ldb + (first if trans_b else first * ldb)
+        gemm(blas.ROW_MAJOR, op_a, op_b, rows, cols, last - first, 1.0,
+             a.ctypes.data + a_start * size, lda, b.ctypes.data + b_start * size, ldb,
+             0.0, partials.ctypes.data + (share * slices + s) * rows * cols * size, cols)
+
+
+def _gemm_parts(slices, rows, depth, cols, threads):
+    """``(row blocks, column blocks, inner-dimension shares)`` of a product of ``slices`` matrices
+    ``(rows, depth) @ (depth, cols)`` on ``threads`` threads: whole slices where there are at least
+    as many as threads; shares of the inner dimension for a single slice whose output has fewer
+    entries than that dimension has terms (a kernel gradient) or is too small to cut; else blocks of
+    the longer output side (each thread then packs all of the operand along the other); none
+    smaller than the ``MIN_PART_*`` sizes, and ``(1, 1, 1)`` for a product too small to split."""
+    if threads == 1 or slices >= threads or slices * rows * depth * cols < MIN_SPLIT_WORK:
+        return 1, 1, 1
+    blocks = -(-threads // slices)
+    can_cut_output = max(rows, cols) >= blocks * MIN_PART_ROWS
+    if slices == 1 and depth >= threads * MIN_PART_DEPTH and (rows * cols < depth or not can_cut_output):
+        return 1, 1, threads
+    if can_cut_output:
+        return (blocks, 1, 1) if rows >= cols else (1, blocks, 1)
+    return 1, 1, 1
+
+
+def _gemm_operand(x, trans):
+    """``(x3, trans3)``: ``x`` as a C-contiguous stack ``(S, ., .)`` and whether to transpose it, such
+    that ``op(x3)`` is ``op(x)``; an ``x`` whose swapped last two axes are contiguous (the transposed
+    ``cols`` of :func:`im2col`) is read as that, transposed the other way, without a copy."""
+    x3 = x if x.ndim == 3 else x[None]
+    swapped = np.swapaxes(x3, -1, -2)
+    if not x3.flags.c_contiguous and swapped.flags.c_contiguous:
+        return swapped, not trans
+    return np.ascontiguousarray(x3), trans
+
+
+def _gemm(function, a, b, trans_a, trans_b):
+    """``op(a) @ op(b)`` (``op`` transposes the last two axes where ``trans_*`` say), 2-D or stacked,
+    by the split GEMMs above when :data:`GEMM_LIBRARY` is set and has a GEMM of this dtype, else by
+    NumPy's ``@`` (which handles the transposes without copies)."""
+    _check_matmul(function, a, b, 0 if trans_a else 1, 1 if trans_b else 0)
+    gemm = GEMM_LIBRARY.gemms.get(a.dtype) if GEMM_LIBRARY is not None and a.dtype == b.dtype else None
+    if gemm is None or 0 in a.shape or 0 in b.shape:
+        return (np.swapaxes(a, -1, -2) if trans_a else a) @ (np.swapaxes(b, -1, -2) if trans_b else b)
+    (a3, trans_a), (b3, trans_b) = _gemm_operand(a, trans_a), _gemm_operand(b, trans_b)
+    slices, rows, depth = a3.shape[0], a3.shape[2 if trans_a else 1], a3.shape[1 if trans_a else 2]
+    cols = b3.shape[1 if trans_b else 2]
+    row_blocks, col_blocks, shares = _gemm_parts(slices, rows, depth, cols, numba.get_num_threads())
+    if shares > 1:
+        partials = np.empty((shares, slices, rows, cols), dtype=a.dtype)
+        _gemm_by_depth(gemm, a3, b3, trans_a, trans_b, partials)
+        c = partials.sum(axis=0)
+    else:
+        c = np.empty((slices, rows, cols), dtype=a.dtype)
+        _gemm_by_blocks(gemm, a3, b3, trans_a, trans_b, row_blocks, col_blocks, c)
+    return c if a.ndim == 3 else c[0]
+
+
 def matmul(a, b):
-    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``, or ``(S, M, K) @ (S, K, N) -> (S, M, N)``, by NumPy's
-    BLAS."""
-    _check_matmul("matmul", a, b, 1, 0)
-    return a @ b
+    """``a @ b``: ``(M, K) @ (K, N) -> (M, N)``, or ``(S, M, K) @ (S, K, N) -> (S, M, N)``."""
+    return _gemm("matmul", a, b, False, False)
 
 
 def matmul_tn(a, b):
-    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``, or per slice ``(S, K, M)`` with ``(S, K, N)``, by
-    NumPy's BLAS (no transposed copy is made)."""
-    _check_matmul("matmul_tn", a, b, 0, 0)
-    return np.swapaxes(a, -1, -2) @ b
+    """``a.T @ b``: ``(K, M)^T @ (K, N) -> (M, N)``, or per slice ``(S, K, M)`` with ``(S, K, N)``
+    (no transposed copy is made)."""
+    return _gemm("matmul_tn", a, b, True, False)
 
 
 def matmul_nt(a, b):
-    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``, or per slice ``(S, M, K)`` with ``(S, N, K)``, by
-    NumPy's BLAS (no transposed copy is made)."""
-    _check_matmul("matmul_nt", a, b, 1, 1)
-    return a @ np.swapaxes(b, -1, -2)
+    """``a @ b.T``: ``(M, K) @ (N, K)^T -> (M, N)``, or per slice ``(S, M, K)`` with ``(S, N, K)``
+    (no transposed copy is made)."""
+    return _gemm("matmul_nt", a, b, False, True)
 
 
 @jit_parallel
@@ -349,9 +451,8 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 # of axes between the passes) ran slower in scratch timings.  So each tile size has its own kernels,
 # with the matrices of ``minidl.kernels.winograd`` written out; their coefficients are made in the
 # array's dtype (``x.dtype.type(4)``), since ``4 *`` would promote float32 to float64 (many times
-# slower in a scratch timing).  The loops over tiles are serial: compiled ``parallel=True`` they ran
-# no faster on the default one thread and took several times longer to compile
-# (benchmarks/RESULTS.md, "Winograd F(2x2, 3x3) in the second conv").
+# slower in a scratch timing).  The images are shared among the threads, each with its own scratch
+# tile.
 
 
 @functools.cache
@@ -405,13 +506,13 @@ def _add_tile_row(grad_x, n, row, col, tile, p):
                     grad_x[n, row, col + q, c] += tile[p, q, c]
 
 
-@jit
+@jit_parallel
 def _winograd_tiles_f2(x, top, left, tiles_h, tiles_w, tiles):
     """F(2x2, 3x3): ``tiles[4a + b, t, c] = (B^T d B)[a, b]`` for tile ``d`` of every ``(t, c)``, with
     ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: columns, then rows."""
     n_images, _, _, channels = x.shape
-    d = np.empty((4, 4, channels), x.dtype)
-    for n in range(n_images):
+    for n in numba.prange(n_images):
+        d = np.empty((4, 4, channels), x.dtype)
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -429,14 +530,14 @@ def _winograd_tiles_f2(x, top, left, tiles_h, tiles_w, tiles):
                         tiles[4 * a + 3, t, c] = e1 - e3
 
 
-@jit
+@jit_parallel
 def _winograd_tiles_grad_f2(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
     """F(2x2, 3x3): ``grad_x[n, 2i - top + p, 2j - left + q, c] += (B u B^T)[p, q]`` for ``u = grad_tiles[:, t, c]``
     of every tile, inside the image; overlapping tiles add up."""
     n_images, _, _, channels = grad_x.shape
     grad_x[:] = 0
-    e = np.empty((4, 4, channels), grad_x.dtype)
-    for n in range(n_images):
+    for n in numba.prange(n_images):
+        e = np.empty((4, 4, channels), grad_x.dtype)
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -452,14 +553,14 @@ def _winograd_tiles_grad_f2(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
                     _add_tile_row(grad_x, n, 2 * i - top + p, 2 * j - left, e, p)
 
 
-@jit
+@jit_parallel
 def _winograd_outputs_f2(products, tiles_h, tiles_w, out):
     """F(2x2, 3x3): ``out[n, 2i + r, 2j + s, o] = (A^T m A)[r, s]`` for ``m = products[:, t, o]``, with
     ``A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]``: rows, then columns; a block's row or column past
     ``out`` is dropped."""
     n_images, out_h, out_w, c_out = out.shape
-    half = np.empty((2, 4, c_out), out.dtype)  # A^T m
-    for n in range(n_images):
+    for n in numba.prange(n_images):
+        half = np.empty((2, 4, c_out), out.dtype)  # A^T m
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -476,14 +577,14 @@ def _winograd_outputs_f2(products, tiles_h, tiles_w, out):
                             out[n, 2 * i + r, 2 * j + 1, o] = half[r, 1, o] - half[r, 2, o] - half[r, 3, o]
 
 
-@jit
+@jit_parallel
 def _winograd_outputs_grad_f2(grad_out, tiles_h, tiles_w, grad_products):
     """F(2x2, 3x3): ``grad_products[:, t, o] = A g A^T`` for the 2x2 block ``g`` of ``grad_out`` at tile ``t`` (zero
     past ``grad_out``): columns, then rows."""
     n_images, _, _, c_out = grad_out.shape
-    g = np.empty((2, 2, c_out), grad_out.dtype)
-    half = np.empty((2, 4, c_out), grad_out.dtype)  # g A^T
-    for n in range(n_images):
+    for n in numba.prange(n_images):
+        g = np.empty((2, 2, c_out), grad_out.dtype)
+        half = np.empty((2, 4, c_out), grad_out.dtype)  # g A^T
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -501,14 +602,14 @@ def _winograd_outputs_grad_f2(grad_out, tiles_h, tiles_w, grad_products):
                         grad_products[12 + b, t, o] = -h1
 
 
-@jit
+@jit_parallel
 def _winograd_tiles_f4(x, top, left, tiles_h, tiles_w, tiles):
     """F(4x4, 3x3): ``tiles[6a + b, t, c] = (B^T d B)[a, b]`` for the 6x6 tile ``d`` of every ``(t, c)``,
     with the ``B^T`` of ``minidl.kernels.winograd``: columns, then rows."""
     n_images, _, _, channels = x.shape
     two, four, five = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
-    d = np.empty((6, 6, channels), x.dtype)
-    for n in range(n_images):
+    for n in numba.prange(n_images):
+        d = np.empty((6, 6, channels), x.dtype)
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -533,15 +634,15 @@ def _winograd_tiles_f4(x, top, left, tiles_h, tiles_w, tiles):
                         tiles[6 * a + 5, t, c] = four * e1 - five * e3 + e5
 
 
-@jit
+@jit_parallel
 def _winograd_tiles_grad_f4(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
     """F(4x4, 3x3): ``grad_x[n, 4i - top + p, 4j - left + q, c] += (B u B^T)[p, q]`` for
     ``u = grad_tiles[:, t, c]`` of every tile, inside the image; overlapping tiles add up."""
     n_images, _, _, channels = grad_x.shape
     two, four, five = grad_x.dtype.type(2), grad_x.dtype.type(4), grad_x.dtype.type(5)
     grad_x[:] = 0
-    e = np.empty((6, 6, channels), grad_x.dtype)
-    for n in range(n_images):
+    for n in numba.prange(n_images):
+        e = np.empty((6, 6, channels), grad_x.dtype)
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -567,16 +668,16 @@ def _winograd_tiles_grad_f4(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
                     _add_tile_row(grad_x, n, 4 * i - top + p, 4 * j - left, e, p)
 
 
-@jit
+@jit_parallel
 def _winograd_outputs_f4(products, tiles_h, tiles_w, out):
     """F(4x4, 3x3): ``out[n, 4i + r, 4j + s, o] = (A^T M A)[r, s]`` for ``M = products[:, t, o]``, with
     the ``A^T`` of ``minidl.kernels.winograd``: rows, then columns; a block's rows or columns past
     ``out`` are dropped."""
     n_images, out_h, out_w, c_out = out.shape
     two, four, eight = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)
-    half = np.empty((4, 6, c_out), out.dtype)  # A^T M
-    block = np.empty((4, 4, c_out), out.dtype)  # A^T M A
-    for n in range(n_images):
+    for n in numba.prange(n_images):
+        half = np.empty((4, 6, c_out), out.dtype)  # A^T M
+        block = np.empty((4, 4, c_out), out.dtype)  # A^T M A
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -602,15 +703,15 @@ def _winograd_outputs_f4(products, tiles_h, tiles_w, out):
                             out[n, 4 * i + r, 4 * j + s, o] = block[r, s, o]
 
 
-@jit
+@jit_parallel
 def _winograd_outputs_grad_f4(grad_out, tiles_h, tiles_w, grad_products):
     """F(4x4, 3x3): ``grad_products[:, t, o] = A g A^T`` for the 4x4 block ``g`` of ``grad_out`` at tile
     ``t`` (zero past ``grad_out``): rows, then columns."""
     n_images, _, _, c_out = grad_out.shape
     two, four, eight = grad_out.dtype.type(2), grad_out.dtype.type(4), grad_out.dtype.type(8)
-    g = np.empty((4, 4, c_out), grad_out.dtype)
-    half = np.empty((4, 6, c_out), grad_out.dtype)  # g A^T
-    for n in range(n_images):
+    for n in numba.prange(n_images):
+        g = np.empty((4, 4, c_out), grad_out.dtype)
+        half = np.empty((4, 6, c_out), grad_out.dtype)  # g A^T
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
@@ -910,12 +1011,12 @@ def _wins(value, best):
     return value > best or (value != value and best == best)
 
 
-@jit
+@jit_parallel
 def _conv3x3_maxpool_kernel(images, kernel, pooled, argmax):
     """``pooled[n, i, j, f]`` = the largest of the four outputs of filter ``f`` on the patch at
     ``(2i, 2j)``, ``argmax`` its ``2r + s``; ``images (N, H, W)``, ``kernel (9, F)``."""
     n_images, pooled_h, pooled_w, filters = pooled.shape
-    for n in range(n_images):
+    for n in numba.prange(n_images):
         for i in range(pooled_h):
             for j in range(pooled_w):
                 p = _patch(images[n], 2 * i, 2 * j)
@@ -929,12 +1030,12 @@ def _conv3x3_maxpool_kernel(images, kernel, pooled, argmax):
                     best[f], best_index[f] = value, index
 
 
-@jit
+@jit_parallel
 def _conv3x3_maxpool_values_kernel(images, kernel, pooled):
     """:func:`_conv3x3_maxpool_kernel` without the argmax: a NaN still wins (any NaN will do, as
     the value is all that is kept)."""
     n_images, pooled_h, pooled_w, filters = pooled.shape
-    for n in range(n_images):
+    for n in numba.prange(n_images):
         for i in range(pooled_h):
             for j in range(pooled_w):
                 p = _patch(images[n], 2 * i, 2 * j)
@@ -953,28 +1054,31 @@ def _pick(top_left, top_right, bottom_left, bottom_right, down, right):
     return (bottom_right if right else bottom_left) if down else (top_right if right else top_left)
 
 
-@jit
+@jit_parallel
 def _conv3x3_maxpool_kernel_grad_kernel(images, grad_pooled, argmax, grad_kernel):
     """``grad_kernel[3a + b, f] += grad_pooled[n, i, j, f] * p[4(r + a) + s + b]`` for the patch ``p``
-    at ``(2i, 2j)`` and the winner ``2r + s = argmax[n, i, j, f]``; ``grad_kernel (9, F)``."""
+    at ``(2i, 2j)`` and the winner ``2r + s = argmax[n, i, j, f]``; ``grad_kernel (9, F)``.  Each
+    image adds into its own ``(9, F)`` sum, so that threads never add into the same one."""
     n_images, pooled_h, pooled_w, filters = grad_pooled.shape
-    grad_kernel[:] = 0
-    for n in range(n_images):
+    per_image = np.zeros((n_images, 9, filters), dtype=grad_kernel.dtype)
+    for n in numba.prange(n_images):
+        image_grad = per_image[n]
         for i in range(pooled_h):
             for j in range(pooled_w):
                 p = _patch(images[n], 2 * i, 2 * j)
                 grads, winners = grad_pooled[n, i, j], argmax[n, i, j]
                 for f in range(filters):
                     g, down, right = grads[f], winners[f] >= 2, winners[f] % 2 == 1
-                    grad_kernel[0, f] += g * _pick(p[0], p[1], p[4], p[5], down, right)
-                    grad_kernel[1, f] += g * _pick(p[1], p[2], p[5], p[6], down, right)
-                    grad_kernel[2, f] += g * _pick(p[2], p[3], p[6], p[7], down, right)
-                    grad_kernel[3, f] += g * _pick(p[4], p[5], p[8], p[9], down, right)
-                    grad_kernel[4, f] += g * _pick(p[5], p[6], p[9], p[10], down, right)
-                    grad_kernel[5, f] += g * _pick(p[6], p[7], p[10], p[11], down, right)
-                    grad_kernel[6, f] += g * _pick(p[8], p[9], p[12], p[13], down, right)
-                    grad_kernel[7, f] += g * _pick(p[9], p[10], p[13], p[14], down, right)
-                    grad_kernel[8, f] += g * _pick(p[10], p[11], p[14], p[15], down, right)
+                    image_grad[0, f] += g * _pick(p[0], p[1], p[4], p[5], down, right)
+                    image_grad[1, f] += g * _pick(p[1], p[2], p[5], p[6], down, right)
+                    image_grad[2, f] += g * _pick(p[2], p[3], p[6], p[7], down, right)
+                    image_grad[3, f] += g * _pick(p[4], p[5], p[8], p[9], down, right)
+                    image_grad[4, f] += g * _pick(p[5], p[6], p[9], p[10], down, right)
+                    image_grad[5, f] += g * _pick(p[6], p[7], p[10], p[11], down, right)
+                    image_grad[6, f] += g * _pick(p[8], p[9], p[12], p[13], down, right)
+                    image_grad[7, f] += g * _pick(p[9], p[10], p[13], p[14], down, right)
+                    image_grad[8, f] += g * _pick(p[10], p[11], p[14], p[15], down, right)
+    grad_kernel[:] = per_image.sum(axis=0)
 
 
 def _images_and_taps(x, kernel):
@@ -1247,12 +1351,12 @@ def softmax_cross_entropy(logits, targets):
 _dropout_hash_bits = jit(numpy_ref.dropout_hash_bits)
 
 
-@jit
+@jit_parallel
 def _dropout_kernel(x, first_counter, threshold, keep_scale, y, mask):
     """``mask[i] = keep_scale`` where the hash of ``first_counter + i`` reaches ``threshold``, else ``0``;
     ``y[i] = x[i] * mask[i]``: one pass over flat arrays."""
     zero = x.dtype.type(0)
-    for i in range(x.size):
+    for i in numba.prange(x.size):
         kept = keep_scale if _dropout_hash_bits(first_counter + np.uint64(i)) >= threshold else zero
         mask[i] = kept
         y[i] = x[i] * kept
@@ -1271,11 +1375,11 @@ def dropout(x, rate, seed):
     return y, mask
 
 
-@jit
+@jit_parallel
 def _regularize_grad_kernel(grad, param, l1, l2):
     """``grad[i] += l1 * sign(param[i]) + 2 * l2 * param[i]``, in place."""
     l1_t, two_l2 = grad.dtype.type(l1), grad.dtype.type(2 * l2)
-    for i in range(grad.size):
+    for i in numba.prange(grad.size):
         grad[i] += l1_t * np.sign(param[i]) + two_l2 * param[i]
 
 
@@ -1309,11 +1413,11 @@ def regularization_penalty(param, l1, l2):
 # -------------------------------------------------------------------------------- optimizer steps
 
 
-@jit
+@jit_parallel
 def _sgd_kernel(param, grad, velocity, lr, momentum, nesterov):
     """``v = momentum v - lr g``; ``w += momentum v - lr g`` (Nesterov) or ``w += v``, in place."""
     lr_t, momentum_t = param.dtype.type(lr), param.dtype.type(momentum)
-    for i in range(param.size):
+    for i in numba.prange(param.size):
         step = lr_t * grad[i]
         velocity[i] = momentum_t * velocity[i] - step
         if nesterov:
@@ -1333,13 +1437,13 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov):
     )
 
 
-@jit
+@jit_parallel
 def _adam_kernel(param, grad, m, v, lr_t, beta_1, beta_2, epsilon):
     """``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``; ``w -= lr_t m / (sqrt(v) + eps)``."""
     dtype = param.dtype.type
     b1, b2, eps, lr = dtype(beta_1), dtype(beta_2), dtype(epsilon), dtype(lr_t)
     one = dtype(1)
-    for i in range(param.size):
+    for i in numba.prange(param.size):
         g = grad[i]
         m_i = b1 * m[i] + (one - b1) * g
         v_i = b2 * v[i] + (one - b2) * g * g
@@ -1362,12 +1466,12 @@ def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, step):
     )
 
 
-@jit
+@jit_parallel
 def _rmsprop_kernel(param, grad, mean_square, lr, rho, epsilon):
     """``s = rho s + (1 - rho) g^2``; ``w -= lr g / sqrt(s + eps)``, in place."""
     dtype = param.dtype.type
     lr_t, rho_t, eps = dtype(lr), dtype(rho), dtype(epsilon)
-    for i in range(param.size):
+    for i in numba.prange(param.size):
         g = grad[i]
         s_i = rho_t * mean_square[i] + (dtype(1) - rho_t) * g * g
         mean_square[i] = s_i
@@ -1396,29 +1500,37 @@ def check_available():
 
 
 def set_num_threads(n):
-    """Run the parallel Numba kernels on ``n`` threads, from the calling thread on (Numba's rule).
-
-    BLAS keeps its own threads (``OPENBLAS_NUM_THREADS`` before Python starts).
-    """
+    """Run the parallel Numba kernels on ``n`` threads, from the calling thread on (Numba's rule);
+    under the one-pool policy the GEMMs are split across the same ``n``."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"set_num_threads: n must be an integer from 1 to {numba.config.NUMBA_NUM_THREADS}, got {n!r}")
     numba.set_num_threads(int(n))
 
 
 def apply_thread_policy():
-    """The policy above, for the calling thread: ``MINIDL_NUM_THREADS`` (default 1) Numba threads, and
-    ``OMP_WAIT_POLICY=PASSIVE`` unless it is set, so idle Numba threads sleep instead of spinning
-    against BLAS's (libgomp reads it when it loads, at the first parallel kernel of the process).
+    """The policy above, for the calling thread.  Where :func:`kernels.blas.find` finds NumPy's BLAS:
+    that library on one thread, its GEMMs split across Numba's threads (:data:`GEMM_LIBRARY`), and
+    ``MINIDL_NUM_THREADS`` (default: every thread Numba has) Numba threads.  Elsewhere: BLAS on its
+    own threads, ``MINIDL_NUM_THREADS`` (default 1) Numba threads, and ``OMP_WAIT_POLICY=PASSIVE``
+    unless it is set, so idle Numba threads sleep instead of spinning against BLAS's (libgomp reads it
+    when it loads, at the first parallel kernel of the process).
     ``minidl.backend.apply_process_settings`` calls it where a model first runs, never on import."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    set_num_threads(_threads_from_environment())
+    global GEMM_LIBRARY
+    library = blas.find()
+    if library is None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        set_num_threads(_threads_from_environment(1))
+        return
+    library.set_num_threads(1)
+    GEMM_LIBRARY = library
+    set_num_threads(_threads_from_environment(numba.config.NUMBA_NUM_THREADS))
 
 
-def _threads_from_environment():
-    """``MINIDL_NUM_THREADS`` as an int, else :data:`DEFAULT_NUM_THREADS`."""
+def _threads_from_environment(default):
+    """``MINIDL_NUM_THREADS`` as an int, else ``default``."""
     value = os.environ.get("MINIDL_NUM_THREADS")
     if value is None:
-        return DEFAULT_NUM_THREADS
+        return default
     try:
         return int(value)
     except ValueError:
@@ -1427,10 +1539,12 @@ def _threads_from_environment():
 
 def thread_policy():
     """One line describing the threads in use (for benchmark reports)."""
+    library = blas.find()
+    gemms = "GEMMs split across them" if GEMM_LIBRARY is not None else "GEMMs by NumPy"
+    blas_threads = library.get_num_threads() if library is not None else os.environ.get("OPENBLAS_NUM_THREADS", "numpy default")
     return (
         f"numba kernels {numba.get_num_threads()} thread(s) ({numba.threading_layer()} layer, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), BLAS threads "
-        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'numpy default')}"
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), {gemms}, BLAS threads {blas_threads}"
     )
 
 

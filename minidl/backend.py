@@ -81,7 +81,9 @@ def apply_process_settings():
       (:func:`minidl.kernels.memory.retain_freed_memory`): every step allocates the same large arrays,
       and without it each one page-faults afresh (``benchmarks/RESULTS.md`` [P1]).
     * on the ``numba`` backend, its thread policy (``minidl.kernels.cpu.apply_thread_policy``): one
-      Numba thread unless ``MINIDL_NUM_THREADS`` says otherwise, BLAS owning the cores, and
+      pool of threads for the whole step, NumPy's BLAS set to one thread and each GEMM split across
+      Numba's threads (``MINIDL_NUM_THREADS`` of them, default every core) ([P3]); where no BLAS
+      library of ``minidl.kernels.blas`` is found, one Numba thread beside BLAS's own threads and
       ``OMP_WAIT_POLICY=PASSIVE`` unless set ([P2]).
 
     ``MINIDL_PROCESS_SETTINGS=0`` leaves the process as it is.

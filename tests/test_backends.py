@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
 import minidl
 from minidl import layers, training
 from minidl.engine import conv_choice
+from minidl.kernels import blas
 from minidl.presets import seed_cnn
 
 needs_cuda = pytest.mark.skipif(
@@ -132,13 +134,26 @@ def test_importing_minidl_and_choosing_a_backend_change_no_process_setting():
     assert run_python(script) == ["None", "False"]
 
 
-def test_the_first_training_call_applies_the_process_settings_unless_told_not_to():
-    script = ("import os, numba, numpy as np, minidl; from minidl import layers; minidl.set_backend('numba'); "
-              "m = minidl.Sequential([layers.Input((3,)), layers.Dense(2)]); m.compile('sgd', 'mse'); "
-              "m.train_on_batch(np.ones((4, 3)), np.ones((4, 2))); "
-              "print(os.environ.get('OMP_WAIT_POLICY'), numba.get_num_threads())")
-    assert run_python(script) == ["PASSIVE", "1"]
-    assert run_python(script, MINIDL_PROCESS_SETTINGS="0")[0] == "None"
+TRAIN_ONE_BATCH = ("import os, numba, numpy as np, minidl; from minidl import layers; from minidl.kernels import cpu; "
+                   "minidl.set_backend('numba'); "
+                   "m = minidl.Sequential([layers.Input((3,)), layers.Dense(2)]); m.compile('sgd', 'mse'); "
+                   "m.train_on_batch(np.ones((4, 3)), np.ones((4, 2))); ")
+
+
+@pytest.mark.skipif(blas.find() is None, reason="no BLAS library of minidl.kernels.blas's flavours")
+def test_the_first_training_call_puts_blas_on_numbas_threads_unless_told_not_to():
+    script = TRAIN_ONE_BATCH + ("from minidl.kernels import blas; print(os.environ.get('OMP_WAIT_POLICY'), "
+                                "numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS, "
+                                "cpu.GEMM_LIBRARY is not None, blas.find().get_num_threads())")
+    assert run_python(script) == ["None", "True", "True", "1"]
+    assert run_python(script, MINIDL_NUM_THREADS="1")[:3] == ["None", str(numba.config.NUMBA_NUM_THREADS == 1), "True"]
+    assert run_python(script, MINIDL_PROCESS_SETTINGS="0")[2] == "False"
+
+
+def test_without_a_blas_library_to_call_the_numba_kernels_run_on_one_thread_beside_blas():
+    script = ("from minidl.kernels import blas; blas.find = lambda: None; " + TRAIN_ONE_BATCH +
+              "print(os.environ.get('OMP_WAIT_POLICY'), numba.get_num_threads(), cpu.GEMM_LIBRARY)")
+    assert run_python(script) == ["PASSIVE", "1", "None"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")

@@ -93,7 +93,8 @@ def cache_path():
 
 
 def machine_key():
-    """What the timings depend on besides the shape: CPU model, cores, backend and its threads."""
+    """What the timings depend on besides the shape: CPU model, cores, backend and its threads (and
+    whether the GEMMs run on them, ``minidl.kernels.cpu.GEMM_LIBRARY``)."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -104,7 +105,8 @@ def machine_key():
     if get_backend() == "numba":
         import numba
 
-        threads = f", {numba.get_num_threads()} numba threads"
+        gemms = ", GEMMs on them" if ops.GEMM_LIBRARY is not None else ""
+        threads = f", {numba.get_num_threads()} numba threads{gemms}"
     return f"{model}, {os.cpu_count()} cores, {get_backend()}{threads}"
 
 

@@ -78,6 +78,21 @@ def test_the_first_choice_times_every_candidate_and_keeps_the_fastest_on_disk(me
     assert entry["images"] == conv_choice.MEASURE_IMAGES
 
 
+def test_the_machine_key_tells_gemms_on_numbas_threads_from_gemms_on_blass_own(monkeypatch):
+    """Conv choices timed with BLAS on its own threads do not stand for GEMMs split across Numba's."""
+    from minidl.kernels import cpu
+
+    previous = minidl.get_backend()
+    minidl.set_backend("numba")
+    try:
+        monkeypatch.setattr(cpu, "GEMM_LIBRARY", None)
+        on_blas_threads = conv_choice.machine_key()
+        monkeypatch.setattr(cpu, "GEMM_LIBRARY", object())
+        assert conv_choice.machine_key() == on_blas_threads + ", GEMMs on them"
+    finally:
+        minidl.set_backend(previous)
+
+
 def test_the_process_settings_are_applied_before_the_machine_key_and_the_timing(measuring, monkeypatch):
     """A plan built before training (``model.summary()`` first, as Keras programs do) timed its convs on
     Numba's default threads and glibc's default allocator, kept the choice under another machine key,

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minidl.kernels import cpu
@@ -325,6 +325,76 @@ def test_matmul_variants_on_stacks_match_reference(stack, m, k, n, dtype):
     assert_close(cpu.matmul_nt(a, np.ascontiguousarray(np.swapaxes(b, 1, 2))), ref.matmul(a, b))
 
 
+@st.composite
+def split_products(draw):
+    """``(a, b, trans_a, trans_b, expected)``: a stack of products ``op(a) @ op(b)`` in either
+    orientation of each operand, and their product by NumPy in float64."""
+    dtype = draw(st.sampled_from(DTYPES))
+    stack, rows, depth, cols = (draw(st.integers(1, n)) for n in (3, 40, 40, 12))
+    trans_a, trans_b = draw(st.booleans()), draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    a = rng.standard_normal((stack, depth, rows) if trans_a else (stack, rows, depth)).astype(dtype)
+    b = rng.standard_normal((stack, cols, depth) if trans_b else (stack, depth, cols)).astype(dtype)
+    op_a, op_b = (np.swapaxes(x, 1, 2) if trans else x for x, trans in ((a, trans_a), (b, trans_b)))
+    return a, b, trans_a, trans_b, (op_a.astype(np.float64) @ op_b).astype(dtype)
+
+
+needs_blas = pytest.mark.skipif(cpu.blas.find() is None, reason="no BLAS library of kernels.blas's flavours")
+
+
+@needs_blas
+@SETTINGS
+@given(split_products(), st.integers(1, 4), st.integers(1, 4))
+def test_gemm_split_by_output_blocks_matches_numpy(product, row_blocks, col_blocks):
+    a, b, trans_a, trans_b, expected = product
+    row_blocks, col_blocks = min(row_blocks, expected.shape[1]), min(col_blocks, expected.shape[2])
+    c = np.full(expected.shape, np.nan, dtype=a.dtype)
+    cpu._gemm_by_blocks(cpu.blas.find().gemms[a.dtype], a, b, trans_a, trans_b, row_blocks, col_blocks, c)
+    np.testing.assert_allclose(c, expected, rtol=1e-4 if a.dtype == np.float32 else 1e-12, atol=1e-4)
+
+
+@needs_blas
+@SETTINGS
+@given(split_products(), st.integers(1, 5))
+def test_gemm_split_by_inner_dimension_adds_up_to_the_product(product, shares):
+    a, b, trans_a, trans_b, expected = product
+    shares = min(shares, a.shape[1 if trans_a else 2])
+    partials = np.full((shares, *expected.shape), np.nan, dtype=a.dtype)
+    cpu._gemm_by_depth(cpu.blas.find().gemms[a.dtype], a, b, trans_a, trans_b, partials)
+    np.testing.assert_allclose(partials.sum(0), expected, rtol=1e-4 if a.dtype == np.float32 else 1e-12, atol=1e-4)
+
+
+def test_gemm_parts_split_slices_then_the_longer_output_side_then_the_inner_dimension_and_never_a_small_product():
+    assert cpu._gemm_parts(36, 2048, 32, 32, threads=2) == (1, 1, 1)  # whole slices, 18 per thread
+    assert cpu._gemm_parts(1, 32768, 27, 32, threads=2) == (2, 1, 1)  # half the rows each
+    assert cpu._gemm_parts(1, 32, 784, 512, threads=2) == (1, 2, 1)  # half the columns each
+    assert cpu._gemm_parts(1, 27, 32768, 32, threads=2) == (1, 1, 2)  # kernel gradient: half of K each
+    assert cpu._gemm_parts(1, 20, 100, 20, threads=2) == (1, 1, 1)  # too small to be worth a split
+    assert cpu._gemm_parts(1, 4096, 4096, 4096, threads=1) == (1, 1, 1)
+
+
+@needs_blas
+@SETTINGS
+@given(split_products(), st.sampled_from([False, True]))
+def test_matmuls_on_the_blas_library_match_numpy_whatever_the_split_and_layout(product, contiguous):
+    a, b, trans_a, trans_b, expected = product
+    assume(not (trans_a and trans_b))  # no kernel multiplies two transposed operands
+    if not contiguous:  # the transposed cols of im2col: the swapped axes are the contiguous ones
+        a = np.swapaxes(np.ascontiguousarray(np.swapaxes(a, 1, 2)), 1, 2)
+    function = {(False, False): cpu.matmul, (True, False): cpu.matmul_tn, (False, True): cpu.matmul_nt}[
+        trans_a, trans_b]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "GEMM_LIBRARY", cpu.blas.find())
+        patch.setattr(cpu, "MIN_SPLIT_WORK", 1)
+        patch.setattr(cpu, "MIN_PART_ROWS", 1)
+        patch.setattr(cpu, "MIN_PART_DEPTH", 1)
+        for operands in ((a, b), (a[0], b[0])):
+            c = function(*operands)
+            want = expected if operands[0].ndim == 3 else expected[0]
+            assert c.shape == want.shape and c.dtype == want.dtype and c.flags.c_contiguous
+            np.testing.assert_allclose(c, want, rtol=1e-4 if a.dtype == np.float32 else 1e-12, atol=1e-4)
+
+
 def test_matmul_names_both_shapes_when_they_do_not_chain():
     with pytest.raises(ValueError, match=r"matmul_tn: cannot multiply shapes \(3, 2\) and \(4, 5\)"):
         cpu.matmul_tn(np.zeros((3, 2)), np.zeros((4, 5)))
@@ -453,7 +523,7 @@ def test_set_num_threads_rejects_counts_numba_cannot_run():
 def test_minidl_num_threads_must_be_an_integer(monkeypatch):
     monkeypatch.setenv("MINIDL_NUM_THREADS", "two")
     with pytest.raises(ValueError, match="MINIDL_NUM_THREADS must be a positive integer, got 'two'"):
-        cpu._threads_from_environment()
+        cpu._threads_from_environment(1)
 
 
 # ------------------------------------------------------------------------- batch normalization

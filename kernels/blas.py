@@ -1,0 +1,96 @@
+"""The CBLAS GEMMs of the BLAS library NumPy loaded, callable from Numba kernels.
+
+NumPy's BLAS runs each GEMM on a thread pool of its own. Between GEMMs, those threads spin (an
+idle OpenBLAS thread waits for work that way) on the cores the Numba kernels want next. So the two
+pools fight, and the Numba kernels have run on one thread beside them ([P2]). The CPU backend can
+instead set the library to one thread and split each GEMM across Numba's threads
+(``minidl.kernels.cpu``, GEMMs), each calling this library's ``?gemm`` on its part. Then one pool
+runs the whole step: the GEMMs and every other kernel ([P3] in ``benchmarks/RESULTS.md``).
+
+:func:`find` looks for the library on Linux among the shared objects the process has mapped, and
+for the names below. OpenBLAS's builds are the ones it knows: NumPy's wheels ship one whose CBLAS
+names carry a ``scipy_`` prefix and, for 64-bit integers, a ``64_`` suffix. Elsewhere, or for any
+other BLAS, it returns ``None`` and the backend keeps NumPy's ``@`` and the library's own threads.
+"""
+
+import ctypes
+import functools
+import sys
+
+import numpy as np
+
+#: CBLAS constants: row-major storage; an operand as it is or transposed
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+#: the names of one build: (float32 GEMM, float64 GEMM, set threads, get threads, integer type)
+FLAVOURS = (
+    ("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", "scipy_openblas_set_num_threads64_",
+     "scipy_openblas_get_num_threads64_", ctypes.c_int64),
+    ("scipy_cblas_sgemm", "scipy_cblas_dgemm", "scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads",
+     ctypes.c_int32),
+    ("cblas_sgemm64_", "cblas_dgemm64_", "openblas_set_num_threads64_", "openblas_get_num_threads64_",
+     ctypes.c_int64),
+    ("cblas_sgemm", "cblas_dgemm", "openblas_set_num_threads", "openblas_get_num_threads", ctypes.c_int32),
+)
+
+
+class Library:
+    """One BLAS library's ``gemms`` (``{dtype: ctypes function}``, float32 and float64), its
+    ``set_num_threads(n)`` and ``get_num_threads()``; ``path`` is the shared object they come from.
+
+    Each GEMM has CBLAS's arguments ``(order, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb,
+    beta, C, ldc)``. The three pointers are declared as ``size_t`` addresses, so that a Numba kernel
+    can pass ``array.ctypes.data`` plus an offset.
+    """
+
+    def __init__(self, path, handle, flavour):
+        sgemm, dgemm, set_threads, get_threads, integer = flavour
+        self.path = path
+        self.gemms = {np.dtype(np.float32): self._gemm(handle, sgemm, ctypes.c_float, integer),
+                      np.dtype(np.float64): self._gemm(handle, dgemm, ctypes.c_double, integer)}
+        self.set_num_threads = getattr(handle, set_threads)
+        self.set_num_threads.argtypes, self.set_num_threads.restype = (ctypes.c_int,), None
+        self.get_num_threads = getattr(handle, get_threads)
+        self.get_num_threads.argtypes, self.get_num_threads.restype = (), ctypes.c_int
+
+    @staticmethod
+    def _gemm(handle, name, scalar, integer):
+        function = getattr(handle, name)
+        address = ctypes.c_size_t
+        function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, scalar,
+                             address, integer, address, integer, scalar, address, integer)
+        function.restype = None
+        return function
+
+
+def _mapped_blas_paths():
+    """The paths of the shared objects mapped into this process whose file names contain ``blas``."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if line.count("/") and "blas" in line.rsplit("/", 1)[-1]}
+    return sorted(paths)
+
+
+def _flavour(handle):
+    """The first of :data:`FLAVOURS` whose every name ``handle`` exports, else ``None``."""
+    for flavour in FLAVOURS:
+        if all(hasattr(handle, name) for name in flavour[:4]):
+            return flavour
+    return None
+
+
+@functools.cache
+def find():
+    """The :class:`Library` of NumPy's BLAS, or ``None`` where none of :data:`FLAVOURS` is found
+    (not Linux, or another BLAS). Looked up once per process."""
+    if not sys.platform.startswith("linux"):
+        return None
+    np.ones((2, 2)) @ np.ones((2, 2))  # NumPy loads its BLAS lazily on some builds
+    for path in _mapped_blas_paths():
+        try:
+            handle = ctypes.CDLL(path)
+        except OSError:
+            continue
+        flavour = _flavour(handle)
+        if flavour is not None:
+            return Library(path, handle, flavour)
+    return None
