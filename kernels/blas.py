@@ -15,6 +15,7 @@ other BLAS, it returns ``None`` and the backend keeps NumPy's ``@`` and the libr
 
 import ctypes
 import functools
+import os
 import sys
 
 import numpy as np
@@ -64,33 +65,36 @@ class Library:
 
 
 def _mapped_blas_paths():
-    """The paths of the shared objects mapped into this process whose file names contain ``blas``."""
+    """The paths of the shared objects mapped into this process whose file names contain ``blas``
+    (NumPy's extension module links its BLAS, so importing NumPy maps it)."""
+    paths = set()
     with open("/proc/self/maps") as maps:
-        paths = {line.split()[-1] for line in maps if line.count("/") and "blas" in line.rsplit("/", 1)[-1]}
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/") and "blas" in os.path.basename(fields[5].strip()):
+                paths.add(fields[5].strip())
     return sorted(paths)
-
-
-def _flavour(handle):
-    """The first of :data:`FLAVOURS` whose every name ``handle`` exports, else ``None``."""
-    for flavour in FLAVOURS:
-        if all(hasattr(handle, name) for name in flavour[:4]):
-            return flavour
-    return None
 
 
 @functools.cache
 def find():
     """The :class:`Library` of NumPy's BLAS, or ``None`` where none of :data:`FLAVOURS` is found
-    (not Linux, or another BLAS). Looked up once per process."""
+    (not Linux, or another BLAS). Looked up once per process.
+
+    Other packages may map a BLAS of their own (OpenCV's wheels bring an OpenBLAS), so the flavours
+    are tried in order, NumPy's own build first, and among the libraries of one flavour those
+    under NumPy's folders first."""
     if not sys.platform.startswith("linux"):
         return None
-    np.ones((2, 2)) @ np.ones((2, 2))  # NumPy loads its BLAS lazily on some builds
-    for path in _mapped_blas_paths():
+    paths = sorted(_mapped_blas_paths(), key=lambda path: "numpy" not in path)
+    handles = []
+    for path in paths:
         try:
-            handle = ctypes.CDLL(path)
+            handles.append((path, ctypes.CDLL(path)))
         except OSError:
             continue
-        flavour = _flavour(handle)
-        if flavour is not None:
-            return Library(path, handle, flavour)
+    for flavour in FLAVOURS:
+        for path, handle in handles:
+            if all(hasattr(handle, name) for name in flavour[:4]):
+                return Library(path, handle, flavour)
     return None
