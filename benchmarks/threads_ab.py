@@ -14,7 +14,9 @@ the same caches and the same load from the rest of the machine:
   the Numba kernels on one;
 * two pools, Numba 2 + BLAS 2.
 
-The policy applied first leaves ``OMP_WAIT_POLICY`` unset, so the two-pool settings here run with
+After each change of setting the process sleeps :data:`SETTLE_SECONDS`, so that the previous setting's
+spinning threads are asleep before the next is timed.  The policy applied first leaves
+``OMP_WAIT_POLICY`` unset, so the two-pool settings here run with
 libgomp's default wait (spin a while, then sleep) rather than [P2]'s ``PASSIVE``.  Each setting's
 fastest and median step are printed, in milliseconds.
 """
@@ -36,6 +38,12 @@ SETTINGS = {
     "two pools, Numba 1 + BLAS 2": (1, 2, False),
     "two pools, Numba 2 + BLAS 2": (2, 2, False),
 }
+
+
+#: Pause after a change of setting: BLAS's threads of the previous setting spin a while after their last
+#: GEMM, on the cores the next setting's threads want (without it, a setting timed after a two-pool one
+#: took up to 3x longer at the median on the smaller networks).
+SETTLE_SECONDS = 0.5
 
 
 def apply(setting, library):
@@ -69,6 +77,7 @@ def main():
         for _ in range(args.rounds):
             for setting in SETTINGS:
                 apply(setting, library)
+                time.sleep(SETTLE_SECONDS)
                 model.train_on_batch(x, y)  # untimed: the pools wake up
                 for _ in range(args.steps):
                     start = time.perf_counter()
