@@ -22,6 +22,7 @@ KERNELS = {
     "to_host": (("x",), "this backend's array as a NumPy array"),
     "zeros": (("shape", "dtype"), "a zero array of shape and dtype"),
     "zeros_like": (("x",), "a zero array of x's shape and dtype"),
+    "add": (("a", "b"), "a + b elementwise, same shapes"),
     "multiply": (("a", "b"), "a * b elementwise, same shapes"),
     "accumulate": (("total", "x"), "in place: total += x, same shapes"),
     "all_finite": (("x",), "True when no element is NaN or inf (a Python bool)"),

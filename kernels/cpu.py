@@ -49,14 +49,14 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import blas, numpy_ref  # noqa: E402
-from .numpy_ref import ACTIVATIONS, accumulate, to_device, to_host, zeros, zeros_like  # noqa: E402
+from .numpy_ref import ACTIVATIONS, to_device, to_host, zeros, zeros_like  # noqa: E402
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
                             winograd_tile_grid, winograd_tiles_hw)
 from .winograd import check_tile, tile_of_positions, winograd_matrices  # noqa: E402
 from .shapes import as_three_axes, concatenated_shape, split_shapes  # noqa: E402
 
 __all__ = [
-    "to_device", "to_host", "zeros", "zeros_like", "multiply", "accumulate", "all_finite",
+    "to_device", "to_host", "zeros", "zeros_like", "add", "multiply", "accumulate", "all_finite",
     "matmul", "matmul_tn", "matmul_nt", "bias_grad", "im2col", "col2im",
     "winograd_kernel", "winograd_kernel_grad", "winograd_tiles", "winograd_tiles_grad",
     "winograd_outputs", "winograd_outputs_grad",
@@ -116,10 +116,25 @@ def _check_same_shape(function, a_name, a, b_name, b):
 
 
 @jit_parallel
+def _add_kernel(a, b, out):
+    """``out[i] = a[i] + b[i]`` over flat arrays (``out`` may be ``a``)."""
+    for i in numba.prange(a.size):
+        out[i] = a[i] + b[i]
+
+
+@jit_parallel
 def _multiply_kernel(a, b, out):
     """``out[i] = a[i] * b[i]`` over flat arrays."""
     for i in numba.prange(a.size):
         out[i] = a[i] * b[i]
+
+
+def add(a, b):
+    """Elementwise ``a + b`` of two arrays of the same shape (a fresh array, in one pass)."""
+    _check_same_shape("add", "a", a, "b", b)
+    out = np.empty(a.shape, dtype=np.result_type(a, b))
+    _add_kernel(_flat(a), _flat(b), out.reshape(-1))
+    return out
 
 
 def multiply(a, b):
@@ -128,6 +143,12 @@ def multiply(a, b):
     out = np.empty(a.shape, dtype=np.result_type(a, b))
     _multiply_kernel(_flat(a), _flat(b), out.reshape(-1))
     return out
+
+
+def accumulate(total, x):
+    """In place: ``total += x`` (same shapes; ``total`` C-contiguous), across the threads."""
+    _check_same_shape("accumulate", "total", total, "x", x)
+    _add_kernel(_flat_inplace("accumulate", "total", total), _flat(x), total.reshape(-1))
 
 
 @jit
@@ -1566,6 +1587,7 @@ def _warmup_calls(dtype):
     logits, targets = array(4, 3), np.full((4, 3), 1 / 3, dtype=dtype)
     param, grad, slot_1, slot_2 = array(8), array(8), np.zeros(8, dtype), np.zeros(8, dtype)
     return {
+        "add": lambda: add(param, grad),
         "multiply": lambda: multiply(param, grad),
         "all_finite": lambda: all_finite(param),
         "bias_grad": lambda: bias_grad(rows),

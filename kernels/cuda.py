@@ -47,6 +47,7 @@ from .winograd import tile_of_positions, winograd_matrices
 
 __all__ = [
     "accumulate",
+    "add",
     "activation_grad",
     "adam_update",
     "all_finite",
@@ -229,6 +230,22 @@ def zeros(shape, dtype):
 
 def zeros_like(x):
     return zeros(x.shape, x.dtype)
+
+
+@cuda.jit
+def _add(a_flat, b_flat, out_flat):
+    """``out[i] = a[i] + b[i]``, one thread per element."""
+    i = cuda.grid(1)
+    if i < out_flat.size:
+        out_flat[i] = a_flat[i] + b_flat[i]
+
+
+def add(a, b):
+    """Elementwise ``a + b`` of two device arrays of the same shape."""
+    _require_same_shape("add", a=a, b=b)
+    out = cuda.device_array(a.shape, dtype=np.result_type(a.dtype, b.dtype))
+    _launch(_add, out.size, _flat(a), _flat(b), _flat(out))
+    return out
 
 
 @cuda.jit

@@ -8,7 +8,7 @@ trailing rows or columns of the image, so a window's last outputs are not comput
 does this for outputs nothing reads).
 
 Arrays
-    ``to_device(x)``, ``to_host(x)``, ``zeros(shape, dtype)``, ``zeros_like(x)``, ``multiply(a, b)``,
+    ``to_device(x)``, ``to_host(x)``, ``zeros(shape, dtype)``, ``zeros_like(x)``, ``add(a, b)``, ``multiply(a, b)``,
     ``accumulate(total, x)``, ``all_finite(x)``
 Linear algebra
     ``matmul(a, b) = a @ b``, ``matmul_tn(a, b) = a.T @ b``, ``matmul_nt(a, b) = a @ b.T`` (also
@@ -48,6 +48,7 @@ from .winograd import tile_of_positions, winograd_matrices
 
 __all__ = [
     "accumulate",
+    "add",
     "activation_grad",
     "adam_update",
     "all_finite",
@@ -124,6 +125,11 @@ def zeros(shape, dtype):
 
 def zeros_like(x):
     return np.zeros_like(x)
+
+
+def add(a, b):
+    """Elementwise ``a + b`` of two arrays of the same shape."""
+    return a + b
 
 
 def multiply(a, b):

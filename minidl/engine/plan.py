@@ -76,10 +76,7 @@ def needed_grads(grads, input_grad_needed):
 
 def summed(a, b):
     """``a + b`` as a fresh array: the gradient of a tensor that several steps read."""
-    total = ops.zeros_like(a)
-    ops.accumulate(total, a)
-    ops.accumulate(total, b)
-    return total
+    return ops.add(a, b)
 
 
 class Plan:

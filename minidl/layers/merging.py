@@ -65,8 +65,8 @@ class Add(Merge):
 
     def forward(self, xs, training=False):
         """``y = sum_i x_i``: ``k`` arrays ``(N, *shape)`` -> ``(N, *shape)``."""
-        total = ops.zeros_like(xs[0])
-        for x in xs:
+        total = ops.add(xs[0], xs[1])
+        for x in xs[2:]:
             ops.accumulate(total, x)
         return total
 

@@ -420,8 +420,25 @@ def test_bias_grad_sums_long_columns_exactly_when_the_sums_are_representable(g, 
 
 @SETTINGS
 @given(arrays())
-def test_multiply_matches_reference(a):
+def test_multiply_and_add_match_reference(a):
     assert_close(cpu.multiply(a, like(a)), ref.multiply(a, like(a)))
+    assert_close(cpu.add(a, like(a)), ref.add(a, like(a)))
+
+
+@SETTINGS
+@given(arrays())
+def test_accumulate_adds_in_place_like_the_reference(a):
+    total, expected = a.copy(), a.copy()
+    cpu.accumulate(total, like(a))
+    ref.accumulate(expected, like(a))
+    assert_close(total, expected)
+
+
+def test_add_and_accumulate_name_the_shapes_they_refuse():
+    with pytest.raises(ValueError, match=r"add: a has shape \(2,\) but b has shape \(3,\)"):
+        cpu.add(np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match=r"accumulate: total has shape \(2,\) but x has shape \(3,\)"):
+        cpu.accumulate(np.zeros(2), np.zeros(3))
 
 
 @SETTINGS

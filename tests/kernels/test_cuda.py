@@ -81,9 +81,10 @@ def test_zeros_and_zeros_like_are_filled_on_the_device(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_multiply_and_accumulate_match_numpy(dtype):
+def test_multiply_add_and_accumulate_match_numpy(dtype):
     a, b = random_array(1, (3, 5), dtype), random_array(2, (3, 5), dtype)
     assert_close(gpu.multiply(gpu.to_device(a), gpu.to_device(b)), numpy_ref.multiply(a, b), dtype)
+    assert_close(gpu.add(gpu.to_device(a), gpu.to_device(b)), numpy_ref.add(a, b), dtype)
     total = gpu.to_device(a)
     gpu.accumulate(total, gpu.to_device(b))
     assert_close(total, a + b, dtype)
