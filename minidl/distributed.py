@@ -45,7 +45,7 @@ import time
 
 import numpy as np
 
-from minidl.backend import ops
+from minidl.backend import get_backend, ops
 
 #: seconds a rank waits for the others at any collective before it names the missing ones and stops
 DEFAULT_TIMEOUT = 600.0
@@ -123,6 +123,24 @@ class RankFailure(RuntimeError):
     """Another rank stopped answering at a collective."""
 
 
+def share_the_cores(ranks_here):
+    """Give this rank its share of this machine's cores, ``cores // ranks_here`` threads (at least
+    one), unless ``MINIDL_NUM_THREADS`` says otherwise: the CPU backend runs every kernel, GEMMs
+    included, on its pool of threads (every core by default), and ranks on one machine that each
+    took every core would fight over them.  Sets ``MINIDL_NUM_THREADS``, which the first training
+    call reads, and on the ``numba`` backend the calling thread's count at once."""
+    if "MINIDL_NUM_THREADS" in os.environ:
+        return
+    share = max(1, (os.cpu_count() or 1) // max(1, ranks_here))
+    os.environ["MINIDL_NUM_THREADS"] = str(share)
+    if get_backend() == "numba":
+        import numba
+
+        from minidl.kernels import cpu
+
+        cpu.set_num_threads(min(share, numba.config.NUMBA_NUM_THREADS))
+
+
 class DataParallel:
     """Synchronous data-parallel training over an MPI communicator (default ``COMM_WORLD``).
 
@@ -130,12 +148,14 @@ class DataParallel:
     it), ``overlap=False`` starts every bucket's reduction only after the whole backward pass (to
     measure what the overlap saves), ``timeout`` bounds every wait for the other ranks (seconds).
     After ``fit``, :attr:`stats` holds the bytes reduced per step and the seconds spent waiting.
+    Each rank takes its share of its machine's cores (:func:`share_the_cores`).
     """
 
     def __init__(self, comm=None, bucket_bytes=DEFAULT_BUCKET_BYTES, overlap=True, timeout=None):
         MPI = mpi()
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.ranks = self.comm.Get_rank(), self.comm.Get_size()
+        share_the_cores(self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
         if not isinstance(bucket_bytes, int) or bucket_bytes < 1:
             raise ValueError(f"DataParallel: bucket_bytes must be a positive int, got {bucket_bytes!r}")
         self.bucket_bytes, self.overlap = bucket_bytes, bool(overlap)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -17,7 +18,8 @@ from hypothesis import strategies as st
 
 import minidl
 from minidl import presets
-from minidl.distributed import DataParallel, GradientBuckets, ShardedBatches, shard_bounds, strategy_for
+from minidl.distributed import (DataParallel, GradientBuckets, ShardedBatches, shard_bounds, share_the_cores,
+                                strategy_for)
 
 pytest.importorskip("mpi4py", reason="distributed training needs the 'distributed' extra (mpi4py, MPI)")
 
@@ -26,6 +28,29 @@ PROGRAM = os.path.join(REPOSITORY, "tests", "distributed_program.py")
 
 
 # ------------------------------------------------------------------------------ one process
+
+
+@pytest.fixture(autouse=True)
+def threads_left_as_they_are(monkeypatch):
+    """A ``DataParallel`` made in this process leaves its thread count alone (``MINIDL_NUM_THREADS``
+    set to the current one), so that no test changes the threads of the tests after it."""
+    monkeypatch.setenv("MINIDL_NUM_THREADS", str(numba.get_num_threads()))
+
+
+def test_a_rank_takes_its_share_of_the_cores_once_and_only_where_not_told(monkeypatch):
+    previous = minidl.get_backend()
+    before = numba.get_num_threads()
+    try:
+        minidl.set_backend("numba")
+        monkeypatch.delenv("MINIDL_NUM_THREADS")
+        share_the_cores(os.cpu_count())
+        assert os.environ["MINIDL_NUM_THREADS"] == "1" and numba.get_num_threads() == 1
+        monkeypatch.setenv("MINIDL_NUM_THREADS", "2")
+        share_the_cores(os.cpu_count())
+        assert os.environ["MINIDL_NUM_THREADS"] == "2"
+    finally:
+        numba.set_num_threads(before)
+        minidl.set_backend(previous)
 
 
 @given(st.integers(0, 500), st.integers(1, 9))
@@ -138,7 +163,7 @@ def environment(**extra):
     env = dict(os.environ, PYTHONPATH=REPOSITORY + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MINIDL_NUM_THREADS="1")
     env.update(extra)
-    return env
+    return {key: value for key, value in env.items() if value is not None}
 
 
 def run(arguments, ranks=None, timeout=600, **env):
@@ -151,6 +176,26 @@ def run(arguments, ranks=None, timeout=600, **env):
 
 def relative_difference(a, b):
     return max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-12)) for x, y in zip(a, b))
+
+
+THREADS_AFTER_A_STEP = ("import os, numba, numpy as np, minidl; from minidl import layers; "
+                        "from minidl.distributed import DataParallel; minidl.set_backend('numba'); "
+                        "m = minidl.Sequential([layers.Input((3,)), layers.Dense(2)]); m.compile('sgd', 'mse'); "
+                        "m.fit(np.ones((8, 3)), np.ones((8, 2)), batch_size=2, verbose=0, distributed=DataParallel()); "
+                        "import sys; sys.stdout.write(f'threads={numba.get_num_threads()}\\n')")
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_ranks_on_one_machine_share_its_cores_unless_told_how_many_threads_to_take():
+    ranks = 2
+    result, _ = run([sys.executable, "-c", THREADS_AFTER_A_STEP], ranks=ranks, MINIDL_NUM_THREADS=None)
+    assert result.returncode == 0, result.stderr
+    share = max(1, min(os.cpu_count() // ranks, numba.config.NUMBA_NUM_THREADS))
+    assert result.stdout.split() == [f"threads={share}"] * ranks
+    told, _ = run([sys.executable, "-c", THREADS_AFTER_A_STEP], ranks=ranks, MINIDL_NUM_THREADS="1")
+    assert told.returncode == 0, told.stderr
+    assert told.stdout.split() == ["threads=1"] * ranks
 
 
 @pytest.mark.mpi

@@ -105,7 +105,9 @@ def machine_key():
     if get_backend() == "numba":
         import numba
 
-        gemms = ", GEMMs on them" if ops.GEMM_LIBRARY is not None else ""
+        from minidl.kernels import cpu
+
+        gemms = ", GEMMs on them" if cpu.GEMM_LIBRARY is not None else ""
         threads = f", {numba.get_num_threads()} numba threads{gemms}"
     return f"{model}, {os.cpu_count()} cores, {get_backend()}{threads}"
 
