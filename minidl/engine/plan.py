@@ -7,6 +7,7 @@ a step keeps its own state (argmax, pads, scratch) and writes only ``grads`` int
 """
 
 from minidl.backend import ops
+from minidl.layers.activations import activation_backward
 
 
 class Step:
@@ -45,9 +46,10 @@ class Step:
 
 
 class LayerStep(Step):
-    """The plain path: the layer's own ``forward`` and ``backward``.  Without ``input_grad_needed`` a
-    layer that has a ``parameter_backward`` (Dense, Conv2D) runs that instead and skips ``dL/dx``;
-    any other layer computes ``dL/dx`` and the step drops it."""
+    """The plain path: the layer's own ``forward`` and ``backward``.  Without ``input_grad_needed``,
+    for a layer whose parameter gradients come apart from ``dL/dx`` (Dense and Conv2D's
+    ``linear_parameter_grads``) the step computes only those (:meth:`parameter_backward`); any other
+    layer computes ``dL/dx`` and the step drops it."""
 
     def __init__(self, layer, inputs, output, input_grad_needed):
         super().__init__((layer,), inputs, output)
@@ -55,7 +57,7 @@ class LayerStep(Step):
 
     @property
     def computes_input_grad(self):
-        return self.input_grad_needed or not hasattr(self.layer, "parameter_backward")
+        return self.input_grad_needed or not hasattr(self.layer, "linear_parameter_grads")
 
     def forward(self, inputs, training):
         self.y = self.layer.forward(inputs if self.layer.takes_several_inputs else inputs[0], training)
@@ -63,10 +65,15 @@ class LayerStep(Step):
 
     def backward(self, grad_out):
         if not self.computes_input_grad:
-            self.layer.parameter_backward(grad_out)
+            self.parameter_backward(grad_out)
             return [None]
         grad_in = self.layer.backward(grad_out)
         return needed_grads(list(grad_in) if self.layer.takes_several_inputs else [grad_in], self.input_grad_needed)
+
+    def parameter_backward(self, grad_out):
+        """The layer's backward without ``dL/dx``: ``dL/dz = dL/dy * f'(z)`` from its kept output
+        ``y``, then only its ``linear_parameter_grads`` (``dL/dW``, ``dL/db``)."""
+        self.layer.linear_parameter_grads(activation_backward(grad_out, self.layer.y, self.layer.activation))
 
 
 def needed_grads(grads, input_grad_needed):

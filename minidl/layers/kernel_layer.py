@@ -1,12 +1,11 @@
 """What Dense and Conv2D share: a kernel, an optional bias, an activation, and their options.
 
 Each subclass writes its own ``forward`` and ``backward`` (the math a reader looks for lives in
-``dense.py`` and ``conv.py``); this class holds the arguments and parameters they have in common,
-and :meth:`KernelLayer.parameter_backward`, their backward without ``dL/dx``.
+``dense.py`` and ``conv.py``); this class holds the arguments and parameters they have in common.
 """
 
 from minidl import initializers, regularizers
-from minidl.layers.activations import activation_backward, check_activation
+from minidl.layers.activations import check_activation
 from minidl.layers.base import Layer
 
 
@@ -30,11 +29,6 @@ class KernelLayer(Layer):
         self.add_param("kernel", kernel_shape, self.kernel_initializer, self.kernel_regularizer)
         if self.use_bias:
             self.add_param("bias", (kernel_shape[-1],), self.bias_initializer, self.bias_regularizer)
-
-    def parameter_backward(self, grad_out):
-        """``backward`` without ``dL/dx``: ``dL/dz = dL/dy * f'(z)``, then only the subclass's
-        ``linear_parameter_grads``, for a layer whose input's gradient nobody reads."""
-        self.linear_parameter_grads(activation_backward(grad_out, self.y, self.activation))
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation, "use_bias": self.use_bias,

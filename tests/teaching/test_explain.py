@@ -54,7 +54,7 @@ def test_the_plain_plan_shows_no_pass_and_skips_the_input_gradient_of_a_first_co
     assert f"{first_conv} (Conv2D)" in text
 
 
-def test_a_first_layer_without_a_parameter_backward_computes_the_input_gradient_and_the_plan_drops_it():
+def test_a_first_layer_without_separate_parameter_gradients_computes_the_input_gradient_and_the_plan_drops_it():
     model = Sequential([layers.Input((4, 4, 2)), layers.BatchNormalization(), layers.Flatten(),
                         layers.Dense(3, activation="softmax")])
     model.compile("sgd", "categorical_crossentropy", optimize=False)
