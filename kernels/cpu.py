@@ -148,7 +148,8 @@ def multiply(a, b):
 def accumulate(total, x):
     """In place: ``total += x`` (same shapes; ``total`` C-contiguous), across the threads."""
     _check_same_shape("accumulate", "total", total, "x", x)
-    _add_kernel(_flat_inplace("accumulate", "total", total), _flat(x), total.reshape(-1))
+    flat_total = _flat_inplace("accumulate", "total", total)
+    _add_kernel(flat_total, _flat(x), flat_total)
 
 
 @jit

@@ -131,7 +131,7 @@ def share_the_cores(ranks_here):
     call reads, and on the ``numba`` backend the calling thread's count at once."""
     if "MINIDL_NUM_THREADS" in os.environ:
         return
-    share = max(1, (os.cpu_count() or 1) // max(1, ranks_here))
+    share = max(1, (os.cpu_count() or 1) // ranks_here)
     os.environ["MINIDL_NUM_THREADS"] = str(share)
     if get_backend() == "numba":
         import numba
@@ -155,7 +155,9 @@ class DataParallel:
         MPI = mpi()
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.ranks = self.comm.Get_rank(), self.comm.Get_size()
-        share_the_cores(self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
+        this_machine = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        share_the_cores(this_machine.Get_size())
+        this_machine.Free()
         if not isinstance(bucket_bytes, int) or bucket_bytes < 1:
             raise ValueError(f"DataParallel: bucket_bytes must be a positive int, got {bucket_bytes!r}")
         self.bucket_bytes, self.overlap = bucket_bytes, bool(overlap)
