@@ -37,6 +37,13 @@ KERNELS = {
                "cpu returns the transpose of a C-contiguous array for fewer than 4 channels"),
     "col2im": (("cols", "x_shape", "kernel_size", "strides", "pads"),
                "adjoint of im2col: (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlapping windows summed"),
+    # the same convolution with nothing kept for backward (cpu: one image at a time, in cache)
+    "conv_by_image": (("x", "kernel_matrix", "kernel_size", "strides", "pads"),
+                      "im2col(x) @ kernel_matrix: (N, H, W, C), (KH*KW*C, F) -> (N, OH, OW, F)"),
+    "conv_by_image_kernel_grad": (("x", "grad_out", "kernel_size", "strides", "pads"),
+                                  "im2col(x)^T @ grad_out: (N, H, W, C), (N, OH, OW, F) -> (KH*KW*C, F)"),
+    "conv_by_image_input_grad": (("grad_out", "kernel_matrix", "x_shape", "kernel_size", "strides", "pads"),
+                                 "col2im(grad_out @ kernel_matrix^T): (N, OH, OW, F), (KH*KW*C, F) -> x_shape"),
     # convolution by Winograd F(2x2, 3x3)
     # Winograd F(m x m, 3 x 3) with m = tile (2 or 4, minidl.kernels.winograd), P = (m + 2)^2 positions
     "winograd_kernel": (("kernel", "tile"), "U = G W G^T: (3, 3, C_in, F) -> (P, C_in, F)"),

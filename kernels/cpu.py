@@ -58,6 +58,7 @@ from .shapes import as_three_axes, concatenated_shape, split_shapes  # noqa: E40
 __all__ = [
     "to_device", "to_host", "zeros", "zeros_like", "add", "multiply", "accumulate", "all_finite",
     "matmul", "matmul_tn", "matmul_nt", "bias_grad", "im2col", "col2im",
+    "conv_by_image", "conv_by_image_kernel_grad", "conv_by_image_input_grad",
     "winograd_kernel", "winograd_kernel_grad", "winograd_tiles", "winograd_tiles_grad",
     "winograd_outputs", "winograd_outputs_grad",
     "maxpool_forward", "maxpool_values", "maxpool_backward", "avgpool_forward", "avgpool_backward",
@@ -265,7 +266,7 @@ def _gemm(function, a, b, trans_a, trans_b):
     by the split GEMMs above when :data:`GEMM_LIBRARY` is set and has a GEMM of this dtype, else by
     NumPy's ``@`` (which handles the transposes without copies)."""
     _check_matmul(function, a, b, 0 if trans_a else 1, 1 if trans_b else 0)
-    gemm = GEMM_LIBRARY.gemms.get(a.dtype) if GEMM_LIBRARY is not None and a.dtype == b.dtype else None
+    gemm = _library_gemm(a, b)
     if gemm is None or 0 in a.shape or 0 in b.shape:
         return (np.swapaxes(a, -1, -2) if trans_a else a) @ (np.swapaxes(b, -1, -2) if trans_b else b)
     (a3, trans_a), (b3, trans_b) = _gemm_operand(a, trans_a), _gemm_operand(b, trans_b)
@@ -323,17 +324,21 @@ def bias_grad(grad_out):
 
 
 # ------------------------------------------------------------------------------------ convolution
+#
+# An image is unfolded by one of two helpers, each writing the rows of ``cols`` (or the columns of
+# its transpose) that one image's windows make: ``im2col`` runs them over the batch, and the
+# ``conv_by_image`` kernels over one image at a time in a scratch of the thread's own.
 
 
-@jit_parallel
-def _im2col_kernel(x, kh, kw, sh, sw, top, left, out_h, out_w, cols):
-    """``cols[(n, oh, ow), (i*KW + j)*C + c] = x[n, oh*SH + i - top, ow*SW + j - left, c]``, zero
-    where that pixel is padding.  ``x (N, H, W, C)`` -> ``cols (N*OH*OW, KH*KW*C)``."""
-    n_images, height, width, channels = x.shape
-    for image_row in numba.prange(n_images * out_h):
-        n, oh = image_row // out_h, image_row % out_h
+@jit
+def _unfold_rows(image, kh, kw, sh, sw, top, left, first_oh, last_oh, out_w, cols, first_row):
+    """``cols[first_row + (oh - first_oh)*OW + ow, (i*KW + j)*C + c] = image[oh*SH + i - top,
+    ow*SW + j - left, c]`` for output rows ``first_oh <= oh < last_oh``, zero where that pixel is
+    padding.  ``image (H, W, C)``, ``cols (., KH*KW*C)``."""
+    height, width, channels = image.shape
+    for oh in range(first_oh, last_oh):
         for ow in range(out_w):
-            row = image_row * out_w + ow
+            row = first_row + (oh - first_oh) * out_w + ow
             for i in range(kh):
                 h = oh * sh + i - top
                 for j in range(kw):
@@ -341,7 +346,7 @@ def _im2col_kernel(x, kh, kw, sh, sw, top, left, out_h, out_w, cols):
                     col = (i * kw + j) * channels
                     if 0 <= h < height and 0 <= w < width:
                         for c in range(channels):
-                            cols[row, col + c] = x[n, h, w, c]
+                            cols[row, col + c] = image[h, w, c]
                     else:
                         for c in range(channels):
                             cols[row, col + c] = 0
@@ -352,7 +357,8 @@ def _copy_to_phase_planes(image, top, left, sh, sw, planes):
     """``planes[c, a, b, r, k] = padded[r*SH + a, k*SW + b, c]`` for ``image (H, W, C)`` padded by
     ``top``/``left`` and zeroed planes ``(C, SH, SW, PH, PW)``: each plane holds the pixels of one
     phase ``(a, b)`` of the strides, so that a window tap at stride ``SH x SW`` reads a contiguous run
-    of one plane row.  Pixels past the planes are left out."""
+    of one plane row.  Pixels past the planes are left out, and padding is never written, so planes
+    zeroed once serve every image of one shape."""
     height, width, channels = image.shape
     _, _, _, phase_h, phase_w = planes.shape
     for c in range(channels):
@@ -369,30 +375,52 @@ def _copy_to_phase_planes(image, top, left, sh, sw, planes):
                             plane_row[k] = row[k * sw + b - left, c]
 
 
+@jit
+def _phase_planes(channels, kh, kw, sh, sw, out_h, out_w, dtype):
+    """Zeroed phase planes ``(C, SH, SW, PH, PW)`` for :func:`_unfold_transposed`: ``PH = OH +
+    (KH - 1) // SH`` rows of ``PW = OW + (KW - 1) // SW``."""
+    return np.zeros((channels, sh, sw, out_h + (kh - 1) // sh, out_w + (kw - 1) // sw), dtype=dtype)
+
+
+@jit
+def _unfold_transposed(image, planes, kh, kw, sh, sw, top, left, out_h, out_w, cols_t, first_col):
+    """:func:`_unfold_rows` for all of ``image``'s outputs, writing the transpose:
+    ``cols_t[(i*KW + j)*C + c, first_col + oh*OW + ow]``.  The image is first laid out as phase
+    planes (:func:`_copy_to_phase_planes`), so that every ``(i, j, c)`` fills one run of ``OH*OW``
+    values, each image row of it a contiguous copy of a plane row: ``x_padded[oh*SH + i, ow*SW + j]
+    = plane (i % SH, j % SW)[oh + i // SH, ow + j // SW]``."""
+    channels = image.shape[2]
+    _copy_to_phase_planes(image, top, left, sh, sw, planes)
+    for i in range(kh):
+        for j in range(kw):
+            for c in range(channels):
+                plane = planes[c, i % sh, j % sw]
+                for oh in range(out_h):
+                    plane_row = plane[oh + i // sh, j // sw:]
+                    start = first_col + oh * out_w
+                    run_row = cols_t[(i * kw + j) * channels + c, start:start + out_w]
+                    for ow in range(out_w):
+                        run_row[ow] = plane_row[ow]
+
+
+@jit_parallel
+def _im2col_kernel(x, kh, kw, sh, sw, top, left, out_h, out_w, cols):
+    """``cols[(n, oh, ow), (i*KW + j)*C + c] = x[n, oh*SH + i - top, ow*SW + j - left, c]``, zero
+    where that pixel is padding.  ``x (N, H, W, C)`` -> ``cols (N*OH*OW, KH*KW*C)``, one output row
+    of one image per parallel task."""
+    for image_row in numba.prange(x.shape[0] * out_h):
+        n, oh = image_row // out_h, image_row % out_h
+        _unfold_rows(x[n], kh, kw, sh, sw, top, left, oh, oh + 1, out_w, cols, image_row * out_w)
+
+
 @jit_parallel
 def _im2col_transposed_kernel(x, kh, kw, sh, sw, top, left, out_h, out_w, cols_t):
-    """:func:`_im2col_kernel` writing the transpose, ``cols_t[(i*KW + j)*C + c, (n, oh, ow)]``.
-    Each image is first laid out as zero-padded phase planes (:func:`_copy_to_phase_planes`), so
-    that every ``(i, j, c)`` fills one run of ``OH*OW`` values, each image row of it a contiguous
-    copy of a plane row: ``x_padded[oh*SH + i, ow*SW + j] = plane (i % SH, j % SW)[oh + i // SH,
-    ow + j // SW]``.  ``x (N, H, W, C)`` -> ``cols_t (KH*KW*C, N*OH*OW)``."""
-    n_images, _, _, channels = x.shape
-    phase_h, phase_w = out_h + (kh - 1) // sh, out_w + (kw - 1) // sw
-    padded = np.zeros((n_images, channels, sh, sw, phase_h, phase_w), dtype=x.dtype)
-    pixels = out_h * out_w
-    for n in numba.prange(n_images):
-        planes = padded[n]
-        _copy_to_phase_planes(x[n], top, left, sh, sw, planes)
-        for i in range(kh):
-            for j in range(kw):
-                for c in range(channels):
-                    plane = planes[c, i % sh, j % sw]
-                    run = cols_t[(i * kw + j) * channels + c, n * pixels:(n + 1) * pixels]
-                    for oh in range(out_h):
-                        plane_row = plane[oh + i // sh, j // sw:]
-                        run_row = run[oh * out_w:(oh + 1) * out_w]
-                        for ow in range(out_w):
-                            run_row[ow] = plane_row[ow]
+    """:func:`_im2col_kernel` writing the transpose, ``cols_t[(i*KW + j)*C + c, (n, oh, ow)]``, one
+    image per parallel task (:func:`_unfold_transposed`).  ``x (N, H, W, C)`` -> ``cols_t
+    (KH*KW*C, N*OH*OW)``."""
+    for n in numba.prange(x.shape[0]):
+        planes = _phase_planes(x.shape[3], kh, kw, sh, sw, out_h, out_w, x.dtype)
+        _unfold_transposed(x[n], planes, kh, kw, sh, sw, top, left, out_h, out_w, cols_t, n * out_h * out_w)
 
 
 def im2col(x, kernel_size, strides, pads):
@@ -420,27 +448,46 @@ def im2col(x, kernel_size, strides, pads):
     return cols
 
 
+@jit
+def _fold_image(cols, first_row, kh, kw, sh, sw, top, left, out_h, out_w, image):
+    """``image[oh*SH + i - top, ow*SW + j - left, c] = sum of cols[first_row + oh*OW + ow, (i*KW +
+    j)*C + c]`` over the windows covering that pixel: one image's rows of ``cols (., KH*KW*C)``
+    folded back onto ``image (H, W, C)``, which it overwrites."""
+    height, width, channels = image.shape
+    image[:] = 0
+    for oh in range(out_h):
+        for ow in range(out_w):
+            row = first_row + oh * out_w + ow
+            for i in range(kh):
+                h = oh * sh + i - top
+                if h < 0 or h >= height:
+                    continue
+                for j in range(kw):
+                    w = ow * sw + j - left
+                    if w < 0 or w >= width:
+                        continue
+                    col = (i * kw + j) * channels
+                    for c in range(channels):
+                        image[h, w, c] += cols[row, col + c]
+
+
 @jit_parallel
 def _col2im_kernel(cols, kh, kw, sh, sw, top, left, out_h, out_w, x):
     """``x[n, oh*SH + i - top, ow*SW + j - left, c] += cols[(n, oh, ow), (i*KW + j)*C + c]`` for
     every pixel inside the image.  One image per parallel task, so no two tasks add to one pixel."""
-    n_images, height, width, channels = x.shape
-    for n in numba.prange(n_images):
-        x[n] = 0
-        for oh in range(out_h):
-            for ow in range(out_w):
-                row = (n * out_h + oh) * out_w + ow
-                for i in range(kh):
-                    h = oh * sh + i - top
-                    if h < 0 or h >= height:
-                        continue
-                    for j in range(kw):
-                        w = ow * sw + j - left
-                        if w < 0 or w >= width:
-                            continue
-                        col = (i * kw + j) * channels
-                        for c in range(channels):
-                            x[n, h, w, c] += cols[row, col + c]
+    for n in numba.prange(x.shape[0]):
+        _fold_image(cols, n * out_h * out_w, kh, kw, sh, sw, top, left, out_h, out_w, x[n])
+
+
+def _check_cols(function, cols, x_shape, kernel_size, strides, pads):
+    """``(OH, OW)`` of ``x_shape`` images under the window; raises ``ValueError`` naming ``function``
+    unless ``cols`` is their ``(N*OH*OW, KH*KW*C)``."""
+    out_h, out_w = output_hw(x_shape, kernel_size, strides, pads)
+    n, _, _, c = x_shape
+    expected = (n * out_h * out_w, kernel_size[0] * kernel_size[1] * c)
+    if tuple(cols.shape) != expected:
+        raise ValueError(f"{function}: cols must have shape {expected} for images {tuple(x_shape)}, got {cols.shape}")
+    return out_h, out_w
 
 
 def col2im(cols, x_shape, kernel_size, strides, pads):
@@ -449,16 +496,164 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
     ``cols`` ``(N*OH*OW, KH*KW*C)`` -> ``(N, H, W, C)``; overlapping windows sum, padding is dropped.
     """
     (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
-    out_h, out_w = output_hw(x_shape, kernel_size, strides, pads)
-    n, _, _, c = x_shape
-    if cols.shape != (n * out_h * out_w, kh * kw * c):
-        raise ValueError(
-            f"col2im: cols must have shape {(n * out_h * out_w, kh * kw * c)} for images "
-            f"{tuple(x_shape)}, got {cols.shape}"
-        )
+    out_h, out_w = _check_cols("col2im", cols, x_shape, kernel_size, strides, pads)
     x = np.empty(tuple(x_shape), dtype=cols.dtype)
     _col2im_kernel(np.ascontiguousarray(cols), kh, kw, sh, sw, top, left, out_h, out_w, x)
     return x
+
+
+# The same products, image by image: each thread takes a run of the batch's images and, for each,
+# unfolds it into a scratch of its own (one image's ``cols``, a few hundred kB, which stays in its
+# core's cache) and multiplies that at once by one BLAS call.  Nothing the size of the batch's
+# ``cols`` is written: where those are larger than the last-level cache, writing them and reading
+# them back ran at memory speed, and a strided 3-channel first conv's forward took 2.3x as long as
+# here (``benchmarks/RESULTS.md``, "Convolution image by image").  The kernel gradient unfolds each
+# image again, its products added into the thread's own partial sum; the input gradient folds each
+# image's ``dL/dcols`` back as soon as it is made.  Few-channel inputs unfold transposed, as in
+# ``im2col``.  Without a BLAS library to call (``GEMM_LIBRARY``), the products are im2col's.
+
+
+@jit
+def _unfold_image(image, planes, kh, kw, sh, sw, top, left, out_h, out_w, transposed, cols):
+    """One image's ``cols`` into the flat scratch ``cols``: ``(OH*OW, KH*KW*C)`` rows, or their
+    transpose where ``transposed`` (then by the phase ``planes``)."""
+    pixels, depth = out_h * out_w, kh * kw * image.shape[2]
+    if transposed:
+        _unfold_transposed(image, planes, kh, kw, sh, sw, top, left, out_h, out_w, cols.reshape(depth, pixels), 0)
+    else:
+        _unfold_rows(image, kh, kw, sh, sw, top, left, 0, out_h, out_w, cols.reshape(pixels, depth), 0)
+
+
+@jit
+def _images_of_thread(thread, threads, n_images):
+    """The run of images thread ``thread`` of ``threads`` takes: ``range(first, stop)``."""
+    return range(thread * n_images // threads, (thread + 1) * n_images // threads)
+
+
+@jit_parallel
+def _conv_by_image_kernel(gemm, x, kernel_matrix, kh, kw, sh, sw, top, left, out_h, out_w, transposed, threads, z):
+    """``z[n] = cols(x[n]) @ kernel_matrix`` for every image, the images shared among ``threads``:
+    ``x (N, H, W, C)``, ``kernel_matrix (KH*KW*C, F)``, ``z (N, OH, OW, F)``."""
+    n_images, _, _, channels = x.shape
+    depth, filters = kernel_matrix.shape
+    pixels, size = out_h * out_w, x.itemsize
+    op_cols, ld_cols = (blas.TRANS, pixels) if transposed else (blas.NO_TRANS, depth)
+    for thread in numba.prange(threads):
+        cols = np.empty(pixels * depth, dtype=x.dtype)
+        planes = _phase_planes(channels if transposed else 0, kh, kw, sh, sw, out_h, out_w, x.dtype)
+        for n in _images_of_thread(thread, threads, n_images):
+            _unfold_image(x[n], planes, kh, kw, sh, sw, top, left, out_h, out_w, transposed, cols)
+            gemm(blas.ROW_MAJOR, op_cols, blas.NO_TRANS, pixels, filters, depth, 1.0, cols.ctypes.data, ld_cols,
+                 kernel_matrix.ctypes.data, filters, 0.0, z.ctypes.data + n * pixels * filters * size, filters)
+
+
+@jit_parallel
+def _conv_by_image_kernel_grad_kernel(gemm, x, grad_out, kh, kw, sh, sw, top, left, transposed, partials):
+    """``partials[t] = sum over thread t's images n of cols(x[n])^T @ grad_out[n]``, one thread per
+    partial: ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)``, ``partials (threads, KH*KW*C, F)``."""
+    n_images, _, _, channels = x.shape
+    _, out_h, out_w, filters = grad_out.shape
+    threads, depth, _ = partials.shape
+    pixels, size = out_h * out_w, x.itemsize
+    op_cols, ld_cols = (blas.NO_TRANS, pixels) if transposed else (blas.TRANS, depth)
+    for thread in numba.prange(threads):
+        cols = np.empty(pixels * depth, dtype=x.dtype)
+        planes = _phase_planes(channels if transposed else 0, kh, kw, sh, sw, out_h, out_w, x.dtype)
+        partials[thread] = 0
+        for n in _images_of_thread(thread, threads, n_images):
+            _unfold_image(x[n], planes, kh, kw, sh, sw, top, left, out_h, out_w, transposed, cols)
+            gemm(blas.ROW_MAJOR, op_cols, blas.NO_TRANS, depth, filters, pixels, 1.0, cols.ctypes.data, ld_cols,
+                 grad_out.ctypes.data + n * pixels * filters * size, filters,
+                 1.0, partials.ctypes.data + thread * depth * filters * size, filters)
+
+
+@jit_parallel
+def _conv_by_image_input_grad_kernel(gemm, grad_out, kernel_matrix, kh, kw, sh, sw, top, left, threads, grad_x):
+    """``grad_x[n] = fold(grad_out[n] @ kernel_matrix^T)`` for every image, the images shared among
+    ``threads``: ``grad_out (N, OH, OW, F)``, ``kernel_matrix (KH*KW*C, F)``, ``grad_x (N, H, W, C)``."""
+    n_images, out_h, out_w, filters = grad_out.shape
+    depth = kernel_matrix.shape[0]
+    pixels, size = out_h * out_w, grad_out.itemsize
+    for thread in numba.prange(threads):
+        grad_cols = np.empty((pixels, depth), dtype=grad_out.dtype)
+        for n in _images_of_thread(thread, threads, n_images):
+            gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, pixels, depth, filters, 1.0,
+                 grad_out.ctypes.data + n * pixels * filters * size, filters, kernel_matrix.ctypes.data, filters,
+                 0.0, grad_cols.ctypes.data, depth)
+            _fold_image(grad_cols, 0, kh, kw, sh, sw, top, left, out_h, out_w, grad_x[n])
+
+
+def _library_gemm(*arrays):
+    """The BLAS GEMM the split products and the image-by-image kernels call for these arrays' common
+    dtype, or ``None`` (no library under the policy, or mixed dtypes)."""
+    dtypes = {array.dtype for array in arrays}
+    if GEMM_LIBRARY is None or len(dtypes) != 1:
+        return None
+    return GEMM_LIBRARY.gemms.get(dtypes.pop())
+
+
+def _check_kernel_matrix(function, kernel_matrix, channels, kernel_size):
+    """Raises ``ValueError`` naming ``function`` unless ``kernel_matrix`` is ``(KH*KW*C, F)``."""
+    depth = kernel_size[0] * kernel_size[1] * channels
+    if kernel_matrix.ndim != 2 or kernel_matrix.shape[0] != depth:
+        raise ValueError(f"{function}: kernel_matrix must have {depth} rows (KH*KW*C for a {kernel_size} window "
+                         f"over {channels} channels), got shape {kernel_matrix.shape}")
+
+
+def _check_grad_out(function, grad_out, x_shape, filters, kernel_size, strides, pads):
+    """Raises ``ValueError`` naming ``function`` unless ``grad_out`` is ``(N, OH, OW, filters)`` for
+    ``x_shape`` images under the window."""
+    out_h, out_w = output_hw(x_shape, kernel_size, strides, pads)
+    expected = (x_shape[0], out_h, out_w, filters)
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(f"{function}: grad_out must have shape {expected} for images {tuple(x_shape)}, "
+                         f"got {grad_out.shape}")
+
+
+def conv_by_image(x, kernel_matrix, kernel_size, strides, pads):
+    """``z = im2col(x) @ kernel_matrix``, image by image: ``x (N, H, W, C)``, ``kernel_matrix
+    (KH*KW*C, F)`` -> ``z (N, OH, OW, F)``."""
+    _check_kernel_matrix("conv_by_image", kernel_matrix, x.shape[3], kernel_size)
+    out_h, out_w = output_hw(x.shape, kernel_size, strides, pads)
+    out_shape = (x.shape[0], out_h, out_w, kernel_matrix.shape[1])
+    gemm = _library_gemm(x, kernel_matrix)
+    if gemm is None:
+        return matmul(im2col(x, kernel_size, strides, pads), kernel_matrix).reshape(out_shape)
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
+    z = np.empty(out_shape, dtype=x.dtype)
+    _conv_by_image_kernel(gemm, np.ascontiguousarray(x), np.ascontiguousarray(kernel_matrix), kh, kw, sh, sw,
+                          top, left, out_h, out_w, x.shape[3] < FEW_CHANNELS, numba.get_num_threads(), z)
+    return z
+
+
+def conv_by_image_kernel_grad(x, grad_out, kernel_size, strides, pads):
+    """``dL/dkernel_matrix = im2col(x)^T @ grad_out``, image by image: ``x (N, H, W, C)``,
+    ``grad_out (N, OH, OW, F)`` -> ``(KH*KW*C, F)``."""
+    _check_grad_out("conv_by_image_kernel_grad", grad_out, x.shape, grad_out.shape[-1], kernel_size, strides, pads)
+    gemm = _library_gemm(x, grad_out)
+    if gemm is None:
+        return matmul_tn(im2col(x, kernel_size, strides, pads), grad_out.reshape(-1, grad_out.shape[3]))
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
+    partials = np.empty((numba.get_num_threads(), kh * kw * x.shape[3], grad_out.shape[3]), dtype=x.dtype)
+    _conv_by_image_kernel_grad_kernel(gemm, np.ascontiguousarray(x), np.ascontiguousarray(grad_out), kh, kw, sh, sw,
+                                      top, left, x.shape[3] < FEW_CHANNELS, partials)
+    return partials.sum(axis=0)
+
+
+def conv_by_image_input_grad(grad_out, kernel_matrix, x_shape, kernel_size, strides, pads):
+    """``dL/dx = col2im(grad_out @ kernel_matrix^T)``, image by image: ``grad_out (N, OH, OW, F)``,
+    ``kernel_matrix (KH*KW*C, F)`` -> ``x_shape (N, H, W, C)``."""
+    _check_kernel_matrix("conv_by_image_input_grad", kernel_matrix, x_shape[3], kernel_size)
+    _check_grad_out("conv_by_image_input_grad", grad_out, x_shape, kernel_matrix.shape[1], kernel_size, strides, pads)
+    grad_2d = grad_out.reshape(-1, kernel_matrix.shape[1])
+    gemm = _library_gemm(grad_out, kernel_matrix)
+    if gemm is None:
+        return col2im(matmul_nt(grad_2d, kernel_matrix), x_shape, kernel_size, strides, pads)
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
+    grad_x = np.empty(tuple(x_shape), dtype=grad_out.dtype)
+    _conv_by_image_input_grad_kernel(gemm, np.ascontiguousarray(grad_out), np.ascontiguousarray(kernel_matrix),
+                                     kh, kw, sh, sw, top, left, numba.get_num_threads(), grad_x)
+    return grad_x
 
 
 # ---------------------------------------------------------------------- Winograd F(m x m, 3 x 3)
@@ -1595,6 +1790,14 @@ def _warmup_calls(dtype):
         "im2col": lambda: im2col(x, window, strides, pads),
         "im2col (many channels)": lambda: im2col(array(2, 5, 5, FEW_CHANNELS), window, strides, pads),
         "col2im": lambda: col2im(array(50, 12), image, window, strides, pads),
+        "conv_by_image": lambda: conv_by_image(x, array(12, 2), window, strides, pads),
+        "conv_by_image (many channels)": lambda: conv_by_image(array(2, 5, 5, FEW_CHANNELS), array(16, 2), window,
+                                                               strides, pads),
+        "conv_by_image_kernel_grad": lambda: conv_by_image_kernel_grad(x, array(2, 5, 5, 2), window, strides, pads),
+        "conv_by_image_kernel_grad (many channels)": lambda: conv_by_image_kernel_grad(
+            array(2, 5, 5, FEW_CHANNELS), array(2, 5, 5, 2), window, strides, pads),
+        "conv_by_image_input_grad": lambda: conv_by_image_input_grad(array(2, 5, 5, 2), array(12, 2), image, window,
+                                                                     strides, pads),
         "winograd_tiles": lambda: winograd_tiles(x, pads),
         "winograd_tiles_grad": lambda: winograd_tiles_grad(array(16, 8, 3), image, pads),
         "winograd_outputs": lambda: winograd_outputs(array(16, 18, 3), (2, 6, 6, 3)),

@@ -56,6 +56,9 @@ __all__ = [
     "bias_activation",
     "bias_grad",
     "col2im",
+    "conv_by_image",
+    "conv_by_image_input_grad",
+    "conv_by_image_kernel_grad",
     "conv3x3_maxpool",
     "conv3x3_maxpool_kernel_grad",
     "conv3x3_maxpool_values",
@@ -598,6 +601,34 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
     x = cuda.device_array(tuple(x_shape), dtype=cols.dtype)
     _launch(_col2im, x.size, cols, kh, kw, sh, sw, top, left, out_h, out_w, x)
     return x
+
+
+# The convolution with nothing kept for backward: on the GPU, im2col and one GEMM over the batch (the
+# CPU backend's image-by-image loop exists for its caches).
+
+
+def conv_by_image(x, kernel_matrix, kernel_size, strides, pads):
+    """``z = im2col(x) @ kernel_matrix``: ``x (N, H, W, C)``, ``kernel_matrix (KH*KW*C, F)`` -> ``(N, OH, OW, F)``."""
+    _reject_host_arrays("conv_by_image", (x, kernel_matrix))
+    out_h, out_w = output_hw(x.shape, kernel_size, strides, pads)
+    z = matmul(im2col(x, kernel_size, strides, pads), kernel_matrix)
+    return z.reshape(x.shape[0], out_h, out_w, _last_axis(kernel_matrix))
+
+
+def conv_by_image_kernel_grad(x, grad_out, kernel_size, strides, pads):
+    """``im2col(x)^T @ grad_out``: ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)`` -> ``(KH*KW*C, F)``."""
+    _reject_host_arrays("conv_by_image_kernel_grad", (x, grad_out))
+    return matmul_tn(im2col(x, kernel_size, strides, pads), grad_out.reshape(grad_out.size // _last_axis(grad_out),
+                                                                             _last_axis(grad_out)))
+
+
+def conv_by_image_input_grad(grad_out, kernel_matrix, x_shape, kernel_size, strides, pads):
+    """``col2im(grad_out @ kernel_matrix^T)``: ``grad_out (N, OH, OW, F)``, ``kernel_matrix (KH*KW*C, F)``
+    -> ``x_shape``."""
+    _reject_host_arrays("conv_by_image_input_grad", (grad_out, kernel_matrix))
+    filters = _last_axis(kernel_matrix)
+    grad_cols = matmul_nt(grad_out.reshape(grad_out.size // filters, filters), kernel_matrix)
+    return col2im(grad_cols, x_shape, kernel_size, strides, pads)
 
 
 # ------------------------------------------------------------------------- Winograd F(m x m, 3 x 3)

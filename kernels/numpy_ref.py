@@ -42,7 +42,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .shapes import concatenated_shape, split_shapes
-from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape,
+from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
 from .winograd import tile_of_positions, winograd_matrices
 
@@ -57,6 +57,9 @@ __all__ = [
     "bias_activation",
     "bias_grad",
     "col2im",
+    "conv_by_image",
+    "conv_by_image_input_grad",
+    "conv_by_image_kernel_grad",
     "conv3x3_maxpool",
     "conv3x3_maxpool_kernel_grad",
     "conv3x3_maxpool_values",
@@ -230,6 +233,26 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
         for j in range(kw):
             x_padded[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :] += cols6[:, :, :, i, j, :]
     return x_padded[:, top : top + height, left : left + width, :]
+
+
+def conv_by_image(x, kernel_matrix, kernel_size, strides, pads):
+    """The convolution ``z = im2col(x) @ kernel_matrix`` with nothing kept for backward: ``x (N, H, W,
+    C)``, ``kernel_matrix (KH*KW*C, F)`` (the kernel ``(KH, KW, C, F)`` reshaped) -> ``z (N, OH, OW,
+    F)``.  The CPU backend unfolds and multiplies one image at a time."""
+    out_h, out_w = output_hw(x.shape, kernel_size, strides, pads)
+    return matmul(im2col(x, kernel_size, strides, pads), kernel_matrix).reshape(x.shape[0], out_h, out_w, -1)
+
+
+def conv_by_image_kernel_grad(x, grad_out, kernel_size, strides, pads):
+    """``dL/dkernel_matrix = im2col(x)^T @ G`` with ``G = grad_out`` ``(N, OH, OW, F)`` as
+    ``(N*OH*OW, F)``: ``-> (KH*KW*C, F)``."""
+    return matmul_tn(im2col(x, kernel_size, strides, pads), grad_out.reshape(-1, grad_out.shape[3]))
+
+
+def conv_by_image_input_grad(grad_out, kernel_matrix, x_shape, kernel_size, strides, pads):
+    """``dL/dx = col2im(G @ kernel_matrix^T)`` with ``G = grad_out`` as ``(N*OH*OW, F)``: ``-> x_shape``."""
+    grad_cols = matmul_nt(grad_out.reshape(-1, kernel_matrix.shape[1]), kernel_matrix)
+    return col2im(grad_cols, x_shape, kernel_size, strides, pads)
 
 
 # ---------------------------------------------------------------------- Winograd F(m x m, 3 x 3)

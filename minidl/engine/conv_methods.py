@@ -1,14 +1,16 @@
-"""Two ways to compute a convolution's sum ``z = conv(x, W)``, with the same results, and
+"""Three ways to compute a convolution's sum ``z = conv(x, W)``, with the same results, and
 :class:`ConvLinear`, which runs one of them for a Conv2D, over all of a batch or a chunk of images
 at a time.
 
-Both methods work the same way: the kernel is turned into a matrix (or a stack of them) once per step,
+The methods work the same way: the kernel is turned into a matrix (or a stack of them) once per step,
 the images are *unfolded* into the matrix the GEMMs read (kept for backward, or recomputed chunk by
-chunk), and the outputs are folded back from the products.  Shapes are for ``n`` images
+chunk, or image by image), and the outputs are folded back from the products.  Shapes are for ``n`` images
 ``(n, H, W, C_in)``, a kernel ``(KH, KW, C_in, F)`` and outputs ``(n, OH, OW, F)``.
 
 * :class:`Im2colGemm`: any window and strides; one GEMM of ``K = KH*KW*C_in`` per pass (the layer's
   own formula, :class:`minidl.layers.Conv2D`).
+* :class:`Im2colByImage`: the same GEMM one image at a time, each image's ``cols`` made and
+  multiplied in a cache-sized scratch, nothing kept for backward.
 * :class:`Winograd`: 3x3 kernels at stride 1 only, F(2x2, 3x3) or F(4x4, 3x3); 16 or 36 GEMMs of
   ``K = C_in`` (forward), 2.25x or 4x fewer multiplications than im2col, paid for by the tile
   transforms (``minidl.kernels.winograd`` and ``minidl.kernels.numpy_ref`` explain them).
@@ -42,7 +44,7 @@ class Im2colGemm:
         """``cols`` ``(n*OH*OW, KH*KW*C_in)``: every receptive field as a row."""
         return ops.im2col(x, self.kernel_size, self.strides, pads)
 
-    def outputs(self, cols, kernel_matrix, out_shape):
+    def outputs(self, cols, kernel_matrix, out_shape, pads):
         """``z = cols @ W2d`` as ``out_shape`` ``(n, OH, OW, F)``."""
         return ops.matmul(cols, kernel_matrix).reshape(out_shape)
 
@@ -59,6 +61,40 @@ class Im2colGemm:
         """Scratch one image needs in a forward pass: its ``cols`` rows."""
         (out_h, out_w), (kh, kw) = output_hw, self.kernel_size
         return out_h * out_w * kh * kw * input_shape[2] * itemsize
+
+
+class Im2colByImage(Im2colGemm):
+    """The products of :class:`Im2colGemm`, one image at a time (``ops.conv_by_image`` and its
+    gradients): each image's ``cols`` are made in a scratch of the thread's own and multiplied while
+    they are in cache, and nothing is kept for backward, where the kernel gradient unfolds each
+    image again.  It pays where a batch's ``cols`` outgrow the cache (a 3-channel first conv)::
+
+        z[n]    = im2col(x[n]) @ W2d
+        dL/dW2d = sum over n of im2col(x[n])^T G[n]
+        dL/dx[n] = col2im(G[n] W2d^T)
+    """
+
+    name = "im2col_by_image"
+
+    def unfold(self, x, pads):
+        """``x`` itself: the images are unfolded inside the products."""
+        return x
+
+    def outputs(self, x, kernel_matrix, out_shape, pads):
+        """``z`` ``out_shape`` ``(n, OH, OW, F)`` from the images ``x`` padded by ``pads``."""
+        return ops.conv_by_image(x, kernel_matrix, self.kernel_size, self.strides, pads)
+
+    def grads(self, x, kernel_matrix, grad_z, x_shape, pads, input_grad_needed):
+        """``(dL/dW2d, dL/dx or None)`` from ``grad_z = dL/dz`` ``(n, OH, OW, F)``."""
+        grad_kernel_matrix = ops.conv_by_image_kernel_grad(x, grad_z, self.kernel_size, self.strides, pads)
+        if not input_grad_needed:
+            return grad_kernel_matrix, None
+        return grad_kernel_matrix, ops.conv_by_image_input_grad(grad_z, kernel_matrix, x_shape, self.kernel_size,
+                                                                self.strides, pads)
+
+    def bytes_per_image(self, input_shape, output_hw, filters, itemsize):
+        """No scratch grows with the batch: each thread unfolds one image at a time."""
+        return 0
 
 
 class Winograd:
@@ -100,7 +136,7 @@ class Winograd:
         """``V`` ``(P, n*TH*TW, C_in)``: every tile, transformed."""
         return ops.winograd_tiles(x, pads, self.tile)
 
-    def outputs(self, tiles, kernel_matrix, out_shape):
+    def outputs(self, tiles, kernel_matrix, out_shape, pads):
         """``z = winograd_outputs(V @ U)`` as ``out_shape`` ``(n, OH, OW, F)``."""
         return ops.winograd_outputs(ops.matmul(tiles, kernel_matrix), out_shape)
 
@@ -124,9 +160,10 @@ class Winograd:
 
 
 def candidate_methods(conv):
-    """``{name: method}`` of every method that can compute ``conv``: im2col + GEMM always, Winograd
-    F(2x2, 3x3) and F(4x4, 3x3) where they apply."""
-    methods = {Im2colGemm.name: Im2colGemm(conv.kernel_size, conv.strides)}
+    """``{name: method}`` of every method that can compute ``conv``: im2col + GEMM over the batch
+    or image by image always, Winograd F(2x2, 3x3) and F(4x4, 3x3) where they apply."""
+    methods = {method.name: method for method in (Im2colGemm(conv.kernel_size, conv.strides),
+                                                  Im2colByImage(conv.kernel_size, conv.strides))}
     if Winograd.applies_to(conv):
         methods.update({method.name: method for method in (Winograd(2), Winograd(4))})
     return methods
@@ -179,12 +216,13 @@ class ConvLinear:
         if len(chunks) == 1:
             unfolded = self.method.unfold(x, self.pads)
             self.unfolded = None if inference_chunks else unfolded
-            return self.method.outputs(unfolded, self.kernel_matrix, out_shape)
+            return self.method.outputs(unfolded, self.kernel_matrix, out_shape, self.pads)
         self.unfolded = None
         z = ops.zeros(out_shape, self.conv.dtype)
         for chunk in chunks:
             unfolded = self.method.unfold(x[chunk], self.pads)
-            z[chunk] = self.method.outputs(unfolded, self.kernel_matrix, (chunk.stop - chunk.start, *out_shape[1:]))
+            z[chunk] = self.method.outputs(unfolded, self.kernel_matrix, (chunk.stop - chunk.start, *out_shape[1:]),
+                                           self.pads)
         return z
 
     def backward(self, grad_z, input_grad_needed):

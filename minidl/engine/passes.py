@@ -190,10 +190,12 @@ def convs_with_linear(draft, pass_name):
 
 def workspace_chunking(draft):
     """[D4] A conv whose batch would need more than ``max_workspace_bytes`` of scratch (im2col
-    columns, Winograd tiles) computes that many bytes' worth of images at a time."""
+    columns, Winograd tiles) computes that many bytes' worth of images at a time; one whose method
+    keeps no scratch per image (image by image) runs whole."""
     for step in convs_with_linear(draft, "workspace_chunking"):
-        step.linear.images_per_chunk = max(1, draft.max_workspace_bytes // step.linear.bytes_per_image())
-        record_pass(step, "workspace_chunking")
+        if step.linear.bytes_per_image():
+            step.linear.images_per_chunk = max(1, draft.max_workspace_bytes // step.linear.bytes_per_image())
+            record_pass(step, "workspace_chunking")
 
 
 def inference_chunking(draft):
@@ -204,8 +206,9 @@ def inference_chunking(draft):
     cache is read by its GEMMs from there."""
     bound = min(INFERENCE_WORKSPACE_BYTES, draft.max_workspace_bytes)
     for step in convs_with_linear(draft, "inference_chunking"):
-        step.linear.inference_images_per_chunk = max(1, bound // step.linear.bytes_per_image())
-        record_pass(step, "inference_chunking")
+        if step.linear.bytes_per_image():
+            step.linear.inference_images_per_chunk = max(1, bound // step.linear.bytes_per_image())
+            record_pass(step, "inference_chunking")
 
 
 def inference_maxima(draft):

@@ -52,10 +52,11 @@ def test_every_candidate_computes_the_layers_own_conv_and_gradients(backend, pro
 
 
 def test_winograd_is_a_candidate_for_3x3_stride_1_kernels_only():
-    assert set(candidate_methods(built_conv((8, 8, 2)))) == {"im2col", "winograd", "winograd_4x4"}
-    assert set(candidate_methods(built_conv((8, 8, 2), padding="same"))) == {"im2col", "winograd", "winograd_4x4"}
-    assert set(candidate_methods(built_conv((8, 8, 2), strides=2))) == {"im2col"}
-    assert set(candidate_methods(built_conv((8, 8, 2), kernel_size=5))) == {"im2col"}
+    every_conv = {"im2col", "im2col_by_image"}
+    assert set(candidate_methods(built_conv((8, 8, 2)))) == every_conv | {"winograd", "winograd_4x4"}
+    assert set(candidate_methods(built_conv((8, 8, 2), padding="same"))) == every_conv | {"winograd", "winograd_4x4"}
+    assert set(candidate_methods(built_conv((8, 8, 2), strides=2))) == every_conv
+    assert set(candidate_methods(built_conv((8, 8, 2), kernel_size=5))) == every_conv
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_the_first_choice_times_every_candidate_and_keeps_the_fastest_on_disk(me
     conv = built_conv((10, 10, 4))
     chosen = conv_choice.choose_method(conv, conv.pads, True)
     (entry,) = json.loads(measuring.read_text()).values()
-    assert set(entry["seconds"]) == {"im2col", "winograd", "winograd_4x4"}
+    assert set(entry["seconds"]) == {"im2col", "im2col_by_image", "winograd", "winograd_4x4"}
     assert all(seconds > 0 for seconds in entry["seconds"].values())
     methods = candidate_methods(conv)
     assert chosen == entry["method"] == conv_choice.leanest_of_the_fastest(conv, methods, conv.pads, entry["seconds"])
@@ -114,7 +115,7 @@ def test_every_candidate_is_timed_on_the_same_images(measuring, monkeypatch):
     conv = built_conv((24, 24, 8))
     bytes_per_image = {name: ConvLinear(conv, method, conv.pads).bytes_per_image()
                        for name, method in candidate_methods(conv).items()}
-    assert len(set(bytes_per_image.values())) == 3
+    assert len(set(bytes_per_image.values())) == len(bytes_per_image) == 4
     monkeypatch.setattr(conv_choice, "MEASURE_WORKSPACE_BYTES", 5 * max(bytes_per_image.values()))
     timed_images = collections.defaultdict(set)
     forward = ConvLinear.forward
@@ -131,9 +132,11 @@ def test_every_candidate_is_timed_on_the_same_images(measuring, monkeypatch):
 
 
 @pytest.mark.parametrize("seconds, expected", [
-    ({"im2col": 1.0, "winograd": 1.05, "winograd_4x4": 1.5}, "leanest of im2col and winograd"),
-    ({"im2col": 1.0, "winograd": 1.2, "winograd_4x4": 1.5}, "im2col"),  # beyond the tie: the fastest
-    ({"im2col": 2.0, "winograd": 1.0, "winograd_4x4": 1.08}, "leanest of winograd and winograd_4x4"),
+    ({"im2col": 1.0, "im2col_by_image": 2.0, "winograd": 1.05, "winograd_4x4": 1.5}, "leanest of im2col and winograd"),
+    ({"im2col": 1.0, "im2col_by_image": 2.0, "winograd": 1.2, "winograd_4x4": 1.5}, "im2col"),  # beyond the tie
+    ({"im2col": 2.0, "im2col_by_image": 2.0, "winograd": 1.0, "winograd_4x4": 1.08},
+     "leanest of winograd and winograd_4x4"),
+    ({"im2col": 1.0, "im2col_by_image": 1.05, "winograd": 1.5, "winograd_4x4": 1.5}, "im2col_by_image"),  # no scratch
 ])
 def test_of_candidates_timed_within_the_tie_the_one_with_least_scratch_wins(measuring, monkeypatch, seconds, expected):
     conv = built_conv((10, 10, 4))
@@ -165,12 +168,13 @@ def test_a_confirmed_choice_is_used_without_timing_again(measuring, monkeypatch)
 def test_a_new_choice_is_timed_again_and_each_candidate_keeps_its_faster_timing(measuring, monkeypatch, timings):
     """A burst of load that slowed im2col's passes in the first timing (2.0 against 1.0 later) no
     longer decides the choice: the second timing's im2col and the first's winograd are merged."""
-    conv, key = cached_entry(measuring, seconds={"im2col": 2.0, "winograd": 1.2, "winograd_4x4": 3.0}, timings=timings)
+    conv, key = cached_entry(measuring, seconds={"im2col": 2.0, "im2col_by_image": 3.0, "winograd": 1.2,
+                                                 "winograd_4x4": 3.0}, timings=timings)
     monkeypatch.setattr(conv_choice, "measured_seconds",
-                        lambda *args: {"im2col": 1.0, "winograd": 1.5, "winograd_4x4": 2.5})
+                        lambda *args: {"im2col": 1.0, "im2col_by_image": 2.0, "winograd": 1.5, "winograd_4x4": 2.5})
     assert conv_choice.choose_method(conv, conv.pads, True) == "im2col"
     entry = json.loads(measuring.read_text())[key]
-    assert entry["seconds"] == {"im2col": 1.0, "winograd": 1.2, "winograd_4x4": 2.5}
+    assert entry["seconds"] == {"im2col": 1.0, "im2col_by_image": 2.0, "winograd": 1.2, "winograd_4x4": 2.5}
     assert entry["timings"] == 2
 
 
@@ -180,7 +184,7 @@ def test_the_plan_follows_the_cached_choice(measuring, cached, planned):
     model.compile(optimizer="sgd", loss="mse", optimize={"workspace_chunking": False, "inference_chunking": False})
     conv = model.layers[0]
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, False)}"
-    seconds = {"im2col": 1.0, "winograd": 1.0, "winograd_4x4": 1.0}
+    seconds = {"im2col": 1.0, "im2col_by_image": 1.0, "winograd": 1.0, "winograd_4x4": 1.0}
     measuring.write_text(json.dumps({key: {"method": cached, "seconds": seconds, "images": 16, "load_per_core": 0.0,
                                            "timings": 2}}))
     step = model.plan.step_of(conv)
@@ -192,8 +196,9 @@ def cached_entry(measuring, **fields):
     """A cache holding one choice of ``built_conv((10, 10, 4))``, with ``fields`` over a valid entry."""
     conv = built_conv((10, 10, 4))
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, True)}"
-    entry = {"method": "winograd", "seconds": {"im2col": 2.0, "winograd": 1.0, "winograd_4x4": 3.0}, "images": 16,
-             "load_per_core": 0.5, "timings": 2, **fields}
+    entry = {"method": "winograd", "seconds": {"im2col": 2.0, "im2col_by_image": 2.0, "winograd": 1.0,
+                                               "winograd_4x4": 3.0},
+             "images": 16, "load_per_core": 0.5, "timings": 2, **fields}
     measuring.write_text(json.dumps({key: entry}))
     return conv, key
 

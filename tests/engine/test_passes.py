@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import minidl
 from minidl import gradcheck, layers
 from minidl.engine import PASSES, build_plan, conv_choice
-from minidl.engine.conv_methods import ConvLinear, Im2colGemm, Winograd
+from minidl.engine.conv_methods import ConvLinear, Im2colByImage, Im2colGemm, Winograd
 from minidl.presets import seed_cnn
 
 TOLERANCE = 1e-6
@@ -172,6 +172,54 @@ def test_each_pass_alone_passes_the_gradient_check(backend, pass_name, check_inp
     assert report.passed(TOLERANCE), str(report)
 
 
+def strided_cnn(input_shape):
+    """Two 5x5 stride-2 'same' convs (the second needs dL/dx), average pooling between them."""
+    return minidl.Sequential([layers.Input(input_shape), layers.Conv2D(4, 5, strides=2, padding="same", activation="tanh"),
+                              layers.AveragePooling2D(2), layers.Conv2D(3, 5, strides=2, padding="same"),
+                              layers.Flatten(), layers.Dense(3, activation="softmax")]).cast("float64")
+
+
+@pytest.mark.parametrize("build, input_shape", [
+    *[(lambda shape, conv=conv, pool=pool: minidl.Sequential([
+        layers.Input(shape), layers.Conv2D(3, **{"activation": "relu", **conv}), layers.MaxPooling2D(**pool),
+        layers.Flatten(), layers.Dense(3)]).cast("float64"), shape) for conv, pool, shape in CONV_POOL_CASES],
+    (strided_cnn, (12, 11, 3)),
+])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "after an inference pass"])
+def test_convs_image_by_image_give_the_plain_outputs_and_gradients_and_run_unchunked(backend, build, input_shape,
+                                                                                     training, monkeypatch):
+    monkeypatch.setattr(conv_choice, "modelled_choice", lambda conv, names: "im2col_by_image")
+    models = []
+    for optimize in (True, False):
+        model = build(input_shape)
+        model.compile(optimizer="sgd", loss="mse", optimize=optimize, max_workspace_bytes=1)
+        model.input_grad_needed = True
+        models.append(model)
+    models[0].set_weights(models[1].get_weights())
+    convs = [layer for layer in models[0].layers if isinstance(layer, layers.Conv2D)]
+    for conv in convs:
+        linear = models[0].plan.step_of(conv).linear
+        assert linear.method.name == "im2col_by_image"
+        assert linear.images_per_chunk is None and linear.inference_images_per_chunk is None
+    rng = np.random.default_rng(0)
+    x, grad_out = rng.standard_normal((3, *input_shape)), rng.standard_normal((3, 3))
+    planned = outputs_and_gradients(models[0], x, grad_out, training)
+    plain = outputs_and_gradients(models[1], x, grad_out, training=True)
+    assert_same_results(planned, plain, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("check_input", [False, True])
+def test_convs_image_by_image_pass_the_gradient_check(backend, check_input, monkeypatch):
+    monkeypatch.setattr(conv_choice, "modelled_choice", lambda conv, names: "im2col_by_image")
+    minidl.utils.set_random_seed(4)
+    model = strided_cnn((12, 11, 3))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    rng = np.random.default_rng(2)
+    report = gradcheck.check_model(model, rng.standard_normal((3, 12, 11, 3)), np.eye(3)[[0, 2, 1]],
+                                   check_input=check_input)
+    assert report.passed(TOLERANCE), str(report)
+
+
 # ---------------------------------------------------------------- random models, planned against plain
 
 
@@ -297,8 +345,8 @@ def test_without_a_cross_entropy_or_the_pass_the_softmax_is_a_plain_step(backend
 # ------------------------------------------------------------------------ chunks and the workspace
 
 
-@pytest.mark.parametrize("method", [Im2colGemm((3, 3), (1, 1)), Winograd(2), Winograd(4)],
-                         ids=["im2col", "winograd", "winograd_4x4"])
+@pytest.mark.parametrize("method", [Im2colGemm((3, 3), (1, 1)), Im2colByImage((3, 3), (1, 1)), Winograd(2), Winograd(4)],
+                         ids=["im2col", "im2col_by_image", "winograd", "winograd_4x4"])
 def test_chunked_forward_and_backward_equal_the_single_chunk_ones(method):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 9, 9, 3)).astype(np.float32)

@@ -1,5 +1,6 @@
 """The Numba kernels agree with the NumPy reference on random shapes, windows, strides, paddings, dtypes."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -39,6 +40,9 @@ def arrays(draw, min_dims=1, max_dims=4):
     return np.random.default_rng(draw(st.integers(0, 2**16))).standard_normal(shape).astype(dtype)
 
 
+needs_blas = pytest.mark.skipif(cpu.blas.find() is None, reason="no BLAS library of kernels.blas's flavours")
+
+
 def like(x, seed=1):
     """Another random array of the shape and dtype of ``x``."""
     return np.random.default_rng(seed).standard_normal(x.shape).astype(x.dtype)
@@ -67,6 +71,69 @@ def test_col2im_matches_reference_and_is_a_fresh_contiguous_array(case):
 def test_col2im_names_the_expected_cols_shape():
     with pytest.raises(ValueError, match=r"col2im: cols must have shape \(18, 4\)"):
         cpu.col2im(np.zeros((5, 4)), (2, 4, 4, 1), (2, 2), (1, 1), ((0, 0), (0, 0)))
+
+
+@st.composite
+def conv_cases(draw):
+    """``(x, kernel_matrix, grad_out, window, strides, pads)`` of a convolution: 1-3 input channels
+    (the transposed unfold), 4-5 or 64+ (rows), 1-5 filters, float32 or float64."""
+    x_shape, window, strides, pads, out_hw = draw(window_problems(max_channels=5))
+    channels = draw(st.sampled_from([x_shape[3], 64, 67]))
+    filters, dtype = draw(st.integers(1, 5)), draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((*x_shape[:3], channels)).astype(dtype)
+    kernel_matrix = rng.standard_normal((window[0] * window[1] * channels, filters)).astype(dtype)
+    grad_out = rng.standard_normal((x_shape[0], *out_hw, filters)).astype(dtype)
+    return x, kernel_matrix, grad_out, window, strides, pads
+
+
+def assert_conv_by_image_matches_reference(case):
+    x, kernel_matrix, grad_out, window, strides, pads = case
+    tolerance = 1e-4 if x.dtype == np.float32 else 1e-12  # sums over up to 16 * 67 terms
+    for actual, expected in (
+        (cpu.conv_by_image(x, kernel_matrix, window, strides, pads),
+         ref.conv_by_image(x, kernel_matrix, window, strides, pads)),
+        (cpu.conv_by_image_kernel_grad(x, grad_out, window, strides, pads),
+         ref.conv_by_image_kernel_grad(x, grad_out, window, strides, pads)),
+        (cpu.conv_by_image_input_grad(grad_out, kernel_matrix, x.shape, window, strides, pads),
+         ref.conv_by_image_input_grad(grad_out, kernel_matrix, x.shape, window, strides, pads)),
+    ):
+        assert actual.shape == expected.shape and actual.dtype == expected.dtype and actual.flags.c_contiguous
+        np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+
+
+@needs_blas
+@SETTINGS
+@given(conv_cases(), st.integers(1, 3))
+def test_conv_by_image_and_its_gradients_match_the_reference_on_any_thread_count(case, threads):
+    """Image by image on the BLAS library, with fewer threads than images, as many, or more."""
+    previous = numba.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "GEMM_LIBRARY", cpu.blas.find())
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            assert_conv_by_image_matches_reference(case)
+        finally:
+            numba.set_num_threads(previous)
+
+
+@SETTINGS
+@given(conv_cases())
+def test_conv_by_image_without_a_blas_library_computes_im2cols_products(case):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "GEMM_LIBRARY", None)
+        assert_conv_by_image_matches_reference(case)
+
+
+def test_conv_by_image_names_a_kernel_matrix_or_gradient_of_the_wrong_shape():
+    x, pads = np.zeros((2, 6, 6, 3), np.float32), ((0, 0), (0, 0))
+    with pytest.raises(ValueError, match=r"conv_by_image: kernel_matrix must have 27 rows .*got shape \(12, 4\)"):
+        cpu.conv_by_image(x, np.zeros((12, 4), np.float32), (3, 3), (1, 1), pads)
+    with pytest.raises(ValueError, match=r"conv_by_image_kernel_grad: grad_out must have shape \(2, 4, 4, 4\)"):
+        cpu.conv_by_image_kernel_grad(x, np.zeros((2, 5, 5, 4), np.float32), (3, 3), (1, 1), pads)
+    with pytest.raises(ValueError, match=r"conv_by_image_input_grad: grad_out must have shape \(2, 4, 4, 4\)"):
+        cpu.conv_by_image_input_grad(np.zeros((2, 4, 4, 3), np.float32), np.zeros((27, 4), np.float32), x.shape,
+                                     (3, 3), (1, 1), pads)
 
 
 @st.composite
@@ -337,9 +404,6 @@ def split_products(draw):
     b = rng.standard_normal((stack, cols, depth) if trans_b else (stack, depth, cols)).astype(dtype)
     op_a, op_b = (np.swapaxes(x, 1, 2) if trans else x for x, trans in ((a, trans_a), (b, trans_b)))
     return a, b, trans_a, trans_b, (op_a.astype(np.float64) @ op_b).astype(dtype)
-
-
-needs_blas = pytest.mark.skipif(cpu.blas.find() is None, reason="no BLAS library of kernels.blas's flavours")
 
 
 @needs_blas

@@ -217,6 +217,22 @@ def test_im2col_and_col2im_match_the_reference(problem, dtype, seed):
     )
 
 
+@FEW
+@given(small_window_problems(), st.integers(1, 3), st.sampled_from(DTYPES), seeds)
+def test_conv_by_image_and_its_gradients_match_the_reference(problem, filters, dtype, seed):
+    x_shape, window, strides, pads = problem
+    x = random_array(seed, x_shape, dtype)
+    kernel_matrix = random_array(seed + 1, (window[0] * window[1] * x_shape[3], filters), dtype)
+    z = numpy_ref.conv_by_image(x, kernel_matrix, window, strides, pads)
+    grad_out = random_array(seed + 2, z.shape, dtype)
+    x_gpu, kernel_gpu, grad_gpu = (gpu.to_device(array) for array in (x, kernel_matrix, grad_out))
+    assert_close(gpu.conv_by_image(x_gpu, kernel_gpu, window, strides, pads), z, dtype)
+    assert_close(gpu.conv_by_image_kernel_grad(x_gpu, grad_gpu, window, strides, pads),
+                 numpy_ref.conv_by_image_kernel_grad(x, grad_out, window, strides, pads), dtype)
+    assert_close(gpu.conv_by_image_input_grad(grad_gpu, kernel_gpu, x_shape, window, strides, pads),
+                 numpy_ref.conv_by_image_input_grad(grad_out, kernel_matrix, x_shape, window, strides, pads), dtype)
+
+
 # ------------------------------------------------------------------------ Winograd F(m x m, 3 x 3)
 
 WINOGRAD_TILES = [2, 4]

@@ -51,6 +51,24 @@ def test_im2col_gemm_equals_direct_convolution(problem, c_out):
     np.testing.assert_allclose(y, direct_conv(x, kernel, strides, pads, out_hw), atol=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(images_and_window(), st.integers(1, 3))
+def test_conv_by_image_is_the_direct_convolution_and_its_gradients_are_its_adjoints(problem, c_out):
+    """``<conv(x, W), G> = <x, dL/dx> = <W, dL/dW>`` for the linear map's two gradients."""
+    x, window, strides, pads, out_hw = problem
+    rng = np.random.default_rng(1)
+    kernel = rng.standard_normal((*window, x.shape[3], c_out))
+    kernel_matrix = kernel.reshape(-1, c_out)
+    z = numpy_ref.conv_by_image(x, kernel_matrix, window, strides, pads)
+    np.testing.assert_allclose(z, direct_conv(x, kernel, strides, pads, out_hw), atol=1e-12)
+    grad_out = rng.standard_normal(z.shape)
+    grad_x = numpy_ref.conv_by_image_input_grad(grad_out, kernel_matrix, x.shape, window, strides, pads)
+    grad_kernel_matrix = numpy_ref.conv_by_image_kernel_grad(x, grad_out, window, strides, pads)
+    assert grad_x.shape == x.shape and grad_kernel_matrix.shape == kernel_matrix.shape
+    np.testing.assert_allclose((x * grad_x).sum(), (z * grad_out).sum(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose((kernel_matrix * grad_kernel_matrix).sum(), (z * grad_out).sum(), rtol=1e-10, atol=1e-10)
+
+
 def test_a_negative_after_padding_drops_trailing_outputs_like_cropping_the_images():
     x = np.random.default_rng(3).standard_normal((2, 9, 9, 2))
     dropped = numpy_ref.im2col(x, (3, 3), (1, 2), ((1, -2), (0, -2)))
