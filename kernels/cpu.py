@@ -668,8 +668,10 @@ def conv_by_image_input_grad(grad_out, kernel_matrix, x_shape, kernel_size, stri
 # of axes between the passes) ran slower in scratch timings.  So each tile size has its own kernels,
 # with the matrices of ``minidl.kernels.winograd`` written out; their coefficients are made in the
 # array's dtype (``x.dtype.type(4)``), since ``4 *`` would promote float32 to float64 (many times
-# slower in a scratch timing).  The images are shared among the threads, each with its own scratch
-# tile.
+# slower in a scratch timing).  The rows of tiles are shared among the threads, each with its own
+# scratch tile, so that a single image (a predict of one, or an inference chunk of one 111x111 image)
+# still runs on every thread; the adjoint of the tiles adds overlapping tiles onto the image, so it
+# shares whole images instead.
 
 
 @functools.cache
@@ -728,23 +730,23 @@ def _winograd_tiles_f2(x, top, left, tiles_h, tiles_w, tiles):
     """F(2x2, 3x3): ``tiles[4a + b, t, c] = (B^T d B)[a, b]`` for tile ``d`` of every ``(t, c)``, with
     ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: columns, then rows."""
     n_images, _, _, channels = x.shape
-    for n in numba.prange(n_images):
+    for tile_row in numba.prange(n_images * tiles_h):
+        n, i = tile_row // tiles_h, tile_row % tiles_h
         d = np.empty((4, 4, channels), x.dtype)
-        for i in range(tiles_h):
-            for j in range(tiles_w):
-                t = (n * tiles_h + i) * tiles_w + j
-                _load_tile(x, n, 2 * i - top, 2 * j - left, d)
-                for b in range(4):  # d <- B^T d
-                    for c in range(channels):
-                        d0, d1, d2, d3 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c]
-                        d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
-                for a in range(4):  # tiles <- d B
-                    for c in range(channels):
-                        e0, e1, e2, e3 = d[a, 0, c], d[a, 1, c], d[a, 2, c], d[a, 3, c]
-                        tiles[4 * a, t, c] = e0 - e2
-                        tiles[4 * a + 1, t, c] = e1 + e2
-                        tiles[4 * a + 2, t, c] = e2 - e1
-                        tiles[4 * a + 3, t, c] = e1 - e3
+        for j in range(tiles_w):
+            t = (n * tiles_h + i) * tiles_w + j
+            _load_tile(x, n, 2 * i - top, 2 * j - left, d)
+            for b in range(4):  # d <- B^T d
+                for c in range(channels):
+                    d0, d1, d2, d3 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c]
+                    d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+            for a in range(4):  # tiles <- d B
+                for c in range(channels):
+                    e0, e1, e2, e3 = d[a, 0, c], d[a, 1, c], d[a, 2, c], d[a, 3, c]
+                    tiles[4 * a, t, c] = e0 - e2
+                    tiles[4 * a + 1, t, c] = e1 + e2
+                    tiles[4 * a + 2, t, c] = e2 - e1
+                    tiles[4 * a + 3, t, c] = e1 - e3
 
 
 @jit_parallel
@@ -776,22 +778,22 @@ def _winograd_outputs_f2(products, tiles_h, tiles_w, out):
     ``A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]``: rows, then columns; a block's row or column past
     ``out`` is dropped."""
     n_images, out_h, out_w, c_out = out.shape
-    for n in numba.prange(n_images):
+    for tile_row in numba.prange(n_images * tiles_h):
+        n, i = tile_row // tiles_h, tile_row % tiles_h
         half = np.empty((2, 4, c_out), out.dtype)  # A^T m
-        for i in range(tiles_h):
-            for j in range(tiles_w):
-                t = (n * tiles_h + i) * tiles_w + j
-                for b in range(4):
+        for j in range(tiles_w):
+            t = (n * tiles_h + i) * tiles_w + j
+            for b in range(4):
+                for o in range(c_out):
+                    m0, m1, m2, m3 = products[b, t, o], products[4 + b, t, o], \
+                        products[8 + b, t, o], products[12 + b, t, o]
+                    half[0, b, o], half[1, b, o] = m0 + m1 + m2, m1 - m2 - m3
+            for r in range(min(2, out_h - 2 * i)):
+                for o in range(c_out):
+                    out[n, 2 * i + r, 2 * j, o] = half[r, 0, o] + half[r, 1, o] + half[r, 2, o]
+                if 2 * j + 1 < out_w:
                     for o in range(c_out):
-                        m0, m1, m2, m3 = products[b, t, o], products[4 + b, t, o], \
-                            products[8 + b, t, o], products[12 + b, t, o]
-                        half[0, b, o], half[1, b, o] = m0 + m1 + m2, m1 - m2 - m3
-                for r in range(min(2, out_h - 2 * i)):
-                    for o in range(c_out):
-                        out[n, 2 * i + r, 2 * j, o] = half[r, 0, o] + half[r, 1, o] + half[r, 2, o]
-                    if 2 * j + 1 < out_w:
-                        for o in range(c_out):
-                            out[n, 2 * i + r, 2 * j + 1, o] = half[r, 1, o] - half[r, 2, o] - half[r, 3, o]
+                        out[n, 2 * i + r, 2 * j + 1, o] = half[r, 1, o] - half[r, 2, o] - half[r, 3, o]
 
 
 @jit_parallel
@@ -799,24 +801,24 @@ def _winograd_outputs_grad_f2(grad_out, tiles_h, tiles_w, grad_products):
     """F(2x2, 3x3): ``grad_products[:, t, o] = A g A^T`` for the 2x2 block ``g`` of ``grad_out`` at tile ``t`` (zero
     past ``grad_out``): columns, then rows."""
     n_images, _, _, c_out = grad_out.shape
-    for n in numba.prange(n_images):
+    for tile_row in numba.prange(n_images * tiles_h):
+        n, i = tile_row // tiles_h, tile_row % tiles_h
         g = np.empty((2, 2, c_out), grad_out.dtype)
         half = np.empty((2, 4, c_out), grad_out.dtype)  # g A^T
-        for i in range(tiles_h):
-            for j in range(tiles_w):
-                t = (n * tiles_h + i) * tiles_w + j
-                _load_tile(grad_out, n, 2 * i, 2 * j, g)
-                for r in range(2):
-                    for o in range(c_out):
-                        g0, g1 = g[r, 0, o], g[r, 1, o]
-                        half[r, 0, o], half[r, 1, o], half[r, 2, o], half[r, 3, o] = g0, g0 + g1, g0 - g1, -g1
-                for b in range(4):
-                    for o in range(c_out):
-                        h0, h1 = half[0, b, o], half[1, b, o]
-                        grad_products[b, t, o] = h0
-                        grad_products[4 + b, t, o] = h0 + h1
-                        grad_products[8 + b, t, o] = h0 - h1
-                        grad_products[12 + b, t, o] = -h1
+        for j in range(tiles_w):
+            t = (n * tiles_h + i) * tiles_w + j
+            _load_tile(grad_out, n, 2 * i, 2 * j, g)
+            for r in range(2):
+                for o in range(c_out):
+                    g0, g1 = g[r, 0, o], g[r, 1, o]
+                    half[r, 0, o], half[r, 1, o], half[r, 2, o], half[r, 3, o] = g0, g0 + g1, g0 - g1, -g1
+            for b in range(4):
+                for o in range(c_out):
+                    h0, h1 = half[0, b, o], half[1, b, o]
+                    grad_products[b, t, o] = h0
+                    grad_products[4 + b, t, o] = h0 + h1
+                    grad_products[8 + b, t, o] = h0 - h1
+                    grad_products[12 + b, t, o] = -h1
 
 
 @jit_parallel
@@ -825,30 +827,30 @@ def _winograd_tiles_f4(x, top, left, tiles_h, tiles_w, tiles):
     with the ``B^T`` of ``minidl.kernels.winograd``: columns, then rows."""
     n_images, _, _, channels = x.shape
     two, four, five = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
-    for n in numba.prange(n_images):
+    for tile_row in numba.prange(n_images * tiles_h):
+        n, i = tile_row // tiles_h, tile_row % tiles_h
         d = np.empty((6, 6, channels), x.dtype)
-        for i in range(tiles_h):
-            for j in range(tiles_w):
-                t = (n * tiles_h + i) * tiles_w + j
-                _load_tile(x, n, 4 * i - top, 4 * j - left, d)
-                for b in range(6):  # d <- B^T d
-                    for c in range(channels):
-                        d0, d1, d2, d3, d4, d5 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c], d[4, b, c], d[5, b, c]
-                        d[0, b, c] = four * d0 - five * d2 + d4
-                        d[1, b, c] = d3 + d4 - four * (d1 + d2)
-                        d[2, b, c] = d4 - d3 + four * (d1 - d2)
-                        d[3, b, c] = d4 - d2 + two * (d3 - d1)
-                        d[4, b, c] = d4 - d2 + two * (d1 - d3)
-                        d[5, b, c] = four * d1 - five * d3 + d5
-                for a in range(6):  # tiles <- d B
-                    for c in range(channels):
-                        e0, e1, e2, e3, e4, e5 = d[a, 0, c], d[a, 1, c], d[a, 2, c], d[a, 3, c], d[a, 4, c], d[a, 5, c]
-                        tiles[6 * a, t, c] = four * e0 - five * e2 + e4
-                        tiles[6 * a + 1, t, c] = e3 + e4 - four * (e1 + e2)
-                        tiles[6 * a + 2, t, c] = e4 - e3 + four * (e1 - e2)
-                        tiles[6 * a + 3, t, c] = e4 - e2 + two * (e3 - e1)
-                        tiles[6 * a + 4, t, c] = e4 - e2 + two * (e1 - e3)
-                        tiles[6 * a + 5, t, c] = four * e1 - five * e3 + e5
+        for j in range(tiles_w):
+            t = (n * tiles_h + i) * tiles_w + j
+            _load_tile(x, n, 4 * i - top, 4 * j - left, d)
+            for b in range(6):  # d <- B^T d
+                for c in range(channels):
+                    d0, d1, d2, d3, d4, d5 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c], d[4, b, c], d[5, b, c]
+                    d[0, b, c] = four * d0 - five * d2 + d4
+                    d[1, b, c] = d3 + d4 - four * (d1 + d2)
+                    d[2, b, c] = d4 - d3 + four * (d1 - d2)
+                    d[3, b, c] = d4 - d2 + two * (d3 - d1)
+                    d[4, b, c] = d4 - d2 + two * (d1 - d3)
+                    d[5, b, c] = four * d1 - five * d3 + d5
+            for a in range(6):  # tiles <- d B
+                for c in range(channels):
+                    e0, e1, e2, e3, e4, e5 = d[a, 0, c], d[a, 1, c], d[a, 2, c], d[a, 3, c], d[a, 4, c], d[a, 5, c]
+                    tiles[6 * a, t, c] = four * e0 - five * e2 + e4
+                    tiles[6 * a + 1, t, c] = e3 + e4 - four * (e1 + e2)
+                    tiles[6 * a + 2, t, c] = e4 - e3 + four * (e1 - e2)
+                    tiles[6 * a + 3, t, c] = e4 - e2 + two * (e3 - e1)
+                    tiles[6 * a + 4, t, c] = e4 - e2 + two * (e1 - e3)
+                    tiles[6 * a + 5, t, c] = four * e1 - five * e3 + e5
 
 
 @jit_parallel
@@ -892,32 +894,32 @@ def _winograd_outputs_f4(products, tiles_h, tiles_w, out):
     ``out`` are dropped."""
     n_images, out_h, out_w, c_out = out.shape
     two, four, eight = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)
-    for n in numba.prange(n_images):
+    for tile_row in numba.prange(n_images * tiles_h):
+        n, i = tile_row // tiles_h, tile_row % tiles_h
         half = np.empty((4, 6, c_out), out.dtype)  # A^T M
         block = np.empty((4, 4, c_out), out.dtype)  # A^T M A
-        for i in range(tiles_h):
-            for j in range(tiles_w):
-                t = (n * tiles_h + i) * tiles_w + j
-                for b in range(6):
+        for j in range(tiles_w):
+            t = (n * tiles_h + i) * tiles_w + j
+            for b in range(6):
+                for o in range(c_out):
+                    m0, m1, m2 = products[b, t, o], products[6 + b, t, o], products[12 + b, t, o]
+                    m3, m4, m5 = products[18 + b, t, o], products[24 + b, t, o], products[30 + b, t, o]
+                    half[0, b, o] = m0 + m1 + m2 + m3 + m4
+                    half[1, b, o] = m1 - m2 + two * (m3 - m4)
+                    half[2, b, o] = m1 + m2 + four * (m3 + m4)
+                    half[3, b, o] = m1 - m2 + eight * (m3 - m4) + m5
+            for r in range(4):
+                for o in range(c_out):
+                    h0, h1, h2, h3, h4, h5 = half[r, 0, o], half[r, 1, o], half[r, 2, o], half[r, 3, o], \
+                        half[r, 4, o], half[r, 5, o]
+                    block[r, 0, o] = h0 + h1 + h2 + h3 + h4
+                    block[r, 1, o] = h1 - h2 + two * (h3 - h4)
+                    block[r, 2, o] = h1 + h2 + four * (h3 + h4)
+                    block[r, 3, o] = h1 - h2 + eight * (h3 - h4) + h5
+            for r in range(min(4, out_h - 4 * i)):
+                for s in range(min(4, out_w - 4 * j)):
                     for o in range(c_out):
-                        m0, m1, m2 = products[b, t, o], products[6 + b, t, o], products[12 + b, t, o]
-                        m3, m4, m5 = products[18 + b, t, o], products[24 + b, t, o], products[30 + b, t, o]
-                        half[0, b, o] = m0 + m1 + m2 + m3 + m4
-                        half[1, b, o] = m1 - m2 + two * (m3 - m4)
-                        half[2, b, o] = m1 + m2 + four * (m3 + m4)
-                        half[3, b, o] = m1 - m2 + eight * (m3 - m4) + m5
-                for r in range(4):
-                    for o in range(c_out):
-                        h0, h1, h2, h3, h4, h5 = half[r, 0, o], half[r, 1, o], half[r, 2, o], half[r, 3, o], \
-                            half[r, 4, o], half[r, 5, o]
-                        block[r, 0, o] = h0 + h1 + h2 + h3 + h4
-                        block[r, 1, o] = h1 - h2 + two * (h3 - h4)
-                        block[r, 2, o] = h1 + h2 + four * (h3 + h4)
-                        block[r, 3, o] = h1 - h2 + eight * (h3 - h4) + h5
-                for r in range(min(4, out_h - 4 * i)):
-                    for s in range(min(4, out_w - 4 * j)):
-                        for o in range(c_out):
-                            out[n, 4 * i + r, 4 * j + s, o] = block[r, s, o]
+                        out[n, 4 * i + r, 4 * j + s, o] = block[r, s, o]
 
 
 @jit_parallel
@@ -926,31 +928,31 @@ def _winograd_outputs_grad_f4(grad_out, tiles_h, tiles_w, grad_products):
     ``t`` (zero past ``grad_out``): rows, then columns."""
     n_images, _, _, c_out = grad_out.shape
     two, four, eight = grad_out.dtype.type(2), grad_out.dtype.type(4), grad_out.dtype.type(8)
-    for n in numba.prange(n_images):
+    for tile_row in numba.prange(n_images * tiles_h):
+        n, i = tile_row // tiles_h, tile_row % tiles_h
         g = np.empty((4, 4, c_out), grad_out.dtype)
         half = np.empty((4, 6, c_out), grad_out.dtype)  # g A^T
-        for i in range(tiles_h):
-            for j in range(tiles_w):
-                t = (n * tiles_h + i) * tiles_w + j
-                _load_tile(grad_out, n, 4 * i, 4 * j, g)
-                for r in range(4):
-                    for o in range(c_out):
-                        g0, g1, g2, g3 = g[r, 0, o], g[r, 1, o], g[r, 2, o], g[r, 3, o]
-                        half[r, 0, o] = g0
-                        half[r, 1, o] = g0 + g1 + g2 + g3
-                        half[r, 2, o] = g0 - g1 + g2 - g3
-                        half[r, 3, o] = g0 + two * g1 + four * g2 + eight * g3
-                        half[r, 4, o] = g0 - two * g1 + four * g2 - eight * g3
-                        half[r, 5, o] = g3
-                for q in range(6):
-                    for o in range(c_out):
-                        h0, h1, h2, h3 = half[0, q, o], half[1, q, o], half[2, q, o], half[3, q, o]
-                        grad_products[q, t, o] = h0
-                        grad_products[6 + q, t, o] = h0 + h1 + h2 + h3
-                        grad_products[12 + q, t, o] = h0 - h1 + h2 - h3
-                        grad_products[18 + q, t, o] = h0 + two * h1 + four * h2 + eight * h3
-                        grad_products[24 + q, t, o] = h0 - two * h1 + four * h2 - eight * h3
-                        grad_products[30 + q, t, o] = h3
+        for j in range(tiles_w):
+            t = (n * tiles_h + i) * tiles_w + j
+            _load_tile(grad_out, n, 4 * i, 4 * j, g)
+            for r in range(4):
+                for o in range(c_out):
+                    g0, g1, g2, g3 = g[r, 0, o], g[r, 1, o], g[r, 2, o], g[r, 3, o]
+                    half[r, 0, o] = g0
+                    half[r, 1, o] = g0 + g1 + g2 + g3
+                    half[r, 2, o] = g0 - g1 + g2 - g3
+                    half[r, 3, o] = g0 + two * g1 + four * g2 + eight * g3
+                    half[r, 4, o] = g0 - two * g1 + four * g2 - eight * g3
+                    half[r, 5, o] = g3
+            for q in range(6):
+                for o in range(c_out):
+                    h0, h1, h2, h3 = half[0, q, o], half[1, q, o], half[2, q, o], half[3, q, o]
+                    grad_products[q, t, o] = h0
+                    grad_products[6 + q, t, o] = h0 + h1 + h2 + h3
+                    grad_products[12 + q, t, o] = h0 - h1 + h2 - h3
+                    grad_products[18 + q, t, o] = h0 + two * h1 + four * h2 + eight * h3
+                    grad_products[24 + q, t, o] = h0 - two * h1 + four * h2 - eight * h3
+                    grad_products[30 + q, t, o] = h3
 
 
 _TILES_KERNELS = {2: _winograd_tiles_f2, 4: _winograd_tiles_f4}

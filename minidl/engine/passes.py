@@ -11,7 +11,8 @@ switchable: ``compile(optimize={"conv_algorithm": False})``.  Each pass cites th
 * ``activation_after_max_pool``: a conv followed by max pooling pools before its bias and activation.
 * ``crop_unread_outputs``: such a conv computes only the outputs some pooling window reads.
 * ``conv_algorithm``: each conv by the method measured fastest for its shape on this machine
-  (im2col + GEMM or Winograd F(2x2, 3x3); :mod:`minidl.engine.conv_choice`).
+  (im2col + GEMM over the batch or image by image, Winograd F(2x2, 3x3) or F(4x4, 3x3);
+  :mod:`minidl.engine.conv_choice`).
 * ``workspace_chunking``: a conv whose scratch would pass ``max_workspace_bytes`` runs in chunks of images.
 * ``inference_chunking``: outside training a conv runs in chunks of images whose scratch fits
   ``INFERENCE_WORKSPACE_BYTES`` and keeps nothing for backward.
