@@ -67,7 +67,8 @@ class Im2colByImage(Im2colGemm):
     """The products of :class:`Im2colGemm`, one image at a time (``ops.conv_by_image`` and its
     gradients): each image's ``cols`` are made in a scratch of the thread's own and multiplied while
     they are in cache, and nothing is kept for backward, where the kernel gradient unfolds each
-    image again.  It pays where a batch's ``cols`` outgrow the cache (a 3-channel first conv)::
+    image again.  It pays where a batch's ``cols`` outgrow the cache (a 3-channel first conv; [D13]
+    in ``benchmarks/RESULTS.md``)::
 
         z[n]    = im2col(x[n]) @ W2d
         dL/dW2d = sum over n of im2col(x[n])^T G[n]
