@@ -1,6 +1,8 @@
 """Which method computes a conv fastest on this machine: timed on first use, remembered on disk.
 
-The ``conv_algorithm`` pass (:mod:`minidl.engine.passes`) asks :func:`choose_method` for every conv.
+The ``conv_algorithm`` pass (:mod:`minidl.engine.passes`) asks :func:`choose_method` for every conv,
+and the ``inference_conv_algorithm`` pass asks again for a forward pass alone outside training, run
+in the plan's inference chunks (without a backward, Winograd's fewer multiplications weigh more).
 As cuDNN's benchmark mode does, the first time a shape is planned every candidate of
 :func:`minidl.engine.conv_methods.candidate_methods` runs forward and backward passes over
 :data:`MEASURE_IMAGES` random images, the candidates taking turns (the fastest of
@@ -112,11 +114,16 @@ def machine_key():
     return f"{model}, {os.cpu_count()} cores, {get_backend()}{threads}"
 
 
-def shape_key(conv, pads, input_grad_needed):
-    """The conv's problem as a string: input, kernel, strides, pads, dtype, and whether dL/dx is computed."""
-    return json.dumps({"input": conv.input_shape, "kernel": [*conv.kernel_size, conv.input_shape[2], conv.filters],
-                       "strides": conv.strides, "pads": pads, "dtype": conv.dtype.name,
-                       "input_grad": bool(input_grad_needed)})
+def shape_key(conv, pads, input_grad_needed, inference_bytes=None):
+    """The conv's problem as a string: input, kernel, strides, pads, dtype, and whether dL/dx is
+    computed; for a choice outside training, the bound of its inference chunks instead."""
+    problem = {"input": conv.input_shape, "kernel": [*conv.kernel_size, conv.input_shape[2], conv.filters],
+               "strides": conv.strides, "pads": pads, "dtype": conv.dtype.name}
+    if inference_bytes is None:
+        problem["input_grad"] = bool(input_grad_needed)
+    else:
+        problem["inference_chunk_bytes"] = inference_bytes
+    return json.dumps(problem)
 
 
 def modelled_choice(conv, names):
@@ -135,16 +142,22 @@ def images_to_time(conv, methods, pads):
     return max(1, min(MEASURE_IMAGES, MEASURE_WORKSPACE_BYTES // max(1, largest)))
 
 
-def timed_pass(conv, method, pads, input_grad_needed, images):
+def timed_pass(conv, method, pads, input_grad_needed, images, inference_bytes=None):
     """A function that runs one forward + backward pass of ``conv`` by ``method`` over ``images``
-    random images and returns its seconds."""
+    random images and returns its seconds; with ``inference_bytes``, a forward pass alone outside
+    training, in chunks of images whose scratch fits that many bytes (as the plan runs it)."""
     linear = ConvLinear(conv, method, pads)
     rng = np.random.default_rng(0)
     x = ops.to_device(rng.standard_normal((images, *conv.input_shape)).astype(conv.dtype))
     grad_z = ops.to_device(rng.standard_normal((images, *linear.output_hw(), conv.filters)).astype(conv.dtype))
+    if inference_bytes is not None:
+        linear.inference_images_per_chunk = linear.images_within(inference_bytes)
 
     def one_pass():
         start = time.perf_counter()
+        if inference_bytes is not None:
+            ops.to_host(linear.forward(x, training=False))
+            return time.perf_counter() - start
         linear.forward(x)
         grad_x = linear.backward(grad_z, input_grad_needed)
         ops.to_host(conv.grads["kernel"] if grad_x is None else grad_x)  # waits for an asynchronous device
@@ -153,13 +166,14 @@ def timed_pass(conv, method, pads, input_grad_needed, images):
     return one_pass
 
 
-def measured_seconds(conv, methods, pads, input_grad_needed, images):
+def measured_seconds(conv, methods, pads, input_grad_needed, images, inference_bytes=None):
     """``{name: seconds}``: the fastest of :data:`MEASURE_REPEATS` passes over ``images`` images of each
     of ``methods`` (``{name: method}``), the candidates taking turns so that load from the rest of the
-    machine falls on all of them alike.  The layer's ``grads`` are left as they were."""
+    machine falls on all of them alike (forward passes alone with ``inference_bytes``, see
+    :func:`timed_pass`).  The layer's ``grads`` are left as they were."""
     kept_grads = dict(conv.grads)
     try:
-        passes = {name: timed_pass(conv, method, pads, input_grad_needed, images)
+        passes = {name: timed_pass(conv, method, pads, input_grad_needed, images, inference_bytes)
                   for name, method in methods.items()}
         for one_pass in passes.values():
             one_pass()  # compiles and allocates: not counted
@@ -218,9 +232,11 @@ def leanest_of_the_fastest(conv, methods, pads, seconds):
     return min(tied, key=lambda name: (ConvLinear(conv, methods[name], pads).bytes_per_image(), seconds[name]))
 
 
-def choose_method(conv, pads, input_grad_needed):
+def choose_method(conv, pads, input_grad_needed, inference_bytes=None):
     """The name of the method (a key of :func:`candidate_methods`) that computes ``conv`` over ``pads``
-    fastest here: measured once per shape and machine and cached, or modelled (see the module)."""
+    fastest here: measured once per shape and machine and cached, or modelled (see the module).  With
+    ``inference_bytes`` the method of a forward pass alone outside training, in chunks of images
+    whose scratch fits that many bytes."""
     candidates = candidate_methods(conv)
     if len(candidates) == 1:
         return next(iter(candidates))
@@ -228,14 +244,14 @@ def choose_method(conv, pads, input_grad_needed):
     if mode == "model":
         return modelled_choice(conv, candidates)
     apply_process_settings()  # the threads and allocator the conv will run under, and the key names
-    path, key = cache_path(), f"{machine_key()} | {shape_key(conv, pads, input_grad_needed)}"
+    path, key = cache_path(), f"{machine_key()} | {shape_key(conv, pads, input_grad_needed, inference_bytes)}"
     load_now = load_per_core()
     entry = read_choices(path).get(key)
     still_answers = mode == "measure" and answers_for(entry, candidates, load_now)
     if still_answers and timings_of(entry) >= CONFIRMING_TIMINGS:
         return entry["method"]
     images = images_to_time(conv, candidates, pads)
-    seconds = measured_seconds(conv, candidates, pads, input_grad_needed, images)
+    seconds = measured_seconds(conv, candidates, pads, input_grad_needed, images, inference_bytes)
     timings = 1
     if still_answers and entry["images"] == images:
         seconds = {name: min(taken, entry["seconds"][name]) for name, taken in seconds.items()}

@@ -171,7 +171,8 @@ def candidate_methods(conv):
 
 
 class ConvLinear:
-    """``z = conv(x, W)`` of ``conv`` (no bias, no activation) by ``method`` over ``pads``.
+    """``z = conv(x, W)`` of ``conv`` (no bias, no activation) by ``method`` over ``pads``; outside
+    training by ``inference_method`` where one is set (a forward pass alone may favour another).
 
     ``pads`` are the layer's own, or smaller ones that leave out trailing outputs nobody reads
     (:func:`minidl.engine.passes.crop_unread_outputs`).  With ``images_per_chunk`` set, a larger batch
@@ -181,8 +182,9 @@ class ConvLinear:
     (a backward after it unfolds the input again).
     """
 
-    def __init__(self, conv, method, pads=None, images_per_chunk=None, inference_images_per_chunk=None):
-        self.conv, self.method = conv, method
+    def __init__(self, conv, method, pads=None, images_per_chunk=None, inference_images_per_chunk=None,
+                 inference_method=None):
+        self.conv, self.method, self.inference_method = conv, method, inference_method
         self.pads = conv.pads if pads is None else pads
         self.images_per_chunk, self.inference_images_per_chunk = images_per_chunk, inference_images_per_chunk
 
@@ -190,10 +192,21 @@ class ConvLinear:
         """``(OH, OW)`` of the outputs computed (fewer than the layer's when ``pads`` crop)."""
         return output_hw((None, *self.conv.input_shape), self.conv.kernel_size, self.conv.strides, self.pads)
 
-    def bytes_per_image(self):
-        """Scratch one image needs in a forward pass (im2col rows, or Winograd tiles and products)."""
-        return self.method.bytes_per_image(self.conv.input_shape, self.output_hw(), self.conv.filters,
-                                           self.conv.dtype.itemsize)
+    def method_for(self, training):
+        """The method of a training pass, or of a pass outside training."""
+        return self.method if training or self.inference_method is None else self.inference_method
+
+    def bytes_per_image(self, training=True):
+        """Scratch one image needs in a forward pass (im2col rows, or Winograd tiles and products) by
+        the method of a training pass, or of one outside training."""
+        return self.method_for(training).bytes_per_image(self.conv.input_shape, self.output_hw(), self.conv.filters,
+                                                         self.conv.dtype.itemsize)
+
+    def images_within(self, bound, training=True):
+        """Images whose scratch fits ``bound`` bytes (at least one), or ``None`` for a method that keeps
+        no scratch per image."""
+        per_image = self.bytes_per_image(training)
+        return max(1, bound // per_image) if per_image else None
 
     def chunks(self, batch_size, images_per_chunk=None):
         """Slices of the batch, each at most ``images_per_chunk`` images (default: the training
@@ -208,27 +221,31 @@ class ConvLinear:
 
     def forward(self, x, training=True):
         """``z`` ``(N, OH, OW, F)`` from ``x`` ``(N, H, W, C_in)``; keeps ``x``, the kernel matrix and
-        (for a single chunk, unless an inference pass runs in its own chunks) the unfolded input."""
+        (for a single chunk by the training method, unless an inference pass runs in its own chunks)
+        the unfolded input."""
+        method = self.method_for(training)
         self.x = x
-        self.kernel_matrix = self.method.kernel_matrix(self.conv.params["kernel"])
+        kernel_matrix = method.kernel_matrix(self.conv.params["kernel"])
+        self.kernel_matrix = kernel_matrix if method is self.method else None
         out_shape = (x.shape[0], *self.output_hw(), self.conv.filters)
         inference_chunks = not training and self.inference_images_per_chunk is not None
         chunks = self.chunks(x.shape[0], self.inference_images_per_chunk if inference_chunks else None)
         if len(chunks) == 1:
-            unfolded = self.method.unfold(x, self.pads)
-            self.unfolded = None if inference_chunks else unfolded
-            return self.method.outputs(unfolded, self.kernel_matrix, out_shape, self.pads)
+            unfolded = method.unfold(x, self.pads)
+            self.unfolded = None if inference_chunks or method is not self.method else unfolded
+            return method.outputs(unfolded, kernel_matrix, out_shape, self.pads)
         self.unfolded = None
         z = ops.zeros(out_shape, self.conv.dtype)
         for chunk in chunks:
-            unfolded = self.method.unfold(x[chunk], self.pads)
-            z[chunk] = self.method.outputs(unfolded, self.kernel_matrix, (chunk.stop - chunk.start, *out_shape[1:]),
-                                           self.pads)
+            unfolded = method.unfold(x[chunk], self.pads)
+            z[chunk] = method.outputs(unfolded, kernel_matrix, (chunk.stop - chunk.start, *out_shape[1:]), self.pads)
         return z
 
     def backward(self, grad_z, input_grad_needed):
         """From ``dL/dz`` ``(N, OH, OW, F)``: ``dL/dW`` into the layer's ``grads``; returns ``dL/dx``
         ``(N, H, W, C_in)``, or ``None`` unless ``input_grad_needed``."""
+        if self.kernel_matrix is None:  # the forward ran by the inference method
+            self.kernel_matrix = self.method.kernel_matrix(self.conv.params["kernel"])
         if self.unfolded is None:
             grad_kernel_matrix, grad_x = self.chunked_backward(grad_z, input_grad_needed)
         else:

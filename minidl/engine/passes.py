@@ -13,6 +13,8 @@ switchable: ``compile(optimize={"conv_algorithm": False})``.  Each pass cites th
 * ``conv_algorithm``: each conv by the method measured fastest for its shape on this machine
   (im2col + GEMM over the batch or image by image, Winograd F(2x2, 3x3) or F(4x4, 3x3);
   :mod:`minidl.engine.conv_choice`).
+* ``inference_conv_algorithm``: outside training each conv by the method measured fastest for a
+  forward pass alone.
 * ``workspace_chunking``: a conv whose scratch would pass ``max_workspace_bytes`` runs in chunks of images.
 * ``inference_chunking``: outside training a conv runs in chunks of images whose scratch fits
   ``INFERENCE_WORKSPACE_BYTES`` and keeps nothing for backward.
@@ -178,6 +180,25 @@ def conv_algorithm(draft):
                           "conv_algorithm")
 
 
+def inference_conv_algorithm(draft):
+    """[D14] Outside training (``predict``, ``evaluate``) every conv computes its sum by the method
+    :func:`~minidl.engine.conv_choice.choose_method` finds fastest for a forward pass alone in the
+    inference chunks of :func:`inference_chunking`, where that differs from its training method: the
+    training choice weighs the backward too, and a near-tie there can give a predict the method that
+    does 4x the multiplications."""
+    bound = inference_bound(draft)
+    for step in convs_with_linear(draft, "inference_conv_algorithm"):
+        name = choose_method(step.conv, step.linear.pads, False, inference_bytes=bound)
+        if name != step.linear.method.name:
+            step.linear.inference_method = candidate_methods(step.conv)[name]
+            record_pass(step, "inference_conv_algorithm")
+
+
+def inference_bound(draft):
+    """The scratch a conv may use per inference chunk: ``min(INFERENCE_WORKSPACE_BYTES, max_workspace_bytes)``."""
+    return min(INFERENCE_WORKSPACE_BYTES, draft.max_workspace_bytes)
+
+
 def convs_with_linear(draft, pass_name):
     """Every conv step of ``draft`` with a :class:`ConvLinear` whose chunks can be set: a plain Conv2D
     becomes a :class:`ConvStep` by its own im2col + GEMM, shaped by ``pass_name``."""
@@ -194,8 +215,8 @@ def workspace_chunking(draft):
     columns, Winograd tiles) computes that many bytes' worth of images at a time; one whose method
     keeps no scratch per image (image by image) runs whole."""
     for step in convs_with_linear(draft, "workspace_chunking"):
-        if step.linear.bytes_per_image():
-            step.linear.images_per_chunk = max(1, draft.max_workspace_bytes // step.linear.bytes_per_image())
+        step.linear.images_per_chunk = step.linear.images_within(draft.max_workspace_bytes)
+        if step.linear.images_per_chunk is not None:
             record_pass(step, "workspace_chunking")
 
 
@@ -205,10 +226,9 @@ def inference_chunking(draft):
     no unfolded input: without a backward to feed, a chunk costs no recomputation, a predict's
     scratch stays a few chunks' worth instead of the batch's, and a chunk small enough to stay in
     cache is read by its GEMMs from there."""
-    bound = min(INFERENCE_WORKSPACE_BYTES, draft.max_workspace_bytes)
     for step in convs_with_linear(draft, "inference_chunking"):
-        if step.linear.bytes_per_image():
-            step.linear.inference_images_per_chunk = max(1, bound // step.linear.bytes_per_image())
+        step.linear.inference_images_per_chunk = step.linear.images_within(inference_bound(draft), training=False)
+        if step.linear.inference_images_per_chunk is not None:
             record_pass(step, "inference_chunking")
 
 
@@ -235,6 +255,7 @@ PASSES = {
     "activation_after_max_pool": activation_after_max_pool,
     "crop_unread_outputs": crop_unread_outputs,
     "conv_algorithm": conv_algorithm,
+    "inference_conv_algorithm": inference_conv_algorithm,
     "workspace_chunking": workspace_chunking,
     "inference_chunking": inference_chunking,
     "inference_maxima": inference_maxima,

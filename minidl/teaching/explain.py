@@ -31,6 +31,8 @@ PASS_EFFECTS = {
     "crop_unread_outputs": "the conv computes only the outputs some pooling window reads",
     "conv_algorithm": "z is computed by the method timed fastest for this conv's shape on this machine "
                       "(cached on disk; MINIDL_CONV_CHOICE=model uses the cost model instead)",
+    "inference_conv_algorithm": "outside training z is computed by the method timed fastest for a forward "
+                                "pass alone (the training choice weighs the backward too)",
     "workspace_chunking": "the scratch (cols or tiles) is computed a chunk of images at a time when "
                           "the batch would need more than max_workspace_bytes",
     "inference_chunking": "outside training the conv runs a chunk of images at a time and keeps no "
@@ -303,10 +305,23 @@ def equation_lines(label, equations):
 
 
 def method_detail(step, batch_size):
-    """The method ``conv_algorithm`` chose for ``step``; for Winograd, the live shapes of its GEMMs."""
+    """The method ``conv_algorithm`` chose for ``step``; for Winograd and image by image, the live
+    shapes of its GEMMs."""
     if step.linear.method.name.startswith("winograd"):
         return winograd_detail(step, batch_size)
+    if step.linear.method.name == "im2col_by_image":
+        return by_image_detail(step, batch_size)
     return f"method: {step.linear.method.name}"
+
+
+def by_image_detail(step, batch_size):
+    """The live shapes of an image-by-image step's GEMMs: one per image, on a scratch of its thread."""
+    conv = step.conv
+    out_h, out_w = step.linear.output_hw()
+    depth = conv.kernel_size[0] * conv.kernel_size[1] * conv.input_shape[2]
+    return (f"method: im2col image by image, {batch_size} GEMMs cols[n] ({out_h * out_w}, {depth}) @ "
+            f"({depth}, {conv.filters}), each image's cols unfolded into its thread's scratch and kept "
+            f"for no backward (the kernel gradient unfolds again)")
 
 
 def winograd_detail(step, batch_size):
@@ -338,6 +353,8 @@ def pass_lines(layer, plan, batch_size):
         lines += wrapped(f"{name}: {effect}", " " * 12 + "- ", " " * 14)
         if name == "conv_algorithm":
             lines += wrapped(method_detail(step, batch_size), " " * 14, " " * 14)
+        if name == "inference_conv_algorithm" and step.linear.inference_method is not None:
+            lines += wrapped(f"method outside training: {step.linear.inference_method.name}", " " * 14, " " * 14)
     return lines
 
 

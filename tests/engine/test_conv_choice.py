@@ -79,6 +79,28 @@ def test_the_first_choice_times_every_candidate_and_keeps_the_fastest_on_disk(me
     assert entry["images"] == conv_choice.MEASURE_IMAGES
 
 
+def test_an_inference_choice_times_forward_passes_alone_in_inference_chunks_under_a_key_of_its_own(
+        measuring, monkeypatch):
+    conv = built_conv((10, 10, 4))
+    chunked = []
+    forward = ConvLinear.forward
+
+    def counted_forward(linear, x, training=True):
+        assert not training
+        chunked.append(linear.inference_images_per_chunk)
+        return forward(linear, x, training)
+
+    monkeypatch.setattr(ConvLinear, "forward", counted_forward)
+    monkeypatch.setattr(ConvLinear, "backward", lambda *args: pytest.fail("a backward in an inference timing"))
+    bound = 2 * 10 * 10 * 27 * 8  # two images' im2col rows
+    chosen = conv_choice.choose_method(conv, conv.pads, False, inference_bytes=bound)
+    (key, entry), = json.loads(measuring.read_text()).items()
+    assert chosen == entry["method"] and set(entry["seconds"]) == set(candidate_methods(conv))
+    assert json.loads(key.split(" | ")[1])["inference_chunk_bytes"] == bound
+    assert key != f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, False)}"
+    assert 2 in chunked and None in chunked  # im2col in chunks of two images; image by image unchunked
+
+
 def test_the_machine_key_tells_gemms_on_numbas_threads_from_gemms_on_blass_own(monkeypatch):
     """Conv choices timed with BLAS on its own threads do not stand for GEMMs split across Numba's."""
     from minidl.kernels import cpu
@@ -181,7 +203,8 @@ def test_a_new_choice_is_timed_again_and_each_candidate_keeps_its_faster_timing(
 @pytest.mark.parametrize("cached, planned", [("winograd", "winograd"), ("im2col", None)])
 def test_the_plan_follows_the_cached_choice(measuring, cached, planned):
     model = minidl.Sequential([layers.Input((10, 10, 4)), layers.Conv2D(3, 3), layers.Flatten(), layers.Dense(2)])
-    model.compile(optimizer="sgd", loss="mse", optimize={"workspace_chunking": False, "inference_chunking": False})
+    model.compile(optimizer="sgd", loss="mse", optimize={"inference_conv_algorithm": False, "workspace_chunking": False,
+                                                        "inference_chunking": False})
     conv = model.layers[0]
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, False)}"
     seconds = {"im2col": 1.0, "im2col_by_image": 1.0, "winograd": 1.0, "winograd_4x4": 1.0}

@@ -220,6 +220,39 @@ def test_convs_image_by_image_pass_the_gradient_check(backend, check_input, monk
     assert report.passed(TOLERANCE), str(report)
 
 
+@pytest.mark.parametrize("training_method, inference_method", [("im2col", "winograd_4x4"),
+                                                               ("winograd", "im2col_by_image"),
+                                                               ("im2col_by_image", "winograd")])
+def test_outside_training_a_conv_runs_by_its_inference_method_and_a_backward_after_it_by_its_training_one(
+        backend, training_method, inference_method, monkeypatch):
+    from minidl.engine import passes
+
+    def chosen(conv, pads, input_grad_needed, inference_bytes=None):
+        return training_method if inference_bytes is None else inference_method
+
+    monkeypatch.setattr(passes, "choose_method", chosen)
+    models = []
+    for optimize in (True, False):
+        model = minidl.Sequential([layers.Input((10, 9, 3)), layers.Conv2D(4, 3, padding="same", activation="tanh"),
+                                   layers.MaxPooling2D(2), layers.Conv2D(3, 3, activation="relu"),
+                                   layers.Flatten(), layers.Dense(3)]).cast("float64")
+        model.compile(optimizer="sgd", loss="mse", optimize=optimize, max_workspace_bytes=1)
+        models.append(model)
+    models[0].set_weights(models[1].get_weights())
+    for conv in (models[0].layers[0], models[0].layers[2]):
+        step = models[0].plan.step_of(conv)
+        assert step.linear.method.name == training_method and step.linear.inference_method.name == inference_method
+        assert "inference_conv_algorithm" in step.passes
+        # inference chunks sized by the inference method's scratch (max_workspace_bytes=1: one image, or none)
+        assert step.linear.inference_images_per_chunk == step.linear.images_within(1, training=False)
+    rng = np.random.default_rng(0)
+    x, grad_out = rng.standard_normal((3, 10, 9, 3)), rng.standard_normal((3, 3))
+    np.testing.assert_allclose(models[0].predict(x, batch_size=3), models[1].predict(x, batch_size=3), rtol=1e-10)
+    planned = outputs_and_gradients(models[0], x, grad_out, training=False)  # a backward after an inference pass
+    plain = outputs_and_gradients(models[1], x, grad_out, training=True)
+    assert_same_results(planned, plain, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------- random models, planned against plain
 
 

@@ -44,6 +44,28 @@ def test_the_passes_named_are_those_of_the_plan():
     assert "dL/dx is not computed" in text.split(f"{model.layers[2].name} (Conv2D)")[0]  # the direct first conv
 
 
+def test_a_conv_computed_image_by_image_shows_one_gemm_per_image(monkeypatch):
+    from minidl.engine import conv_choice
+
+    monkeypatch.setattr(conv_choice, "modelled_choice", lambda conv, names: "im2col_by_image")
+    model = Sequential([layers.Input((12, 12, 3)), layers.Conv2D(8, 5, strides=2, padding="same"),
+                        layers.Flatten(), layers.Dense(2)])
+    model.compile("sgd", "mse")
+    text = explain_model(model, 16)
+    assert "method: im2col image by image, 16 GEMMs cols[n] (36, 75) @ (75, 8)" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_a_conv_with_another_method_outside_training_names_it(monkeypatch):
+    from minidl.engine import passes
+
+    monkeypatch.setattr(passes, "choose_method", lambda conv, pads, grad, inference_bytes=None:
+                        "im2col" if inference_bytes is None else "winograd_4x4")
+    model = Sequential([layers.Input((12, 12, 3)), layers.Conv2D(8, 3), layers.Flatten(), layers.Dense(2)])
+    model.compile("sgd", "mse")
+    assert "method outside training: winograd_4x4" in explain_model(model, 4)
+
+
 def test_the_plain_plan_shows_no_pass_and_skips_the_input_gradient_of_a_first_conv():
     model = presets.seed_cnn()
     model.compile("sgd", "sparse_categorical_crossentropy", optimize=False)
