@@ -541,7 +541,7 @@ def _conv_by_image_kernel(gemm, x, kernel_matrix, kh, kw, sh, sw, top, left, out
     op_cols, ld_cols = (blas.TRANS, pixels) if transposed else (blas.NO_TRANS, depth)
     for thread in numba.prange(threads):
         cols = np.empty(pixels * depth, dtype=x.dtype)
-        planes = _phase_planes(channels if transposed else 0, kh, kw, sh, sw, out_h, out_w, x.dtype)
+        planes = _phase_planes(channels if transposed else 0, kh, kw, sh, sw, out_h, out_w, x.dtype)  # empty for rows
         for n in _images_of_thread(thread, threads, n_images):
             _unfold_image(x[n], planes, kh, kw, sh, sw, top, left, out_h, out_w, transposed, cols)
             gemm(blas.ROW_MAJOR, op_cols, blas.NO_TRANS, pixels, filters, depth, 1.0, cols.ctypes.data, ld_cols,
@@ -559,7 +559,7 @@ def _conv_by_image_kernel_grad_kernel(gemm, x, grad_out, kh, kw, sh, sw, top, le
     op_cols, ld_cols = (blas.NO_TRANS, pixels) if transposed else (blas.TRANS, depth)
     for thread in numba.prange(threads):
         cols = np.empty(pixels * depth, dtype=x.dtype)
-        planes = _phase_planes(channels if transposed else 0, kh, kw, sh, sw, out_h, out_w, x.dtype)
+        planes = _phase_planes(channels if transposed else 0, kh, kw, sh, sw, out_h, out_w, x.dtype)  # empty for rows
         partials[thread] = 0
         for n in _images_of_thread(thread, threads, n_images):
             _unfold_image(x[n], planes, kh, kw, sh, sw, top, left, out_h, out_w, transposed, cols)

@@ -174,7 +174,8 @@ def test_each_pass_alone_passes_the_gradient_check(backend, pass_name, check_inp
 
 def strided_cnn(input_shape):
     """Two 5x5 stride-2 'same' convs (the second needs dL/dx), average pooling between them."""
-    return minidl.Sequential([layers.Input(input_shape), layers.Conv2D(4, 5, strides=2, padding="same", activation="tanh"),
+    return minidl.Sequential([layers.Input(input_shape),
+                              layers.Conv2D(4, 5, strides=2, padding="same", activation="tanh"),
                               layers.AveragePooling2D(2), layers.Conv2D(3, 5, strides=2, padding="same"),
                               layers.Flatten(), layers.Dense(3, activation="softmax")]).cast("float64")
 
@@ -378,8 +379,8 @@ def test_without_a_cross_entropy_or_the_pass_the_softmax_is_a_plain_step(backend
 # ------------------------------------------------------------------------ chunks and the workspace
 
 
-@pytest.mark.parametrize("method", [Im2colGemm((3, 3), (1, 1)), Im2colByImage((3, 3), (1, 1)), Winograd(2), Winograd(4)],
-                         ids=["im2col", "im2col_by_image", "winograd", "winograd_4x4"])
+@pytest.mark.parametrize("method", [Im2colGemm((3, 3), (1, 1)), Im2colByImage((3, 3), (1, 1)), Winograd(2),
+                                    Winograd(4)], ids=["im2col", "im2col_by_image", "winograd", "winograd_4x4"])
 def test_chunked_forward_and_backward_equal_the_single_chunk_ones(method):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 9, 9, 3)).astype(np.float32)
