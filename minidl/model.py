@@ -21,7 +21,7 @@ from minidl import metrics as metrics_module
 from minidl import optimizers as optimizers_module
 from minidl import training
 from minidl import validation as checks
-from minidl.backend import get_backend
+from minidl.backend import get_backend, ops
 from minidl.layers import Layer
 
 
@@ -238,7 +238,7 @@ class Model:
         if self.backend_of_params == get_backend():
             return
         for layer in self.layers:
-            layer.to_active_backend()
+            layer.params, layer.state = on_active_backend(layer.params), on_active_backend(layer.state)
         if self.optimizer is not None and self.optimizer.slots:
             self.optimizer.set_state(self.optimizer.get_state())
         self.backend_of_params = get_backend()
@@ -496,6 +496,11 @@ class Sequential(Model):
 
     def connections(self, layer):
         return ""
+
+
+def on_active_backend(arrays):
+    """``{key: array}`` with every array moved onto the backend active now (after ``set_backend``)."""
+    return {key: ops.to_device(ops.to_host(value)) for key, value in arrays.items()}
 
 
 def model_from_config(config):

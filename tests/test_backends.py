@@ -94,6 +94,22 @@ def second_cuda_step_counting_transfers(make_model, image_shape):
 
 
 @needs_cuda
+def test_a_model_built_on_the_cpu_moves_its_parameters_and_state_to_the_gpu_when_the_backend_changes():
+    from minidl.kernels import cuda
+
+    minidl.set_backend("numpy")
+    model = minidl.Sequential([layers.Input((6, 6, 1)), layers.Conv2D(2, 3), layers.BatchNormalization(),
+                               layers.Flatten(), layers.Dense(3)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).random((4, 6, 6, 1), dtype=np.float32)
+    on_cpu = model.predict(x, verbose=0)
+    minidl.set_backend("cuda")
+    np.testing.assert_allclose(model.predict(x, verbose=0), on_cpu, rtol=1e-5, atol=1e-6)
+    arrays = [value for layer in model.layers for value in [*layer.params.values(), *layer.state.values()]]
+    assert arrays and all(cuda._is_device_array(value) for value in arrays)
+
+
+@needs_cuda
 @pytest.mark.usefixtures("winograd_from_one_channel")
 def test_a_cuda_training_step_copies_only_the_batch_in_and_scalars_out():
     from minidl.kernels import cuda

@@ -33,7 +33,7 @@ FLOAT_DTYPES = ("float32", "float64")
 
 def float_dtype(dtype, layer_name):
     """``dtype`` as a NumPy float dtype; anything but float32/float64 is refused (an integer layer
-    would round every activation, and the kernels compute in these two)."""
+    would round every activation and gradient)."""
     try:
         checked = np.dtype(dtype)
     except TypeError:
@@ -197,11 +197,6 @@ class Layer:
                        for key, value in self.params.items()}
         self.state = {key: ops.to_device(ops.to_host(value).astype(self.dtype))
                       for key, value in self.state.items()}
-
-    def to_active_backend(self):
-        """Move the weights onto the backend now active (after ``set_backend``)."""
-        self.params = {key: ops.to_device(ops.to_host(value)) for key, value in self.params.items()}
-        self.state = {key: ops.to_device(ops.to_host(value)) for key, value in self.state.items()}
 
     def count_params(self):
         """Every weight's element count, the non-trainable ``state`` included (as Keras counts)."""
