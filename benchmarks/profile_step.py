@@ -1,7 +1,9 @@
-"""Time and profile a network's training step through the real model (``train_on_batch``).
+"""Time and profile a network's training step through the real model (``train_on_batch``), or a
+predict of one batch (``--task predict``).
 
     python benchmarks/profile_step.py [--network seed_cnn] [--batch-size 128] [--steps 150]
-                                      [--backend numba] [--top 15] [--kernels] [--without PASS ...]
+                                      [--task train|predict] [--backend numba] [--top 15] [--kernels]
+                                      [--without PASS ...]
 
 ``--network`` names any network of the benchmark suite (``benchmarks/suite.py``), trained with the
 suite's optimizer on random images of its input shape; the default is the seed CNN.
@@ -73,6 +75,8 @@ def main():
     parser.add_argument("--network", default="seed_cnn", choices=list(NETWORKS))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--task", choices=["train", "predict"], default="train",
+                        help="a training step, or model.predict of one batch")
     parser.add_argument("--backend", help="default: minidl's default")
     parser.add_argument("--top", type=int, default=15, help="functions to list from the profile")
     parser.add_argument("--kernels", action="store_true", help="time every kernel call instead of cProfile")
@@ -86,25 +90,29 @@ def main():
     x = rng.random((args.batch_size, *NETWORKS[args.network][2]), dtype=np.float32)
     y = rng.integers(0, 10, args.batch_size)
     model = compiled(minidl, args.network, optimize={name: False for name in args.without})
+    if args.task == "train":
+        step = lambda: model.train_on_batch(x, y)  # noqa: E731
+    else:
+        step = lambda: model.predict(x, batch_size=args.batch_size)  # noqa: E731
     for _ in range(5):
-        model.train_on_batch(x, y)
+        step()
     seconds = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        model.train_on_batch(x, y)
+        step()
         seconds.append(time.perf_counter() - start)
-    print(f"{args.network}, backend {minidl.get_backend()}, batch {args.batch_size}: fastest {min(seconds) * 1e3:.2f} ms, "
-          f"median {statistics.median(seconds) * 1e3:.2f} ms per step over {args.steps} steps")
+    print(f"{args.network}, {args.task}, backend {minidl.get_backend()}, batch {args.batch_size}: fastest "
+          f"{min(seconds) * 1e3:.2f} ms, median {statistics.median(seconds) * 1e3:.2f} ms per step over {args.steps} steps")
     if args.kernels:
         if minidl.get_backend() == "cuda":
             raise SystemExit("--kernels times host calls; cuda kernels run asynchronously")
-        per_kernel = kernel_milliseconds(lambda: model.train_on_batch(x, y), 100)
+        per_kernel = kernel_milliseconds(step, 100)
         print(f"kernel calls over 100 steps, ms per step (sum {sum(per_kernel.values()):.2f}):")
         for (name, shapes), ms in sorted(per_kernel.items(), key=lambda item: -item[1])[:args.top]:
             print(f"  {ms:7.3f}  {name}{shapes}")
         return
     profile = cProfile.Profile()
-    profile.runcall(lambda: [model.train_on_batch(x, y) for _ in range(100)])
+    profile.runcall(lambda: [step() for _ in range(100)])
     pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
 
 
