@@ -1,9 +1,10 @@
 """Bias + activation kernels of the Numba backend, per activation, on one float32 tensor.
 
-    python benchmarks/activation_kernels.py [--elements 1048576] [--channels 16] [--repeats 20]
+    python benchmarks/activation_kernels.py [--elements 1048576] [--channels 16] [--repeats 20] [--threads 1]
 
 Times ``bias_activation`` (forward) and ``activation_grad`` (backward) on ``(elements / channels,
-channels)`` standard-normal values x 3 with Numba's kernels on one thread (minidl's policy), and prints
+channels)`` standard-normal values x 3 with Numba's kernels on ``--threads`` threads (default: one,
+as the figures before minidl's one-pool policy were taken; that policy runs every core), and prints
 the fastest call of each in milliseconds, with the memory bandwidth it implies (bytes read and written
 once).  Run it with ``PYTHONPATH`` at another checkout to time that checkout's kernels.
 """
@@ -21,8 +22,9 @@ def main():
     parser.add_argument("--elements", type=int, default=1 << 20)
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    cpu.set_num_threads(1)
+    cpu.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     z = (rng.standard_normal((args.elements // args.channels, args.channels)) * 3).astype(np.float32)
     bias = rng.standard_normal(args.channels).astype(np.float32)

@@ -1338,42 +1338,64 @@ def conv3x3_maxpool_kernel_grad(x, grad_pooled, argmax):
 # ------------------------------------------------------------------------------------ activations
 
 
-@jit
-def _sigmoid(v, one):
-    """Logistic function, evaluated without overflow for large ``|v|``."""
-    if v >= 0:
-        return one / (one + np.exp(-v))
-    e = np.exp(v)
-    return e / (one + e)
+#: ``tanh(v) = v P(v^2) / Q(v^2)`` on ``|v| <= TANH_SATURATES``, ``P``'s and ``Q``'s coefficients from
+#: the constant term up: a rational fit of tanh with relative error 6.6e-9 in exact arithmetic, within
+#: 6 ulp of the correctly rounded float32 tanh when evaluated in float32 (``tests/kernels/test_cpu.py``
+#: measures it); past ``TANH_SATURATES`` the float32 tanh is +-1.  In the fused bias loop it runs on
+#: every thread where NumPy's tanh ran on one after it (``benchmarks/RESULTS.md`` [D15]).
+TANH_P = (1.0, 0.13084019720554352, 0.0031039675232023, 1.1154419553349726e-05, -2.0225639829618558e-08,
+          5.278127240826436e-11, -8.489122761950324e-14)
+TANH_Q = (1.0, 0.46417346596717834, 0.02449522353708744, 0.0002546161413192749)
+TANH_SATURATES = 9.0
 
 
 @jit
-def _activate(v, code, zero, one):
-    """``f(v)`` for the activation numbered ``code``; ``zero``, ``one`` carry the dtype."""
+def _tanh_float32(v):
+    """``tanh(v)`` of a float32 ``v`` by :data:`TANH_P` / :data:`TANH_Q`: multiplications, additions and
+    one division, which a loop vectorises, where ``np.tanh`` compiles to a scalar libm call.  Past
+    :data:`TANH_SATURATES`, and where the fit's rounding passes 1 by an ulp, it is +-1; NaN stays NaN."""
+    limit, one = np.float32(TANH_SATURATES), np.float32(1)
+    s = min(max(v, -limit), limit)
+    p0, p1, p2, p3, p4, p5, p6 = TANH_P
+    q0, q1, q2, q3 = TANH_Q
+    t = s * s
+    p = ((((((np.float32(p6) * t + np.float32(p5)) * t + np.float32(p4)) * t + np.float32(p3)) * t
+           + np.float32(p2)) * t + np.float32(p1)) * t + np.float32(p0))
+    q = ((np.float32(q3) * t + np.float32(q2)) * t + np.float32(q1)) * t + np.float32(q0)
+    y = s * p / q
+    if v >= limit or y > one:
+        return one
+    if v <= -limit or y < -one:
+        return -one
+    return y if v == v else v
+
+
+@jit
+def _activate(v, code, zero):
+    """``f(v)`` for the activation numbered ``code`` of those :func:`_activates_in_loop` allows (linear,
+    ReLU, float32's tanh); ``zero`` carries the dtype."""
     if code == RELU:
         return max(v, zero)
-    if code == SIGMOID:
-        return _sigmoid(v, one)
     if code == TANH:
-        return np.tanh(v)
+        return _tanh_float32(v)
     return v
 
 
 @jit_parallel
 def _bias_activation_kernel(z, bias, code, y):
     """``y[m, c] = f(z[m, c] + bias[c])`` for ``z, y (M, C)``, ``bias (C,)``."""
-    zero, one = y.dtype.type(0), y.dtype.type(1)
+    zero = y.dtype.type(0)
     for m in numba.prange(z.shape[0]):
         for c in range(z.shape[1]):
-            y[m, c] = _activate(z[m, c] + bias[c], code, zero, one)
+            y[m, c] = _activate(z[m, c] + bias[c], code, zero)
 
 
 @jit_parallel
 def _activation_kernel(z, code, y):
     """``y[i] = f(z[i])`` over flat arrays."""
-    zero, one = y.dtype.type(0), y.dtype.type(1)
+    zero = y.dtype.type(0)
     for i in numba.prange(z.size):
-        y[i] = _activate(z[i], code, zero, one)
+        y[i] = _activate(z[i], code, zero)
 
 
 def bias_activation(z, bias, activation):
@@ -1384,7 +1406,7 @@ def bias_activation(z, bias, activation):
     """
     code = _activation_code("bias_activation", activation)
     y = np.empty(z.shape, dtype=z.dtype if bias is None else np.result_type(z, bias))
-    loop_code = LINEAR if code in (TANH, SIGMOID) else code  # those two by NumPy afterwards: _squash_in_place
+    loop_code = code if _activates_in_loop(code, y.dtype) else LINEAR  # else by NumPy after: _squash_in_place
     if bias is None:
         _activation_kernel(_flat(z), loop_code, y.reshape(-1))
     elif bias.shape != (z.shape[-1],):
@@ -1392,15 +1414,23 @@ def bias_activation(z, bias, activation):
     else:
         channels = z.shape[-1]
         _bias_activation_kernel(_flat(z).reshape(-1, channels), bias, loop_code, y.reshape(-1, channels))
-    _squash_in_place(y, code)
+    if loop_code != code:
+        _squash_in_place(y, code)
     return y
+
+
+def _activates_in_loop(code, dtype):
+    """Whether the Numba loop applies activation ``code`` to ``dtype`` values: all but sigmoid, and
+    tanh on float32 only (float64's would need a fit of float64's precision)."""
+    return code in (LINEAR, RELU) or (code == TANH and dtype == np.float32)
 
 
 def _squash_in_place(y, code):
     """``y = tanh(y)`` or ``sigmoid(y) = 1 / (1 + e^-y)`` in place (other codes: unchanged), by NumPy's
-    SIMD ufuncs.  Without Intel's SVML, Numba compiles ``np.tanh`` and ``np.exp`` in a loop to a scalar
-    libm call per element, 100 to 800 times slower than NumPy's on float32 (``benchmarks/RESULTS.md``
-    [D8]).  IEEE arithmetic keeps the sigmoid exact at the ends: ``e^-y = inf`` gives ``0``."""
+    SIMD ufuncs, for what the Numba loop does not apply (:func:`_activates_in_loop`).  Without Intel's
+    SVML, Numba compiles ``np.tanh`` and ``np.exp`` in a loop to a scalar libm call per element, 100 to
+    800 times slower than NumPy's on float32 (``benchmarks/RESULTS.md`` [D8]).  IEEE arithmetic keeps
+    the sigmoid exact at the ends: ``e^-y = inf`` gives ``0``."""
     if code == TANH:
         np.tanh(y, out=y)
     elif code == SIGMOID:

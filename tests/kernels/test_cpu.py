@@ -320,6 +320,25 @@ def test_bias_activation_is_stable_for_extreme_inputs():
         assert_close(cpu.bias_activation(z, None, activation), ref.bias_activation(z, None, activation))
 
 
+def test_float32_tanh_is_within_6_ulp_of_the_correctly_rounded_tanh():
+    magnitudes = np.arange(0, np.float32(9.5).view(np.uint32), 512, dtype=np.uint32).view(np.float32)
+    values = np.concatenate([magnitudes, -magnitudes])
+    y = cpu.bias_activation(values.reshape(-1, 2), None, "tanh").ravel()
+    exact = np.tanh(values.astype(np.float64))
+    ulps = np.abs(y - exact) / np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 6
+    assert np.abs(y).max() <= 1
+    np.testing.assert_array_equal(y[len(magnitudes):], -y[:len(magnitudes)])
+
+
+def test_float32_tanh_keeps_nan_signed_zeros_and_saturates_to_one():
+    z = np.array([[np.nan, np.inf, -np.inf, 0.0, -0.0, 3e38, -3e38, 1e-45]], dtype=np.float32)
+    y = cpu.bias_activation(z, None, "tanh")[0]
+    assert np.isnan(y[0])
+    np.testing.assert_array_equal(y[1:], np.array([1, -1, 0, 0, 1, -1, 1e-45], dtype=np.float32))
+    assert np.signbit(y[4]) and not np.signbit(y[3])
+
+
 def test_bias_activation_rejects_an_unknown_activation_by_name():
     with pytest.raises(ValueError, match="bias_activation: activation must be one of .* got 'swish'"):
         cpu.bias_activation(np.zeros((2, 3)), None, "swish")
