@@ -331,25 +331,35 @@ def bias_grad(grad_out):
 
 
 @jit
+def _natural(index):
+    """``index`` (never negative) typed unsigned.  Numba tests every signed index for a negative value
+    (which counts from the end); the unfolds' copies, indexed by unsigned arithmetic throughout, skip
+    that test and run faster (``benchmarks/RESULTS.md``, [D16])."""
+    return np.uint64(index)
+
+
+@jit
 def _unfold_rows(image, kh, kw, sh, sw, top, left, first_oh, last_oh, out_w, cols, first_row):
     """``cols[first_row + (oh - first_oh)*OW + ow, (i*KW + j)*C + c] = image[oh*SH + i - top,
     ow*SW + j - left, c]`` for output rows ``first_oh <= oh < last_oh``, zero where that pixel is
     padding.  ``image (H, W, C)``, ``cols (., KH*KW*C)``."""
     height, width, channels = image.shape
+    flat_cols = cols.reshape(-1)
     for oh in range(first_oh, last_oh):
         for ow in range(out_w):
-            row = first_row + (oh - first_oh) * out_w + ow
+            row_start = _natural(first_row + (oh - first_oh) * out_w + ow) * _natural(cols.shape[1])
             for i in range(kh):
                 h = oh * sh + i - top
                 for j in range(kw):
                     w = ow * sw + j - left
-                    col = (i * kw + j) * channels
+                    start = row_start + _natural((i * kw + j) * channels)  # cols[row, (i*KW + j)*C]
                     if 0 <= h < height and 0 <= w < width:
+                        pixel = image[h, w]
                         for c in range(channels):
-                            cols[row, col + c] = image[h, w, c]
+                            flat_cols[start + _natural(c)] = pixel[c]
                     else:
                         for c in range(channels):
-                            cols[row, col + c] = 0
+                            flat_cols[start + _natural(c)] = 0
 
 
 @jit
@@ -361,18 +371,20 @@ def _copy_to_phase_planes(image, top, left, sh, sw, planes):
     zeroed once serve every image of one shape."""
     height, width, channels = image.shape
     _, _, _, phase_h, phase_w = planes.shape
+    step = _natural(sw * channels)
     for c in range(channels):
         for a in range(sh):
             for r in range(phase_h):
                 h = r * sh + a - top
                 if 0 <= h < height:
-                    row = image[h]
+                    row = image[h].reshape(-1)
                     for b in range(sw):
                         first = max(0, (left - b + sw - 1) // sw)
                         stop = min(phase_w, (width + left - b + sw - 1) // sw)
                         plane_row = planes[c, a, b, r]
-                        for k in range(first, stop):
-                            plane_row[k] = row[k * sw + b - left, c]
+                        start = _natural((first * sw + b - left) * channels + c)  # image[h, first*SW + b - left, c]
+                        for k in range(stop - first):
+                            plane_row[first + k] = row[start + _natural(k) * step]
 
 
 @jit
@@ -390,17 +402,19 @@ def _unfold_transposed(image, planes, kh, kw, sh, sw, top, left, out_h, out_w, c
     values, each image row of it a contiguous copy of a plane row: ``x_padded[oh*SH + i, ow*SW + j]
     = plane (i % SH, j % SW)[oh + i // SH, ow + j // SW]``."""
     channels = image.shape[2]
+    plane_w = _natural(planes.shape[4])
     _copy_to_phase_planes(image, top, left, sh, sw, planes)
     for i in range(kh):
         for j in range(kw):
             for c in range(channels):
-                plane = planes[c, i % sh, j % sw]
+                plane = planes[c, i % sh, j % sw].reshape(-1)
+                run = cols_t[(i * kw + j) * channels + c]
+                window_start = _natural((i // sh) * planes.shape[4] + j // sw)  # plane[i // SH, j // SW]
                 for oh in range(out_h):
-                    plane_row = plane[oh + i // sh, j // sw:]
-                    start = first_col + oh * out_w
-                    run_row = cols_t[(i * kw + j) * channels + c, start:start + out_w]
+                    plane_start = window_start + _natural(oh) * plane_w
+                    run_start = _natural(first_col + oh * out_w)
                     for ow in range(out_w):
-                        run_row[ow] = plane_row[ow]
+                        run[run_start + _natural(ow)] = plane[plane_start + _natural(ow)]
 
 
 @jit_parallel
