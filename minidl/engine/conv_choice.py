@@ -9,17 +9,16 @@ As cuDNN's benchmark mode does, the first time a shape is planned every candidat
 :data:`MEASURE_REPEATS` passes counts), and the fastest method wins; methods within
 :data:`TIED_WITHIN` of it count as tied, and of those the one with the least scratch wins.  The
 answer, with every candidate's seconds and the machine's load at the time, is kept in a JSON file
-under a key made of
-the conv's shape and the machine (CPU, cores, backend, Numba threads), so later processes plan without
-timing anything.  The process settings (:func:`minidl.backend.apply_process_settings`: threads and
-allocator) are applied before any timing, also where a plan is first built by ``summary()`` before
-training.  Every candidate is timed on the same images (as many as the largest candidate's
-scratch allows).  A new choice is timed again at the next plan, and each candidate keeps the faster
-of its two timings (:data:`CONFIRMING_TIMINGS`).  A cached choice is timed afresh when it did not
-time every candidate there is now
-(a new method) or did not record its images, or when it was timed on a busy machine (load per core
-above :data:`BUSY_LOAD_PER_CORE`: other processes' work falls on the candidates unevenly) and the
-machine is quieter now.
+under a key made of the conv's shape and the machine (CPU, cores, backend, Numba threads), so later
+processes plan without timing anything.  The process settings
+(:func:`minidl.backend.apply_process_settings`: threads and allocator) are applied before any
+timing, also where a plan is first built by ``summary()`` before training.  Every candidate is timed
+on the same images (as many as the largest candidate's scratch allows).  A new choice is timed again
+at the next plan, and each candidate keeps the faster of its two timings
+(:data:`CONFIRMING_TIMINGS`).  A cached choice is timed afresh when it did not time every candidate
+there is now (a new method) or not on the images they would be timed on now, or when it was timed
+on a busy machine (load per core above :data:`BUSY_LOAD_PER_CORE`: other processes' work falls on
+the candidates unevenly) and the machine is quieter now.
 
 Environment:
 
@@ -42,8 +41,12 @@ import numpy as np
 from minidl.backend import apply_process_settings, get_backend, ops
 from minidl.engine.conv_methods import ConvLinear, candidate_methods
 
-#: Images per timed pass, and timed passes per candidate (the fastest counts).
-MEASURE_IMAGES = 16
+#: Images per timed pass, and timed passes per candidate (the fastest counts).  A plan serves every
+#: batch size, and a method's cost per image grows with the batch where the batch's scratch passes the
+#: last-level cache (im2col's ``cols``): on 16 images the image-by-image method and im2col tied on a
+#: 64x64x3 5x5 stride-2 conv, which took 118 and 155 us per image on 64 images, 118 and 166 on 128
+#: ([D17]).  64 images show that at half the first plan's timing cost of 128.
+MEASURE_IMAGES = 64
 MEASURE_REPEATS = 5
 
 #: At most this much scratch per timed pass; fewer images where one would need more.
@@ -207,16 +210,17 @@ def write_choices(path, choices):
         pass
 
 
-def answers_for(entry, candidates, load_now):
-    """Whether a cached ``entry`` still answers: it timed exactly ``candidates`` on one number of images
-    (entries without ``images`` timed each candidate on as many as its own scratch allowed, which
-    favoured the method with the most scratch per image), it says the load it was timed under, and
-    that was not a busy machine's that is quieter now (``load_now`` per core)."""
+def answers_for(entry, candidates, images, load_now):
+    """Whether a cached ``entry`` still answers: it timed exactly ``candidates`` on the ``images`` images
+    they would be timed on now (entries without ``images`` timed each candidate on as many as its own
+    scratch allowed, which favoured the method with the most scratch per image; entries on fewer
+    images missed the batch's cache misses), it says the load it was timed under, and that was not a
+    busy machine's that is quieter now (``load_now`` per core)."""
     if not isinstance(entry, dict) or entry.get("method") not in candidates:
         return False
     if not isinstance(entry.get("seconds"), dict) or set(entry["seconds"]) != set(candidates):
         return False
-    if not isinstance(entry.get("images"), int):
+    if entry.get("images") != images:
         return False
     load_then = entry.get("load_per_core")
     if not isinstance(load_then, (int, float)):
@@ -245,15 +249,14 @@ def choose_method(conv, pads, input_grad_needed, inference_bytes=None):
         return modelled_choice(conv, candidates)
     apply_process_settings()  # the threads and allocator the conv will run under, and the key names
     path, key = cache_path(), f"{machine_key()} | {shape_key(conv, pads, input_grad_needed, inference_bytes)}"
-    load_now = load_per_core()
+    load_now, images = load_per_core(), images_to_time(conv, candidates, pads)
     entry = read_choices(path).get(key)
-    still_answers = mode == "measure" and answers_for(entry, candidates, load_now)
+    still_answers = mode == "measure" and answers_for(entry, candidates, images, load_now)
     if still_answers and timings_of(entry) >= CONFIRMING_TIMINGS:
         return entry["method"]
-    images = images_to_time(conv, candidates, pads)
     seconds = measured_seconds(conv, candidates, pads, input_grad_needed, images, inference_bytes)
     timings = 1
-    if still_answers and entry["images"] == images:
+    if still_answers:
         seconds = {name: min(taken, entry["seconds"][name]) for name, taken in seconds.items()}
         timings = timings_of(entry) + 1
     chosen = leanest_of_the_fastest(conv, candidates, pads, seconds)

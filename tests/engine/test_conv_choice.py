@@ -208,8 +208,8 @@ def test_the_plan_follows_the_cached_choice(measuring, cached, planned):
     conv = model.layers[0]
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, False)}"
     seconds = {"im2col": 1.0, "im2col_by_image": 1.0, "winograd": 1.0, "winograd_4x4": 1.0}
-    measuring.write_text(json.dumps({key: {"method": cached, "seconds": seconds, "images": 16, "load_per_core": 0.0,
-                                           "timings": 2}}))
+    measuring.write_text(json.dumps({key: {"method": cached, "seconds": seconds, "images": conv_choice.MEASURE_IMAGES,
+                                           "load_per_core": 0.0, "timings": 2}}))
     step = model.plan.step_of(conv)
     method = getattr(getattr(step, "linear", None), "method", None)  # a plain step computes im2col itself
     assert (method.name if method else None) == planned
@@ -221,7 +221,7 @@ def cached_entry(measuring, **fields):
     key = f"{conv_choice.machine_key()} | {conv_choice.shape_key(conv, conv.pads, True)}"
     entry = {"method": "winograd", "seconds": {"im2col": 2.0, "im2col_by_image": 2.0, "winograd": 1.0,
                                                "winograd_4x4": 3.0},
-             "images": 16, "load_per_core": 0.5, "timings": 2, **fields}
+             "images": conv_choice.MEASURE_IMAGES, "load_per_core": 0.5, "timings": 2, **fields}
     measuring.write_text(json.dumps({key: entry}))
     return conv, key
 
@@ -234,8 +234,9 @@ def cached_entry(measuring, **fields):
     ({"load_per_core": "high"}, 0.5, True),
     ({"load_per_core": None}, 0.5, True),  # timed before the load was recorded
     ({"images": None}, 0.1, True),  # timed before every candidate ran on the same images
+    ({"images": 16}, 0.1, True),  # timed on fewer images than are timed now
 ])
-def test_a_cached_choice_is_timed_again_when_it_missed_a_candidate_or_was_timed_under_load(
+def test_a_cached_choice_is_timed_again_when_it_missed_a_candidate_or_its_images_or_was_timed_under_load(
         measuring, monkeypatch, fields, load_now, timed_again):
     conv, key = cached_entry(measuring, **fields)
     monkeypatch.setattr(conv_choice, "load_per_core", lambda: load_now)
