@@ -137,12 +137,12 @@ def modelled_choice(conv, names):
     return "im2col"
 
 
-def images_to_time(conv, methods, pads):
-    """How many images each candidate's timed pass runs: :data:`MEASURE_IMAGES`, or fewer where one
-    candidate's scratch for them would pass :data:`MEASURE_WORKSPACE_BYTES`.  The same number for
-    every candidate, so that their seconds compare."""
+def images_to_time(conv, methods, pads, images=MEASURE_IMAGES):
+    """How many images each candidate's timed pass runs: ``images``, or fewer where one candidate's
+    scratch for them would pass :data:`MEASURE_WORKSPACE_BYTES`.  The same number for every
+    candidate, so that their seconds compare."""
     largest = max(ConvLinear(conv, method, pads).bytes_per_image() for method in methods.values())
-    return max(1, min(MEASURE_IMAGES, MEASURE_WORKSPACE_BYTES // max(1, largest)))
+    return max(1, min(images, MEASURE_WORKSPACE_BYTES // max(1, largest)))
 
 
 def timed_pass(conv, method, pads, input_grad_needed, images, inference_bytes=None):
