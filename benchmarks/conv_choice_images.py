@@ -7,14 +7,17 @@ For every conv in the plan of each ``--network`` (the benchmark suite's, ``bench
 with more than one candidate method, times every candidate as the conv choice does
 (``minidl.engine.conv_choice.measured_seconds``: a forward and backward pass, the candidates taking
 turns, the fastest of its repeats) on each number of ``--images`` (fewer where the choice's scratch
-bound allows fewer), and prints microseconds per image.  A method whose cost per image grows with
-the images is one whose scratch for them passes a cache; where a choice between two methods changes
-with the images, the number of images the choice times decides it.  ``--inference`` times forward
-passes alone in the plan's inference chunks, as the inference choice does.  Nothing is cached.
+bound allows fewer), and prints microseconds per image and the seconds the timing took (what one
+choice costs a first plan; a new choice is timed again at the next plan).  A method whose cost per
+image grows with the images is one whose scratch for them passes a cache; where a choice between two
+methods changes with the images, the number of images the choice times decides it.  ``--inference``
+times forward passes alone in the plan's inference chunks, as the inference choice does.  Nothing is
+cached.
 """
 
 import argparse
 import os
+import time
 
 import minidl
 from minidl.backend import apply_process_settings
@@ -35,11 +38,14 @@ def convs_of(network):
 
 
 def per_image_microseconds(conv, pads, input_grad_needed, images, inference_bytes):
-    """``(images timed, {method: us per image})`` as the conv choice times them."""
+    """``(images timed, {method: us per image}, seconds the timing took)`` as the conv choice times
+    them (the last is what one choice costs a first plan)."""
     methods = candidate_methods(conv)
     timed = conv_choice.images_to_time(conv, methods, pads, images)
+    start = time.perf_counter()
     seconds = conv_choice.measured_seconds(conv, methods, pads, input_grad_needed, timed, inference_bytes)
-    return timed, {name: taken / timed * 1e6 for name, taken in seconds.items()}
+    took = time.perf_counter() - start
+    return timed, {name: taken / timed * 1e6 for name, taken in seconds.items()}, took
 
 
 def main():
@@ -59,10 +65,11 @@ def main():
             print(f"{network} {conv.name}: {'x'.join(map(str, conv.input_shape))} -> {conv.filters}, "
                   f"{kh}x{kw} at stride {sh}x{sw}{'' if input_grad_needed else ', no input gradient'}, us per image")
             for images in args.images:
-                timed, microseconds = per_image_microseconds(conv, pads, input_grad_needed, images, inference_bytes)
+                timed, microseconds, took = per_image_microseconds(conv, pads, input_grad_needed, images,
+                                                                   inference_bytes)
                 fastest = min(microseconds.values())
                 cells = ", ".join(f"{name} {us:.0f}{'*' if us == fastest else ''}" for name, us in microseconds.items())
-                print(f"    {timed:4d} images: {cells}")
+                print(f"    {timed:4d} images: {cells}   (timing took {took:.2f} s)")
 
 
 if __name__ == "__main__":
