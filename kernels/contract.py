@@ -61,6 +61,12 @@ KERNELS = {
     "avgpool_forward": (("x", "pool_size", "strides", "pads"), "mean of each window's real pixels: -> (N, OH, OW, C)"),
     "avgpool_backward": (("grad_out", "x_shape", "pool_size", "strides", "pads"),
                          "(N, OH, OW, C) spread evenly over each window's real pixels -> x_shape"),
+    # a bias and activation under average pooling in one pass
+    "bias_activation_avgpool": (("z", "bias", "activation", "pool_size", "strides", "pads"),
+                                "(y, pooled): y = f(z + bias) (N, H, W, C), bias (C,) or None, and avgpool_forward(y)"),
+    "avgpool_activation_grad": (("grad_pooled", "y", "activation", "pool_size", "strides", "pads"),
+                                "(grad_z, grad_bias): avgpool_backward(grad_pooled) * f'(z) from y, and its sum "
+                                "over N, H, W"),
     # a one-channel 3x3 convolution under 2x2 max pooling in one pass
     "conv3x3_maxpool": (("x", "kernel"), "(N, H, W, 1), (3, 3, 1, F) -> (pooled, argmax), both (N, (H-2)//2, (W-2)//2, F)"),
     "conv3x3_maxpool_values": (("x", "kernel"), "conv3x3_maxpool's pooled alone"),

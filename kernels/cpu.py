@@ -53,7 +53,7 @@ from .numpy_ref import ACTIVATIONS, to_device, to_host, zeros, zeros_like  # noq
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
                             winograd_tile_grid, winograd_tiles_hw)
 from .winograd import check_tile, tile_of_positions, winograd_matrices  # noqa: E402
-from .shapes import as_three_axes, concatenated_shape, split_shapes  # noqa: E402
+from .shapes import as_three_axes, concatenated_shape, pooled_grad_shape, split_shapes  # noqa: E402
 
 __all__ = [
     "to_device", "to_host", "zeros", "zeros_like", "add", "multiply", "accumulate", "all_finite",
@@ -64,7 +64,7 @@ __all__ = [
     "maxpool_forward", "maxpool_values", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "conv3x3_maxpool", "conv3x3_maxpool_values", "conv3x3_maxpool_kernel_grad",
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
-    "softmax_cross_entropy", "dropout", "regularize_grad", "regularization_penalty",
+    "bias_activation_avgpool", "avgpool_activation_grad", "softmax_cross_entropy", "dropout", "regularize_grad", "regularization_penalty",
     "sgd_update", "adam_update", "rmsprop_update",
     "channel_moments", "batch_norm", "batch_norm_backward", "moving_average_update",
     "zero_pad", "zero_pad_grad", "scale_shift",
@@ -1142,26 +1142,33 @@ def maxpool_backward(grad_out, argmax, x_shape, pool_size, strides, pads):
     return grad_in
 
 
+@jit
+def _average_row(image, oh, ph, pw, sh, sw, top, left, out_row):
+    """``out_row[ow, c]`` = mean of ``image (H, W, C)`` over the real pixels of the window at
+    ``(oh*SH - top, ow*SW - left)``, for every ``ow`` of ``out_row (OW, C)``."""
+    height, width, channels = image.shape
+    h0, h1 = _window_span(oh * sh - top, ph, height)
+    for ow in range(out_row.shape[0]):
+        w0, w1 = _window_span(ow * sw - left, pw, width)
+        for c in range(channels):
+            out_row[ow, c] = 0
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                for c in range(channels):
+                    out_row[ow, c] += image[h, w, c]
+        inverse_count = 1.0 / ((h1 - h0) * (w1 - w0))
+        for c in range(channels):
+            out_row[ow, c] *= inverse_count
+
+
 @jit_parallel
 def _avgpool_forward_kernel(x, ph, pw, sh, sw, top, left, out):
     """``out[n, oh, ow, c]`` = mean of ``x`` over the real pixels of the window at
-    ``(oh*SH - top, ow*SW - left)``."""
-    n_images, height, width, channels = x.shape
-    out_h, out_w = out.shape[1], out.shape[2]
-    for image_row in numba.prange(n_images * out_h):
+    ``(oh*SH - top, ow*SW - left)``, one output row of one image per parallel task."""
+    out_h = out.shape[1]
+    for image_row in numba.prange(x.shape[0] * out_h):
         n, oh = image_row // out_h, image_row % out_h
-        h0, h1 = _window_span(oh * sh - top, ph, height)
-        for ow in range(out_w):
-            w0, w1 = _window_span(ow * sw - left, pw, width)
-            for c in range(channels):
-                out[n, oh, ow, c] = 0
-            for h in range(h0, h1):
-                for w in range(w0, w1):
-                    for c in range(channels):
-                        out[n, oh, ow, c] += x[n, h, w, c]
-            inverse_count = 1.0 / ((h1 - h0) * (w1 - w0))
-            for c in range(channels):
-                out[n, oh, ow, c] *= inverse_count
+        _average_row(x[n], oh, ph, pw, sh, sw, top, left, out[n, oh])
 
 
 def avgpool_forward(x, pool_size, strides, pads):
@@ -1176,23 +1183,31 @@ def avgpool_forward(x, pool_size, strides, pads):
     return out
 
 
+@jit
+def _spread_image(grad_out, ph, pw, sh, sw, top, left, grad_image):
+    """``grad_image[h, w, c]`` = the sum of ``grad_out[oh, ow, c] / count(oh, ow)`` over the windows
+    whose real pixels hold ``(h, w)``: ``grad_out (OH, OW, C)``, ``grad_image (H, W, C)``, which it
+    overwrites."""
+    height, width, channels = grad_image.shape
+    out_h, out_w = grad_out.shape[0], grad_out.shape[1]
+    grad_image[:] = 0
+    for oh in range(out_h):
+        h0, h1 = _window_span(oh * sh - top, ph, height)
+        for ow in range(out_w):
+            w0, w1 = _window_span(ow * sw - left, pw, width)
+            inverse_count = 1.0 / ((h1 - h0) * (w1 - w0))
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    for c in range(channels):
+                        grad_image[h, w, c] += grad_out[oh, ow, c] * inverse_count
+
+
 @jit_parallel
 def _avgpool_backward_kernel(grad_out, ph, pw, sh, sw, top, left, grad_in):
     """``grad_in[n, h, w, c] += grad_out[n, oh, ow, c] / count(oh, ow)`` over the real pixels
     ``(h, w)`` of each window; one image per parallel task."""
-    n_images, height, width, channels = grad_in.shape
-    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
-    for n in numba.prange(n_images):
-        grad_in[n] = 0
-        for oh in range(out_h):
-            h0, h1 = _window_span(oh * sh - top, ph, height)
-            for ow in range(out_w):
-                w0, w1 = _window_span(ow * sw - left, pw, width)
-                inverse_count = 1.0 / ((h1 - h0) * (w1 - w0))
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        for c in range(channels):
-                            grad_in[n, h, w, c] += grad_out[n, oh, ow, c] * inverse_count
+    for n in numba.prange(grad_in.shape[0]):
+        _spread_image(grad_out[n], ph, pw, sh, sw, top, left, grad_in[n])
 
 
 def avgpool_backward(grad_out, x_shape, pool_size, strides, pads):
@@ -1421,16 +1436,21 @@ def bias_activation(z, bias, activation):
     code = _activation_code("bias_activation", activation)
     y = np.empty(z.shape, dtype=z.dtype if bias is None else np.result_type(z, bias))
     loop_code = code if _activates_in_loop(code, y.dtype) else LINEAR  # else by NumPy after: _squash_in_place
+    _check_bias("bias_activation", bias, z.shape[-1])
     if bias is None:
         _activation_kernel(_flat(z), loop_code, y.reshape(-1))
-    elif bias.shape != (z.shape[-1],):
-        raise ValueError(f"bias_activation: bias must have shape {(z.shape[-1],)}, got {bias.shape}")
     else:
         channels = z.shape[-1]
         _bias_activation_kernel(_flat(z).reshape(-1, channels), bias, loop_code, y.reshape(-1, channels))
     if loop_code != code:
         _squash_in_place(y, code)
     return y
+
+
+def _check_bias(function, bias, channels):
+    """Raises ``ValueError`` naming ``function`` unless ``bias`` is ``None`` or ``(channels,)``."""
+    if bias is not None and bias.shape != (channels,):
+        raise ValueError(f"{function}: bias must have shape {(channels,)}, got {bias.shape}")
 
 
 def _activates_in_loop(code, dtype):
@@ -1566,6 +1586,82 @@ def softmax_grad(grad_out, y):
         _flat(grad_out).reshape(-1, classes), _flat(y).reshape(-1, classes), grad_in.reshape(-1, classes)
     )
     return grad_in
+
+
+# ---------------------------------------------------------------- activation under average pooling
+#
+# ``numpy_ref``'s section of the same name, image by image: each thread makes one image's ``y = f(z +
+# b)`` and pools it while it is still in the core's cache, and backward spreads one image's pooled
+# gradient, multiplies it by ``f'`` and adds it into the image's bias sums in one more pass over it.
+# Apart, the bias and activation, the pooling, their two backward passes and the bias gradient each
+# read or wrote the whole batch's ``(N, H, W, C)`` arrays, past the L3 at batch 128 on a 32x32x16
+# output (``benchmarks/RESULTS.md`` [D18]).
+
+
+@jit_parallel
+def _bias_activation_avgpool_kernel(z, bias, code, ph, pw, sh, sw, top, left, y, pooled):
+    """``y[n] = f(z[n] + bias)`` and ``pooled[n]`` its window means, one image per parallel task:
+    ``z, y (N, H, W, C)``, ``bias (C,)``, ``pooled (N, OH, OW, C)``."""
+    zero = y.dtype.type(0)
+    channels = z.shape[3]
+    for n in numba.prange(z.shape[0]):
+        z_rows, y_rows = z[n].reshape(-1, channels), y[n].reshape(-1, channels)
+        for m in range(z_rows.shape[0]):
+            for c in range(channels):
+                y_rows[m, c] = _activate(z_rows[m, c] + bias[c], code, zero)
+        for oh in range(pooled.shape[1]):
+            _average_row(y[n], oh, ph, pw, sh, sw, top, left, pooled[n, oh])
+
+
+def bias_activation_avgpool(z, bias, activation, pool_size, strides, pads):
+    """``(y, pooled)``: ``y = f(z + bias)`` for ``z`` ``(N, H, W, C)`` (``bias`` ``(C,)`` or ``None``)
+    and ``pooled = avgpool_forward(y)`` ``(N, OH, OW, C)``, each image pooled as soon as it is made
+    (activations the loop does not apply, :func:`_activates_in_loop`, run apart)."""
+    code = _activation_code("bias_activation_avgpool", activation)
+    _check_bias("bias_activation_avgpool", bias, z.shape[-1])
+    dtype = z.dtype if bias is None else np.result_type(z, bias)
+    if not _activates_in_loop(code, dtype):
+        y = bias_activation(z, bias, activation)
+        return y, avgpool_forward(y, pool_size, strides, pads)
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    y = np.empty(z.shape, dtype=dtype)
+    pooled = np.empty((z.shape[0], *output_hw(z.shape, pool_size, strides, pads), z.shape[3]), dtype=dtype)
+    bias = np.zeros(z.shape[3], dtype=dtype) if bias is None else bias.astype(dtype, copy=False)
+    _bias_activation_avgpool_kernel(np.ascontiguousarray(z, dtype=dtype), bias, code, ph, pw, sh, sw, top, left,
+                                    y, pooled)
+    return y, pooled
+
+
+@jit_parallel
+def _avgpool_activation_grad_kernel(grad_pooled, y, code, ph, pw, sh, sw, top, left, grad_z, image_bias_grads):
+    """``grad_z[n] = spread(grad_pooled[n]) * f'(y[n])`` and ``image_bias_grads[n]`` its sum over the
+    image's pixels, one image per parallel task: ``grad_pooled (N, OH, OW, C)``, ``y, grad_z (N, H, W,
+    C)``, ``image_bias_grads (N, C)``."""
+    zero, one = y.dtype.type(0), y.dtype.type(1)
+    channels = y.shape[3]
+    for n in numba.prange(y.shape[0]):
+        _spread_image(grad_pooled[n], ph, pw, sh, sw, top, left, grad_z[n])
+        grad_rows, y_rows, sums = grad_z[n].reshape(-1, channels), y[n].reshape(-1, channels), image_bias_grads[n]
+        sums[:] = 0
+        for m in range(grad_rows.shape[0]):
+            for c in range(channels):
+                grad = grad_rows[m, c] * _activation_derivative(y_rows[m, c], code, zero, one)
+                grad_rows[m, c] = grad
+                sums[c] += grad
+
+
+def avgpool_activation_grad(grad_pooled, y, activation, pool_size, strides, pads):
+    """``(grad_z, grad_bias)`` of :func:`bias_activation_avgpool` from ``dL/dpooled`` ``(N, OH, OW, C)``
+    and ``y`` ``(N, H, W, C)``: ``grad_z = avgpool_backward(grad_pooled) * f'(z)`` (``f'`` from ``y``)
+    and ``grad_bias`` its sum over ``N, H, W``, ``(C,)``; each image spread, scaled and summed in turn."""
+    code = _activation_code("avgpool_activation_grad", activation)
+    pooled_grad_shape("avgpool_activation_grad", grad_pooled.shape, y.shape, pool_size, strides, pads)
+    (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
+    grad_z = np.empty(y.shape, dtype=grad_pooled.dtype)
+    image_bias_grads = np.empty((y.shape[0], y.shape[3]), dtype=grad_pooled.dtype)
+    _avgpool_activation_grad_kernel(np.ascontiguousarray(grad_pooled), np.ascontiguousarray(y), code, ph, pw, sh, sw,
+                                    top, left, grad_z, image_bias_grads)
+    return grad_z, image_bias_grads.sum(axis=0)
 
 
 # ----------------------------------------------------------------------------------------- losses

@@ -42,7 +42,7 @@ from . import numpy_ref
 from .numpy_ref import ACTIVATIONS, check_activation
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
-from .shapes import as_three_axes, concatenated_shape, split_shapes
+from .shapes import as_three_axes, concatenated_shape, pooled_grad_shape, split_shapes
 from .winograd import tile_of_positions, winograd_matrices
 
 __all__ = [
@@ -51,9 +51,11 @@ __all__ = [
     "activation_grad",
     "adam_update",
     "all_finite",
+    "avgpool_activation_grad",
     "avgpool_backward",
     "avgpool_forward",
     "bias_activation",
+    "bias_activation_avgpool",
     "bias_grad",
     "col2im",
     "conv_by_image",
@@ -1281,6 +1283,26 @@ def softmax_grad(grad_out, y):
     grad_in = cuda.device_array(y.shape, dtype=y.dtype)
     _launch(_softmax_grad_rows, _rows(y).shape[0], _rows(grad_out), _rows(y), _rows(grad_in))
     return grad_in
+
+
+# ------------------------------------------------------------------ activation under average pooling
+#
+# numpy_ref's composition of the kernels above, on the GPU: the CPU backend's fused kernels exist
+# because the batch's ``(N, H, W, C)`` arrays pass a small CPU's caches; on a GPU that is unmeasured.
+
+
+def bias_activation_avgpool(z, bias, activation, pool_size, strides, pads):
+    """``(y, pooled)``: ``y = f(z + bias)`` for ``z`` ``(N, H, W, C)`` and ``pooled = avgpool_forward(y)``."""
+    y = bias_activation(z, bias, activation)
+    return y, avgpool_forward(y, pool_size, strides, pads)
+
+
+def avgpool_activation_grad(grad_pooled, y, activation, pool_size, strides, pads):
+    """``(grad_z, grad_bias)``: ``grad_z = avgpool_backward(grad_pooled) * f'(z)`` from ``y`` and its sum
+    over ``N, H, W``."""
+    pooled_grad_shape("avgpool_activation_grad", grad_pooled.shape, y.shape, pool_size, strides, pads)
+    grad_z = activation_grad(avgpool_backward(grad_pooled, y.shape, pool_size, strides, pads), y, activation)
+    return grad_z, bias_grad(grad_z.reshape(-1, y.shape[3]))
 
 
 # ---------------------------------------------------------------------------------------------- losses

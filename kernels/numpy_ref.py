@@ -41,7 +41,7 @@ Padding and rescaling
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .shapes import concatenated_shape, split_shapes
+from .shapes import concatenated_shape, pooled_grad_shape, split_shapes
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
 from .winograd import tile_of_positions, winograd_matrices
@@ -52,9 +52,11 @@ __all__ = [
     "activation_grad",
     "adam_update",
     "all_finite",
+    "avgpool_activation_grad",
     "avgpool_backward",
     "avgpool_forward",
     "bias_activation",
+    "bias_activation_avgpool",
     "bias_grad",
     "col2im",
     "conv_by_image",
@@ -520,6 +522,32 @@ def softmax(z):
 def softmax_grad(grad_out, y):
     """Jacobian-vector product of softmax: ``dL/dz = y * (g - sum_k g_k y_k)`` per row."""
     return y * (grad_out - (grad_out * y).sum(axis=-1, keepdims=True))
+
+
+# ---------------------------------------------------------------- activation under average pooling
+#
+# A conv's bias and activation and the average pooling after them, as one operation: the backends
+# make ``y = f(z + b)`` and pool it while an image's ``y`` is still in cache, and backward spread the
+# pooled gradient, multiply it by ``f'`` and sum the bias gradient in one pass.  ``y`` is kept: the
+# derivative is written in terms of it.  Here it is the composition it stands for.
+
+
+def bias_activation_avgpool(z, bias, activation, pool_size, strides, pads):
+    """``(y, pooled)``: ``y = f(z + bias)`` for ``z`` ``(N, H, W, C)`` (``bias`` ``(C,)`` or ``None``)
+    and ``pooled = avgpool_forward(y)`` ``(N, OH, OW, C)``."""
+    if bias is not None and bias.shape != (z.shape[-1],):
+        raise ValueError(f"bias_activation_avgpool: bias must have shape {(z.shape[-1],)}, got {bias.shape}")
+    y = bias_activation(z, bias, activation)
+    return y, avgpool_forward(y, pool_size, strides, pads)
+
+
+def avgpool_activation_grad(grad_pooled, y, activation, pool_size, strides, pads):
+    """``(grad_z, grad_bias)`` of :func:`bias_activation_avgpool` from ``dL/dpooled`` ``(N, OH, OW, C)``
+    and ``y`` ``(N, H, W, C)``: ``grad_z = avgpool_backward(grad_pooled) * f'(z)`` (``f'`` from ``y``),
+    ``grad_bias`` its sum over ``N, H, W``, ``(C,)``."""
+    pooled_grad_shape("avgpool_activation_grad", grad_pooled.shape, y.shape, pool_size, strides, pads)
+    grad_z = activation_grad(avgpool_backward(grad_pooled, y.shape, pool_size, strides, pads), y, activation)
+    return grad_z, bias_grad(grad_z.reshape(-1, y.shape[3]))
 
 
 # ----------------------------------------------------------------------------------------- losses

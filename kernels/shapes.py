@@ -101,6 +101,16 @@ def conv3x3_maxpool_grad_shape(function, x_shape, grad_pooled_shape, argmax_shap
     return expected
 
 
+def pooled_grad_shape(function, grad_pooled_shape, y_shape, pool_size, strides, pads):
+    """The pooled shape ``(N, OH, OW, C)`` of ``y_shape`` images under the window; raises
+    ``ValueError`` naming ``function`` unless ``grad_pooled_shape`` is it."""
+    expected = (y_shape[0], *output_hw(y_shape, pool_size, strides, pads), y_shape[3])
+    if tuple(grad_pooled_shape) != expected:
+        raise ValueError(f"{function}: grad_pooled must have shape {expected} for y of shape {tuple(y_shape)}, "
+                         f"got {tuple(grad_pooled_shape)}")
+    return expected
+
+
 def concatenated_shape(function, shapes, axis):
     """The shape of ``shapes`` joined along ``axis`` (a non-negative axis index): equal on every other
     axis, summed on ``axis``.  Raises ``ValueError`` naming ``function`` and the shapes otherwise."""

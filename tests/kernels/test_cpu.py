@@ -302,6 +302,34 @@ def test_avgpool_backward_matches_reference(case):
     )
 
 
+@SETTINGS
+@given(windowed_images(), st.sampled_from(ref.ACTIVATIONS), st.booleans())
+def test_bias_activation_under_average_pooling_matches_reference(case, activation, with_bias):
+    z, window, strides, pads = case
+    bias = like(z[0, 0, 0], seed=2) if with_bias else None
+    y, pooled = cpu.bias_activation_avgpool(z, bias, activation, window, strides, pads)
+    expected_y, expected_pooled = ref.bias_activation_avgpool(z, bias, activation, window, strides, pads)
+    assert_close(y, expected_y)
+    assert_close(pooled, expected_pooled)
+    grad_pooled = like(expected_pooled, seed=3)
+    grad_z, grad_bias = cpu.avgpool_activation_grad(grad_pooled, expected_y, activation, window, strides, pads)
+    expected_grad_z, expected_grad_bias = ref.avgpool_activation_grad(grad_pooled, expected_y, activation, window,
+                                                                      strides, pads)
+    assert_close(grad_z, expected_grad_z)
+    tolerance = 2e-5 if z.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(grad_bias, expected_grad_bias, rtol=tolerance, atol=tolerance * grad_z[..., 0].size)
+
+
+@pytest.mark.parametrize("module", [cpu, ref], ids=["cpu", "numpy_ref"])
+def test_activation_under_average_pooling_names_the_shapes_it_refuses(module):
+    window, strides, valid = (2, 2), (2, 2), ((0, 0), (0, 0))
+    with pytest.raises(ValueError, match=r"bias_activation_avgpool: bias must have shape \(3,\), got \(2,\)"):
+        module.bias_activation_avgpool(np.zeros((1, 4, 4, 3)), np.zeros(2), "relu", window, strides, valid)
+    with pytest.raises(ValueError, match=r"avgpool_activation_grad: grad_pooled must have shape \(1, 2, 2, 3\) "
+                                         r"for y of shape \(1, 4, 4, 3\), got \(1, 3, 3, 3\)"):
+        module.avgpool_activation_grad(np.zeros((1, 3, 3, 3)), np.zeros((1, 4, 4, 3)), "relu", window, strides, valid)
+
+
 # ------------------------------------------------------------------------------------ activations
 
 

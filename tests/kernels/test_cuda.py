@@ -405,6 +405,24 @@ def test_max_pooling_forward_argmax_values_and_backward_match_the_reference(prob
     )
 
 
+@FEW
+@given(small_window_problems(), st.sampled_from(DTYPES), st.sampled_from(numpy_ref.ACTIVATIONS), seeds)
+def test_activation_under_average_pooling_matches_the_reference(problem, dtype, activation, seed):
+    x_shape, window, strides, pads = problem
+    z, bias = random_array(seed, x_shape, dtype), random_array(seed + 1, x_shape[3:], dtype)
+    y, pooled = gpu.bias_activation_avgpool(gpu.to_device(z), gpu.to_device(bias), activation, window, strides, pads)
+    expected_y, expected_pooled = numpy_ref.bias_activation_avgpool(z, bias, activation, window, strides, pads)
+    assert_close(y, expected_y, dtype)
+    assert_close(pooled, expected_pooled, dtype)
+    grad_pooled = random_array(seed + 2, expected_pooled.shape, dtype)
+    grad_z, grad_bias = gpu.avgpool_activation_grad(gpu.to_device(grad_pooled), gpu.to_device(expected_y), activation,
+                                                    window, strides, pads)
+    expected_grad_z, expected_grad_bias = numpy_ref.avgpool_activation_grad(grad_pooled, expected_y, activation,
+                                                                            window, strides, pads)
+    assert_close(grad_z, expected_grad_z, dtype)
+    assert_close(grad_bias, expected_grad_bias, dtype)
+
+
 def test_max_pooling_argmax_picks_the_first_of_equal_maxima():
     x = np.zeros((1, 2, 2, 1), np.float32)
     _, argmax = gpu.maxpool_forward(gpu.to_device(x), (2, 2), (2, 2), ((0, 0), (0, 0)))
