@@ -9,7 +9,9 @@ switchable: ``compile(optimize={"conv_algorithm": False})``.  Each pass cites th
   the loss starts from them.
 * ``direct_conv_pool``: a first conv of one-channel images and its max pooling as one direct kernel.
 * ``activation_after_max_pool``: a conv followed by max pooling pools before its bias and activation.
-* ``crop_unread_outputs``: such a conv computes only the outputs some pooling window reads.
+* ``activation_with_average_pool``: a conv followed by average pooling applies its bias and activation
+  and pools in one pass over each image, and runs their backward passes in one more.
+* ``crop_unread_outputs``: a conv fused with its pooling computes only the outputs some window reads.
 * ``conv_algorithm``: each conv by the method measured fastest for its shape on this machine
   (im2col + GEMM over the batch or image by image, Winograd F(2x2, 3x3) or F(4x4, 3x3);
   :mod:`minidl.engine.conv_choice`).
@@ -26,12 +28,12 @@ import os
 from minidl.engine.conv_choice import choose_method
 from minidl.engine.conv_methods import ConvLinear, Im2colGemm, candidate_methods
 from minidl.engine.plan import LayerStep, Plan
-from minidl.engine.steps import (MONOTONE_ACTIVATIONS, ConvMaxPoolStep, ConvStep, DirectConvMaxPoolStep,
-                                 MaxPoolStep, SoftmaxLogitsStep)
+from minidl.engine.steps import (MONOTONE_ACTIVATIONS, ConvAvgPoolStep, ConvMaxPoolStep, ConvStep,
+                                 DirectConvMaxPoolStep, MaxPoolStep, SoftmaxLogitsStep)
 from minidl.layers.activations import Activation
 from minidl.layers.conv import Conv2D
 from minidl.layers.dense import Dense
-from minidl.layers.pooling import MaxPooling2D
+from minidl.layers.pooling import AveragePooling2D, MaxPooling2D
 
 #: Scratch (im2col columns or Winograd tiles) allowed per conv step before it runs in chunks of images.
 DEFAULT_WORKSPACE_BYTES = int(float(os.environ.get("MINIDL_WORKSPACE_MB", "256")) * 2**20)
@@ -70,12 +72,13 @@ class Draft:
     def plain_steps(self, layer_type):
         return [step for step in self.steps if type(step) is LayerStep and isinstance(step.layer, layer_type)]
 
-    def conv_then_max_pool(self):
-        """``(conv step, pool step)`` for every plain Conv2D whose output only a plain MaxPooling2D reads."""
+    def conv_then_pool(self, pool_type):
+        """``(conv step, pool step)`` for every plain Conv2D whose output only a plain ``pool_type``
+        (MaxPooling2D, AveragePooling2D) reads."""
         pairs = []
         for conv_step in self.plain_steps(Conv2D):
             reader = self.sole_reader(conv_step)
-            if type(reader) is LayerStep and isinstance(reader.layer, MaxPooling2D):
+            if type(reader) is LayerStep and isinstance(reader.layer, pool_type):
                 pairs.append((conv_step, reader))
         return pairs
 
@@ -89,7 +92,7 @@ class Draft:
         self.steps.insert(position, new_step)
 
     def steps_with_conv_linear(self):
-        return [step for step in self.steps if isinstance(step, (ConvStep, ConvMaxPoolStep))]
+        return [step for step in self.steps if isinstance(step, (ConvStep, ConvMaxPoolStep, ConvAvgPoolStep))]
 
 
 def softmax_cross_entropy(draft):
@@ -111,7 +114,7 @@ def direct_conv_pool(draft):
     max pooling at stride 2, runs as one :class:`~minidl.engine.steps.DirectConvMaxPoolStep`.  The
     kernel has no input gradient, so nobody may need the gradient of what the conv reads: the model's
     input, or what parameter-free layers made of it (:func:`nodes_with_grads`)."""
-    for conv_step, pool_step in draft.conv_then_max_pool():
+    for conv_step, pool_step in draft.conv_then_pool(MaxPooling2D):
         conv, pool = conv_step.layer, pool_step.layer
         if (conv.kernel_size == (3, 3) and conv.strides == (1, 1) and conv.pads == ((0, 0), (0, 0))
                 and conv.input_shape[2] == 1 and conv.activation in MONOTONE_ACTIVATIONS
@@ -124,13 +127,27 @@ def direct_conv_pool(draft):
 def activation_after_max_pool(draft):
     """[D1] A conv with a non-decreasing activation read only by max pooling pools first, then adds
     the bias and applies the activation on the pooled tensor (:class:`~minidl.engine.steps.ConvMaxPoolStep`)."""
-    for conv_step, pool_step in draft.conv_then_max_pool():
+    for conv_step, pool_step in draft.conv_then_pool(MaxPooling2D):
         conv, pool = conv_step.layer, pool_step.layer
         if conv.activation in MONOTONE_ACTIVATIONS:
             linear = ConvLinear(conv, Im2colGemm(conv.kernel_size, conv.strides))
             fused = ConvMaxPoolStep(conv, pool, linear, conv_step.inputs, pool_step.output,
                                     draft.needs_input_grad(conv_step.inputs))
             draft.replace([conv_step, pool_step], fused, "activation_after_max_pool")
+
+
+def activation_with_average_pool(draft):
+    """[D18] A conv read only by average pooling applies its bias and activation and pools in one pass
+    over each image, and spreads the pooled gradient, multiplies it by the activation's derivative and
+    sums the bias gradient in one more (:class:`~minidl.engine.steps.ConvAvgPoolStep`); softmax, over
+    the channels, stays apart."""
+    for conv_step, pool_step in draft.conv_then_pool(AveragePooling2D):
+        conv, pool = conv_step.layer, pool_step.layer
+        if conv.activation != "softmax":
+            linear = ConvLinear(conv, Im2colGemm(conv.kernel_size, conv.strides))
+            fused = ConvAvgPoolStep(conv, pool, linear, conv_step.inputs, pool_step.output,
+                                    draft.needs_input_grad(conv_step.inputs))
+            draft.replace([conv_step, pool_step], fused, "activation_with_average_pool")
 
 
 def pads_read_by(conv, pool):
@@ -150,10 +167,10 @@ def pads_read_by(conv, pool):
 
 
 def crop_unread_outputs(draft):
-    """[D2] A conv fused with its max pooling computes only the outputs the pooling reads: an 11 x 11
-    output under 2 x 2 pooling drops its last row and column, 17% of the conv's work."""
+    """[D2] A conv fused with its pooling (max or average) computes only the outputs the pooling
+    reads: an 11 x 11 output under 2 x 2 pooling drops its last row and column, 17% of the conv's work."""
     for step in draft.steps:
-        if isinstance(step, ConvMaxPoolStep):
+        if isinstance(step, (ConvMaxPoolStep, ConvAvgPoolStep)):
             conv, pool = step.layers
             cropped = pads_read_by(conv, pool)
             if cropped != conv.pads:
@@ -253,6 +270,7 @@ PASSES = {
     "softmax_cross_entropy": softmax_cross_entropy,
     "direct_conv_pool": direct_conv_pool,
     "activation_after_max_pool": activation_after_max_pool,
+    "activation_with_average_pool": activation_with_average_pool,
     "crop_unread_outputs": crop_unread_outputs,
     "conv_algorithm": conv_algorithm,
     "inference_conv_algorithm": inference_conv_algorithm,

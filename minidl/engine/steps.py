@@ -115,6 +115,45 @@ class ConvMaxPoolStep(Step):
         return self.linear.workspace_bytes(batch_size)
 
 
+class ConvAvgPoolStep(Step):
+    """A Conv2D read only by average pooling, its bias, activation and pooling in one pass over each
+    image (``ops.bias_activation_avgpool``)::
+
+        activated = f(z + b)                  (N, OH, OW, F)    kept: f' is written in terms of it
+        y         = window means of activated (N, PH, PW, F)
+
+    and backward, from ``dL/dy``, in one more (``ops.avgpool_activation_grad``)::
+
+        dL/dz = dL/dy spread evenly over each window's real pixels, times f'(z)   (N, OH, OW, F)
+        dL/db = dL/dz summed over N, OH, OW                                       (F,)
+
+    then the conv's backward from ``dL/dz``.
+    """
+
+    def __init__(self, conv, pool, linear, inputs, output, input_grad_needed):
+        super().__init__((conv, pool), inputs, output)
+        self.conv, self.pool, self.linear, self.input_grad_needed = conv, pool, linear, input_grad_needed
+        self.activated = None
+
+    def forward(self, inputs, training):
+        conv, pool = self.conv, self.pool
+        z = self.linear.forward(inputs[0], training)
+        self.activated, self.y = ops.bias_activation_avgpool(z, conv.params.get("bias"), conv.activation,
+                                                             pool.pool_size, pool.strides, pool.pads)
+        return self.y
+
+    def backward(self, grad_out):
+        conv, pool = self.conv, self.pool
+        grad_z, grad_bias = ops.avgpool_activation_grad(grad_out, self.activated, conv.activation,
+                                                        pool.pool_size, pool.strides, pool.pads)
+        if conv.use_bias:
+            conv.grads["bias"] = grad_bias
+        return [self.linear.backward(grad_z, self.input_grad_needed)]
+
+    def workspace_bytes(self, batch_size):
+        return self.linear.workspace_bytes(batch_size)
+
+
 class DirectConvMaxPoolStep(Step):
     """A 3x3, stride-1, unpadded Conv2D of one-channel images, with a non-decreasing activation, under
     2x2 max pooling at stride 2, as one direct kernel (``ops.conv3x3_maxpool``): each pooling window's

@@ -28,6 +28,8 @@ PASS_EFFECTS = {
     "activation_after_max_pool": "max pooling runs on z before the bias and activation "
                                  "(max f(z + b) = f(max z + b) for non-decreasing f), so they touch "
                                  "a quarter of the values",
+    "activation_with_average_pool": "the bias, activation and average pooling run in one pass over each "
+                                    "image, and their backward passes and the bias gradient in one more",
     "crop_unread_outputs": "the conv computes only the outputs some pooling window reads",
     "conv_algorithm": "z is computed by the method timed fastest for this conv's shape on this machine "
                       "(cached on disk; MINIDL_CONV_CHOICE=model uses the cost model instead)",

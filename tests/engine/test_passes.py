@@ -172,6 +172,62 @@ def test_each_pass_alone_passes_the_gradient_check(backend, pass_name, check_inp
     assert report.passed(TOLERANCE), str(report)
 
 
+AVG_POOL_CASES = [
+    ({"kernel_size": 3}, {"pool_size": 2}, (13, 12, 2)),  # 11 x 10 -> 5 x 5: the last row is never read
+    ({"kernel_size": 5, "strides": 2, "padding": "same", "activation": "tanh"}, {"pool_size": 2}, (13, 12, 3)),
+    ({"kernel_size": (2, 3), "padding": "same", "activation": "sigmoid"},
+     {"pool_size": (3, 2), "strides": (3, 1), "padding": "same"}, (13, 12, 2)),  # windows cut by the padding
+    ({"kernel_size": 3, "activation": "linear", "use_bias": False}, {"pool_size": 3, "strides": 2}, (13, 12, 2)),
+]
+
+
+def conv_avg_pool(conv, pool, input_shape, first):
+    """``[Input, (Conv2D 1x1,) Conv2D, AveragePooling2D, Flatten, Dense]`` in float64."""
+    stack = [layers.Input(input_shape)] + ([] if first else [layers.Conv2D(input_shape[-1], 1)])
+    stack += [layers.Conv2D(3, **{"activation": "relu", **conv}), layers.AveragePooling2D(**pool),
+              layers.Flatten(), layers.Dense(2)]
+    return minidl.Sequential(stack).cast("float64")
+
+
+@pytest.mark.parametrize("optimize", [only("activation_with_average_pool"), True], ids=["alone", "all passes"])
+@pytest.mark.parametrize("conv, pool, input_shape", AVG_POOL_CASES)
+@pytest.mark.parametrize("training", [True, False], ids=["training", "after an inference pass"])
+@pytest.mark.parametrize("first", [True, False], ids=["first", "dL/dx needed"])
+def test_a_conv_with_its_average_pooling_in_one_step_gives_the_plain_outputs_and_gradients(
+        backend, optimize, conv, pool, input_shape, training, first):
+    models = []
+    for options in (optimize, False):
+        model = conv_avg_pool(conv, pool, input_shape, first)
+        model.compile(optimizer="sgd", loss="mse", optimize=options, max_workspace_bytes=1)
+        models.append(model)
+    models[0].set_weights(models[1].get_weights())
+    conv_layer = models[0].layers[0 if first else 1]
+    assert "activation_with_average_pool" in models[0].plan.step_of(conv_layer).passes
+    rng = np.random.default_rng(0)
+    x, grad_out = rng.standard_normal((3, *input_shape)), rng.standard_normal((3, 2))
+    planned = outputs_and_gradients(models[0], x, grad_out, training)
+    plain = outputs_and_gradients(models[1], x, grad_out, training=True)
+    assert_same_results(planned, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_a_softmax_conv_keeps_its_average_pooling_apart():
+    model = conv_avg_pool({"kernel_size": 3, "activation": "softmax"}, {"pool_size": 2}, (9, 8, 2), True)
+    assert "activation_with_average_pool" not in passes_of(model, 0)
+
+
+@pytest.mark.parametrize("optimize", [only("activation_with_average_pool"), True], ids=["alone", "all passes"])
+@pytest.mark.parametrize("check_input", [False, True])
+def test_a_conv_with_its_average_pooling_in_one_step_passes_the_gradient_check(backend, optimize, check_input):
+    minidl.utils.set_random_seed(4)
+    model = strided_cnn((12, 11, 3))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", optimize=optimize)
+    assert "activation_with_average_pool" in passes_of(model, 0)
+    rng = np.random.default_rng(2)
+    report = gradcheck.check_model(model, rng.standard_normal((3, 12, 11, 3)), np.eye(3)[[0, 2, 1]],
+                                   check_input=check_input)
+    assert report.passed(TOLERANCE), str(report)
+
+
 def strided_cnn(input_shape):
     """Two 5x5 stride-2 'same' convs (the second needs dL/dx), average pooling between them."""
     return minidl.Sequential([layers.Input(input_shape),
