@@ -13,7 +13,8 @@ cite in ``benchmarks/RESULTS.md``:
 * ``softmax_cross_entropy`` [D10]: the loss starts from the last softmax's logits.
 * ``direct_conv_pool`` [D5]: the first conv (one channel, 3x3) and its 2x2 max pooling as one kernel.
 * ``activation_after_max_pool`` [D1]: a conv's bias and activation after its max pooling.
-* ``crop_unread_outputs`` [D2]: a conv before max pooling computes only the outputs the pooling reads.
+* ``activation_with_average_pool`` [D18]: a conv's bias, activation and average pooling in one pass.
+* ``crop_unread_outputs`` [D2]: a conv before pooling computes only the outputs the pooling reads.
 * ``conv_algorithm`` [D7, D3]: each conv by the method timed fastest for its shape (the second conv,
   3x3 over 32 channels: im2col + GEMM or Winograd F(2x2, 3x3)).
 * ``workspace_chunking`` [D4]: convs whose scratch passes the bound run in chunks of images.
