@@ -17,7 +17,7 @@ generator.  Saved per fixture:
   ``SGD(0.1)`` and the mean squared error.
 """
 
-import argparse
+import functools
 import json
 import os
 import pathlib
@@ -26,6 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from fixture_files import write_fixtures  # noqa: E402  benchmarks/fixture_files.py, beside this script
 
 #: name -> (per-sample input shape, [[layer name, class, arguments, inbound names], ...])
 FIXTURES = {
@@ -104,15 +106,9 @@ def fixture(input_shape, graph):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=pathlib.Path(__file__).parent.parent / "tests" / "fixtures" / "functional",
-                        type=pathlib.Path, help="folder of the .npz files (default tests/fixtures/functional)")
-    arguments = parser.parse_args()
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    for name, (input_shape, graph) in FIXTURES.items():
-        path = arguments.out / f"{name}.npz"
-        np.savez_compressed(path, **fixture(input_shape, graph))
-        print(f"{path}  ({path.stat().st_size} bytes, Keras {keras.__version__})")
+    makers = {name: functools.partial(fixture, *spec) for name, spec in FIXTURES.items()}
+    default_out = pathlib.Path(__file__).parent.parent / "tests" / "fixtures" / "functional"
+    write_fixtures(__doc__.splitlines()[0], default_out, makers, f"Keras {keras.__version__}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ makes one SGD step depend on the layer's backward, the Dense after on its forwar
   mean squared error (BatchNormalization's moving statistics included).
 """
 
-import argparse
+import functools
 import json
 import os
 import pathlib
@@ -23,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from fixture_files import write_fixtures  # noqa: E402  benchmarks/fixture_files.py, beside this script
 
 #: name -> (per-sample input shape, layer class, Keras arguments)
 FIXTURES = {
@@ -74,15 +76,9 @@ def fixture(input_shape, layer_class, config):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=pathlib.Path(__file__).parent.parent / "tests" / "layers" / "fixtures",
-                        type=pathlib.Path, help="folder of the .npz files (default tests/layers/fixtures)")
-    arguments = parser.parse_args()
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    for name, (input_shape, layer_class, config) in FIXTURES.items():
-        path = arguments.out / f"{name}.npz"
-        np.savez_compressed(path, **fixture(input_shape, layer_class, config))
-        print(f"{path}  ({path.stat().st_size} bytes, Keras {keras.__version__})")
+    makers = {name: functools.partial(fixture, *spec) for name, spec in FIXTURES.items()}
+    default_out = pathlib.Path(__file__).parent.parent / "tests" / "layers" / "fixtures"
+    write_fixtures(__doc__.splitlines()[0], default_out, makers, f"Keras {keras.__version__}")
 
 
 if __name__ == "__main__":
