@@ -64,7 +64,8 @@ __all__ = [
     "maxpool_forward", "maxpool_values", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "conv3x3_maxpool", "conv3x3_maxpool_values", "conv3x3_maxpool_kernel_grad",
     "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
-    "bias_activation_avgpool", "avgpool_activation_grad", "softmax_cross_entropy", "dropout", "regularize_grad", "regularization_penalty",
+    "bias_activation_avgpool", "avgpool_activation_grad",
+    "softmax_cross_entropy", "dropout", "regularize_grad", "regularization_penalty",
     "sgd_update", "adam_update", "rmsprop_update",
     "channel_moments", "batch_norm", "batch_norm_backward", "moving_average_update",
     "zero_pad", "zero_pad_grad", "scale_shift",
@@ -1368,9 +1369,9 @@ def conv3x3_maxpool_kernel_grad(x, grad_pooled, argmax):
 
 
 #: ``tanh(v) = v P(v^2) / Q(v^2)`` on ``|v| <= TANH_SATURATES``, ``P``'s and ``Q``'s coefficients from
-#: the constant term up: a rational fit of tanh with relative error 6.6e-9 in exact arithmetic, within
-#: 6 ulp of the correctly rounded float32 tanh when evaluated in float32 (``tests/kernels/test_cpu.py``
-#: measures it); past ``TANH_SATURATES`` the float32 tanh is +-1.  In the fused bias loop it runs on
+#: the constant term up: a rational fit of tanh (relative error 6.6e-9 before its coefficients were
+#: rounded to float32), within 6 ulp of the correctly rounded float32 tanh when evaluated in float32
+#: (``tests/kernels/test_cpu.py`` measures it); past ``TANH_SATURATES`` the float32 tanh is +-1.  In the fused bias loop it runs on
 #: every thread where NumPy's tanh ran on one after it (``benchmarks/RESULTS.md`` [D15]).
 TANH_P = (1.0, 0.13084019720554352, 0.0031039675232023, 1.1154419553349726e-05, -2.0225639829618558e-08,
           5.278127240826436e-11, -8.489122761950324e-14)
@@ -1594,7 +1595,7 @@ def softmax_grad(grad_out, y):
 # b)`` and pools it while it is still in the core's cache, and backward spreads one image's pooled
 # gradient, multiplies it by ``f'`` and adds it into the image's bias sums in one more pass over it.
 # Apart, the bias and activation, the pooling, their two backward passes and the bias gradient each
-# read or wrote the whole batch's ``(N, H, W, C)`` arrays, past the L3 at batch 128 on a 32x32x16
+# read or wrote the whole batch's ``(N, H, W, C)`` arrays again, 8 MB each at batch 128 on a 32x32x16
 # output (``benchmarks/RESULTS.md`` [D18]).
 
 
