@@ -1371,8 +1371,9 @@ def conv3x3_maxpool_kernel_grad(x, grad_pooled, argmax):
 #: ``tanh(v) = v P(v^2) / Q(v^2)`` on ``|v| <= TANH_SATURATES``, ``P``'s and ``Q``'s coefficients from
 #: the constant term up: a rational fit of tanh (relative error 6.6e-9 before its coefficients were
 #: rounded to float32), within 6 ulp of the correctly rounded float32 tanh when evaluated in float32
-#: (``tests/kernels/test_cpu.py`` measures it); past ``TANH_SATURATES`` the float32 tanh is +-1.  In the fused bias loop it runs on
-#: every thread where NumPy's tanh ran on one after it (``benchmarks/RESULTS.md`` [D15]).
+#: (``tests/kernels/test_cpu.py`` measures it); past ``TANH_SATURATES`` the float32 tanh is +-1.  In the
+#: fused bias loop it runs on every thread where NumPy's tanh ran on one after it (``benchmarks/RESULTS.md``
+#: [D15]).
 TANH_P = (1.0, 0.13084019720554352, 0.0031039675232023, 1.1154419553349726e-05, -2.0225639829618558e-08,
           5.278127240826436e-11, -8.489122761950324e-14)
 TANH_Q = (1.0, 0.46417346596717834, 0.02449522353708744, 0.0002546161413192749)
@@ -1400,14 +1401,57 @@ def _tanh_float32(v):
     return y if v == v else v
 
 
+#: ``e^-r = sum_k EXP_NEGATIVE[k] r^k`` on ``|r| <= ln(2) / 2``: a least-squares polynomial fit, whose
+#: sigmoid is within 4 ulp of the correctly rounded float32 sigmoid (``tests/kernels/test_cpu.py``).
+EXP_NEGATIVE = (1.0, -1.0, 0.5, -0.16666455566883087, 0.04166628047823906, -0.008371911942958832,
+                0.0013944600941613317)
+#: ``ln 2`` split in two, the first part exact in float32 with trailing zero bits, so that ``a - k ln 2``
+#: loses nothing for ``k < 2^8`` (Cody and Waite's range reduction).
+LN2_HIGH, LN2_LOW = 0.693359375, -0.00021219444170128554
+#: Past this ``|v|`` the float32 sigmoid is 1, or a subnormal below ``1.7e-38``, taken as 0.
+SIGMOID_SATURATES = 87.0
+#: ``2^-k`` for ``0 <= k < 128`` (read only): a table read vectorises, where ``ldexp`` does not, and
+#: where building ``2^-k`` from the bits of ``k`` stopped the activation loop from vectorising.
+POWERS_OF_HALF = np.array([2.0 ** -k for k in range(128)], dtype=np.float32)
+POWERS_OF_HALF.setflags(write=False)
+
+
+@jit
+def _exp_negative_float32(a):
+    """``e^-a`` of a float32 ``0 <= a <= SIGMOID_SATURATES``: ``a = k ln 2 + r`` with ``|r| <= ln(2) /
+    2``, then ``e^-a = 2^-k e^-r`` by :data:`POWERS_OF_HALF` and :data:`EXP_NEGATIVE`."""
+    k = np.int32(a * np.float32(1.4426950408889634) + np.float32(0.5))  # round(a / ln 2)
+    r = (a - np.float32(k) * np.float32(LN2_HIGH)) - np.float32(k) * np.float32(LN2_LOW)
+    c0, c1, c2, c3, c4, c5, c6 = EXP_NEGATIVE
+    e = ((((((np.float32(c6) * r + np.float32(c5)) * r + np.float32(c4)) * r + np.float32(c3)) * r
+           + np.float32(c2)) * r + np.float32(c1)) * r + np.float32(c0))
+    return e * POWERS_OF_HALF[k]
+
+
+@jit
+def _sigmoid_float32(v):
+    """``1 / (1 + e^-v)`` of a float32 ``v`` from ``e = e^-|v|`` (at most 1: no overflow): ``1 / (1 +
+    e)`` for ``v >= 0`` and ``e / (1 + e)`` below, which keeps the small values' relative precision.
+    Past :data:`SIGMOID_SATURATES` it is 1 or 0; NaN stays NaN."""
+    one, limit = np.float32(1), np.float32(SIGMOID_SATURATES)
+    magnitude = abs(v)
+    e = _exp_negative_float32(magnitude if magnitude < limit else limit)  # NaN too: its index stays in range
+    y = one / (one + e)
+    if v < 0:
+        y = np.float32(0) if v < -limit else e * y
+    return y if v == v else v
+
+
 @jit
 def _activate(v, code, zero):
     """``f(v)`` for the activation numbered ``code`` of those :func:`_activates_in_loop` allows (linear,
-    ReLU, float32's tanh); ``zero`` carries the dtype."""
+    ReLU, float32's tanh and sigmoid); ``zero`` carries the dtype."""
     if code == RELU:
         return max(v, zero)
     if code == TANH:
         return _tanh_float32(v)
+    if code == SIGMOID:
+        return _sigmoid_float32(v)
     return v
 
 
@@ -1455,17 +1499,17 @@ def _check_bias(function, bias, channels):
 
 
 def _activates_in_loop(code, dtype):
-    """Whether the Numba loop applies activation ``code`` to ``dtype`` values: all but sigmoid, and
-    tanh on float32 only (float64's would need a fit of float64's precision)."""
-    return code in (LINEAR, RELU) or (code == TANH and dtype == np.float32)
+    """Whether the Numba loop applies activation ``code`` to ``dtype`` values: linear and ReLU always,
+    tanh and sigmoid on float32 only (float64's would need fits of float64's precision)."""
+    return code in (LINEAR, RELU) or (code in (TANH, SIGMOID) and dtype == np.float32)
 
 
 def _squash_in_place(y, code):
     """``y = tanh(y)`` or ``sigmoid(y) = 1 / (1 + e^-y)`` in place (other codes: unchanged), by NumPy's
-    SIMD ufuncs, for what the Numba loop does not apply (:func:`_activates_in_loop`).  Without Intel's
-    SVML, Numba compiles ``np.tanh`` and ``np.exp`` in a loop to a scalar libm call per element, 100 to
-    800 times slower than NumPy's on float32 (``benchmarks/RESULTS.md`` [D8]).  IEEE arithmetic keeps
-    the sigmoid exact at the ends: ``e^-y = inf`` gives ``0``."""
+    SIMD ufuncs, for what the Numba loop does not apply (:func:`_activates_in_loop`: float64's tanh and
+    sigmoid).  Without Intel's SVML, Numba compiles ``np.tanh`` and ``np.exp`` in a loop to a scalar
+    libm call per element, 100 to 800 times slower than NumPy's on float32 (``benchmarks/RESULTS.md``
+    [D8]).  IEEE arithmetic keeps the sigmoid exact at the ends: ``e^-y = inf`` gives ``0``."""
     if code == TANH:
         np.tanh(y, out=y)
     elif code == SIGMOID:

@@ -367,6 +367,23 @@ def test_float32_tanh_keeps_nan_signed_zeros_and_saturates_to_one():
     assert np.signbit(y[4]) and not np.signbit(y[3])
 
 
+def test_float32_sigmoid_is_within_4_ulp_of_the_correctly_rounded_sigmoid():
+    magnitudes = np.arange(0, np.float32(87).view(np.uint32), 512, dtype=np.uint32).view(np.float32)
+    values = np.concatenate([magnitudes, -magnitudes])
+    y = cpu.bias_activation(values.reshape(-1, 2), None, "sigmoid").ravel()
+    exact = 1 / (1 + np.exp(-values.astype(np.float64)))
+    ulps = np.abs(y - exact) / np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 4
+    assert y.min() > 0 and y.max() <= 1
+
+
+def test_float32_sigmoid_keeps_nan_and_saturates_to_zero_and_one():
+    z = np.array([[np.nan, np.inf, -np.inf, 0.0, 100.0, -100.0]], dtype=np.float32)
+    y = cpu.bias_activation(z, None, "sigmoid")[0]
+    assert np.isnan(y[0])
+    np.testing.assert_array_equal(y[1:], np.array([1, 0, 0.5, 1, 0], dtype=np.float32))
+
+
 def test_bias_activation_rejects_an_unknown_activation_by_name():
     with pytest.raises(ValueError, match="bias_activation: activation must be one of .* got 'swish'"):
         cpu.bias_activation(np.zeros((2, 3)), None, "swish")
