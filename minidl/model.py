@@ -21,7 +21,7 @@ from minidl import metrics as metrics_module
 from minidl import optimizers as optimizers_module
 from minidl import training
 from minidl import validation as checks
-from minidl.backend import get_backend, ops
+from minidl.backend import get_backend, on_active_backend
 from minidl.layers import Layer
 
 
@@ -496,11 +496,6 @@ class Sequential(Model):
 
     def connections(self, layer):
         return ""
-
-
-def on_active_backend(arrays):
-    """``{key: array}`` with every array moved onto the backend active now (after ``set_backend``)."""
-    return {key: ops.to_device(ops.to_host(value)) for key, value in arrays.items()}
 
 
 def model_from_config(config):

@@ -23,7 +23,7 @@ import numpy as np
 
 from minidl.kernels.shapes import window_geometry
 from minidl import initializers
-from minidl.backend import ops
+from minidl.backend import on_active_backend, ops
 from minidl.utils import global_rng
 
 _names_used = collections.Counter()
@@ -193,10 +193,7 @@ class Layer:
     def cast(self, dtype):
         """Convert the weights (and future inputs) to ``dtype``, e.g. float64 for gradient checks."""
         self.dtype = float_dtype(dtype, self.name)
-        self.params = {key: ops.to_device(ops.to_host(value).astype(self.dtype))
-                       for key, value in self.params.items()}
-        self.state = {key: ops.to_device(ops.to_host(value).astype(self.dtype))
-                      for key, value in self.state.items()}
+        self.params, self.state = on_active_backend(self.params, self.dtype), on_active_backend(self.state, self.dtype)
 
     def count_params(self):
         """Every weight's element count, the non-trainable ``state`` included (as Keras counts)."""
