@@ -53,7 +53,7 @@ from .numpy_ref import ACTIVATIONS, to_device, to_host, zeros, zeros_like  # noq
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
                             winograd_tile_grid, winograd_tiles_hw)
 from .winograd import check_tile, tile_of_positions, winograd_matrices  # noqa: E402
-from .shapes import as_three_axes, concatenated_shape, pooled_grad_shape, split_shapes  # noqa: E402
+from .shapes import as_three_axes, check_bias, concatenated_shape, pooled_grad_shape, split_shapes  # noqa: E402
 
 __all__ = [
     "to_device", "to_host", "zeros", "zeros_like", "add", "multiply", "accumulate", "all_finite",
@@ -1481,7 +1481,7 @@ def bias_activation(z, bias, activation):
     code = _activation_code("bias_activation", activation)
     y = np.empty(z.shape, dtype=z.dtype if bias is None else np.result_type(z, bias))
     loop_code = code if _activates_in_loop(code, y.dtype) else LINEAR  # else by NumPy after: _squash_in_place
-    _check_bias("bias_activation", bias, z.shape[-1])
+    check_bias("bias_activation", bias, z.shape[-1])
     if bias is None:
         _activation_kernel(_flat(z), loop_code, y.reshape(-1))
     else:
@@ -1490,12 +1490,6 @@ def bias_activation(z, bias, activation):
     if loop_code != code:
         _squash_in_place(y, code)
     return y
-
-
-def _check_bias(function, bias, channels):
-    """Raises ``ValueError`` naming ``function`` unless ``bias`` is ``None`` or ``(channels,)``."""
-    if bias is not None and bias.shape != (channels,):
-        raise ValueError(f"{function}: bias must have shape {(channels,)}, got {bias.shape}")
 
 
 def _activates_in_loop(code, dtype):
@@ -1663,7 +1657,7 @@ def bias_activation_avgpool(z, bias, activation, pool_size, strides, pads):
     and ``pooled = avgpool_forward(y)`` ``(N, OH, OW, C)``, each image pooled as soon as it is made
     (activations the loop does not apply, :func:`_activates_in_loop`, run apart)."""
     code = _activation_code("bias_activation_avgpool", activation)
-    _check_bias("bias_activation_avgpool", bias, z.shape[-1])
+    check_bias("bias_activation_avgpool", bias, z.shape[-1])
     dtype = z.dtype if bias is None else np.result_type(z, bias)
     if not _activates_in_loop(code, dtype):
         y = bias_activation(z, bias, activation)

@@ -42,7 +42,7 @@ from . import numpy_ref
 from .numpy_ref import ACTIVATIONS, check_activation
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
-from .shapes import as_three_axes, concatenated_shape, pooled_grad_shape, split_shapes
+from .shapes import as_three_axes, check_bias, concatenated_shape, pooled_grad_shape, split_shapes
 from .winograd import tile_of_positions, winograd_matrices
 
 __all__ = [
@@ -1177,8 +1177,7 @@ def bias_activation(z, bias, activation):
     """
     check_activation(activation)
     channels = _last_axis(z)
-    if bias is not None and tuple(bias.shape) != (channels,):
-        raise ValueError(f"minidl.kernels.cuda.bias_activation: bias must have shape ({channels},), got {bias.shape}")
+    check_bias("minidl.kernels.cuda.bias_activation", bias, channels)
     y = cuda.device_array(z.shape, dtype=z.dtype)
     _launch(_bias_activation, y.size, _flat(z), bias, ACTIVATIONS.index(activation), _flat(y))
     return y

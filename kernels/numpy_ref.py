@@ -41,7 +41,7 @@ Padding and rescaling
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .shapes import concatenated_shape, pooled_grad_shape, split_shapes
+from .shapes import check_bias, concatenated_shape, pooled_grad_shape, split_shapes
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_pads, conv3x3_maxpool_shape, output_hw,
                             winograd_tile_grid, winograd_tiles_hw)
 from .winograd import tile_of_positions, winograd_matrices
@@ -535,8 +535,7 @@ def softmax_grad(grad_out, y):
 def bias_activation_avgpool(z, bias, activation, pool_size, strides, pads):
     """``(y, pooled)``: ``y = f(z + bias)`` for ``z`` ``(N, H, W, C)`` (``bias`` ``(C,)`` or ``None``)
     and ``pooled = avgpool_forward(y)`` ``(N, OH, OW, C)``."""
-    if bias is not None and bias.shape != (z.shape[-1],):
-        raise ValueError(f"bias_activation_avgpool: bias must have shape {(z.shape[-1],)}, got {bias.shape}")
+    check_bias("bias_activation_avgpool", bias, z.shape[-1])
     y = bias_activation(z, bias, activation)
     return y, avgpool_forward(y, pool_size, strides, pads)
 

@@ -101,6 +101,13 @@ def conv3x3_maxpool_grad_shape(function, x_shape, grad_pooled_shape, argmax_shap
     return expected
 
 
+def check_bias(function, bias, channels):
+    """Raises ``ValueError`` naming ``function`` unless ``bias`` is ``None`` (no bias) or of shape
+    ``(channels,)``."""
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(f"{function}: bias must have shape {(channels,)}, got {tuple(bias.shape)}")
+
+
 def pooled_grad_shape(function, grad_pooled_shape, y_shape, pool_size, strides, pads):
     """The pooled shape ``(N, OH, OW, C)`` of ``y_shape`` images under the window; raises
     ``ValueError`` naming ``function`` unless ``grad_pooled_shape`` is it."""
