@@ -79,6 +79,9 @@ LINEAR, RELU, SIGMOID, TANH = (ACTIVATIONS.index(name) for name in ("linear", "r
 # Rows each parallel task of a column sum adds up before the partial sums are combined.
 SUM_CHUNK_ROWS = 1024
 
+# Values each parallel task of a bias + activation loop takes: whole rows of about this many.
+ACTIVATION_CHUNK = 16384
+
 # Inputs with fewer channels than this get the transposed im2col layout (see im2col).
 FEW_CHANNELS = 4
 
@@ -1455,21 +1458,41 @@ def _activate(v, code, zero):
     return v
 
 
-@jit_parallel
-def _bias_activation_kernel(z, bias, code, y):
-    """``y[m, c] = f(z[m, c] + bias[c])`` for ``z, y (M, C)``, ``bias (C,)``."""
-    zero = y.dtype.type(0)
-    for m in numba.prange(z.shape[0]):
-        for c in range(z.shape[1]):
-            y[m, c] = _activate(z[m, c] + bias[c], code, zero)
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _bias_activate_loop(z_rows, bias, code, y_rows):
+    """The loop of :func:`_bias_activate_rows`, inlined into each of its branches with a constant ``code``."""
+    zero = y_rows.dtype.type(0)
+    for m in range(z_rows.shape[0]):
+        for c in range(z_rows.shape[1]):
+            y_rows[m, c] = _activate(z_rows[m, c] + bias[c], code, zero)
+
+
+@jit
+def _bias_activate_rows(z_rows, bias, code, y_rows):
+    """``y_rows[m, c] = f(z_rows[m, c] + bias[c])`` for ``z_rows, y_rows (M, C)``, ``bias (C,)``.
+
+    The activation is chosen once, before the loop: each branch runs the loop with its code a
+    constant, so the loop holds one activation's arithmetic and vectorises.  With the code tested per
+    element, LLVM vectorised the loop in one kernel and not in another, which then ran 4-13x slower
+    (``benchmarks/RESULTS.md`` [D20])."""
+    if code == TANH:
+        _bias_activate_loop(z_rows, bias, TANH, y_rows)
+    elif code == SIGMOID:
+        _bias_activate_loop(z_rows, bias, SIGMOID, y_rows)
+    elif code == RELU:
+        _bias_activate_loop(z_rows, bias, RELU, y_rows)
+    else:
+        _bias_activate_loop(z_rows, bias, LINEAR, y_rows)
 
 
 @jit_parallel
-def _activation_kernel(z, code, y):
-    """``y[i] = f(z[i])`` over flat arrays."""
-    zero = y.dtype.type(0)
-    for i in numba.prange(z.size):
-        y[i] = _activate(z[i], code, zero)
+def _bias_activation_kernel(z, bias, code, chunk_rows, y):
+    """``y[m, c] = f(z[m, c] + bias[c])`` for ``z, y (M, C)``, ``bias (C,)``, ``chunk_rows`` rows per
+    parallel task."""
+    rows = z.shape[0]
+    for chunk in numba.prange((rows + chunk_rows - 1) // chunk_rows):
+        first, stop = chunk * chunk_rows, min(rows, (chunk + 1) * chunk_rows)
+        _bias_activate_rows(z[first:stop], bias, code, y[first:stop])
 
 
 def bias_activation(z, bias, activation):
@@ -1482,14 +1505,18 @@ def bias_activation(z, bias, activation):
     y = np.empty(z.shape, dtype=z.dtype if bias is None else np.result_type(z, bias))
     loop_code = code if _activates_in_loop(code, y.dtype) else LINEAR  # else by NumPy after: _squash_in_place
     check_bias("bias_activation", bias, z.shape[-1])
-    if bias is None:
-        _activation_kernel(_flat(z), loop_code, y.reshape(-1))
-    else:
-        channels = z.shape[-1]
-        _bias_activation_kernel(_flat(z).reshape(-1, channels), bias, loop_code, y.reshape(-1, channels))
+    channels = z.shape[-1]
+    _bias_activation_kernel(_flat(z).reshape(-1, channels), _bias_values(bias, channels, y.dtype), loop_code,
+                            max(1, ACTIVATION_CHUNK // channels), y.reshape(-1, channels))
     if loop_code != code:
         _squash_in_place(y, code)
     return y
+
+
+def _bias_values(bias, channels, dtype):
+    """``bias`` ``(C,)`` as ``dtype``, or for ``None`` the bias that adds nothing: ``-0.0`` (``v + -0.0``
+    is ``v`` for every ``v``, ``-0.0`` included, where ``-0.0 + 0.0`` is ``+0.0``)."""
+    return np.full(channels, -0.0, dtype=dtype) if bias is None else bias.astype(dtype, copy=False)
 
 
 def _activates_in_loop(code, dtype):
@@ -1644,10 +1671,7 @@ def _bias_activation_avgpool_kernel(z, bias, code, ph, pw, sh, sw, top, left, y,
     zero = y.dtype.type(0)
     channels = z.shape[3]
     for n in numba.prange(z.shape[0]):
-        z_rows, y_rows = z[n].reshape(-1, channels), y[n].reshape(-1, channels)
-        for m in range(z_rows.shape[0]):
-            for c in range(channels):
-                y_rows[m, c] = _activate(z_rows[m, c] + bias[c], code, zero)
+        _bias_activate_rows(z[n].reshape(-1, channels), bias, code, y[n].reshape(-1, channels))
         for oh in range(pooled.shape[1]):
             _average_row(y[n], oh, ph, pw, sh, sw, top, left, pooled[n, oh])
 
@@ -1665,7 +1689,7 @@ def bias_activation_avgpool(z, bias, activation, pool_size, strides, pads):
     (ph, pw), (sh, sw), ((top, _), (left, _)) = pool_size, strides, pads
     y = np.empty(z.shape, dtype=dtype)
     pooled = np.empty((z.shape[0], *output_hw(z.shape, pool_size, strides, pads), z.shape[3]), dtype=dtype)
-    bias = np.zeros(z.shape[3], dtype=dtype) if bias is None else bias.astype(dtype, copy=False)
+    bias = _bias_values(bias, z.shape[3], dtype)
     _bias_activation_avgpool_kernel(np.ascontiguousarray(z, dtype=dtype), bias, code, ph, pw, sh, sw, top, left,
                                     y, pooled)
     return y, pooled
