@@ -23,21 +23,32 @@ import numpy as np
 #: CBLAS constants: row-major storage; an operand as it is or transposed
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
-#: the names of one build: (float32 GEMM, float64 GEMM, set threads, get threads, integer type)
+#: the names of one build: (float32 GEMM, float64 GEMM, set threads, get threads, integer type, core name)
 FLAVOURS = (
     ("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", "scipy_openblas_set_num_threads64_",
-     "scipy_openblas_get_num_threads64_", ctypes.c_int64),
+     "scipy_openblas_get_num_threads64_", ctypes.c_int64, "scipy_openblas_get_corename64_"),
     ("scipy_cblas_sgemm", "scipy_cblas_dgemm", "scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads",
-     ctypes.c_int32),
+     ctypes.c_int32, "scipy_openblas_get_corename"),
     ("cblas_sgemm64_", "cblas_dgemm64_", "openblas_set_num_threads64_", "openblas_get_num_threads64_",
-     ctypes.c_int64),
-    ("cblas_sgemm", "cblas_dgemm", "openblas_set_num_threads", "openblas_get_num_threads", ctypes.c_int32),
+     ctypes.c_int64, "openblas_get_corename64_"),
+    ("cblas_sgemm", "cblas_dgemm", "openblas_set_num_threads", "openblas_get_num_threads", ctypes.c_int32,
+     "openblas_get_corename"),
 )
+
+#: OpenBLAS's kernels for these cores multiply a product of at most ``SMALL_PRODUCT`` multiply-adds
+#: (``M*N*K``) by its "small-matrix" kernels, which read the operands where they lie; larger products
+#: are first packed into blocks (OpenBLAS's ``kernel/x86_64/sgemm_small_kernel_permit_skylakex.c``;
+#: a transposed first operand in its column-major terms is let in only for tiny outputs).  On thin
+#: products the packing cost more than it saved: ``benchmarks/gemm_rows.py``.
+SMALL_KERNEL_CORES, SMALL_PRODUCT = ("SkylakeX",), 100**3
 
 
 class Library:
     """One BLAS library's ``gemms`` (``{dtype: ctypes function}``, float32 and float64), its
-    ``set_num_threads(n)`` and ``get_num_threads()``; ``path`` is the shared object they come from.
+    ``set_num_threads(n)`` and ``get_num_threads()``; ``path`` is the shared object they come from,
+    ``core`` the name of the processor its kernels were chosen for (``""`` where it does not say),
+    and ``small_product`` the most multiply-adds of a product its small-matrix kernels take (0:
+    none, :data:`SMALL_KERNEL_CORES`).
 
     Each GEMM has CBLAS's arguments ``(order, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb,
     beta, C, ldc)``. The three pointers are declared as ``size_t`` addresses, so that a Numba kernel
@@ -45,7 +56,7 @@ class Library:
     """
 
     def __init__(self, path, handle, flavour):
-        sgemm, dgemm, set_threads, get_threads, integer = flavour
+        sgemm, dgemm, set_threads, get_threads, integer, core_name = flavour
         self.path = path
         self.gemms = {np.dtype(np.float32): self._gemm(handle, sgemm, ctypes.c_float, integer),
                       np.dtype(np.float64): self._gemm(handle, dgemm, ctypes.c_double, integer)}
@@ -53,6 +64,17 @@ class Library:
         self.set_num_threads.argtypes, self.set_num_threads.restype = (ctypes.c_int,), None
         self.get_num_threads = getattr(handle, get_threads)
         self.get_num_threads.argtypes, self.get_num_threads.restype = (), ctypes.c_int
+        self.core = self._core(handle, core_name)
+        self.small_product = SMALL_PRODUCT if self.core in SMALL_KERNEL_CORES else 0
+
+    @staticmethod
+    def _core(handle, name):
+        """The core name the library's function ``name`` returns, or ``""`` where it has none."""
+        if not hasattr(handle, name):
+            return ""
+        function = getattr(handle, name)
+        function.argtypes, function.restype = (), ctypes.c_char_p
+        return function().decode()
 
     @staticmethod
     def _gemm(handle, name, scalar, integer):

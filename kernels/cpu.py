@@ -529,7 +529,14 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 # and the section it names).  The kernel gradient unfolds each image again, its products added into
 # the thread's own partial sum; the input gradient folds each image's ``dL/dcols`` back as soon as
 # it is made.  Few-channel inputs unfold transposed, as in ``im2col``.  Without a BLAS library to
-# call (``GEMM_LIBRARY``), the products are im2col's.
+# call (``GEMM_LIBRARY``), the products are im2col's.  Where the library has small-matrix kernels,
+# an image's forward and kernel-gradient products are cut into runs of pixels they take
+# (:func:`_pixels_per_gemm`).
+
+#: fewest output pixels of one GEMM call of the image-by-image kernels: below it the calls cost more
+#: than the small-matrix kernels save (1,024 pixels of a ``K = 288``, 32-filter product took 208 us
+#: whole, 215 in runs of 108, ``benchmarks/gemm_rows.py``)
+MIN_GEMM_PIXELS = 128
 
 
 @jit
@@ -549,10 +556,19 @@ def _images_of_thread(thread, threads, n_images):
     return range(thread * n_images // threads, (thread + 1) * n_images // threads)
 
 
+@jit
+def _pixel_offset(pixel, depth, transposed):
+    """Where pixel ``pixel``'s values start in one image's ``cols``, in values: its column of the
+    transposed ``(KH*KW*C, OH*OW)`` layout, or its row of the ``(OH*OW, KH*KW*C)`` one."""
+    return pixel if transposed else pixel * depth
+
+
 @jit_parallel
-def _conv_by_image_kernel(gemm, x, kernel_matrix, kh, kw, sh, sw, top, left, out_h, out_w, transposed, threads, z):
-    """``z[n] = cols(x[n]) @ kernel_matrix`` for every image, the images shared among ``threads``:
-    ``x (N, H, W, C)``, ``kernel_matrix (KH*KW*C, F)``, ``z (N, OH, OW, F)``."""
+def _conv_by_image_kernel(gemm, x, kernel_matrix, kh, kw, sh, sw, top, left, out_h, out_w, transposed, threads,
+                          gemm_pixels, z):
+    """``z[n] = cols(x[n]) @ kernel_matrix`` for every image, the images shared among ``threads``,
+    each image's product in GEMM calls of ``gemm_pixels`` output pixels: ``x (N, H, W, C)``,
+    ``kernel_matrix (KH*KW*C, F)``, ``z (N, OH, OW, F)``."""
     n_images, _, _, channels = x.shape
     depth, filters = kernel_matrix.shape
     pixels, size = out_h * out_w, x.itemsize
@@ -562,14 +578,19 @@ def _conv_by_image_kernel(gemm, x, kernel_matrix, kh, kw, sh, sw, top, left, out
         planes = _phase_planes(channels if transposed else 0, kh, kw, sh, sw, out_h, out_w, x.dtype)  # empty for rows
         for n in _images_of_thread(thread, threads, n_images):
             _unfold_image(x[n], planes, kh, kw, sh, sw, top, left, out_h, out_w, transposed, cols)
-            gemm(blas.ROW_MAJOR, op_cols, blas.NO_TRANS, pixels, filters, depth, 1.0, cols.ctypes.data, ld_cols,
-                 kernel_matrix.ctypes.data, filters, 0.0, z.ctypes.data + n * pixels * filters * size, filters)
+            for first in range(0, pixels, gemm_pixels):
+                gemm(blas.ROW_MAJOR, op_cols, blas.NO_TRANS, min(gemm_pixels, pixels - first), filters, depth, 1.0,
+                     cols.ctypes.data + _pixel_offset(first, depth, transposed) * size, ld_cols,
+                     kernel_matrix.ctypes.data, filters,
+                     0.0, z.ctypes.data + (n * pixels + first) * filters * size, filters)
 
 
 @jit_parallel
-def _conv_by_image_kernel_grad_kernel(gemm, x, grad_out, kh, kw, sh, sw, top, left, transposed, partials):
+def _conv_by_image_kernel_grad_kernel(gemm, x, grad_out, kh, kw, sh, sw, top, left, transposed, gemm_pixels,
+                                      partials):
     """``partials[t] = sum over thread t's images n of cols(x[n])^T @ grad_out[n]``, one thread per
-    partial: ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)``, ``partials (threads, KH*KW*C, F)``."""
+    partial, each image's product in GEMM calls of ``gemm_pixels`` output pixels: ``x (N, H, W, C)``,
+    ``grad_out (N, OH, OW, F)``, ``partials (threads, KH*KW*C, F)``."""
     n_images, _, _, channels = x.shape
     _, out_h, out_w, filters = grad_out.shape
     threads, depth, _ = partials.shape
@@ -581,9 +602,11 @@ def _conv_by_image_kernel_grad_kernel(gemm, x, grad_out, kh, kw, sh, sw, top, le
         partials[thread] = 0
         for n in _images_of_thread(thread, threads, n_images):
             _unfold_image(x[n], planes, kh, kw, sh, sw, top, left, out_h, out_w, transposed, cols)
-            gemm(blas.ROW_MAJOR, op_cols, blas.NO_TRANS, depth, filters, pixels, 1.0, cols.ctypes.data, ld_cols,
-                 grad_out.ctypes.data + n * pixels * filters * size, filters,
-                 1.0, partials.ctypes.data + thread * depth * filters * size, filters)
+            for first in range(0, pixels, gemm_pixels):
+                gemm(blas.ROW_MAJOR, op_cols, blas.NO_TRANS, depth, filters, min(gemm_pixels, pixels - first), 1.0,
+                     cols.ctypes.data + _pixel_offset(first, depth, transposed) * size, ld_cols,
+                     grad_out.ctypes.data + (n * pixels + first) * filters * size, filters,
+                     1.0, partials.ctypes.data + thread * depth * filters * size, filters)
 
 
 @jit_parallel
@@ -609,6 +632,17 @@ def _library_gemm(*arrays):
     if GEMM_LIBRARY is None or len(dtypes) != 1:
         return None
     return GEMM_LIBRARY.gemms.get(dtypes.pop())
+
+
+def _pixels_per_gemm(pixels, depth, filters):
+    """Output pixels per GEMM call of one image's ``(pixels, depth) x (depth, filters)`` product (or
+    its kernel gradient's, the same multiply-adds): all of them, unless the library's small-matrix
+    kernels take fewer (``blas.Library.small_product``); then the most they take, if that is at
+    least :data:`MIN_GEMM_PIXELS`.  A strided 3-channel first conv (1,024 pixels, ``K = 75``, 16
+    filters) took 48 us for its forward product whole and 42 in runs of 833 pixels on one core, a
+    ``K = 144`` product 62 and 56 in runs of 434 (``benchmarks/gemm_rows.py``)."""
+    small_pixels = GEMM_LIBRARY.small_product // (depth * filters)
+    return small_pixels if MIN_GEMM_PIXELS <= small_pixels < pixels else pixels
 
 
 def _check_kernel_matrix(function, kernel_matrix, channels, kernel_size):
@@ -640,8 +674,9 @@ def conv_by_image(x, kernel_matrix, kernel_size, strides, pads):
         return matmul(im2col(x, kernel_size, strides, pads), kernel_matrix).reshape(out_shape)
     (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
     z = np.empty(out_shape, dtype=x.dtype)
+    gemm_pixels = _pixels_per_gemm(out_h * out_w, *kernel_matrix.shape)
     _conv_by_image_kernel(gemm, np.ascontiguousarray(x), np.ascontiguousarray(kernel_matrix), kh, kw, sh, sw,
-                          top, left, out_h, out_w, x.shape[3] < FEW_CHANNELS, numba.get_num_threads(), z)
+                          top, left, out_h, out_w, x.shape[3] < FEW_CHANNELS, numba.get_num_threads(), gemm_pixels, z)
     return z
 
 
@@ -653,9 +688,11 @@ def conv_by_image_kernel_grad(x, grad_out, kernel_size, strides, pads):
     if gemm is None:
         return matmul_tn(im2col(x, kernel_size, strides, pads), grad_out.reshape(-1, grad_out.shape[3]))
     (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
-    partials = np.empty((numba.get_num_threads(), kh * kw * x.shape[3], grad_out.shape[3]), dtype=x.dtype)
+    depth, filters = kh * kw * x.shape[3], grad_out.shape[3]
+    partials = np.empty((numba.get_num_threads(), depth, filters), dtype=x.dtype)
+    gemm_pixels = _pixels_per_gemm(grad_out.shape[1] * grad_out.shape[2], depth, filters)
     _conv_by_image_kernel_grad_kernel(gemm, np.ascontiguousarray(x), np.ascontiguousarray(grad_out), kh, kw, sh, sw,
-                                      top, left, x.shape[3] < FEW_CHANNELS, partials)
+                                      top, left, x.shape[3] < FEW_CHANNELS, gemm_pixels, partials)
     return partials.sum(axis=0)
 
 

@@ -38,3 +38,10 @@ def test_the_library_reports_the_threads_it_was_set_to():
         assert library.get_num_threads() == 1
     finally:
         library.set_num_threads(before)
+
+
+def test_the_library_names_its_core_and_the_products_its_small_matrix_kernels_take():
+    library = blas.find()
+    assert isinstance(library.core, str)
+    expected = blas.SMALL_PRODUCT if library.core in blas.SMALL_KERNEL_CORES else 0
+    assert library.small_product == expected

@@ -1,6 +1,7 @@
 """The Numba kernels agree with the NumPy reference on random shapes, windows, strides, paddings, dtypes."""
 
 import re
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -117,6 +118,33 @@ def test_conv_by_image_and_its_gradients_match_the_reference_on_any_thread_count
             assert_conv_by_image_matches_reference(case)
         finally:
             numba.set_num_threads(previous)
+
+
+@needs_blas
+@SETTINGS
+@given(conv_cases(), st.integers(1, 5))
+def test_conv_by_image_in_gemm_calls_of_a_few_pixels_matches_the_reference(case, pixels_per_call):
+    """A library whose small-matrix kernels take the products of only a few pixels: each image's
+    forward and kernel-gradient products run in calls of that many, the last one shorter."""
+    x, kernel_matrix, grad_out = case[:3]
+    pixels = grad_out.shape[1] * grad_out.shape[2]
+    library = cpu.blas.find()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "GEMM_LIBRARY", library)
+        patch.setattr(cpu, "MIN_GEMM_PIXELS", 1)
+        patch.setattr(library, "small_product", pixels_per_call * kernel_matrix.size)
+        assert cpu._pixels_per_gemm(pixels, *kernel_matrix.shape) == min(pixels_per_call, pixels)
+        assert_conv_by_image_matches_reference(case)
+
+
+def test_pixels_per_gemm_fit_the_small_matrix_kernels_where_they_take_enough():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "GEMM_LIBRARY", SimpleNamespace(small_product=10**6))
+        assert cpu._pixels_per_gemm(1024, 75, 16) == 833  # a strided 3-channel first conv: 1.2M multiply-adds
+        assert cpu._pixels_per_gemm(1024, 27, 32) == 1024  # 0.88M: taken whole
+        assert cpu._pixels_per_gemm(1024, 288, 32) == 1024  # 108 pixels' worth: fewer than MIN_GEMM_PIXELS
+        patch.setattr(cpu, "GEMM_LIBRARY", SimpleNamespace(small_product=0))
+        assert cpu._pixels_per_gemm(1024, 75, 16) == 1024
 
 
 @SETTINGS
