@@ -533,10 +533,11 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 # an image's forward and kernel-gradient products are cut into runs of pixels they take
 # (:func:`_pixels_per_gemm`).
 
-#: fewest output pixels of one GEMM call of the image-by-image kernels: below it the calls cost more
-#: than the small-matrix kernels save (1,024 pixels of a ``K = 288``, 32-filter product took 208 us
-#: whole, 215 in runs of 108, ``benchmarks/gemm_rows.py``)
-MIN_GEMM_PIXELS = 128
+#: fewest output pixels of one GEMM call of the image-by-image kernels: in shorter runs the calls cost
+#: more than the small-matrix kernels saved (``benchmarks/gemm_rows.py``: 1,024 pixels of a ``K =
+#: 288``, 32-filter product 208 us whole, 215 in runs of 108; 2,048 of a ``K = 64``, 64-filter one 181
+#: whole, 194 in runs of 244)
+MIN_GEMM_PIXELS = 256
 
 
 @jit
