@@ -37,9 +37,10 @@ FLAVOURS = (
 
 #: OpenBLAS's kernels for these cores multiply a product of at most ``SMALL_PRODUCT`` multiply-adds
 #: (``M*N*K``) by its "small-matrix" kernels, which read the operands where they lie; larger products
-#: are first packed into blocks (OpenBLAS's ``kernel/x86_64/sgemm_small_kernel_permit_skylakex.c``;
-#: a transposed first operand in its column-major terms is let in only for tiny outputs).  On thin
-#: products the packing cost more than it saved: ``benchmarks/gemm_rows.py``.
+#: are first packed into blocks (OpenBLAS's ``kernel/x86_64/sgemm_small_kernel_permit_skylakex.c``).
+#: In the row-major terms of :data:`ROW_MAJOR` calls, a transposed second operand is let in only for
+#: outputs of at most 1,200 values, and never with a transposed first one.  On thin products the
+#: packing cost more than it saved: ``benchmarks/gemm_rows.py``.
 SMALL_KERNEL_CORES, SMALL_PRODUCT = ("SkylakeX",), 100**3
 
 

@@ -530,7 +530,7 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 # the thread's own partial sum; the input gradient folds each image's ``dL/dcols`` back as soon as
 # it is made.  Few-channel inputs unfold transposed, as in ``im2col``.  Without a BLAS library to
 # call (``GEMM_LIBRARY``), the products are im2col's.  Where the library has small-matrix kernels,
-# an image's forward and kernel-gradient products are cut into runs of pixels they take
+# each image's three products are cut into runs of pixels they take
 # (:func:`_pixels_per_gemm`).
 
 #: fewest output pixels of one GEMM call of the image-by-image kernels: in shorter runs the calls cost
@@ -611,18 +611,24 @@ def _conv_by_image_kernel_grad_kernel(gemm, x, grad_out, kh, kw, sh, sw, top, le
 
 
 @jit_parallel
-def _conv_by_image_input_grad_kernel(gemm, grad_out, kernel_matrix, kh, kw, sh, sw, top, left, threads, grad_x):
-    """``grad_x[n] = fold(grad_out[n] @ kernel_matrix^T)`` for every image, the images shared among
-    ``threads``: ``grad_out (N, OH, OW, F)``, ``kernel_matrix (KH*KW*C, F)``, ``grad_x (N, H, W, C)``."""
+def _conv_by_image_input_grad_kernel(gemm, grad_out, kernel_matrix_t, kh, kw, sh, sw, top, left, threads,
+                                     gemm_pixels, grad_x):
+    """``grad_x[n] = fold(grad_out[n] @ kernel_matrix_t)`` for every image, the images shared among
+    ``threads``, each image's product in GEMM calls of ``gemm_pixels`` output pixels: ``grad_out (N,
+    OH, OW, F)``, ``kernel_matrix_t (F, KH*KW*C)`` (the kernel matrix transposed, so that neither
+    operand is read transposed: OpenBLAS's small-matrix kernels take a transposed second operand only
+    for tiny outputs, ``kernels.blas``),
+    ``grad_x (N, H, W, C)``."""
     n_images, out_h, out_w, filters = grad_out.shape
-    depth = kernel_matrix.shape[0]
+    depth = kernel_matrix_t.shape[1]
     pixels, size = out_h * out_w, grad_out.itemsize
     for thread in numba.prange(threads):
         grad_cols = np.empty((pixels, depth), dtype=grad_out.dtype)
         for n in _images_of_thread(thread, threads, n_images):
-            gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, pixels, depth, filters, 1.0,
-                 grad_out.ctypes.data + n * pixels * filters * size, filters, kernel_matrix.ctypes.data, filters,
-                 0.0, grad_cols.ctypes.data, depth)
+            for first in range(0, pixels, gemm_pixels):
+                gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, min(gemm_pixels, pixels - first), depth, filters,
+                     1.0, grad_out.ctypes.data + (n * pixels + first) * filters * size, filters,
+                     kernel_matrix_t.ctypes.data, depth, 0.0, grad_cols.ctypes.data + first * depth * size, depth)
             _fold_image(grad_cols, 0, kh, kw, sh, sw, top, left, out_h, out_w, grad_x[n])
 
 
@@ -637,7 +643,7 @@ def _library_gemm(*arrays):
 
 def _pixels_per_gemm(pixels, depth, filters):
     """Output pixels per GEMM call of one image's ``(pixels, depth) x (depth, filters)`` product (or
-    its kernel gradient's, the same multiply-adds): all of them, unless the library's small-matrix
+    of its kernel or input gradient's, the same multiply-adds): all of them, unless the library's small-matrix
     kernels take fewer (``blas.Library.small_product``); then the most they take, if that is at
     least :data:`MIN_GEMM_PIXELS`.  A strided 3-channel first conv (1,024 pixels, ``K = 75``, 16
     filters) took 48 us for its forward product whole and 42 in runs of 833 pixels on one core, a
@@ -708,8 +714,9 @@ def conv_by_image_input_grad(grad_out, kernel_matrix, x_shape, kernel_size, stri
         return col2im(matmul_nt(grad_2d, kernel_matrix), x_shape, kernel_size, strides, pads)
     (kh, kw), (sh, sw), ((top, _), (left, _)) = kernel_size, strides, pads
     grad_x = np.empty(tuple(x_shape), dtype=grad_out.dtype)
-    _conv_by_image_input_grad_kernel(gemm, np.ascontiguousarray(grad_out), np.ascontiguousarray(kernel_matrix),
-                                     kh, kw, sh, sw, top, left, numba.get_num_threads(), grad_x)
+    gemm_pixels = _pixels_per_gemm(grad_out.shape[1] * grad_out.shape[2], *kernel_matrix.shape)
+    _conv_by_image_input_grad_kernel(gemm, np.ascontiguousarray(grad_out), np.ascontiguousarray(kernel_matrix.T),
+                                     kh, kw, sh, sw, top, left, numba.get_num_threads(), gemm_pixels, grad_x)
     return grad_x
 
 
