@@ -797,16 +797,17 @@ def _winograd_tiles_f2(x, top, left, tiles_h, tiles_w, tiles):
     for tile_row in numba.prange(n_images * tiles_h):
         n, i = tile_row // tiles_h, tile_row % tiles_h
         d = np.empty((4, 4, channels), x.dtype)
+        half = np.empty((4, 4, channels), x.dtype)  # B^T d
         for j in range(tiles_w):
             t = (n * tiles_h + i) * tiles_w + j
             _load_tile(x, n, 2 * i - top, 2 * j - left, d)
-            for b in range(4):  # d <- B^T d
+            for b in range(4):
                 for c in range(channels):
                     d0, d1, d2, d3 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c]
-                    d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
-            for a in range(4):  # tiles <- d B
+                    half[0, b, c], half[1, b, c], half[2, b, c], half[3, b, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+            for a in range(4):  # tiles <- half B
                 for c in range(channels):
-                    e0, e1, e2, e3 = d[a, 0, c], d[a, 1, c], d[a, 2, c], d[a, 3, c]
+                    e0, e1, e2, e3 = half[a, 0, c], half[a, 1, c], half[a, 2, c], half[a, 3, c]
                     tiles[4 * a, t, c] = e0 - e2
                     tiles[4 * a + 1, t, c] = e1 + e2
                     tiles[4 * a + 2, t, c] = e2 - e1
@@ -820,20 +821,22 @@ def _winograd_tiles_grad_f2(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
     n_images, _, _, channels = grad_x.shape
     grad_x[:] = 0
     for n in numba.prange(n_images):
-        e = np.empty((4, 4, channels), grad_x.dtype)
+        e = np.empty((4, 4, channels), grad_x.dtype)  # B u
+        block = np.empty((4, 4, channels), grad_x.dtype)  # B u B^T
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
-                for b in range(4):  # e <- B u
+                for b in range(4):
                     for c in range(channels):
                         u0, u1, u2, u3 = grad_tiles[b, t, c], grad_tiles[4 + b, t, c], \
                             grad_tiles[8 + b, t, c], grad_tiles[12 + b, t, c]
                         e[0, b, c], e[1, b, c], e[2, b, c], e[3, b, c] = u0, u1 - u2 + u3, u2 + u1 - u0, -u3
-                for p in range(4):  # e <- e B^T, then added onto the image
+                for p in range(4):  # block <- e B^T, then added onto the image
                     for c in range(channels):
                         e0, e1, e2, e3 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c]
-                        e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c] = e0, e1 - e2 + e3, e2 + e1 - e0, -e3
-                    _add_tile_row(grad_x, n, 2 * i - top + p, 2 * j - left, e, p)
+                        block[p, 0, c], block[p, 1, c], block[p, 2, c], block[p, 3, c] = \
+                            e0, e1 - e2 + e3, e2 + e1 - e0, -e3
+                    _add_tile_row(grad_x, n, 2 * i - top + p, 2 * j - left, block, p)
 
 
 @jit_parallel
@@ -894,21 +897,23 @@ def _winograd_tiles_f4(x, top, left, tiles_h, tiles_w, tiles):
     for tile_row in numba.prange(n_images * tiles_h):
         n, i = tile_row // tiles_h, tile_row % tiles_h
         d = np.empty((6, 6, channels), x.dtype)
+        half = np.empty((6, 6, channels), x.dtype)  # B^T d
         for j in range(tiles_w):
             t = (n * tiles_h + i) * tiles_w + j
             _load_tile(x, n, 4 * i - top, 4 * j - left, d)
-            for b in range(6):  # d <- B^T d
+            for b in range(6):
                 for c in range(channels):
                     d0, d1, d2, d3, d4, d5 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c], d[4, b, c], d[5, b, c]
-                    d[0, b, c] = four * d0 - five * d2 + d4
-                    d[1, b, c] = d3 + d4 - four * (d1 + d2)
-                    d[2, b, c] = d4 - d3 + four * (d1 - d2)
-                    d[3, b, c] = d4 - d2 + two * (d3 - d1)
-                    d[4, b, c] = d4 - d2 + two * (d1 - d3)
-                    d[5, b, c] = four * d1 - five * d3 + d5
-            for a in range(6):  # tiles <- d B
+                    half[0, b, c] = four * d0 - five * d2 + d4
+                    half[1, b, c] = d3 + d4 - four * (d1 + d2)
+                    half[2, b, c] = d4 - d3 + four * (d1 - d2)
+                    half[3, b, c] = d4 - d2 + two * (d3 - d1)
+                    half[4, b, c] = d4 - d2 + two * (d1 - d3)
+                    half[5, b, c] = four * d1 - five * d3 + d5
+            for a in range(6):  # tiles <- half B
                 for c in range(channels):
-                    e0, e1, e2, e3, e4, e5 = d[a, 0, c], d[a, 1, c], d[a, 2, c], d[a, 3, c], d[a, 4, c], d[a, 5, c]
+                    e0, e1, e2, e3, e4, e5 = half[a, 0, c], half[a, 1, c], half[a, 2, c], half[a, 3, c], \
+                        half[a, 4, c], half[a, 5, c]
                     tiles[6 * a, t, c] = four * e0 - five * e2 + e4
                     tiles[6 * a + 1, t, c] = e3 + e4 - four * (e1 + e2)
                     tiles[6 * a + 2, t, c] = e4 - e3 + four * (e1 - e2)
@@ -925,11 +930,12 @@ def _winograd_tiles_grad_f4(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
     two, four, five = grad_x.dtype.type(2), grad_x.dtype.type(4), grad_x.dtype.type(5)
     grad_x[:] = 0
     for n in numba.prange(n_images):
-        e = np.empty((6, 6, channels), grad_x.dtype)
+        e = np.empty((6, 6, channels), grad_x.dtype)  # B u
+        block = np.empty((6, 6, channels), grad_x.dtype)  # B u B^T
         for i in range(tiles_h):
             for j in range(tiles_w):
                 t = (n * tiles_h + i) * tiles_w + j
-                for b in range(6):  # e <- B u
+                for b in range(6):
                     for c in range(channels):
                         u0, u1, u2 = grad_tiles[b, t, c], grad_tiles[6 + b, t, c], grad_tiles[12 + b, t, c]
                         u3, u4, u5 = grad_tiles[18 + b, t, c], grad_tiles[24 + b, t, c], grad_tiles[30 + b, t, c]
@@ -939,16 +945,16 @@ def _winograd_tiles_grad_f4(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
                         e[3, b, c] = u1 - u2 + two * (u3 - u4) - five * u5
                         e[4, b, c] = u0 + u1 + u2 + u3 + u4
                         e[5, b, c] = u5
-                for p in range(6):  # e <- e B^T, then added onto the image
+                for p in range(6):  # block <- e B^T, then added onto the image
                     for c in range(channels):
                         e0, e1, e2, e3, e4, e5 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c], e[p, 4, c], e[p, 5, c]
-                        e[p, 0, c] = four * e0
-                        e[p, 1, c] = four * (e2 - e1 + e5) + two * (e4 - e3)
-                        e[p, 2, c] = -five * e0 - four * (e1 + e2) - e3 - e4
-                        e[p, 3, c] = e1 - e2 + two * (e3 - e4) - five * e5
-                        e[p, 4, c] = e0 + e1 + e2 + e3 + e4
-                        e[p, 5, c] = e5
-                    _add_tile_row(grad_x, n, 4 * i - top + p, 4 * j - left, e, p)
+                        block[p, 0, c] = four * e0
+                        block[p, 1, c] = four * (e2 - e1 + e5) + two * (e4 - e3)
+                        block[p, 2, c] = -five * e0 - four * (e1 + e2) - e3 - e4
+                        block[p, 3, c] = e1 - e2 + two * (e3 - e4) - five * e5
+                        block[p, 4, c] = e0 + e1 + e2 + e3 + e4
+                        block[p, 5, c] = e5
+                    _add_tile_row(grad_x, n, 4 * i - top + p, 4 * j - left, block, p)
 
 
 @jit_parallel
