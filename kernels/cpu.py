@@ -615,10 +615,9 @@ def _conv_by_image_input_grad_kernel(gemm, grad_out, kernel_matrix_t, kh, kw, sh
                                      gemm_pixels, grad_x):
     """``grad_x[n] = fold(grad_out[n] @ kernel_matrix_t)`` for every image, the images shared among
     ``threads``, each image's product in GEMM calls of ``gemm_pixels`` output pixels: ``grad_out (N,
-    OH, OW, F)``, ``kernel_matrix_t (F, KH*KW*C)`` (the kernel matrix transposed, so that neither
-    operand is read transposed: OpenBLAS's small-matrix kernels take a transposed second operand only
-    for tiny outputs, ``kernels.blas``),
-    ``grad_x (N, H, W, C)``."""
+    OH, OW, F)``, ``kernel_matrix_t (F, KH*KW*C)``, ``grad_x (N, H, W, C)``.  The kernel matrix comes
+    transposed so that neither operand is read transposed: OpenBLAS's small-matrix kernels take a
+    transposed second operand only for tiny outputs (``kernels.blas``)."""
     n_images, out_h, out_w, filters = grad_out.shape
     depth = kernel_matrix_t.shape[1]
     pixels, size = out_h * out_w, grad_out.itemsize
@@ -642,10 +641,10 @@ def _library_gemm(*arrays):
 
 
 def _pixels_per_gemm(pixels, depth, filters):
-    """Output pixels per GEMM call of one image's ``(pixels, depth) x (depth, filters)`` product (or
-    of its kernel or input gradient's, the same multiply-adds): all of them, unless the library's small-matrix
-    kernels take fewer (``blas.Library.small_product``); then the most they take, if that is at
-    least :data:`MIN_GEMM_PIXELS`.  A strided 3-channel first conv (1,024 pixels, ``K = 75``, 16
+    """Output pixels per GEMM call of one image's ``(pixels, depth) x (depth, filters)`` product (or of
+    its kernel or input gradient's, the same multiply-adds): all of them, unless the library's
+    small-matrix kernels take fewer (``blas.Library.small_product``); then the most they take, if that
+    is at least :data:`MIN_GEMM_PIXELS`.  A strided 3-channel first conv (1,024 pixels, ``K = 75``, 16
     filters) took 48 us for its forward product whole and 42 in runs of 833 pixels on one core, a
     ``K = 144`` product 62 and 56 in runs of 434 (``benchmarks/gemm_rows.py``)."""
     small_pixels = GEMM_LIBRARY.small_product // (depth * filters)
@@ -726,10 +725,11 @@ def conv_by_image_input_grad(grad_out, kernel_matrix, x_shape, kernel_size, stri
 # ``m = tile`` (2 or 4) and tiles of side ``m + 2``.  Tile ``t = (n*TH + i)*TW + j`` reads
 # ``x[n, m*i - top : m*i - top + m + 2, m*j - left : m*j - left + m + 2]`` (zeros outside ``x``) and
 # gives the ``m x m`` output block at ``(m*i, m*j)``.  Each tile is copied into a small scratch array
-# and transformed there one contiguous channel row at a time, the first pass in place and the second
-# written straight to the output: loops that write one array row per iteration vectorise, a single
-# loop writing all rows at once did not, and generic loops over the matrices' entries (with a swap
-# of axes between the passes) ran slower in scratch timings.  So each tile size has its own kernels,
+# and transformed one contiguous channel row at a time, each pass writing an array of its own (a pass
+# that overwrote the rows it read stayed scalar, ``benchmarks/RESULTS.md`` [D22]), the forward's last
+# straight to the output: loops that write one array row per iteration vectorise, a single loop
+# writing all rows at once did not, and generic loops over the matrices' entries (with a swap of axes
+# between the passes) ran slower in scratch timings.  So each tile size has its own kernels,
 # with the matrices of ``minidl.kernels.winograd`` written out; their coefficients are made in the
 # array's dtype (``x.dtype.type(4)``), since ``4 *`` would promote float32 to float64 (many times
 # slower in a scratch timing).  The rows of tiles are shared among the threads, each with its own
@@ -2015,7 +2015,8 @@ def thread_policy():
     """One line describing the threads in use (for benchmark reports)."""
     library = blas.find()
     gemms = "GEMMs split across them" if GEMM_LIBRARY is not None else "GEMMs by NumPy"
-    blas_threads = library.get_num_threads() if library is not None else os.environ.get("OPENBLAS_NUM_THREADS", "numpy default")
+    blas_threads = (library.get_num_threads() if library is not None
+                    else os.environ.get("OPENBLAS_NUM_THREADS", "numpy default"))
     return (
         f"numba kernels {numba.get_num_threads()} thread(s) ({numba.threading_layer()} layer, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), {gemms}, BLAS threads {blas_threads}"
