@@ -9,8 +9,8 @@ As cuDNN's benchmark mode does, the first time a shape is planned every candidat
 :data:`MEASURE_REPEATS` passes counts), and the fastest method wins; methods within
 :data:`TIED_WITHIN` of it count as tied, and of those the one with the least scratch wins.  The
 answer, with every candidate's seconds and the machine's load at the time, is kept in a JSON file
-under a key made of the conv's shape and the machine (CPU, cores, backend, Numba threads), so later
-processes plan without timing anything.  The process settings
+under a key made of the conv's shape and the machine (CPU, cores, backend, Numba threads, how the
+GEMMs are called: :func:`machine_key`), so later processes plan without timing anything.  The process settings
 (:func:`minidl.backend.apply_process_settings`: threads and allocator) are applied before any
 timing, also where a plan is first built by ``summary()`` before training.  Every candidate is timed
 on the same images (as many as the largest candidate's scratch allows).  A new choice is timed again
@@ -99,7 +99,8 @@ def cache_path():
 
 def machine_key():
     """What the timings depend on besides the shape: CPU model, cores, backend and its threads (and
-    whether the GEMMs run on them, ``minidl.kernels.cpu.GEMM_LIBRARY``)."""
+    whether the GEMMs run on them, ``minidl.kernels.cpu.GEMM_LIBRARY``, and which products its
+    small-matrix kernels take: the image-by-image method cuts its products to fit them, [D21])."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -113,6 +114,9 @@ def machine_key():
         from minidl.kernels import cpu
 
         gemms = ", GEMMs on them" if cpu.GEMM_LIBRARY is not None else ""
+        small_product = getattr(cpu.GEMM_LIBRARY, "small_product", 0)
+        if small_product:
+            gemms += f", small GEMMs up to {small_product} multiply-adds"
         threads = f", {numba.get_num_threads()} numba threads{gemms}"
     return f"{model}, {os.cpu_count()} cores, {get_backend()}{threads}"
 

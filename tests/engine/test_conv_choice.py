@@ -3,6 +3,7 @@ fastest one is timed once per shape and machine and remembered, and the cost mod
 
 import collections
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -112,6 +113,22 @@ def test_the_machine_key_tells_gemms_on_numbas_threads_from_gemms_on_blass_own(m
         on_blas_threads = conv_choice.machine_key()
         monkeypatch.setattr(cpu, "GEMM_LIBRARY", object())
         assert conv_choice.machine_key() == on_blas_threads + ", GEMMs on them"
+    finally:
+        minidl.set_backend(previous)
+
+
+def test_the_machine_key_names_the_products_the_small_matrix_kernels_take(monkeypatch):
+    """Choices timed before the image-by-image products were cut to fit the library's small-matrix
+    kernels, or on a library without them, are timed again."""
+    from minidl.kernels import cpu
+
+    previous = minidl.get_backend()
+    minidl.set_backend("numba")
+    try:
+        monkeypatch.setattr(cpu, "GEMM_LIBRARY", SimpleNamespace(small_product=0))
+        without_small_kernels = conv_choice.machine_key()
+        monkeypatch.setattr(cpu, "GEMM_LIBRARY", SimpleNamespace(small_product=10**6))
+        assert conv_choice.machine_key() == without_small_kernels + ", small GEMMs up to 1000000 multiply-adds"
     finally:
         minidl.set_backend(previous)
 
