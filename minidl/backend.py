@@ -68,10 +68,9 @@ class _ActiveKernels:
 ops = _ActiveKernels()
 
 
-def on_active_backend(arrays, dtype=None):
-    """``{key: array}`` with every array copied onto the backend active now, as ``dtype`` where given
-    (after ``set_backend``, or to cast a layer's weights)."""
-    return {key: ops.to_device(ops.to_host(value).astype(dtype or value.dtype)) for key, value in arrays.items()}
+def on_active_backend(arrays):
+    """``{key: array}`` with every array moved onto the backend active now (after ``set_backend``)."""
+    return {key: ops.to_device(ops.to_host(value)) for key, value in arrays.items()}
 
 
 _settings = threading.local()

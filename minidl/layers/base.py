@@ -23,7 +23,7 @@ import numpy as np
 
 from minidl.kernels.shapes import window_geometry
 from minidl import initializers
-from minidl.backend import on_active_backend, ops
+from minidl.backend import ops
 from minidl.utils import global_rng
 
 _names_used = collections.Counter()
@@ -191,9 +191,12 @@ class Layer:
             (self.params if key in self.params else self.state)[key] = value
 
     def cast(self, dtype):
-        """Convert the weights (and future inputs) to ``dtype``, e.g. float64 for gradient checks."""
-        self.dtype = float_dtype(dtype, self.name)
-        self.params, self.state = on_active_backend(self.params, self.dtype), on_active_backend(self.state, self.dtype)
+        """Convert the weights (and future inputs) to ``dtype``, e.g. float64 for gradient checks: the
+        weights are read and set again, and :meth:`set_weights` stores them as the layer's dtype."""
+        new_dtype = float_dtype(dtype, self.name)
+        weights = self.get_weights()
+        self.dtype = new_dtype
+        self.set_weights(weights)
 
     def count_params(self):
         """Every weight's element count, the non-trainable ``state`` included (as Keras counts)."""

@@ -63,3 +63,17 @@ def test_a_layer_refuses_a_dtype_other_than_float32_or_float64(dtype):
 def test_float32_and_float64_layers_compute_in_their_dtype(dtype):
     layer = layers.Dense(3, dtype=dtype)
     assert layer(np.ones((2, 4))).dtype == np.dtype(dtype)
+
+
+def test_cast_converts_parameters_and_state_and_a_refused_dtype_changes_nothing():
+    layer = layers.BatchNormalization()
+    layer.build((3,))
+    before = layer.get_weights()
+    layer.cast("float64")
+    after = layer.get_weights()
+    assert layer.dtype == np.float64 and all(weight.dtype == np.float64 for weight in after)
+    for old, new in zip(before, after):
+        np.testing.assert_array_equal(new, old)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        layer.cast("int32")
+    assert layer.dtype == np.float64 and all(weight.dtype == np.float64 for weight in layer.get_weights())
