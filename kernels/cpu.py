@@ -1553,7 +1553,7 @@ def bias_activation(z, bias, activation):
     ``tanh``.  Any shape ``(..., C)`` -> the same shape.
     """
     code = _activation_code("bias_activation", activation)
-    y = np.empty(z.shape, dtype=z.dtype if bias is None else np.result_type(z, bias))
+    y = np.empty(z.shape, dtype=_output_dtype(z, bias))
     loop_code = code if _activates_in_loop(code, y.dtype) else LINEAR  # else by NumPy after: _squash_in_place
     check_bias("bias_activation", bias, z.shape[-1])
     channels = z.shape[-1]
@@ -1562,6 +1562,11 @@ def bias_activation(z, bias, activation):
     if loop_code != code:
         _squash_in_place(y, code)
     return y
+
+
+def _output_dtype(z, bias):
+    """The dtype of ``f(z + bias)``: ``z``'s, or with a bias, the two promoted."""
+    return z.dtype if bias is None else np.result_type(z, bias)
 
 
 def _bias_values(bias, channels, dtype):
@@ -1719,7 +1724,6 @@ def softmax_grad(grad_out, y):
 def _bias_activation_avgpool_kernel(z, bias, code, ph, pw, sh, sw, top, left, y, pooled):
     """``y[n] = f(z[n] + bias)`` and ``pooled[n]`` its window means, one image per parallel task:
     ``z, y (N, H, W, C)``, ``bias (C,)``, ``pooled (N, OH, OW, C)``."""
-    zero = y.dtype.type(0)
     channels = z.shape[3]
     for n in numba.prange(z.shape[0]):
         _bias_activate_rows(z[n].reshape(-1, channels), bias, code, y[n].reshape(-1, channels))
@@ -1733,7 +1737,7 @@ def bias_activation_avgpool(z, bias, activation, pool_size, strides, pads):
     (activations the loop does not apply, :func:`_activates_in_loop`, run apart)."""
     code = _activation_code("bias_activation_avgpool", activation)
     check_bias("bias_activation_avgpool", bias, z.shape[-1])
-    dtype = z.dtype if bias is None else np.result_type(z, bias)
+    dtype = _output_dtype(z, bias)
     if not _activates_in_loop(code, dtype):
         y = bias_activation(z, bias, activation)
         return y, avgpool_forward(y, pool_size, strides, pads)

@@ -138,9 +138,9 @@ class ConvAvgPoolStep(Step):
     def forward(self, inputs, training):
         conv, pool = self.conv, self.pool
         z = self.linear.forward(inputs[0], training)
-        self.activated, self.y = ops.bias_activation_avgpool(z, conv.params.get("bias"), conv.activation,
+        self.activated, pooled = ops.bias_activation_avgpool(z, conv.params.get("bias"), conv.activation,
                                                              pool.pool_size, pool.strides, pool.pads)
-        return self.y
+        return pooled
 
     def backward(self, grad_out):
         conv, pool = self.conv, self.pool
