@@ -21,6 +21,7 @@ KERNELS = {
     "to_device": (("x",), "a host array as this backend's array (C-contiguous)"),
     "to_host": (("x",), "this backend's array as a NumPy array"),
     "zeros": (("shape", "dtype"), "a zero array of shape and dtype"),
+    "empty": (("shape", "dtype"), "an array of shape and dtype whose values are unset: for outputs written whole"),
     "zeros_like": (("x",), "a zero array of x's shape and dtype"),
     "add": (("a", "b"), "a + b elementwise, same shapes"),
     "multiply": (("a", "b"), "a * b elementwise, same shapes"),

@@ -49,14 +49,14 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import blas, numpy_ref  # noqa: E402
-from .numpy_ref import ACTIVATIONS, to_device, to_host, zeros, zeros_like  # noqa: E402
+from .numpy_ref import ACTIVATIONS, empty, to_device, to_host, zeros, zeros_like  # noqa: E402
 from .shapes import (conv3x3_maxpool_grad_shape, conv3x3_maxpool_shape, output_hw,  # noqa: E402
                             winograd_tile_grid, winograd_tiles_hw)
 from .winograd import check_tile, tile_of_positions, winograd_matrices  # noqa: E402
 from .shapes import as_three_axes, check_bias, concatenated_shape, pooled_grad_shape, split_shapes  # noqa: E402
 
 __all__ = [
-    "to_device", "to_host", "zeros", "zeros_like", "add", "multiply", "accumulate", "all_finite",
+    "to_device", "to_host", "zeros", "zeros_like", "empty", "add", "multiply", "accumulate", "all_finite",
     "matmul", "matmul_tn", "matmul_nt", "bias_grad", "im2col", "col2im",
     "conv_by_image", "conv_by_image_kernel_grad", "conv_by_image_input_grad",
     "winograd_kernel", "winograd_kernel_grad", "winograd_tiles", "winograd_tiles_grad",

@@ -65,6 +65,7 @@ __all__ = [
     "conv3x3_maxpool_kernel_grad",
     "conv3x3_maxpool_values",
     "dropout",
+    "empty",
     "im2col",
     "leaky_relu",
     "leaky_relu_grad",
@@ -235,6 +236,11 @@ def zeros(shape, dtype):
 
 def zeros_like(x):
     return zeros(x.shape, x.dtype)
+
+
+def empty(shape, dtype):
+    """A device array whose values are unset (the caller writes every element): no fill, no transfer."""
+    return cuda.device_array(shape, dtype=np.dtype(dtype))
 
 
 @cuda.jit

@@ -69,6 +69,7 @@ __all__ = [
     "dropout_counter",
     "dropout_hash_bits",
     "dropout_threshold",
+    "empty",
     "im2col",
     "leaky_relu",
     "leaky_relu_grad",
@@ -126,6 +127,11 @@ def to_host(x):
 
 def zeros(shape, dtype):
     return np.zeros(shape, dtype=dtype)
+
+
+def empty(shape, dtype):
+    """An array of ``shape`` and ``dtype`` whose values are unset (the caller writes every element)."""
+    return np.empty(shape, dtype=dtype)
 
 
 def zeros_like(x):

@@ -235,7 +235,7 @@ class ConvLinear:
             self.unfolded = None if inference_chunks or method is not self.method else unfolded
             return method.outputs(unfolded, kernel_matrix, out_shape, self.pads)
         self.unfolded = None
-        z = ops.zeros(out_shape, self.conv.dtype)
+        z = ops.empty(out_shape, self.conv.dtype)
         for chunk in chunks:
             unfolded = method.unfold(x[chunk], self.pads)
             z[chunk] = method.outputs(unfolded, kernel_matrix, (chunk.stop - chunk.start, *out_shape[1:]), self.pads)
@@ -257,7 +257,7 @@ class ConvLinear:
     def chunked_backward(self, grad_z, input_grad_needed):
         """The backward GEMMs a chunk of images at a time, unfolding each chunk again."""
         grad_kernel_matrix = ops.zeros(self.kernel_matrix.shape, self.conv.dtype)
-        grad_x = ops.zeros(self.x.shape, self.conv.dtype) if input_grad_needed else None
+        grad_x = ops.empty(self.x.shape, self.conv.dtype) if input_grad_needed else None
         for chunk in self.chunks(self.x.shape[0]):
             x_chunk = self.x[chunk]
             unfolded = self.method.unfold(x_chunk, self.pads)

@@ -617,6 +617,15 @@ def test_accumulate_adds_in_place_like_the_reference(a):
     assert_close(total, expected)
 
 
+@pytest.mark.parametrize("backend", [cpu, ref], ids=["cpu", "numpy_ref"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_is_a_writable_contiguous_array_of_its_shape_and_dtype(backend, dtype):
+    out = backend.empty((3, 4, 5), dtype)
+    assert out.shape == (3, 4, 5) and out.dtype == np.dtype(dtype) and out.flags.c_contiguous
+    out[...] = 2.0
+    np.testing.assert_array_equal(out, np.full((3, 4, 5), 2.0, dtype))
+
+
 def test_add_and_accumulate_name_the_shapes_they_refuse():
     with pytest.raises(ValueError, match=r"add: a has shape \(2,\) but b has shape \(3,\)"):
         cpu.add(np.zeros(2), np.zeros(3))

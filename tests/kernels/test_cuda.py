@@ -81,6 +81,14 @@ def test_zeros_and_zeros_like_are_filled_on_the_device(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_is_a_device_array_of_its_shape_and_dtype_made_without_a_transfer(dtype):
+    gpu.reset_transfer_count()
+    out = gpu.empty((4, 3, 2), dtype)
+    assert gpu.transfer_count() == 0
+    assert out.shape == (4, 3, 2) and out.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_multiply_add_and_accumulate_match_numpy(dtype):
     a, b = random_array(1, (3, 5), dtype), random_array(2, (3, 5), dtype)
     assert_close(gpu.multiply(gpu.to_device(a), gpu.to_device(b)), numpy_ref.multiply(a, b), dtype)
