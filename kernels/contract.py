@@ -54,6 +54,16 @@ KERNELS = {
                             "adjoint of winograd_tiles: (P, N*TH*TW, C) -> x_shape"),
     "winograd_outputs": (("products", "out_shape"), "A^T M A of every tile: (P, N*TH*TW, F) -> out_shape (N, OH, OW, F)"),
     "winograd_outputs_grad": (("grad_out", "tile"), "adjoint of winograd_outputs: (N, OH, OW, F) -> (P, N*TH*TW, F)"),
+    # the same Winograd convolution with nothing kept for backward (cpu: one image at a time, in cache)
+    "winograd_by_image": (("x", "kernel_tiles", "pads"),
+                          "winograd_outputs(winograd_tiles(x) @ kernel_tiles): (N, H, W, C), (P, C, F) "
+                          "-> (N, OH, OW, F)"),
+    "winograd_by_image_kernel_grad": (("x", "grad_out", "pads", "tile"),
+                                      "winograd_tiles(x)^T @ winograd_outputs_grad(grad_out) per position: "
+                                      "(N, H, W, C), (N, OH, OW, F) -> (P, C, F)"),
+    "winograd_by_image_input_grad": (("grad_out", "kernel_tiles", "x_shape", "pads"),
+                                     "winograd_tiles_grad(winograd_outputs_grad(grad_out) @ kernel_tiles^T): "
+                                     "(N, OH, OW, F), (P, C, F) -> x_shape"),
     # pooling
     "maxpool_forward": (("x", "pool_size", "strides", "pads"), "(N, H, W, C) -> (out, argmax), both (N, OH, OW, C)"),
     "maxpool_values": (("x", "pool_size", "strides", "pads"), "maxpool_forward's out alone: (N, H, W, C) -> (N, OH, OW, C)"),

@@ -60,6 +60,7 @@ __all__ = [
     "matmul", "matmul_tn", "matmul_nt", "bias_grad", "im2col", "col2im",
     "conv_by_image", "conv_by_image_kernel_grad", "conv_by_image_input_grad",
     "winograd_kernel", "winograd_kernel_grad", "winograd_tiles", "winograd_tiles_grad",
+    "winograd_by_image", "winograd_by_image_kernel_grad", "winograd_by_image_input_grad",
     "winograd_outputs", "winograd_outputs_grad",
     "maxpool_forward", "maxpool_values", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "conv3x3_maxpool", "conv3x3_maxpool_values", "conv3x3_maxpool_kernel_grad",
@@ -89,6 +90,9 @@ FEW_CHANNELS = 4
 # lets LLVM vectorise loops that divide.
 jit = numba.njit(cache=True, error_model="numpy")
 jit_parallel = numba.njit(cache=True, error_model="numpy", parallel=True)
+#: for a loop that must compile inside its caller: there LLVM sees the scratch arrays the caller made,
+#: which cannot overlap its other arrays, and vectorises (as an argument, a scratch array might)
+jit_inline = numba.njit(cache=True, error_model="numpy", inline="always")
 
 
 # ------------------------------------------------------------------------------- helpers (Python)
@@ -789,246 +793,306 @@ def _add_tile_row(grad_x, n, row, col, tile, p):
                     grad_x[n, row, col + q, c] += tile[p, q, c]
 
 
-@jit_parallel
-def _winograd_tiles_f2(x, top, left, tiles_h, tiles_w, tiles):
-    """F(2x2, 3x3): ``tiles[4a + b, t, c] = (B^T d B)[a, b]`` for tile ``d`` of every ``(t, c)``, with
-    ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: columns, then rows."""
-    n_images, _, _, channels = x.shape
-    for tile_row in numba.prange(n_images * tiles_h):
-        n, i = tile_row // tiles_h, tile_row % tiles_h
-        d = np.empty((4, 4, channels), x.dtype)
-        half = np.empty((4, 4, channels), x.dtype)  # B^T d
+@jit_inline
+def _tiles_row_f2(x, n, i, top, left, tiles_w, d, half, tiles, first_tile):
+    """F(2x2, 3x3): ``tiles[4a + b, first_tile + j, c] = (B^T d B)[a, b]`` for the 4x4 tile ``d`` at
+    ``(2i - top, 2j - left)`` of image ``n``, for every ``j`` of tile row ``i``, with ``B^T = [[1, 0,
+    -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: columns into ``half``, then rows."""
+    channels = x.shape[3]
+    for j in range(tiles_w):
+        t = first_tile + j
+        _load_tile(x, n, 2 * i - top, 2 * j - left, d)
+        for b in range(4):
+            for c in range(channels):
+                d0, d1, d2, d3 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c]
+                half[0, b, c], half[1, b, c], half[2, b, c], half[3, b, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+        for a in range(4):  # tiles <- half B
+            for c in range(channels):
+                e0, e1, e2, e3 = half[a, 0, c], half[a, 1, c], half[a, 2, c], half[a, 3, c]
+                tiles[4 * a, t, c] = e0 - e2
+                tiles[4 * a + 1, t, c] = e1 + e2
+                tiles[4 * a + 2, t, c] = e2 - e1
+                tiles[4 * a + 3, t, c] = e1 - e3
+
+
+@jit_inline
+def _tiles_grad_image_f2(grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, e, block, grad_x):
+    """F(2x2, 3x3): ``grad_x[n]`` ``= sum of (B u B^T)`` placed at ``(2i - top, 2j - left)`` for ``u =
+    grad_tiles[:, first_tile + i*TW + j]`` of every tile of image ``n``, inside the image; overlapping
+    tiles add up."""
+    channels = grad_x.shape[3]
+    grad_x[n] = 0
+    for i in range(tiles_h):
         for j in range(tiles_w):
-            t = (n * tiles_h + i) * tiles_w + j
-            _load_tile(x, n, 2 * i - top, 2 * j - left, d)
+            t = first_tile + i * tiles_w + j
             for b in range(4):
                 for c in range(channels):
-                    d0, d1, d2, d3 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c]
-                    half[0, b, c], half[1, b, c], half[2, b, c], half[3, b, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
-            for a in range(4):  # tiles <- half B
+                    u0, u1, u2, u3 = grad_tiles[b, t, c], grad_tiles[4 + b, t, c], \
+                        grad_tiles[8 + b, t, c], grad_tiles[12 + b, t, c]
+                    e[0, b, c], e[1, b, c], e[2, b, c], e[3, b, c] = u0, u1 - u2 + u3, u2 + u1 - u0, -u3
+            for p in range(4):  # block <- e B^T, then added onto the image
                 for c in range(channels):
-                    e0, e1, e2, e3 = half[a, 0, c], half[a, 1, c], half[a, 2, c], half[a, 3, c]
-                    tiles[4 * a, t, c] = e0 - e2
-                    tiles[4 * a + 1, t, c] = e1 + e2
-                    tiles[4 * a + 2, t, c] = e2 - e1
-                    tiles[4 * a + 3, t, c] = e1 - e3
+                    e0, e1, e2, e3 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c]
+                    block[p, 0, c], block[p, 1, c], block[p, 2, c], block[p, 3, c] = \
+                        e0, e1 - e2 + e3, e2 + e1 - e0, -e3
+                _add_tile_row(grad_x, n, 2 * i - top + p, 2 * j - left, block, p)
 
 
-@jit_parallel
-def _winograd_tiles_grad_f2(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
-    """F(2x2, 3x3): ``grad_x[n, 2i - top + p, 2j - left + q, c] += (B u B^T)[p, q]`` for ``u = grad_tiles[:, t, c]``
-    of every tile, inside the image; overlapping tiles add up."""
-    n_images, _, _, channels = grad_x.shape
-    grad_x[:] = 0
-    for n in numba.prange(n_images):
-        e = np.empty((4, 4, channels), grad_x.dtype)  # B u
-        block = np.empty((4, 4, channels), grad_x.dtype)  # B u B^T
-        for i in range(tiles_h):
-            for j in range(tiles_w):
-                t = (n * tiles_h + i) * tiles_w + j
-                for b in range(4):
-                    for c in range(channels):
-                        u0, u1, u2, u3 = grad_tiles[b, t, c], grad_tiles[4 + b, t, c], \
-                            grad_tiles[8 + b, t, c], grad_tiles[12 + b, t, c]
-                        e[0, b, c], e[1, b, c], e[2, b, c], e[3, b, c] = u0, u1 - u2 + u3, u2 + u1 - u0, -u3
-                for p in range(4):  # block <- e B^T, then added onto the image
-                    for c in range(channels):
-                        e0, e1, e2, e3 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c]
-                        block[p, 0, c], block[p, 1, c], block[p, 2, c], block[p, 3, c] = \
-                            e0, e1 - e2 + e3, e2 + e1 - e0, -e3
-                    _add_tile_row(grad_x, n, 2 * i - top + p, 2 * j - left, block, p)
-
-
-@jit_parallel
-def _winograd_outputs_f2(products, tiles_h, tiles_w, out):
-    """F(2x2, 3x3): ``out[n, 2i + r, 2j + s, o] = (A^T m A)[r, s]`` for ``m = products[:, t, o]``, with
-    ``A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]``: rows, then columns; a block's row or column past
-    ``out`` is dropped."""
-    n_images, out_h, out_w, c_out = out.shape
-    for tile_row in numba.prange(n_images * tiles_h):
-        n, i = tile_row // tiles_h, tile_row % tiles_h
-        half = np.empty((2, 4, c_out), out.dtype)  # A^T m
-        for j in range(tiles_w):
-            t = (n * tiles_h + i) * tiles_w + j
-            for b in range(4):
+@jit_inline
+def _outputs_row_f2(products, first_tile, n, i, tiles_w, half, out):
+    """F(2x2, 3x3): ``out[n, 2i + r, 2j + s, o] = (A^T m A)[r, s]`` for ``m = products[:, first_tile +
+    j, o]`` of every ``j`` of tile row ``i``, with ``A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]``: rows into
+    ``half``, then columns; a block's row or column past ``out`` is dropped."""
+    _, out_h, out_w, c_out = out.shape
+    for j in range(tiles_w):
+        t = first_tile + j
+        for b in range(4):
+            for o in range(c_out):
+                m0, m1, m2, m3 = products[b, t, o], products[4 + b, t, o], \
+                    products[8 + b, t, o], products[12 + b, t, o]
+                half[0, b, o], half[1, b, o] = m0 + m1 + m2, m1 - m2 - m3
+        for r in range(min(2, out_h - 2 * i)):
+            for o in range(c_out):
+                out[n, 2 * i + r, 2 * j, o] = half[r, 0, o] + half[r, 1, o] + half[r, 2, o]
+            if 2 * j + 1 < out_w:
                 for o in range(c_out):
-                    m0, m1, m2, m3 = products[b, t, o], products[4 + b, t, o], \
-                        products[8 + b, t, o], products[12 + b, t, o]
-                    half[0, b, o], half[1, b, o] = m0 + m1 + m2, m1 - m2 - m3
-            for r in range(min(2, out_h - 2 * i)):
-                for o in range(c_out):
-                    out[n, 2 * i + r, 2 * j, o] = half[r, 0, o] + half[r, 1, o] + half[r, 2, o]
-                if 2 * j + 1 < out_w:
-                    for o in range(c_out):
-                        out[n, 2 * i + r, 2 * j + 1, o] = half[r, 1, o] - half[r, 2, o] - half[r, 3, o]
+                    out[n, 2 * i + r, 2 * j + 1, o] = half[r, 1, o] - half[r, 2, o] - half[r, 3, o]
 
 
-@jit_parallel
-def _winograd_outputs_grad_f2(grad_out, tiles_h, tiles_w, grad_products):
-    """F(2x2, 3x3): ``grad_products[:, t, o] = A g A^T`` for the 2x2 block ``g`` of ``grad_out`` at tile ``t`` (zero
-    past ``grad_out``): columns, then rows."""
-    n_images, _, _, c_out = grad_out.shape
-    for tile_row in numba.prange(n_images * tiles_h):
-        n, i = tile_row // tiles_h, tile_row % tiles_h
-        g = np.empty((2, 2, c_out), grad_out.dtype)
-        half = np.empty((2, 4, c_out), grad_out.dtype)  # g A^T
-        for j in range(tiles_w):
-            t = (n * tiles_h + i) * tiles_w + j
-            _load_tile(grad_out, n, 2 * i, 2 * j, g)
-            for r in range(2):
-                for o in range(c_out):
-                    g0, g1 = g[r, 0, o], g[r, 1, o]
-                    half[r, 0, o], half[r, 1, o], half[r, 2, o], half[r, 3, o] = g0, g0 + g1, g0 - g1, -g1
-            for b in range(4):
-                for o in range(c_out):
-                    h0, h1 = half[0, b, o], half[1, b, o]
-                    grad_products[b, t, o] = h0
-                    grad_products[4 + b, t, o] = h0 + h1
-                    grad_products[8 + b, t, o] = h0 - h1
-                    grad_products[12 + b, t, o] = -h1
+@jit_inline
+def _outputs_grad_row_f2(grad_out, n, i, tiles_w, g, half, grad_products, first_tile):
+    """F(2x2, 3x3): ``grad_products[:, first_tile + j, o] = A g A^T`` for the 2x2 block ``g`` of
+    ``grad_out[n]`` at ``(2i, 2j)`` (zero past ``grad_out``), for every ``j`` of tile row ``i``:
+    columns into ``half``, then rows."""
+    c_out = grad_out.shape[3]
+    for j in range(tiles_w):
+        t = first_tile + j
+        _load_tile(grad_out, n, 2 * i, 2 * j, g)
+        for r in range(2):
+            for o in range(c_out):
+                g0, g1 = g[r, 0, o], g[r, 1, o]
+                half[r, 0, o], half[r, 1, o], half[r, 2, o], half[r, 3, o] = g0, g0 + g1, g0 - g1, -g1
+        for b in range(4):
+            for o in range(c_out):
+                h0, h1 = half[0, b, o], half[1, b, o]
+                grad_products[b, t, o] = h0
+                grad_products[4 + b, t, o] = h0 + h1
+                grad_products[8 + b, t, o] = h0 - h1
+                grad_products[12 + b, t, o] = -h1
 
 
-@jit_parallel
-def _winograd_tiles_f4(x, top, left, tiles_h, tiles_w, tiles):
-    """F(4x4, 3x3): ``tiles[6a + b, t, c] = (B^T d B)[a, b]`` for the 6x6 tile ``d`` of every ``(t, c)``,
-    with the ``B^T`` of ``minidl.kernels.winograd``: columns, then rows."""
-    n_images, _, _, channels = x.shape
+@jit_inline
+def _tiles_row_f4(x, n, i, top, left, tiles_w, d, half, tiles, first_tile):
+    """F(4x4, 3x3): ``tiles[6a + b, first_tile + j, c] = (B^T d B)[a, b]`` for the 6x6 tile ``d`` at
+    ``(4i - top, 4j - left)`` of image ``n``, for every ``j`` of tile row ``i``, with the ``B^T`` of
+    ``minidl.kernels.winograd``: columns into ``half``, then rows."""
+    channels = x.shape[3]
     two, four, five = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
-    for tile_row in numba.prange(n_images * tiles_h):
-        n, i = tile_row // tiles_h, tile_row % tiles_h
-        d = np.empty((6, 6, channels), x.dtype)
-        half = np.empty((6, 6, channels), x.dtype)  # B^T d
-        for j in range(tiles_w):
-            t = (n * tiles_h + i) * tiles_w + j
-            _load_tile(x, n, 4 * i - top, 4 * j - left, d)
-            for b in range(6):
-                for c in range(channels):
-                    d0, d1, d2, d3, d4, d5 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c], d[4, b, c], d[5, b, c]
-                    half[0, b, c] = four * d0 - five * d2 + d4
-                    half[1, b, c] = d3 + d4 - four * (d1 + d2)
-                    half[2, b, c] = d4 - d3 + four * (d1 - d2)
-                    half[3, b, c] = d4 - d2 + two * (d3 - d1)
-                    half[4, b, c] = d4 - d2 + two * (d1 - d3)
-                    half[5, b, c] = four * d1 - five * d3 + d5
-            for a in range(6):  # tiles <- half B
-                for c in range(channels):
-                    e0, e1, e2, e3, e4, e5 = half[a, 0, c], half[a, 1, c], half[a, 2, c], half[a, 3, c], \
-                        half[a, 4, c], half[a, 5, c]
-                    tiles[6 * a, t, c] = four * e0 - five * e2 + e4
-                    tiles[6 * a + 1, t, c] = e3 + e4 - four * (e1 + e2)
-                    tiles[6 * a + 2, t, c] = e4 - e3 + four * (e1 - e2)
-                    tiles[6 * a + 3, t, c] = e4 - e2 + two * (e3 - e1)
-                    tiles[6 * a + 4, t, c] = e4 - e2 + two * (e1 - e3)
-                    tiles[6 * a + 5, t, c] = four * e1 - five * e3 + e5
+    for j in range(tiles_w):
+        t = first_tile + j
+        _load_tile(x, n, 4 * i - top, 4 * j - left, d)
+        for b in range(6):
+            for c in range(channels):
+                d0, d1, d2, d3, d4, d5 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c], d[4, b, c], d[5, b, c]
+                half[0, b, c] = four * d0 - five * d2 + d4
+                half[1, b, c] = d3 + d4 - four * (d1 + d2)
+                half[2, b, c] = d4 - d3 + four * (d1 - d2)
+                half[3, b, c] = d4 - d2 + two * (d3 - d1)
+                half[4, b, c] = d4 - d2 + two * (d1 - d3)
+                half[5, b, c] = four * d1 - five * d3 + d5
+        for a in range(6):  # tiles <- half B
+            for c in range(channels):
+                e0, e1, e2, e3, e4, e5 = half[a, 0, c], half[a, 1, c], half[a, 2, c], half[a, 3, c], \
+                    half[a, 4, c], half[a, 5, c]
+                tiles[6 * a, t, c] = four * e0 - five * e2 + e4
+                tiles[6 * a + 1, t, c] = e3 + e4 - four * (e1 + e2)
+                tiles[6 * a + 2, t, c] = e4 - e3 + four * (e1 - e2)
+                tiles[6 * a + 3, t, c] = e4 - e2 + two * (e3 - e1)
+                tiles[6 * a + 4, t, c] = e4 - e2 + two * (e1 - e3)
+                tiles[6 * a + 5, t, c] = four * e1 - five * e3 + e5
 
 
-@jit_parallel
-def _winograd_tiles_grad_f4(grad_tiles, top, left, tiles_h, tiles_w, grad_x):
-    """F(4x4, 3x3): ``grad_x[n, 4i - top + p, 4j - left + q, c] += (B u B^T)[p, q]`` for
-    ``u = grad_tiles[:, t, c]`` of every tile, inside the image; overlapping tiles add up."""
-    n_images, _, _, channels = grad_x.shape
+@jit_inline
+def _tiles_grad_image_f4(grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, e, block, grad_x):
+    """F(4x4, 3x3): ``grad_x[n]`` ``= sum of (B u B^T)`` placed at ``(4i - top, 4j - left)`` for ``u =
+    grad_tiles[:, first_tile + i*TW + j]`` of every tile of image ``n``, inside the image; overlapping
+    tiles add up."""
+    channels = grad_x.shape[3]
     two, four, five = grad_x.dtype.type(2), grad_x.dtype.type(4), grad_x.dtype.type(5)
-    grad_x[:] = 0
-    for n in numba.prange(n_images):
-        e = np.empty((6, 6, channels), grad_x.dtype)  # B u
-        block = np.empty((6, 6, channels), grad_x.dtype)  # B u B^T
-        for i in range(tiles_h):
-            for j in range(tiles_w):
-                t = (n * tiles_h + i) * tiles_w + j
-                for b in range(6):
-                    for c in range(channels):
-                        u0, u1, u2 = grad_tiles[b, t, c], grad_tiles[6 + b, t, c], grad_tiles[12 + b, t, c]
-                        u3, u4, u5 = grad_tiles[18 + b, t, c], grad_tiles[24 + b, t, c], grad_tiles[30 + b, t, c]
-                        e[0, b, c] = four * u0
-                        e[1, b, c] = four * (u2 - u1 + u5) + two * (u4 - u3)
-                        e[2, b, c] = -five * u0 - four * (u1 + u2) - u3 - u4
-                        e[3, b, c] = u1 - u2 + two * (u3 - u4) - five * u5
-                        e[4, b, c] = u0 + u1 + u2 + u3 + u4
-                        e[5, b, c] = u5
-                for p in range(6):  # block <- e B^T, then added onto the image
-                    for c in range(channels):
-                        e0, e1, e2, e3, e4, e5 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c], e[p, 4, c], e[p, 5, c]
-                        block[p, 0, c] = four * e0
-                        block[p, 1, c] = four * (e2 - e1 + e5) + two * (e4 - e3)
-                        block[p, 2, c] = -five * e0 - four * (e1 + e2) - e3 - e4
-                        block[p, 3, c] = e1 - e2 + two * (e3 - e4) - five * e5
-                        block[p, 4, c] = e0 + e1 + e2 + e3 + e4
-                        block[p, 5, c] = e5
-                    _add_tile_row(grad_x, n, 4 * i - top + p, 4 * j - left, block, p)
-
-
-@jit_parallel
-def _winograd_outputs_f4(products, tiles_h, tiles_w, out):
-    """F(4x4, 3x3): ``out[n, 4i + r, 4j + s, o] = (A^T M A)[r, s]`` for ``M = products[:, t, o]``, with
-    the ``A^T`` of ``minidl.kernels.winograd``: rows, then columns; a block's rows or columns past
-    ``out`` are dropped."""
-    n_images, out_h, out_w, c_out = out.shape
-    two, four, eight = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)
-    for tile_row in numba.prange(n_images * tiles_h):
-        n, i = tile_row // tiles_h, tile_row % tiles_h
-        half = np.empty((4, 6, c_out), out.dtype)  # A^T M
-        block = np.empty((4, 4, c_out), out.dtype)  # A^T M A
+    grad_x[n] = 0
+    for i in range(tiles_h):
         for j in range(tiles_w):
-            t = (n * tiles_h + i) * tiles_w + j
+            t = first_tile + i * tiles_w + j
             for b in range(6):
+                for c in range(channels):
+                    u0, u1, u2 = grad_tiles[b, t, c], grad_tiles[6 + b, t, c], grad_tiles[12 + b, t, c]
+                    u3, u4, u5 = grad_tiles[18 + b, t, c], grad_tiles[24 + b, t, c], grad_tiles[30 + b, t, c]
+                    e[0, b, c] = four * u0
+                    e[1, b, c] = four * (u2 - u1 + u5) + two * (u4 - u3)
+                    e[2, b, c] = -five * u0 - four * (u1 + u2) - u3 - u4
+                    e[3, b, c] = u1 - u2 + two * (u3 - u4) - five * u5
+                    e[4, b, c] = u0 + u1 + u2 + u3 + u4
+                    e[5, b, c] = u5
+            for p in range(6):  # block <- e B^T, then added onto the image
+                for c in range(channels):
+                    e0, e1, e2, e3, e4, e5 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c], e[p, 4, c], e[p, 5, c]
+                    block[p, 0, c] = four * e0
+                    block[p, 1, c] = four * (e2 - e1 + e5) + two * (e4 - e3)
+                    block[p, 2, c] = -five * e0 - four * (e1 + e2) - e3 - e4
+                    block[p, 3, c] = e1 - e2 + two * (e3 - e4) - five * e5
+                    block[p, 4, c] = e0 + e1 + e2 + e3 + e4
+                    block[p, 5, c] = e5
+                _add_tile_row(grad_x, n, 4 * i - top + p, 4 * j - left, block, p)
+
+
+@jit_inline
+def _outputs_row_f4(products, first_tile, n, i, tiles_w, half, block, out):
+    """F(4x4, 3x3): ``out[n, 4i + r, 4j + s, o] = (A^T M A)[r, s]`` for ``M = products[:, first_tile +
+    j, o]`` of every ``j`` of tile row ``i``, with the ``A^T`` of ``minidl.kernels.winograd``: rows
+    into ``half``, then columns into ``block``; a block's rows or columns past ``out`` are dropped."""
+    _, out_h, out_w, c_out = out.shape
+    two, four, eight = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)
+    for j in range(tiles_w):
+        t = first_tile + j
+        for b in range(6):
+            for o in range(c_out):
+                m0, m1, m2 = products[b, t, o], products[6 + b, t, o], products[12 + b, t, o]
+                m3, m4, m5 = products[18 + b, t, o], products[24 + b, t, o], products[30 + b, t, o]
+                half[0, b, o] = m0 + m1 + m2 + m3 + m4
+                half[1, b, o] = m1 - m2 + two * (m3 - m4)
+                half[2, b, o] = m1 + m2 + four * (m3 + m4)
+                half[3, b, o] = m1 - m2 + eight * (m3 - m4) + m5
+        for r in range(4):
+            for o in range(c_out):
+                h0, h1, h2, h3, h4, h5 = half[r, 0, o], half[r, 1, o], half[r, 2, o], half[r, 3, o], \
+                    half[r, 4, o], half[r, 5, o]
+                block[r, 0, o] = h0 + h1 + h2 + h3 + h4
+                block[r, 1, o] = h1 - h2 + two * (h3 - h4)
+                block[r, 2, o] = h1 + h2 + four * (h3 + h4)
+                block[r, 3, o] = h1 - h2 + eight * (h3 - h4) + h5
+        for r in range(min(4, out_h - 4 * i)):
+            for s in range(min(4, out_w - 4 * j)):
                 for o in range(c_out):
-                    m0, m1, m2 = products[b, t, o], products[6 + b, t, o], products[12 + b, t, o]
-                    m3, m4, m5 = products[18 + b, t, o], products[24 + b, t, o], products[30 + b, t, o]
-                    half[0, b, o] = m0 + m1 + m2 + m3 + m4
-                    half[1, b, o] = m1 - m2 + two * (m3 - m4)
-                    half[2, b, o] = m1 + m2 + four * (m3 + m4)
-                    half[3, b, o] = m1 - m2 + eight * (m3 - m4) + m5
-            for r in range(4):
-                for o in range(c_out):
-                    h0, h1, h2, h3, h4, h5 = half[r, 0, o], half[r, 1, o], half[r, 2, o], half[r, 3, o], \
-                        half[r, 4, o], half[r, 5, o]
-                    block[r, 0, o] = h0 + h1 + h2 + h3 + h4
-                    block[r, 1, o] = h1 - h2 + two * (h3 - h4)
-                    block[r, 2, o] = h1 + h2 + four * (h3 + h4)
-                    block[r, 3, o] = h1 - h2 + eight * (h3 - h4) + h5
-            for r in range(min(4, out_h - 4 * i)):
-                for s in range(min(4, out_w - 4 * j)):
-                    for o in range(c_out):
-                        out[n, 4 * i + r, 4 * j + s, o] = block[r, s, o]
+                    out[n, 4 * i + r, 4 * j + s, o] = block[r, s, o]
+
+
+@jit_inline
+def _outputs_grad_row_f4(grad_out, n, i, tiles_w, g, half, grad_products, first_tile):
+    """F(4x4, 3x3): ``grad_products[:, first_tile + j, o] = A g A^T`` for the 4x4 block ``g`` of
+    ``grad_out[n]`` at ``(4i, 4j)`` (zero past ``grad_out``), for every ``j`` of tile row ``i``: rows
+    into ``half``, then columns."""
+    c_out = grad_out.shape[3]
+    two, four, eight = grad_out.dtype.type(2), grad_out.dtype.type(4), grad_out.dtype.type(8)
+    for j in range(tiles_w):
+        t = first_tile + j
+        _load_tile(grad_out, n, 4 * i, 4 * j, g)
+        for r in range(4):
+            for o in range(c_out):
+                g0, g1, g2, g3 = g[r, 0, o], g[r, 1, o], g[r, 2, o], g[r, 3, o]
+                half[r, 0, o] = g0
+                half[r, 1, o] = g0 + g1 + g2 + g3
+                half[r, 2, o] = g0 - g1 + g2 - g3
+                half[r, 3, o] = g0 + two * g1 + four * g2 + eight * g3
+                half[r, 4, o] = g0 - two * g1 + four * g2 - eight * g3
+                half[r, 5, o] = g3
+        for q in range(6):
+            for o in range(c_out):
+                h0, h1, h2, h3 = half[0, q, o], half[1, q, o], half[2, q, o], half[3, q, o]
+                grad_products[q, t, o] = h0
+                grad_products[6 + q, t, o] = h0 + h1 + h2 + h3
+                grad_products[12 + q, t, o] = h0 - h1 + h2 - h3
+                grad_products[18 + q, t, o] = h0 + two * h1 + four * h2 + eight * h3
+                grad_products[24 + q, t, o] = h0 - two * h1 + four * h2 - eight * h3
+                grad_products[30 + q, t, o] = h3
+
+
+# Each transform for either tile size (``tile`` 2 or 4, a run-time argument: Numba compiles both
+# branches), over its own scratch tiles: ``side = tile + 2``.
+
+@jit_inline
+def _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, tiles, first_tile):
+    """Row ``i`` of image ``n``'s transformed tiles (``_tiles_row_f2`` / ``_f4``); ``d``, ``half``
+    ``(side, side, C)``."""
+    if tile == 2:
+        _tiles_row_f2(x, n, i, top, left, tiles_w, d, half, tiles, first_tile)
+    else:
+        _tiles_row_f4(x, n, i, top, left, tiles_w, d, half, tiles, first_tile)
+
+
+@jit_inline
+def _tiles_grad_image(tile, grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, e, block, grad_x):
+    """Image ``n``'s input gradient from its tiles' (``_tiles_grad_image_f2`` / ``_f4``); ``e``,
+    ``block`` ``(side, side, C)``."""
+    if tile == 2:
+        _tiles_grad_image_f2(grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, e, block, grad_x)
+    else:
+        _tiles_grad_image_f4(grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, e, block, grad_x)
+
+
+@jit_inline
+def _outputs_row(tile, products, first_tile, n, i, tiles_w, half, block, out):
+    """Row ``i`` of image ``n``'s output blocks (``_outputs_row_f2`` / ``_f4``); ``half`` ``(tile,
+    side, F)``, ``block`` ``(tile, tile, F)`` (unused for F(2x2))."""
+    if tile == 2:
+        _outputs_row_f2(products, first_tile, n, i, tiles_w, half, out)
+    else:
+        _outputs_row_f4(products, first_tile, n, i, tiles_w, half, block, out)
+
+
+@jit_inline
+def _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, half, grad_products, first_tile):
+    """Row ``i`` of image ``n``'s output-block gradients (``_outputs_grad_row_f2`` / ``_f4``); ``g``
+    ``(tile, tile, F)``, ``half`` ``(tile, side, F)``."""
+    if tile == 2:
+        _outputs_grad_row_f2(grad_out, n, i, tiles_w, g, half, grad_products, first_tile)
+    else:
+        _outputs_grad_row_f4(grad_out, n, i, tiles_w, g, half, grad_products, first_tile)
 
 
 @jit_parallel
-def _winograd_outputs_grad_f4(grad_out, tiles_h, tiles_w, grad_products):
-    """F(4x4, 3x3): ``grad_products[:, t, o] = A g A^T`` for the 4x4 block ``g`` of ``grad_out`` at tile
-    ``t`` (zero past ``grad_out``): rows, then columns."""
-    n_images, _, _, c_out = grad_out.shape
-    two, four, eight = grad_out.dtype.type(2), grad_out.dtype.type(4), grad_out.dtype.type(8)
+def _winograd_tiles_kernel(tile, x, top, left, tiles_h, tiles_w, tiles):
+    """``tiles (P, N*TH*TW, C)`` of ``x (N, H, W, C)``, the rows of tiles shared among the threads."""
+    n_images, _, _, channels = x.shape
+    side = tile + 2
     for tile_row in numba.prange(n_images * tiles_h):
-        n, i = tile_row // tiles_h, tile_row % tiles_h
-        g = np.empty((4, 4, c_out), grad_out.dtype)
-        half = np.empty((4, 6, c_out), grad_out.dtype)  # g A^T
-        for j in range(tiles_w):
-            t = (n * tiles_h + i) * tiles_w + j
-            _load_tile(grad_out, n, 4 * i, 4 * j, g)
-            for r in range(4):
-                for o in range(c_out):
-                    g0, g1, g2, g3 = g[r, 0, o], g[r, 1, o], g[r, 2, o], g[r, 3, o]
-                    half[r, 0, o] = g0
-                    half[r, 1, o] = g0 + g1 + g2 + g3
-                    half[r, 2, o] = g0 - g1 + g2 - g3
-                    half[r, 3, o] = g0 + two * g1 + four * g2 + eight * g3
-                    half[r, 4, o] = g0 - two * g1 + four * g2 - eight * g3
-                    half[r, 5, o] = g3
-            for q in range(6):
-                for o in range(c_out):
-                    h0, h1, h2, h3 = half[0, q, o], half[1, q, o], half[2, q, o], half[3, q, o]
-                    grad_products[q, t, o] = h0
-                    grad_products[6 + q, t, o] = h0 + h1 + h2 + h3
-                    grad_products[12 + q, t, o] = h0 - h1 + h2 - h3
-                    grad_products[18 + q, t, o] = h0 + two * h1 + four * h2 + eight * h3
-                    grad_products[24 + q, t, o] = h0 - two * h1 + four * h2 - eight * h3
-                    grad_products[30 + q, t, o] = h3
+        d = np.empty((side, side, channels), x.dtype)
+        half = np.empty((side, side, channels), x.dtype)
+        _tiles_row(tile, x, tile_row // tiles_h, tile_row % tiles_h, top, left, tiles_w, d, half, tiles,
+                   tile_row * tiles_w)
 
 
-_TILES_KERNELS = {2: _winograd_tiles_f2, 4: _winograd_tiles_f4}
-_TILES_GRAD_KERNELS = {2: _winograd_tiles_grad_f2, 4: _winograd_tiles_grad_f4}
-_OUTPUTS_KERNELS = {2: _winograd_outputs_f2, 4: _winograd_outputs_f4}
-_OUTPUTS_GRAD_KERNELS = {2: _winograd_outputs_grad_f2, 4: _winograd_outputs_grad_f4}
+@jit_parallel
+def _winograd_tiles_grad_kernel(tile, grad_tiles, top, left, tiles_h, tiles_w, grad_x):
+    """``grad_x (N, H, W, C)`` from ``grad_tiles (P, N*TH*TW, C)``, the images shared among the threads."""
+    n_images, _, _, channels = grad_x.shape
+    side = tile + 2
+    for n in numba.prange(n_images):
+        e = np.empty((side, side, channels), grad_x.dtype)
+        block = np.empty((side, side, channels), grad_x.dtype)
+        _tiles_grad_image(tile, grad_tiles, n * tiles_h * tiles_w, n, top, left, tiles_h, tiles_w, e, block, grad_x)
+
+
+@jit_parallel
+def _winograd_outputs_kernel(tile, products, tiles_h, tiles_w, out):
+    """``out (N, OH, OW, F)`` from ``products (P, N*TH*TW, F)``, the rows of tiles shared among the threads."""
+    n_images, _, _, c_out = out.shape
+    for tile_row in numba.prange(n_images * tiles_h):
+        half = np.empty((tile, tile + 2, c_out), out.dtype)
+        block = np.empty((tile, tile, c_out), out.dtype)
+        _outputs_row(tile, products, tile_row * tiles_w, tile_row // tiles_h, tile_row % tiles_h, tiles_w, half,
+                     block, out)
+
+
+@jit_parallel
+def _winograd_outputs_grad_kernel(tile, grad_out, tiles_h, tiles_w, grad_products):
+    """``grad_products (P, N*TH*TW, F)`` from ``grad_out (N, OH, OW, F)``, the rows of tiles shared among
+    the threads."""
+    n_images, _, _, c_out = grad_out.shape
+    for tile_row in numba.prange(n_images * tiles_h):
+        g = np.empty((tile, tile, c_out), grad_out.dtype)
+        half = np.empty((tile, tile + 2, c_out), grad_out.dtype)
+        _outputs_grad_row(tile, grad_out, tile_row // tiles_h, tile_row % tiles_h, tiles_w, g, half, grad_products,
+                          tile_row * tiles_w)
 
 
 def winograd_tiles(x, pads, tile=2):
@@ -1040,7 +1104,7 @@ def winograd_tiles(x, pads, tile=2):
     check_tile(tile)
     (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads, tile)
     tiles = np.empty(((tile + 2) ** 2, x.shape[0] * tiles_h * tiles_w, x.shape[3]), dtype=x.dtype)
-    _TILES_KERNELS[tile](np.ascontiguousarray(x), top, left, tiles_h, tiles_w, tiles)
+    _winograd_tiles_kernel(tile, np.ascontiguousarray(x), top, left, tiles_h, tiles_w, tiles)
     return tiles
 
 
@@ -1054,7 +1118,7 @@ def winograd_tiles_grad(grad_tiles, x_shape, pads):
         raise ValueError(f"winograd_tiles_grad: grad_tiles must have shape {expected} for images "
                          f"{tuple(x_shape)}, got {grad_tiles.shape}")
     grad_x = np.empty(tuple(x_shape), dtype=grad_tiles.dtype)
-    _TILES_GRAD_KERNELS[tile](np.ascontiguousarray(grad_tiles), top, left, tiles_h, tiles_w, grad_x)
+    _winograd_tiles_grad_kernel(tile, np.ascontiguousarray(grad_tiles), top, left, tiles_h, tiles_w, grad_x)
     return grad_x
 
 
@@ -1070,7 +1134,7 @@ def winograd_outputs(products, out_shape):
         raise ValueError(f"winograd_outputs: products must have shape {expected} "
                          f"for outputs {tuple(out_shape)}, got {products.shape}")
     out = np.empty(tuple(out_shape), dtype=products.dtype)
-    _OUTPUTS_KERNELS[tile](np.ascontiguousarray(products), tiles_h, tiles_w, out)
+    _winograd_outputs_kernel(tile, np.ascontiguousarray(products), tiles_h, tiles_w, out)
     return out
 
 
@@ -1081,8 +1145,145 @@ def winograd_outputs_grad(grad_out, tile=2):
     n, out_h, out_w, c_out = grad_out.shape
     tiles_h, tiles_w = winograd_tiles_hw((out_h, out_w), tile)
     grad_products = np.empty(((tile + 2) ** 2, n * tiles_h * tiles_w, c_out), dtype=grad_out.dtype)
-    _OUTPUTS_GRAD_KERNELS[tile](np.ascontiguousarray(grad_out), tiles_h, tiles_w, grad_products)
+    _winograd_outputs_grad_kernel(tile, np.ascontiguousarray(grad_out), tiles_h, tiles_w, grad_products)
     return grad_products
+
+
+# Winograd image by image: each thread takes a run of images and, for each, makes its tiles, their
+# products and the outputs (or the gradients) in scratch of its own, one BLAS call per position ``p``,
+# so that one image's intermediates (``P x TH*TW x C`` values each) stay in the core's own L2 cache
+# instead of the batch's passing through memory; the backward makes each image's tiles again.
+
+
+@jit_parallel
+def _winograd_by_image_kernel(gemm, tile, x, kernel_tiles, top, left, tiles_h, tiles_w, threads, z):
+    """``z[n] = outputs(tiles(x[n]) @ kernel_tiles)`` for every image, the images shared among
+    ``threads``: ``x (N, H, W, C)``, ``kernel_tiles (P, C, F)``, ``z (N, OH, OW, F)``."""
+    n_images, _, _, channels = x.shape
+    positions, _, filters = kernel_tiles.shape
+    side, image_tiles, size = tile + 2, tiles_h * tiles_w, x.itemsize
+    for thread in numba.prange(threads):
+        tiles = np.empty((positions, image_tiles, channels), x.dtype)
+        products = np.empty((positions, image_tiles, filters), x.dtype)
+        d, half = np.empty((side, side, channels), x.dtype), np.empty((side, side, channels), x.dtype)
+        out_half, block = np.empty((tile, side, filters), x.dtype), np.empty((tile, tile, filters), x.dtype)
+        for n in _images_of_thread(thread, threads, n_images):
+            for i in range(tiles_h):
+                _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, tiles, i * tiles_w)
+            for p in range(positions):
+                gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, image_tiles, filters, channels, 1.0,
+                     tiles.ctypes.data + p * image_tiles * channels * size, channels,
+                     kernel_tiles.ctypes.data + p * channels * filters * size, filters,
+                     0.0, products.ctypes.data + p * image_tiles * filters * size, filters)
+            for i in range(tiles_h):
+                _outputs_row(tile, products, i * tiles_w, n, i, tiles_w, out_half, block, z)
+
+
+@jit_parallel
+def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, tiles_h, tiles_w, partials):
+    """``partials[t] = sum over thread t's images n of tiles(x[n])[p]^T @ outputs_grad(grad_out[n])[p]``
+    for every position ``p``, one thread per partial: ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)``,
+    ``partials (threads, P, C, F)``."""
+    n_images, _, _, channels = x.shape
+    threads, positions, _, filters = partials.shape
+    side, image_tiles, size = tile + 2, tiles_h * tiles_w, x.itemsize
+    for thread in numba.prange(threads):
+        tiles = np.empty((positions, image_tiles, channels), x.dtype)
+        grad_products = np.empty((positions, image_tiles, filters), x.dtype)
+        d, half = np.empty((side, side, channels), x.dtype), np.empty((side, side, channels), x.dtype)
+        g, grad_half = np.empty((tile, tile, filters), x.dtype), np.empty((tile, side, filters), x.dtype)
+        partials[thread] = 0
+        for n in _images_of_thread(thread, threads, n_images):
+            for i in range(tiles_h):
+                _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, tiles, i * tiles_w)
+                _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, grad_products, i * tiles_w)
+            for p in range(positions):
+                gemm(blas.ROW_MAJOR, blas.TRANS, blas.NO_TRANS, channels, filters, image_tiles, 1.0,
+                     tiles.ctypes.data + p * image_tiles * channels * size, channels,
+                     grad_products.ctypes.data + p * image_tiles * filters * size, filters,
+                     1.0, partials.ctypes.data + (thread * positions + p) * channels * filters * size, filters)
+
+
+@jit_parallel
+def _winograd_by_image_input_grad_kernel(gemm, tile, grad_out, kernel_tiles_t, top, left, tiles_h, tiles_w, threads,
+                                         grad_x):
+    """``grad_x[n] = tiles_grad(outputs_grad(grad_out[n]) @ kernel_tiles_t)`` per position for every
+    image, the images shared among ``threads``: ``grad_out (N, OH, OW, F)``, ``kernel_tiles_t (P, F,
+    C)`` (transposed once, as :func:`_conv_by_image_input_grad_kernel`'s), ``grad_x (N, H, W, C)``."""
+    n_images, _, _, channels = grad_x.shape
+    positions, filters, _ = kernel_tiles_t.shape
+    side, image_tiles, size = tile + 2, tiles_h * tiles_w, grad_x.itemsize
+    for thread in numba.prange(threads):
+        grad_products = np.empty((positions, image_tiles, filters), grad_x.dtype)
+        grad_tiles = np.empty((positions, image_tiles, channels), grad_x.dtype)
+        g, grad_half = np.empty((tile, tile, filters), grad_x.dtype), np.empty((tile, side, filters), grad_x.dtype)
+        e, block = np.empty((side, side, channels), grad_x.dtype), np.empty((side, side, channels), grad_x.dtype)
+        for n in _images_of_thread(thread, threads, n_images):
+            for i in range(tiles_h):
+                _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, grad_products, i * tiles_w)
+            for p in range(positions):
+                gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, image_tiles, channels, filters, 1.0,
+                     grad_products.ctypes.data + p * image_tiles * filters * size, filters,
+                     kernel_tiles_t.ctypes.data + p * filters * channels * size, channels,
+                     0.0, grad_tiles.ctypes.data + p * image_tiles * channels * size, channels)
+            _tiles_grad_image(tile, grad_tiles, 0, n, top, left, tiles_h, tiles_w, e, block, grad_x)
+
+
+def _check_kernel_tiles(function, kernel_tiles, channels):
+    """Raises ``ValueError`` naming ``function`` unless ``kernel_tiles`` is ``(P, channels, F)`` with
+    ``P`` the positions of a Winograd tile (16 or 36)."""
+    tile_of_positions(kernel_tiles.shape[0] if kernel_tiles.ndim == 3 else 0)
+    if kernel_tiles.shape[1] != channels:
+        raise ValueError(f"{function}: kernel_tiles must be (P, {channels}, F) for {channels}-channel images, "
+                         f"got shape {kernel_tiles.shape}")
+
+
+def winograd_by_image(x, kernel_tiles, pads):
+    """``z = winograd_outputs(winograd_tiles(x) @ kernel_tiles)``, image by image: ``x (N, H, W, C)``,
+    ``kernel_tiles (P, C, F)`` -> ``z (N, OH, OW, F)``."""
+    _check_kernel_tiles("winograd_by_image", kernel_tiles, x.shape[3])
+    tile = tile_of_positions(kernel_tiles.shape[0])
+    out_shape = (x.shape[0], *output_hw(x.shape, (3, 3), (1, 1), pads), kernel_tiles.shape[2])
+    gemm = _library_gemm(x, kernel_tiles)
+    if gemm is None:
+        return winograd_outputs(matmul(winograd_tiles(x, pads, tile), kernel_tiles), out_shape)
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads, tile)
+    z = np.empty(out_shape, dtype=x.dtype)
+    _winograd_by_image_kernel(gemm, tile, np.ascontiguousarray(x), np.ascontiguousarray(kernel_tiles), top, left,
+                              tiles_h, tiles_w, numba.get_num_threads(), z)
+    return z
+
+
+def winograd_by_image_kernel_grad(x, grad_out, pads, tile):
+    """``dL/dkernel_tiles = winograd_tiles(x)^T @ winograd_outputs_grad(grad_out)`` per position,
+    image by image: ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)`` -> ``(P, C, F)``."""
+    check_tile(tile)
+    _check_grad_out("winograd_by_image_kernel_grad", grad_out, x.shape, grad_out.shape[-1], (3, 3), (1, 1), pads)
+    gemm = _library_gemm(x, grad_out)
+    if gemm is None:
+        return matmul_tn(winograd_tiles(x, pads, tile), winograd_outputs_grad(grad_out, tile))
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads, tile)
+    partials = np.empty((numba.get_num_threads(), (tile + 2) ** 2, x.shape[3], grad_out.shape[3]), dtype=x.dtype)
+    _winograd_by_image_kernel_grad_kernel(gemm, tile, np.ascontiguousarray(x), np.ascontiguousarray(grad_out), top,
+                                          left, tiles_h, tiles_w, partials)
+    return partials.sum(axis=0)
+
+
+def winograd_by_image_input_grad(grad_out, kernel_tiles, x_shape, pads):
+    """``dL/dx = winograd_tiles_grad(winograd_outputs_grad(grad_out) @ kernel_tiles^T)`` per position,
+    image by image: ``grad_out (N, OH, OW, F)``, ``kernel_tiles (P, C, F)`` -> ``x_shape (N, H, W, C)``."""
+    _check_kernel_tiles("winograd_by_image_input_grad", kernel_tiles, x_shape[3])
+    _check_grad_out("winograd_by_image_input_grad", grad_out, x_shape, kernel_tiles.shape[2], (3, 3), (1, 1), pads)
+    tile = tile_of_positions(kernel_tiles.shape[0])
+    gemm = _library_gemm(grad_out, kernel_tiles)
+    if gemm is None:
+        return winograd_tiles_grad(matmul_nt(winograd_outputs_grad(grad_out, tile), kernel_tiles), x_shape, pads)
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x_shape, pads, tile)
+    grad_x = np.empty(tuple(x_shape), dtype=grad_out.dtype)
+    _winograd_by_image_input_grad_kernel(gemm, tile, np.ascontiguousarray(grad_out),
+                                         np.ascontiguousarray(np.swapaxes(kernel_tiles, 1, 2)), top, left, tiles_h,
+                                         tiles_w, numba.get_num_threads(), grad_x)
+    return grad_x
 
 
 # ---------------------------------------------------------------------------------------- pooling

@@ -85,6 +85,9 @@ __all__ = [
     "softmax_grad",
     "to_device",
     "to_host",
+    "winograd_by_image",
+    "winograd_by_image_input_grad",
+    "winograd_by_image_kernel_grad",
     "winograd_kernel",
     "winograd_kernel_grad",
     "winograd_outputs",
@@ -956,6 +959,34 @@ def winograd_outputs_grad(grad_out, tile=2):
     zero = np.dtype(grad_out.dtype).type(0)
     _launch(_winograd_outputs_grad, grad_products.size, a_t, grad_out, tiles_h, tiles_w, zero, grad_products)
     return grad_products
+
+
+# The Winograd convolution with nothing kept for backward: on the GPU, the transforms and GEMMs over
+# the batch (the CPU backend's image-by-image loop exists for its caches).
+
+
+def winograd_by_image(x, kernel_tiles, pads):
+    """``winograd_outputs(winograd_tiles(x) @ kernel_tiles)``: ``x (N, H, W, C)``, ``kernel_tiles (P, C, F)``
+    -> ``(N, OH, OW, F)``."""
+    _reject_host_arrays("winograd_by_image", (x, kernel_tiles))
+    tile = tile_of_positions(kernel_tiles.shape[0])
+    out_shape = (x.shape[0], *output_hw(x.shape, (3, 3), (1, 1), pads), _last_axis(kernel_tiles))
+    return winograd_outputs(matmul(winograd_tiles(x, pads, tile), kernel_tiles), out_shape)
+
+
+def winograd_by_image_kernel_grad(x, grad_out, pads, tile):
+    """``winograd_tiles(x)^T @ winograd_outputs_grad(grad_out)`` per position: ``x (N, H, W, C)``,
+    ``grad_out (N, OH, OW, F)`` -> ``(P, C, F)``."""
+    _reject_host_arrays("winograd_by_image_kernel_grad", (x, grad_out))
+    return matmul_tn(winograd_tiles(x, pads, tile), winograd_outputs_grad(grad_out, tile))
+
+
+def winograd_by_image_input_grad(grad_out, kernel_tiles, x_shape, pads):
+    """``winograd_tiles_grad(winograd_outputs_grad(grad_out) @ kernel_tiles^T)`` per position:
+    ``grad_out (N, OH, OW, F)``, ``kernel_tiles (P, C, F)`` -> ``x_shape``."""
+    _reject_host_arrays("winograd_by_image_input_grad", (grad_out, kernel_tiles))
+    tile = tile_of_positions(kernel_tiles.shape[0])
+    return winograd_tiles_grad(matmul_nt(winograd_outputs_grad(grad_out, tile), kernel_tiles), x_shape, pads)
 
 
 # ------------------------------------------------------------------------------------------- pooling

@@ -89,6 +89,9 @@ __all__ = [
     "softmax_grad",
     "to_device",
     "to_host",
+    "winograd_by_image",
+    "winograd_by_image_input_grad",
+    "winograd_by_image_kernel_grad",
     "winograd_kernel",
     "winograd_kernel_grad",
     "winograd_outputs",
@@ -341,6 +344,28 @@ def winograd_outputs_grad(grad_out, tile=2):
     blocks = padded.reshape(n, tiles_h, tile, tiles_w, tile, c_out)
     _, _, a_t = winograd_matrices(tile, grad_out.dtype)
     return np.einsum("ia,nhiwjo,jb->abnhwo", a_t, blocks, a_t).reshape((tile + 2) ** 2, -1, c_out)
+
+
+def winograd_by_image(x, kernel_tiles, pads):
+    """The Winograd convolution with nothing kept for backward, ``z = winograd_outputs(V @ U)`` with
+    ``V = winograd_tiles(x)`` and ``U = kernel_tiles`` per position: ``x (N, H, W, C)``, ``kernel_tiles
+    (P, C, F)`` -> ``z (N, OH, OW, F)``.  The CPU backend computes it one image at a time."""
+    tile = tile_of_positions(kernel_tiles.shape[0])
+    out_shape = (x.shape[0], *output_hw(x.shape, (3, 3), (1, 1), pads), kernel_tiles.shape[2])
+    return winograd_outputs(matmul(winograd_tiles(x, pads, tile), kernel_tiles), out_shape)
+
+
+def winograd_by_image_kernel_grad(x, grad_out, pads, tile):
+    """``dL/dU = V^T @ winograd_outputs_grad(grad_out)`` per position, ``V = winograd_tiles(x)``:
+    ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)`` -> ``(P, C, F)``."""
+    return matmul_tn(winograd_tiles(x, pads, tile), winograd_outputs_grad(grad_out, tile))
+
+
+def winograd_by_image_input_grad(grad_out, kernel_tiles, x_shape, pads):
+    """``dL/dx = winograd_tiles_grad(winograd_outputs_grad(grad_out) @ U^T)`` per position:
+    ``grad_out (N, OH, OW, F)``, ``kernel_tiles (P, C, F)`` -> ``x_shape``."""
+    tile = tile_of_positions(kernel_tiles.shape[0])
+    return winograd_tiles_grad(matmul_nt(winograd_outputs_grad(grad_out, tile), kernel_tiles), x_shape, pads)
 
 
 # ---------------------------------------------------------------------------------------- pooling

@@ -14,6 +14,7 @@ chunk, or image by image), and the outputs are folded back from the products.  S
 * :class:`Winograd`: 3x3 kernels at stride 1 only, F(2x2, 3x3) or F(4x4, 3x3); 16 or 36 GEMMs of
   ``K = C_in`` (forward), 2.25x or 4x fewer multiplications than im2col, paid for by the tile
   transforms (``minidl.kernels.winograd`` and ``minidl.kernels.numpy_ref`` explain them).
+* :class:`WinogradByImage`: the same, one image at a time, nothing kept for backward.
 """
 
 from minidl.kernels.shapes import output_hw, winograd_tiles_hw
@@ -160,13 +161,49 @@ class Winograd:
         return (self.tile + 2) ** 2 * self.tiles(output_hw) * (input_shape[2] + filters) * itemsize
 
 
+class WinogradByImage(Winograd):
+    """The products of :class:`Winograd`, one image at a time (``ops.winograd_by_image`` and its
+    gradients): each image's tiles, products and outputs are made in a scratch of the thread's own
+    and nothing is kept for backward, which makes each image's tiles again.  It pays where a batch's
+    tiles and products pass the caches but one image's fit a core's L2 ([D23] in
+    ``benchmarks/RESULTS.md``)::
+
+        z[n]  = winograd_outputs(V[n] @ U)          V[n] = winograd_tiles(x[n])
+        dL/dU = sum over n of V[n]^T dM[n]          dM[n] = winograd_outputs_grad(dL/dz[n])
+        dL/dx[n] = winograd_tiles_grad(dM[n] U^T)
+    """
+
+    NAMES = {2: "winograd_by_image", 4: "winograd_4x4_by_image"}
+
+    def unfold(self, x, pads):
+        """``x`` itself: the tiles are made inside the products."""
+        return x
+
+    def outputs(self, x, kernel_matrix, out_shape, pads):
+        """``z`` ``out_shape`` ``(n, OH, OW, F)`` from the images ``x`` padded by ``pads``."""
+        return ops.winograd_by_image(x, kernel_matrix, pads)
+
+    def grads(self, x, kernel_matrix, grad_z, x_shape, pads, input_grad_needed):
+        """``(dL/dU, dL/dx or None)`` from ``grad_z = dL/dz`` ``(n, OH, OW, F)``."""
+        grad_kernel_matrix = ops.winograd_by_image_kernel_grad(x, grad_z, pads, self.tile)
+        if not input_grad_needed:
+            return grad_kernel_matrix, None
+        return grad_kernel_matrix, ops.winograd_by_image_input_grad(grad_z, kernel_matrix, x_shape, pads)
+
+    def bytes_per_image(self, input_shape, output_hw, filters, itemsize):
+        """No scratch grows with the batch: each thread transforms one image at a time."""
+        return 0
+
+
 def candidate_methods(conv):
     """``{name: method}`` of every method that can compute ``conv``: im2col + GEMM over the batch
-    or image by image always, Winograd F(2x2, 3x3) and F(4x4, 3x3) where they apply."""
+    or image by image always, Winograd F(2x2, 3x3) and F(4x4, 3x3), over the batch or image by
+    image, where they apply."""
     methods = {method.name: method for method in (Im2colGemm(conv.kernel_size, conv.strides),
                                                   Im2colByImage(conv.kernel_size, conv.strides))}
     if Winograd.applies_to(conv):
-        methods.update({method.name: method for method in (Winograd(2), Winograd(4))})
+        methods.update({method.name: method for method in (Winograd(2), Winograd(4), WinogradByImage(2),
+                                                           WinogradByImage(4))})
     return methods
 
 

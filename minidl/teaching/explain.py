@@ -11,6 +11,7 @@ implementation of the formulas cannot avoid.
 import textwrap
 from dataclasses import dataclass, field
 
+from minidl.engine.conv_methods import WinogradByImage
 from minidl.engine.passes import PASSES
 from minidl.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, Dense,
                            Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, LeakyReLU, MaxPooling2D,
@@ -334,10 +335,15 @@ def winograd_detail(step, batch_size):
     c_in, f = conv.input_shape[2], conv.filters
     winograd_flops = 2 * positions * tiles * c_in * f
     im2col_flops = 2 * batch_size * out_h * out_w * 9 * c_in * f
+    flops = (f"forward {amount(winograd_flops, 'FLOP')} against im2col's {amount(im2col_flops, 'FLOP')} "
+             f"on the {out_h}x{out_w} outputs computed")
+    if isinstance(method, WinogradByImage):
+        per_image = tiles // batch_size
+        return (f"method: Winograd F({m}x{m}, 3x3) image by image, {positions} GEMMs per image V[n] "
+                f"({positions}, {per_image}, {c_in}) @ U ({positions}, {c_in}, {f}), each image's tiles made in "
+                f"its thread's scratch and kept for no backward (the kernel gradient makes them again): {flops}")
     return (f"method: Winograd F({m}x{m}, 3x3), {positions} GEMMs V ({positions}, {tiles}, {c_in}) @ "
-            f"U ({positions}, {c_in}, {f}): forward "
-            f"{amount(winograd_flops, 'FLOP')} against im2col's {amount(im2col_flops, 'FLOP')} "
-            f"on the {out_h}x{out_w} outputs computed")
+            f"U ({positions}, {c_in}, {f}): {flops}")
 
 
 def pass_lines(layer, plan, batch_size):

@@ -206,6 +206,61 @@ def test_winograd_transforms_and_their_grads_match_reference(case, c_out, tile):
     assert_close_to_size(cpu.winograd_kernel_grad(grad_kernel_tiles), ref.winograd_kernel_grad(grad_kernel_tiles), tile)
 
 
+def assert_winograd_by_image_matches_reference(x, pads, c_out, tile):
+    """:func:`cpu.winograd_by_image` and its two gradients against ``numpy_ref``'s compositions."""
+    kernel_tiles = like(np.empty(((tile + 2) ** 2, x.shape[3], c_out), x.dtype), seed=3)
+    z = ref.winograd_by_image(x, kernel_tiles, pads)
+    grad_out = like(z, seed=2)
+    for actual, expected in (
+        (cpu.winograd_by_image(x, kernel_tiles, pads), z),
+        (cpu.winograd_by_image_kernel_grad(x, grad_out, pads, tile),
+         ref.winograd_by_image_kernel_grad(x, grad_out, pads, tile)),
+        (cpu.winograd_by_image_input_grad(grad_out, kernel_tiles, x.shape, pads),
+         ref.winograd_by_image_input_grad(grad_out, kernel_tiles, x.shape, pads)),
+    ):
+        assert actual.flags.c_contiguous
+        assert_close_to_size(actual, expected, tile)
+
+
+@needs_blas
+@SETTINGS
+@given(winograd_images(), st.integers(1, 5), st.sampled_from(WINOGRAD_TILES), st.integers(1, 3))
+def test_winograd_by_image_and_its_gradients_match_the_reference_on_any_thread_count(case, c_out, tile, threads):
+    """Image by image on the BLAS library, with fewer threads than images, as many, or more."""
+    x, pads, _ = case
+    previous = numba.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "GEMM_LIBRARY", cpu.blas.find())
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            assert_winograd_by_image_matches_reference(x, pads, c_out, tile)
+        finally:
+            numba.set_num_threads(previous)
+
+
+@SETTINGS
+@given(winograd_images(), st.integers(1, 3), st.sampled_from(WINOGRAD_TILES))
+def test_winograd_by_image_without_a_blas_library_runs_the_batch_transforms(case, c_out, tile):
+    x, pads, _ = case
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "GEMM_LIBRARY", None)
+        assert_winograd_by_image_matches_reference(x, pads, c_out, tile)
+
+
+def test_winograd_by_image_names_kernel_tiles_or_a_gradient_of_the_wrong_shape():
+    x, pads = np.zeros((2, 6, 6, 3), np.float32), ((0, 0), (0, 0))
+    with pytest.raises(ValueError, match=r"winograd_by_image: kernel_tiles must be \(P, 3, F\) .*got shape "
+                                         r"\(16, 4, 2\)"):
+        cpu.winograd_by_image(x, np.zeros((16, 4, 2), np.float32), pads)
+    with pytest.raises(ValueError, match=r"positions along their first axis, got 25"):
+        cpu.winograd_by_image(x, np.zeros((25, 3, 2), np.float32), pads)
+    with pytest.raises(ValueError, match=r"winograd_by_image_kernel_grad: grad_out must have shape \(2, 4, 4, 2\)"):
+        cpu.winograd_by_image_kernel_grad(x, np.zeros((2, 5, 5, 2), np.float32), pads, 2)
+    with pytest.raises(ValueError, match=r"winograd_by_image_input_grad: grad_out must have shape \(2, 4, 4, 2\)"):
+        cpu.winograd_by_image_input_grad(np.zeros((2, 5, 5, 2), np.float32), np.zeros((16, 3, 2), np.float32), x.shape,
+                                         pads)
+
+
 def test_winograd_grads_name_the_shape_they_expected():
     with pytest.raises(ValueError, match=r"winograd_tiles_grad: grad_tiles must have shape \(16, 8, 3\)"):
         cpu.winograd_tiles_grad(np.zeros((16, 9, 3)), (2, 6, 6, 3), ((0, 0), (0, 0)))

@@ -289,6 +289,24 @@ def test_winograd_kernel_transform_and_its_adjoint_match_the_reference(dtype, ti
 @pytest.mark.parametrize("tile", WINOGRAD_TILES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @FEW
+@given(small_winograd_problems(), st.integers(1, 3), seeds)
+def test_winograd_by_image_and_its_gradients_match_the_reference(dtype, tile, problem, c_out, seed):
+    x_shape, _, _, pads, _ = problem
+    x = random_array(seed, x_shape, dtype)
+    kernel_tiles = random_array(seed + 1, ((tile + 2) ** 2, x_shape[3], c_out), dtype)
+    z = numpy_ref.winograd_by_image(x, kernel_tiles, pads)
+    grad_out = random_array(seed + 2, z.shape, dtype)
+    x_gpu, tiles_gpu, grad_gpu = (gpu.to_device(array) for array in (x, kernel_tiles, grad_out))
+    assert_winograd_close(gpu.winograd_by_image(x_gpu, tiles_gpu, pads), z, dtype, tile)
+    assert_winograd_close(gpu.winograd_by_image_kernel_grad(x_gpu, grad_gpu, pads, tile),
+                          numpy_ref.winograd_by_image_kernel_grad(x, grad_out, pads, tile), dtype, tile)
+    assert_winograd_close(gpu.winograd_by_image_input_grad(grad_gpu, tiles_gpu, x_shape, pads),
+                          numpy_ref.winograd_by_image_input_grad(grad_out, kernel_tiles, x_shape, pads), dtype, tile)
+
+
+@pytest.mark.parametrize("tile", WINOGRAD_TILES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
 @given(small_winograd_problems(), seeds)
 @example(ODD_OUTPUTS_FROM_A_DROPPED_ROW, 0)
 @example(TWO_F4_TILES_EACH_WAY, 0)

@@ -56,6 +56,19 @@ def test_a_conv_computed_image_by_image_shows_one_gemm_per_image(monkeypatch):
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
+def test_a_winograd_conv_computed_image_by_image_shows_its_gemms_per_image(monkeypatch):
+    from minidl.engine import conv_choice
+
+    monkeypatch.setattr(conv_choice, "modelled_choice", lambda conv, names: "winograd_4x4_by_image")
+    model = Sequential([layers.Input((12, 12, 8)), layers.Conv2D(16, 3, padding="same"),
+                        layers.Flatten(), layers.Dense(2)])
+    model.compile("sgd", "mse")
+    text = explain_model(model, 4)
+    assert ("method: Winograd F(4x4, 3x3) image by image, 36 GEMMs per image V[n] (36, 9, 8) @ U (36, 8, 16)"
+            in " ".join(line.strip() for line in text.splitlines()))
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
 def test_a_conv_with_another_method_outside_training_names_it(monkeypatch):
     from minidl.engine import passes
 
