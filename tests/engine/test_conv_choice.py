@@ -67,10 +67,13 @@ def test_winograd_is_a_candidate_for_3x3_stride_1_kernels_only():
 
 @pytest.fixture
 def measuring(monkeypatch, tmp_path):
-    """Measure mode with the cache in a fresh file; yields its path."""
+    """Measure mode with the cache in a fresh file, on a machine whose load stays 0 (a real load
+    average over 1 per core, falling between two plans, would have a choice timed afresh); yields
+    the file's path."""
     path = tmp_path / "choices.json"
     monkeypatch.setenv("MINIDL_CONV_CHOICE", "measure")
     monkeypatch.setenv("MINIDL_CONV_CACHE", str(path))
+    monkeypatch.setattr(conv_choice, "load_per_core", lambda: 0.0)
     return path
 
 
