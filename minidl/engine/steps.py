@@ -94,19 +94,46 @@ class ConvMaxPoolStep(Step):
 
     and the conv's backward from ``dL/dz``.  The argmax may differ from the layer-by-layer one only
     where ``f`` is flat over a whole window (ReLU's zeros), where the gradient is zero either way.
+
+    Outside training, where the conv runs in inference chunks and the pooling keeps no argmax, each
+    chunk's ``z`` is pooled as soon as it is computed (in cache), and the batch's ``z`` never exists; a
+    backward after such a pass computes ``z`` and the argmax again.
     """
 
     def __init__(self, conv, pool, linear, inputs, output, input_grad_needed):
         super().__init__((conv, pool), inputs, output)
         self.conv, self.linear, self.input_grad_needed = conv, linear, input_grad_needed
         self.winners = MaxPoolWinners(pool)
+        self.z_dropped = False
+
+    def pooled_chunks(self, batch_size, training):
+        """The slices of the batch whose ``z`` is pooled one at a time: the conv's inference chunks in
+        a pass outside training that keeps no argmax, else the whole batch."""
+        if training or not self.winners.maxima_alone or self.linear.inference_images_per_chunk is None:
+            return [slice(0, batch_size)]
+        return self.linear.chunks(batch_size, self.linear.inference_images_per_chunk)
 
     def forward(self, inputs, training):
-        pooled = self.winners.forward(self.linear.forward(inputs[0], training), training)
+        x = inputs[0]
+        chunks = self.pooled_chunks(x.shape[0], training)
+        self.z_dropped = len(chunks) > 1
+        if self.z_dropped:
+            pooled = None
+            for chunk in chunks:
+                part = self.winners.forward(self.linear.forward(x[chunk], training), training)
+                if pooled is None:
+                    pooled = ops.empty((x.shape[0], *part.shape[1:]), part.dtype)
+                pooled[chunk] = part
+            self.linear.x = x
+        else:
+            pooled = self.winners.forward(self.linear.forward(x, training), training)
         self.y = ops.bias_activation(pooled, self.conv.params.get("bias"), self.conv.activation)
         return self.y
 
     def backward(self, grad_out):
+        if self.z_dropped:  # after a pass outside training that pooled chunk by chunk
+            self.winners.forward(self.linear.forward(self.linear.x, training=True), training=True)
+            self.z_dropped = False
         grad_pooled = ops.activation_grad(grad_out, self.y, self.conv.activation)
         add_bias_grad(self.conv, grad_pooled)
         return [self.linear.backward(self.winners.backward(grad_pooled), self.input_grad_needed)]
