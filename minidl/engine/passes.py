@@ -242,7 +242,8 @@ def inference_chunking(draft):
     ``min(INFERENCE_WORKSPACE_BYTES, max_workspace_bytes)`` bytes' worth of images at a time and keeps
     no unfolded input: without a backward to feed, a chunk costs no recomputation, a predict's
     scratch stays a few chunks' worth instead of the batch's, and a chunk small enough to stay in
-    cache is read by its GEMMs from there."""
+    cache is read by its GEMMs from there.  [D24] A :class:`~minidl.engine.steps.ConvMaxPoolStep`
+    pools each chunk's output as it is computed."""
     for step in convs_with_linear(draft, "inference_chunking"):
         step.linear.inference_images_per_chunk = step.linear.images_within(inference_bound(draft), training=False)
         if step.linear.inference_images_per_chunk is not None:
