@@ -1155,13 +1155,26 @@ def winograd_outputs_grad(grad_out, tile=2):
 # instead of the batch's passing through memory; the backward makes each image's tiles again.
 
 
+@jit
+def _products_per_position(gemm, trans_a, a, b, beta, c):
+    """``c[p] = op(a[p]) @ b[p] + beta * c[p]`` for every position ``p``, one BLAS call each, ``op``
+    transposing where ``trans_a``: ``a (P, M, K)`` or ``(P, K, M)``, ``b (P, K, N)``, ``c (P, M, N)``,
+    all C-contiguous."""
+    positions, rows, cols = c.shape
+    depth, size = b.shape[1], c.itemsize
+    for p in range(positions):
+        gemm(blas.ROW_MAJOR, blas.TRANS if trans_a else blas.NO_TRANS, blas.NO_TRANS, rows, cols, depth, 1.0,
+             a.ctypes.data + p * a.shape[1] * a.shape[2] * size, a.shape[2],
+             b.ctypes.data + p * depth * cols * size, cols, beta, c.ctypes.data + p * rows * cols * size, cols)
+
+
 @jit_parallel
 def _winograd_by_image_kernel(gemm, tile, x, kernel_tiles, top, left, tiles_h, tiles_w, threads, z):
     """``z[n] = outputs(tiles(x[n]) @ kernel_tiles)`` for every image, the images shared among
     ``threads``: ``x (N, H, W, C)``, ``kernel_tiles (P, C, F)``, ``z (N, OH, OW, F)``."""
     n_images, _, _, channels = x.shape
     positions, _, filters = kernel_tiles.shape
-    side, image_tiles, size = tile + 2, tiles_h * tiles_w, x.itemsize
+    side, image_tiles = tile + 2, tiles_h * tiles_w
     for thread in numba.prange(threads):
         tiles = np.empty((positions, image_tiles, channels), x.dtype)
         products = np.empty((positions, image_tiles, filters), x.dtype)
@@ -1170,11 +1183,7 @@ def _winograd_by_image_kernel(gemm, tile, x, kernel_tiles, top, left, tiles_h, t
         for n in _images_of_thread(thread, threads, n_images):
             for i in range(tiles_h):
                 _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, tiles, i * tiles_w)
-            for p in range(positions):
-                gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, image_tiles, filters, channels, 1.0,
-                     tiles.ctypes.data + p * image_tiles * channels * size, channels,
-                     kernel_tiles.ctypes.data + p * channels * filters * size, filters,
-                     0.0, products.ctypes.data + p * image_tiles * filters * size, filters)
+            _products_per_position(gemm, False, tiles, kernel_tiles, 0.0, products)
             for i in range(tiles_h):
                 _outputs_row(tile, products, i * tiles_w, n, i, tiles_w, out_half, block, z)
 
@@ -1186,7 +1195,7 @@ def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, ti
     ``partials (threads, P, C, F)``."""
     n_images, _, _, channels = x.shape
     threads, positions, _, filters = partials.shape
-    side, image_tiles, size = tile + 2, tiles_h * tiles_w, x.itemsize
+    side, image_tiles = tile + 2, tiles_h * tiles_w
     for thread in numba.prange(threads):
         tiles = np.empty((positions, image_tiles, channels), x.dtype)
         grad_products = np.empty((positions, image_tiles, filters), x.dtype)
@@ -1197,11 +1206,7 @@ def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, ti
             for i in range(tiles_h):
                 _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, tiles, i * tiles_w)
                 _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, grad_products, i * tiles_w)
-            for p in range(positions):
-                gemm(blas.ROW_MAJOR, blas.TRANS, blas.NO_TRANS, channels, filters, image_tiles, 1.0,
-                     tiles.ctypes.data + p * image_tiles * channels * size, channels,
-                     grad_products.ctypes.data + p * image_tiles * filters * size, filters,
-                     1.0, partials.ctypes.data + (thread * positions + p) * channels * filters * size, filters)
+            _products_per_position(gemm, True, tiles, grad_products, 1.0, partials[thread])
 
 
 @jit_parallel
@@ -1212,7 +1217,7 @@ def _winograd_by_image_input_grad_kernel(gemm, tile, grad_out, kernel_tiles_t, t
     C)`` (transposed once, as :func:`_conv_by_image_input_grad_kernel`'s), ``grad_x (N, H, W, C)``."""
     n_images, _, _, channels = grad_x.shape
     positions, filters, _ = kernel_tiles_t.shape
-    side, image_tiles, size = tile + 2, tiles_h * tiles_w, grad_x.itemsize
+    side, image_tiles = tile + 2, tiles_h * tiles_w
     for thread in numba.prange(threads):
         grad_products = np.empty((positions, image_tiles, filters), grad_x.dtype)
         grad_tiles = np.empty((positions, image_tiles, channels), grad_x.dtype)
@@ -1221,11 +1226,7 @@ def _winograd_by_image_input_grad_kernel(gemm, tile, grad_out, kernel_tiles_t, t
         for n in _images_of_thread(thread, threads, n_images):
             for i in range(tiles_h):
                 _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, grad_products, i * tiles_w)
-            for p in range(positions):
-                gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, image_tiles, channels, filters, 1.0,
-                     grad_products.ctypes.data + p * image_tiles * filters * size, filters,
-                     kernel_tiles_t.ctypes.data + p * filters * channels * size, channels,
-                     0.0, grad_tiles.ctypes.data + p * image_tiles * channels * size, channels)
+            _products_per_position(gemm, False, grad_products, kernel_tiles_t, 0.0, grad_tiles)
             _tiles_grad_image(tile, grad_tiles, 0, n, top, left, tiles_h, tiles_w, e, block, grad_x)
 
 
