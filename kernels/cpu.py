@@ -1168,18 +1168,27 @@ def _products_per_position(gemm, trans_a, a, b, beta, c):
              b.ctypes.data + p * depth * cols * size, cols, beta, c.ctypes.data + p * rows * cols * size, cols)
 
 
+@jit_inline
+def _image_scratch(tile, positions, image_tiles, channels, filters, dtype):
+    """One thread's scratch for one image's Winograd transforms and products: ``(P, TH*TW, C)`` and
+    ``(P, TH*TW, F)`` stacks, two ``(side, side, C)`` input tiles, a ``(tile, side, F)`` half-done
+    output block and a ``(tile, tile, F)`` whole one."""
+    side = tile + 2
+    return (np.empty((positions, image_tiles, channels), dtype), np.empty((positions, image_tiles, filters), dtype),
+            np.empty((side, side, channels), dtype), np.empty((side, side, channels), dtype),
+            np.empty((tile, side, filters), dtype), np.empty((tile, tile, filters), dtype))
+
+
 @jit_parallel
 def _winograd_by_image_kernel(gemm, tile, x, kernel_tiles, top, left, tiles_h, tiles_w, threads, z):
     """``z[n] = outputs(tiles(x[n]) @ kernel_tiles)`` for every image, the images shared among
     ``threads``: ``x (N, H, W, C)``, ``kernel_tiles (P, C, F)``, ``z (N, OH, OW, F)``."""
     n_images, _, _, channels = x.shape
     positions, _, filters = kernel_tiles.shape
-    side, image_tiles = tile + 2, tiles_h * tiles_w
+    image_tiles = tiles_h * tiles_w
     for thread in numba.prange(threads):
-        tiles = np.empty((positions, image_tiles, channels), x.dtype)
-        products = np.empty((positions, image_tiles, filters), x.dtype)
-        d, half = np.empty((side, side, channels), x.dtype), np.empty((side, side, channels), x.dtype)
-        out_half, block = np.empty((tile, side, filters), x.dtype), np.empty((tile, tile, filters), x.dtype)
+        tiles, products, d, half, out_half, block = _image_scratch(tile, positions, image_tiles, channels, filters,
+                                                                   x.dtype)
         for n in _images_of_thread(thread, threads, n_images):
             for i in range(tiles_h):
                 _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, tiles, i * tiles_w)
@@ -1195,12 +1204,10 @@ def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, ti
     ``partials (threads, P, C, F)``."""
     n_images, _, _, channels = x.shape
     threads, positions, _, filters = partials.shape
-    side, image_tiles = tile + 2, tiles_h * tiles_w
+    image_tiles = tiles_h * tiles_w
     for thread in numba.prange(threads):
-        tiles = np.empty((positions, image_tiles, channels), x.dtype)
-        grad_products = np.empty((positions, image_tiles, filters), x.dtype)
-        d, half = np.empty((side, side, channels), x.dtype), np.empty((side, side, channels), x.dtype)
-        g, grad_half = np.empty((tile, tile, filters), x.dtype), np.empty((tile, side, filters), x.dtype)
+        tiles, grad_products, d, half, grad_half, g = _image_scratch(tile, positions, image_tiles, channels, filters,
+                                                                     x.dtype)
         partials[thread] = 0
         for n in _images_of_thread(thread, threads, n_images):
             for i in range(tiles_h):
@@ -1217,12 +1224,10 @@ def _winograd_by_image_input_grad_kernel(gemm, tile, grad_out, kernel_tiles_t, t
     C)`` (transposed once, as :func:`_conv_by_image_input_grad_kernel`'s), ``grad_x (N, H, W, C)``."""
     n_images, _, _, channels = grad_x.shape
     positions, filters, _ = kernel_tiles_t.shape
-    side, image_tiles = tile + 2, tiles_h * tiles_w
+    image_tiles = tiles_h * tiles_w
     for thread in numba.prange(threads):
-        grad_products = np.empty((positions, image_tiles, filters), grad_x.dtype)
-        grad_tiles = np.empty((positions, image_tiles, channels), grad_x.dtype)
-        g, grad_half = np.empty((tile, tile, filters), grad_x.dtype), np.empty((tile, side, filters), grad_x.dtype)
-        e, block = np.empty((side, side, channels), grad_x.dtype), np.empty((side, side, channels), grad_x.dtype)
+        grad_tiles, grad_products, e, block, grad_half, g = _image_scratch(tile, positions, image_tiles, channels,
+                                                                           filters, grad_x.dtype)
         for n in _images_of_thread(thread, threads, n_images):
             for i in range(tiles_h):
                 _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, grad_products, i * tiles_w)
