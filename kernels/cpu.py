@@ -376,23 +376,24 @@ def _copy_to_phase_planes(image, top, left, sh, sw, planes):
     ``top``/``left`` and zeroed planes ``(C, SH, SW, PH, PW)``: each plane holds the pixels of one
     phase ``(a, b)`` of the strides, so that a window tap at stride ``SH x SW`` reads a contiguous run
     of one plane row.  Pixels past the planes are left out, and padding is never written, so planes
-    zeroed once serve every image of one shape."""
+    zeroed once serve every image of one shape.  Image row by image row, each read from memory once
+    and then from the core's first-level cache for each of its ``C*SW`` plane rows."""
     height, width, channels = image.shape
     _, _, _, phase_h, phase_w = planes.shape
     step = _natural(sw * channels)
-    for c in range(channels):
-        for a in range(sh):
-            for r in range(phase_h):
-                h = r * sh + a - top
-                if 0 <= h < height:
-                    row = image[h].reshape(-1)
-                    for b in range(sw):
-                        first = max(0, (left - b + sw - 1) // sw)
-                        stop = min(phase_w, (width + left - b + sw - 1) // sw)
-                        plane_row = planes[c, a, b, r]
-                        start = _natural((first * sw + b - left) * channels + c)  # image[h, first*SW + b - left, c]
-                        for k in range(stop - first):
-                            plane_row[first + k] = row[start + _natural(k) * step]
+    for h in range(height):
+        a, r = (h + top) % sh, (h + top) // sh
+        if r >= phase_h:
+            break
+        row = image[h].reshape(-1)
+        for c in range(channels):
+            for b in range(sw):
+                first = max(0, (left - b + sw - 1) // sw)
+                stop = min(phase_w, (width + left - b + sw - 1) // sw)
+                plane_row = planes[c, a, b, r]
+                start = _natural((first * sw + b - left) * channels + c)  # image[h, first*SW + b - left, c]
+                for k in range(stop - first):
+                    plane_row[first + k] = row[start + _natural(k) * step]
 
 
 @jit
