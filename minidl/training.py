@@ -23,7 +23,9 @@ def is_loader(data):
 
 
 class ArrayBatches:
-    """Batches of ``(x, encoded targets)`` from arrays; epoch ``e``'s order depends on ``(seed, e)``."""
+    """Batches of ``(x, encoded targets)`` from arrays; epoch ``e``'s order depends on ``(seed, e)``.
+    Unshuffled and unaugmented, each batch is a slice of ``x``, not a copy: no step writes into its
+    input (an ``augment`` function may, so it is given a copy)."""
 
     def __init__(self, model, x, targets, batch_size, shuffle, seed=0, augment=None):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -36,12 +38,12 @@ class ArrayBatches:
 
     def epoch(self, epoch):
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+        order = rng.permutation(len(self.x)) if self.shuffle else None
+        for start in range(0, len(self.x), self.batch_size):
+            rows = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
             x_batch = self.x[rows]
             if self.augment is not None:
-                x_batch = self.augment(x_batch, rng)
+                x_batch = self.augment(x_batch.copy() if order is None else x_batch, rng)
             yield np.asarray(x_batch, dtype=self.model.dtype), self.targets[rows]
 
 

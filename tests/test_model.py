@@ -69,6 +69,34 @@ def test_validation_split_holds_out_the_last_samples_before_shuffling(monkeypatc
     np.testing.assert_array_equal(held_out[0], x[80:])
 
 
+def test_unshuffled_batches_are_slices_of_x_and_training_on_them_leaves_x_as_it_was():
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 8, 8, 3), dtype=np.float32)
+    y = rng.integers(0, 3, 20)
+    x_before = x.copy()
+    model = minidl.Sequential([layers.Input((8, 8, 3)), layers.Conv2D(4, (3, 3), activation="relu"),
+                               layers.AveragePooling2D((2, 2)), layers.Flatten(), layers.Dropout(0.5),
+                               layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    batches = training.ArrayBatches(model, *model.check_data(x, y), batch_size=8, shuffle=False)
+    x_batches = [x_batch for x_batch, _ in batches.epoch(0)]
+    assert [len(b) for b in x_batches] == [8, 8, 4] and all(np.shares_memory(b, x) for b in x_batches)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    np.testing.assert_array_equal(x, x_before)
+
+
+def test_an_augment_function_that_writes_into_its_batch_leaves_x_as_it_was():
+    x, y = blobs(40)
+    x_before = x.copy()
+
+    def augment_in_place(batch, rng):
+        batch += 1.0
+        return batch
+
+    mlp().fit(x, y, batch_size=16, epochs=1, shuffle=False, augment=augment_in_place, verbose=0)
+    np.testing.assert_array_equal(x, x_before)
+
+
 def test_gd_takes_one_full_batch_step_per_epoch():
     x, y = blobs(50)
     model = mlp(optimizer="gd")
