@@ -1153,7 +1153,42 @@ def winograd_outputs_grad(grad_out, tile=2):
 # Winograd image by image: each thread takes a run of images and, for each, makes its tiles, their
 # products and the outputs (or the gradients) in scratch of its own, one BLAS call per position ``p``,
 # so that one image's intermediates (``P x TH*TW x C`` values each) stay in the core's own L2 cache
-# instead of the batch's passing through memory; the backward makes each image's tiles again.
+# instead of the batch's passing through memory; the backward makes each image's tiles again.  Where
+# one image's tiles and products pass :data:`IMAGE_SCRATCH_BYTES`, the forward and the kernel gradient
+# take it in bands of tile rows that fit (:func:`_tile_rows_per_band`).
+
+
+def _second_level_cache_bytes(default=2**20):
+    """The size of a core's L2 cache as the kernel reports it (``/sys``), else ``default``."""
+    caches = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(caches)):
+            with open(os.path.join(caches, index, "level")) as level_file:
+                if level_file.read().strip() != "2":
+                    continue
+            with open(os.path.join(caches, index, "size")) as size_file:
+                size = size_file.read().strip()
+            return int(size[:-1]) * 1024 if size.endswith("K") else int(size)
+    except (OSError, ValueError):
+        pass
+    return default
+
+
+#: Scratch one thread's image-by-image Winograd tiles and products may take at a time: a core's L2.
+#: The seed's 224x224 network's 111x111x32 conv (64 filters) makes 3.4 MB of F(4x4) tiles and 6.7 MB of
+#: products per image; in bands of tile rows its forward took 1.13-1.20 ms per image against 1.42-1.56
+#: for the batch method one image at a time and 1.90-1.95 for whole images ([D25])
+IMAGE_SCRATCH_BYTES = _second_level_cache_bytes()
+
+
+def _tile_rows_per_band(tile, tiles_h, tiles_w, channels, filters, itemsize):
+    """Tile rows per band of one image, the bands as even as they can be and their ``P x rows*TW x (C
+    + F)`` tiles and products within :data:`IMAGE_SCRATCH_BYTES` where one row's are (all ``TH`` rows
+    where the whole image's are)."""
+    row_bytes = (tile + 2) ** 2 * tiles_w * (channels + filters) * itemsize
+    rows_that_fit = max(1, IMAGE_SCRATCH_BYTES // row_bytes)
+    bands = -(-tiles_h // rows_that_fit)
+    return -(-tiles_h // bands)
 
 
 @jit
@@ -1171,50 +1206,67 @@ def _products_per_position(gemm, trans_a, a, b, beta, c):
 
 @jit_inline
 def _image_scratch(tile, positions, image_tiles, channels, filters, dtype):
-    """One thread's scratch for one image's Winograd transforms and products: ``(P, TH*TW, C)`` and
-    ``(P, TH*TW, F)`` stacks, two ``(side, side, C)`` input tiles, a ``(tile, side, F)`` half-done
-    output block and a ``(tile, tile, F)`` whole one."""
+    """One thread's scratch for one image's (or band's) Winograd transforms and products: ``(P, T, C)``
+    and ``(P, T, F)`` stacks for ``T = image_tiles``, two ``(side, side, C)`` input tiles, a ``(tile,
+    side, F)`` half-done output block and a ``(tile, tile, F)`` whole one."""
     side = tile + 2
     return (np.empty((positions, image_tiles, channels), dtype), np.empty((positions, image_tiles, filters), dtype),
             np.empty((side, side, channels), dtype), np.empty((side, side, channels), dtype),
             np.empty((tile, side, filters), dtype), np.empty((tile, tile, filters), dtype))
 
 
+@jit_inline
+def _band_stack(stack, band_tiles):
+    """The first ``band_tiles`` tiles' worth of a ``(P, T, K)`` scratch stack, as a C-contiguous ``(P,
+    band_tiles, K)`` array (what :func:`_products_per_position` takes)."""
+    positions, _, depth = stack.shape
+    return stack.reshape(-1)[:positions * band_tiles * depth].reshape(positions, band_tiles, depth)
+
+
 @jit_parallel
-def _winograd_by_image_kernel(gemm, tile, x, kernel_tiles, top, left, tiles_h, tiles_w, threads, z):
-    """``z[n] = outputs(tiles(x[n]) @ kernel_tiles)`` for every image, the images shared among
-    ``threads``: ``x (N, H, W, C)``, ``kernel_tiles (P, C, F)``, ``z (N, OH, OW, F)``."""
+def _winograd_by_image_kernel(gemm, tile, x, kernel_tiles, top, left, tiles_h, tiles_w, band_rows, threads, z):
+    """``z[n] = outputs(tiles(x[n]) @ kernel_tiles)`` for every image, ``band_rows`` tile rows at a
+    time, the images shared among ``threads``: ``x (N, H, W, C)``, ``kernel_tiles (P, C, F)``, ``z (N,
+    OH, OW, F)``."""
     n_images, _, _, channels = x.shape
     positions, _, filters = kernel_tiles.shape
-    image_tiles = tiles_h * tiles_w
     for thread in numba.prange(threads):
-        tiles, products, d, half, out_half, block = _image_scratch(tile, positions, image_tiles, channels, filters,
-                                                                   x.dtype)
+        tiles, products, d, half, out_half, block = _image_scratch(tile, positions, band_rows * tiles_w, channels,
+                                                                   filters, x.dtype)
         for n in _images_of_thread(thread, threads, n_images):
-            for i in range(tiles_h):
-                _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, tiles, i * tiles_w)
-            _products_per_position(gemm, False, tiles, kernel_tiles, 0.0, products)
-            for i in range(tiles_h):
-                _outputs_row(tile, products, i * tiles_w, n, i, tiles_w, out_half, block, z)
+            for first_row in range(0, tiles_h, band_rows):
+                rows = range(first_row, min(tiles_h, first_row + band_rows))
+                band_tiles, band_products = (_band_stack(tiles, len(rows) * tiles_w),
+                                             _band_stack(products, len(rows) * tiles_w))
+                for i in rows:
+                    _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, band_tiles, (i - first_row) * tiles_w)
+                _products_per_position(gemm, False, band_tiles, kernel_tiles, 0.0, band_products)
+                for i in rows:
+                    _outputs_row(tile, band_products, (i - first_row) * tiles_w, n, i, tiles_w, out_half, block, z)
 
 
 @jit_parallel
-def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, tiles_h, tiles_w, partials):
+def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, tiles_h, tiles_w, band_rows,
+                                          partials):
     """``partials[t] = sum over thread t's images n of tiles(x[n])[p]^T @ outputs_grad(grad_out[n])[p]``
-    for every position ``p``, one thread per partial: ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)``,
-    ``partials (threads, P, C, F)``."""
+    for every position ``p``, ``band_rows`` tile rows at a time, one thread per partial: ``x (N, H, W,
+    C)``, ``grad_out (N, OH, OW, F)``, ``partials (threads, P, C, F)``."""
     n_images, _, _, channels = x.shape
     threads, positions, _, filters = partials.shape
-    image_tiles = tiles_h * tiles_w
     for thread in numba.prange(threads):
-        tiles, grad_products, d, half, grad_half, g = _image_scratch(tile, positions, image_tiles, channels, filters,
-                                                                     x.dtype)
+        tiles, grad_products, d, half, grad_half, g = _image_scratch(tile, positions, band_rows * tiles_w, channels,
+                                                                     filters, x.dtype)
         partials[thread] = 0
         for n in _images_of_thread(thread, threads, n_images):
-            for i in range(tiles_h):
-                _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, tiles, i * tiles_w)
-                _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, grad_products, i * tiles_w)
-            _products_per_position(gemm, True, tiles, grad_products, 1.0, partials[thread])
+            for first_row in range(0, tiles_h, band_rows):
+                rows = range(first_row, min(tiles_h, first_row + band_rows))
+                band_tiles, band_grad_products = (_band_stack(tiles, len(rows) * tiles_w),
+                                                  _band_stack(grad_products, len(rows) * tiles_w))
+                for i in rows:
+                    first_tile = (i - first_row) * tiles_w
+                    _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, band_tiles, first_tile)
+                    _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, band_grad_products, first_tile)
+                _products_per_position(gemm, True, band_tiles, band_grad_products, 1.0, partials[thread])
 
 
 @jit_parallel
@@ -1256,8 +1308,9 @@ def winograd_by_image(x, kernel_tiles, pads):
         return winograd_outputs(matmul(winograd_tiles(x, pads, tile), kernel_tiles), out_shape)
     (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads, tile)
     z = np.empty(out_shape, dtype=x.dtype)
+    band_rows = _tile_rows_per_band(tile, tiles_h, tiles_w, x.shape[3], kernel_tiles.shape[2], x.itemsize)
     _winograd_by_image_kernel(gemm, tile, np.ascontiguousarray(x), np.ascontiguousarray(kernel_tiles), top, left,
-                              tiles_h, tiles_w, numba.get_num_threads(), z)
+                              tiles_h, tiles_w, band_rows, numba.get_num_threads(), z)
     return z
 
 
@@ -1271,8 +1324,9 @@ def winograd_by_image_kernel_grad(x, grad_out, pads, tile):
         return matmul_tn(winograd_tiles(x, pads, tile), winograd_outputs_grad(grad_out, tile))
     (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads, tile)
     partials = np.empty((numba.get_num_threads(), (tile + 2) ** 2, x.shape[3], grad_out.shape[3]), dtype=x.dtype)
+    band_rows = _tile_rows_per_band(tile, tiles_h, tiles_w, x.shape[3], grad_out.shape[3], x.itemsize)
     _winograd_by_image_kernel_grad_kernel(gemm, tile, np.ascontiguousarray(x), np.ascontiguousarray(grad_out), top,
-                                          left, tiles_h, tiles_w, partials)
+                                          left, tiles_h, tiles_w, band_rows, partials)
     return partials.sum(axis=0)
 
 

@@ -238,6 +238,36 @@ def test_winograd_by_image_and_its_gradients_match_the_reference_on_any_thread_c
             numba.set_num_threads(previous)
 
 
+@needs_blas
+@SETTINGS
+@given(winograd_images(), st.integers(1, 5), st.sampled_from(WINOGRAD_TILES), st.integers(1, 3))
+def test_winograd_by_image_in_bands_of_tile_rows_matches_the_reference(case, c_out, tile, rows_per_band):
+    """Images whose tiles and products pass the scratch bound run in bands of tile rows, the last one
+    shorter: a bound of ``rows_per_band`` rows' worth."""
+    x, pads, _ = case
+    (tiles_h, tiles_w), _ = ref.winograd_tile_grid(x.shape, pads, tile)
+    row_bytes = (tile + 2) ** 2 * tiles_w * (x.shape[3] + c_out) * x.itemsize
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "GEMM_LIBRARY", cpu.blas.find())
+        patch.setattr(cpu, "IMAGE_SCRATCH_BYTES", rows_per_band * row_bytes)
+        bands = -(-tiles_h // rows_per_band)
+        assert cpu._tile_rows_per_band(tile, tiles_h, tiles_w, x.shape[3], c_out, x.itemsize) == -(-tiles_h // bands)
+        assert_winograd_by_image_matches_reference(x, pads, c_out, tile)
+
+
+def test_tile_rows_per_band_even_out_the_bands_and_take_whole_images_that_fit():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "IMAGE_SCRATCH_BYTES", 2**20)
+        # the seed's 224x224 network's 111x111x32 conv, 64 filters: 387 kB of F(4x4) tiles and products a row
+        assert cpu._tile_rows_per_band(4, 28, 28, 32, 64, 4) == 2
+        # the residual network's 32x32x32 convs: 590 kB for a whole image
+        assert cpu._tile_rows_per_band(4, 8, 8, 32, 32, 4) == 8
+        patch.setattr(cpu, "IMAGE_SCRATCH_BYTES", 400 * 1024)
+        assert cpu._tile_rows_per_band(4, 8, 8, 32, 32, 4) == 4  # two bands of four, not 5 + 3
+        patch.setattr(cpu, "IMAGE_SCRATCH_BYTES", 1)
+        assert cpu._tile_rows_per_band(4, 8, 8, 32, 32, 4) == 1
+
+
 @SETTINGS
 @given(winograd_images(), st.integers(1, 3), st.sampled_from(WINOGRAD_TILES))
 def test_winograd_by_image_without_a_blas_library_runs_the_batch_transforms(case, c_out, tile):
