@@ -10,7 +10,8 @@ As cuDNN's benchmark mode does, the first time a shape is planned every candidat
 :data:`TIED_WITHIN` of it count as tied, and of those the one with the least scratch wins.  The
 answer, with every candidate's seconds and the machine's load at the time, is kept in a JSON file
 under a key made of the conv's shape and the machine (CPU, cores, backend, Numba threads, how the
-GEMMs are called: :func:`machine_key`), so later processes plan without timing anything.  The process settings
+GEMMs are called, and the revision of the kernels: :func:`machine_key`), so later processes plan
+without timing anything.  The process settings
 (:func:`minidl.backend.apply_process_settings`: threads and allocator) are applied before any
 timing, also where a plan is first built by ``summary()`` before training.  Every candidate is timed
 on the same images (as many as the largest candidate's scratch allows).  A new choice is timed again
@@ -72,6 +73,11 @@ TIED_WITHIN = 0.10
 
 CHOICE_MODES = ("measure", "remeasure", "model")
 
+#: The revision of the candidates' kernels, part of every key: raised when a change to them may change
+#: which one is fastest, so that choices timed on earlier kernels are timed again.  2: the
+#: image-by-image Winograd takes an image whose scratch passes a core's L2 in bands of tile rows ([D25]).
+KERNELS_REVISION = 2
+
 
 def choice_mode():
     """One of :data:`CHOICE_MODES` from ``MINIDL_CONV_CHOICE``; raises ``ValueError`` naming a bad value."""
@@ -98,9 +104,10 @@ def cache_path():
 
 
 def machine_key():
-    """What the timings depend on besides the shape: CPU model, cores, backend and its threads (and
-    whether the GEMMs run on them, ``minidl.kernels.cpu.GEMM_LIBRARY``, and which products its
-    small-matrix kernels take: the image-by-image method cuts its products to fit them, [D21])."""
+    """What the timings depend on besides the shape: the kernels' revision (:data:`KERNELS_REVISION`),
+    CPU model, cores, backend and its threads (and whether the GEMMs run on them,
+    ``minidl.kernels.cpu.GEMM_LIBRARY``, and which products its small-matrix kernels take: the
+    image-by-image method cuts its products to fit them, [D21])."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -118,7 +125,7 @@ def machine_key():
         if small_product:
             gemms += f", small GEMMs up to {small_product} multiply-adds"
         threads = f", {numba.get_num_threads()} numba threads{gemms}"
-    return f"{model}, {os.cpu_count()} cores, {get_backend()}{threads}"
+    return f"kernels r{KERNELS_REVISION}: {model}, {os.cpu_count()} cores, {get_backend()}{threads}"
 
 
 def shape_key(conv, pads, input_grad_needed, inference_bytes=None):

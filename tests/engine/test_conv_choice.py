@@ -127,6 +127,22 @@ def test_the_machine_key_tells_gemms_on_numbas_threads_from_gemms_on_blass_own(m
         minidl.set_backend(previous)
 
 
+def test_choices_timed_on_an_earlier_revision_of_the_kernels_are_timed_again(measuring, monkeypatch):
+    conv = built_conv((8, 8, 2))
+    monkeypatch.setattr(conv_choice, "KERNELS_REVISION", 1)
+    for _ in range(conv_choice.CONFIRMING_TIMINGS):
+        conv_choice.choose_method(conv, conv.pads, False)
+    timed = []
+    monkeypatch.setattr(conv_choice, "measured_seconds", lambda conv, candidates, *args: timed.append(1) or
+                        {name: 1.0 for name in candidates})
+    conv_choice.choose_method(conv, conv.pads, False)
+    assert timed == []  # the choice of revision 1 answers
+    monkeypatch.setattr(conv_choice, "KERNELS_REVISION", 2)
+    conv_choice.choose_method(conv, conv.pads, False)
+    assert timed == [1]
+    assert sorted(key.split(":")[0] for key in json.loads(measuring.read_text())) == ["kernels r1", "kernels r2"]
+
+
 def test_the_machine_key_names_the_products_the_small_matrix_kernels_take(monkeypatch):
     """Choices timed before the image-by-image products were cut to fit the library's small-matrix
     kernels, or on a library without them, are timed again."""
