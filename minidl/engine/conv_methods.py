@@ -256,13 +256,15 @@ class ConvLinear:
         images = batch_size if self.images_per_chunk is None else min(batch_size, self.images_per_chunk)
         return 2 * images * self.bytes_per_image()
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=True, kernel_matrix=None):
         """``z`` ``(N, OH, OW, F)`` from ``x`` ``(N, H, W, C_in)``; keeps ``x``, the kernel matrix and
         (for a single chunk by the training method, unless an inference pass runs in its own chunks)
-        the unfolded input."""
+        the unfolded input.  ``kernel_matrix``: the method's, where a caller that passes the batch
+        in parts made it once (:meth:`kernel_matrix_for`)."""
         method = self.method_for(training)
         self.x = x
-        kernel_matrix = method.kernel_matrix(self.conv.params["kernel"])
+        if kernel_matrix is None:
+            kernel_matrix = self.kernel_matrix_for(training)
         self.kernel_matrix = kernel_matrix if method is self.method else None
         out_shape = (x.shape[0], *self.output_hw(), self.conv.filters)
         inference_chunks = not training and self.inference_images_per_chunk is not None
@@ -277,6 +279,11 @@ class ConvLinear:
             unfolded = method.unfold(x[chunk], self.pads)
             z[chunk] = method.outputs(unfolded, kernel_matrix, (chunk.stop - chunk.start, *out_shape[1:]), self.pads)
         return z
+
+    def kernel_matrix_for(self, training):
+        """The kernel as the method of a training pass, or of one outside training, multiplies it
+        (``W2d``, or Winograd's kernel tiles)."""
+        return self.method_for(training).kernel_matrix(self.conv.params["kernel"])
 
     def backward(self, grad_z, input_grad_needed):
         """From ``dL/dz`` ``(N, OH, OW, F)``: ``dL/dW`` into the layer's ``grads``; returns ``dL/dx``

@@ -118,9 +118,9 @@ class ConvMaxPoolStep(Step):
         chunks = self.pooled_chunks(x.shape[0], training)
         self.z_dropped = len(chunks) > 1
         if self.z_dropped:
-            pooled = None
+            pooled, kernel_matrix = None, self.linear.kernel_matrix_for(training)
             for chunk in chunks:
-                part = self.winners.forward(self.linear.forward(x[chunk], training), training)
+                part = self.winners.forward(self.linear.forward(x[chunk], training, kernel_matrix), training)
                 if pooled is None:
                     pooled = ops.empty((x.shape[0], *part.shape[1:]), part.dtype)
                 pooled[chunk] = part

@@ -304,7 +304,13 @@ def test_outside_training_a_conv_runs_by_its_inference_method_and_a_backward_aft
         assert step.linear.inference_images_per_chunk == step.linear.images_within(1, training=False)
     rng = np.random.default_rng(0)
     x, grad_out = rng.standard_normal((3, 10, 9, 3)), rng.standard_normal((3, 3))
+    pooled_step = models[0].plan.step_of(models[0].layers[0])
+    kernel_matrices = []
+    monkeypatch.setattr(pooled_step.linear, "kernel_matrix_for",
+                        lambda training, made_by=pooled_step.linear.kernel_matrix_for:
+                        kernel_matrices.append(training) or made_by(training))
     np.testing.assert_allclose(models[0].predict(x, batch_size=3), models[1].predict(x, batch_size=3), rtol=1e-10)
+    assert kernel_matrices == [False]  # made once for the pass, pooled in one-image chunks
     planned = outputs_and_gradients(models[0], x, grad_out, training=False)  # a backward after an inference pass
     plain = outputs_and_gradients(models[1], x, grad_out, training=True)
     assert_same_results(planned, plain, rtol=1e-10, atol=1e-12)
