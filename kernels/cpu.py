@@ -1176,8 +1176,9 @@ def _second_level_cache_bytes(default=2**20):
 
 #: Scratch one thread's image-by-image Winograd tiles and products may take at a time: a core's L2.
 #: The seed's 224x224 network's 111x111x32 conv (64 filters) makes 3.4 MB of F(4x4) tiles and 6.7 MB of
-#: products per image; in bands of tile rows its forward took 1.13-1.20 ms per image against 1.42-1.56
-#: for the batch method one image at a time and 1.90-1.95 for whole images ([D25])
+#: products per image; in bands of two tile rows its forward outside training took 1.30-1.34 ms per
+#: image, against 1.46-2.07 by the batch method and 2.19-3.13 image by image whole
+#: (``benchmarks/conv_choice_images.py --inference``, [D25])
 IMAGE_SCRATCH_BYTES = _second_level_cache_bytes()
 
 
