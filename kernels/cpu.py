@@ -558,7 +558,8 @@ def _unfold_image(image, planes, kh, kw, sh, sw, top, left, out_h, out_w, transp
 
 @jit
 def _images_of_thread(thread, threads, n_images):
-    """The run of images thread ``thread`` of ``threads`` takes: ``range(first, stop)``."""
+    """The run of images (or of any ``n_images`` units of work) thread ``thread`` of ``threads``
+    takes: ``range(first, stop)``."""
     return range(thread * n_images // threads, (thread + 1) * n_images // threads)
 
 
@@ -1227,23 +1228,24 @@ def _band_stack(stack, band_tiles):
 @jit_parallel
 def _winograd_by_image_kernel(gemm, tile, x, kernel_tiles, top, left, tiles_h, tiles_w, band_rows, threads, z):
     """``z[n] = outputs(tiles(x[n]) @ kernel_tiles)`` for every image, ``band_rows`` tile rows at a
-    time, the images shared among ``threads``: ``x (N, H, W, C)``, ``kernel_tiles (P, C, F)``, ``z (N,
-    OH, OW, F)``."""
+    time, the bands of all images shared among ``threads`` (so that a chunk of fewer images than
+    threads keeps them busy): ``x (N, H, W, C)``, ``kernel_tiles (P, C, F)``, ``z (N, OH, OW, F)``."""
     n_images, _, _, channels = x.shape
     positions, _, filters = kernel_tiles.shape
+    bands = -(-tiles_h // band_rows)
     for thread in numba.prange(threads):
         tiles, products, d, half, out_half, block = _image_scratch(tile, positions, band_rows * tiles_w, channels,
                                                                    filters, x.dtype)
-        for n in _images_of_thread(thread, threads, n_images):
-            for first_row in range(0, tiles_h, band_rows):
-                rows = range(first_row, min(tiles_h, first_row + band_rows))
-                band_tiles, band_products = (_band_stack(tiles, len(rows) * tiles_w),
-                                             _band_stack(products, len(rows) * tiles_w))
-                for i in rows:
-                    _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, band_tiles, (i - first_row) * tiles_w)
-                _products_per_position(gemm, False, band_tiles, kernel_tiles, 0.0, band_products)
-                for i in rows:
-                    _outputs_row(tile, band_products, (i - first_row) * tiles_w, n, i, tiles_w, out_half, block, z)
+        for band in _images_of_thread(thread, threads, n_images * bands):
+            n, first_row = band // bands, band % bands * band_rows
+            rows = range(first_row, min(tiles_h, first_row + band_rows))
+            band_tiles, band_products = (_band_stack(tiles, len(rows) * tiles_w),
+                                         _band_stack(products, len(rows) * tiles_w))
+            for i in rows:
+                _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, band_tiles, (i - first_row) * tiles_w)
+            _products_per_position(gemm, False, band_tiles, kernel_tiles, 0.0, band_products)
+            for i in rows:
+                _outputs_row(tile, band_products, (i - first_row) * tiles_w, n, i, tiles_w, out_half, block, z)
 
 
 @jit_parallel

@@ -243,10 +243,13 @@ def inference_chunking(draft):
     no unfolded input: without a backward to feed, a chunk costs no recomputation, a predict's
     scratch stays a few chunks' worth instead of the batch's, and a chunk small enough to stay in
     cache is read by its GEMMs from there.  [D24] A :class:`~minidl.engine.steps.ConvMaxPoolStep`
-    pools each chunk's output as it is computed."""
+    pools each chunk's output as it is computed, in chunks whose output also fits the bound, even by
+    a method that keeps no scratch per image ([D25])."""
     for step in convs_with_linear(draft, "inference_chunking"):
         step.linear.inference_images_per_chunk = step.linear.images_within(inference_bound(draft), training=False)
-        if step.linear.inference_images_per_chunk is not None:
+        if isinstance(step, ConvMaxPoolStep):
+            step.z_images_per_chunk = max(1, inference_bound(draft) // step.z_bytes_per_image())
+        if step.linear.inference_images_per_chunk is not None or isinstance(step, ConvMaxPoolStep):
             record_pass(step, "inference_chunking")
 
 

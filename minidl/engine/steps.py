@@ -95,9 +95,11 @@ class ConvMaxPoolStep(Step):
     and the conv's backward from ``dL/dz``.  The argmax may differ from the layer-by-layer one only
     where ``f`` is flat over a whole window (ReLU's zeros), where the gradient is zero either way.
 
-    Outside training, where the conv runs in inference chunks and the pooling keeps no argmax, each
-    chunk's ``z`` is pooled as soon as it is computed (in cache), and the batch's ``z`` never exists; a
-    backward after such a pass computes ``z`` and the argmax again.
+    Outside training, where the pooling keeps no argmax, the batch runs in chunks of images (the
+    conv's inference chunks, and at most ``z_images_per_chunk`` images, whose ``z`` fits the inference
+    bound, for a method that keeps no scratch per image), each chunk's ``z`` pooled as soon as it is
+    computed (in cache), and the batch's ``z`` never exists; a backward after such a pass computes
+    ``z`` and the argmax again.
     """
 
     def __init__(self, conv, pool, linear, inputs, output, input_grad_needed):
@@ -105,13 +107,21 @@ class ConvMaxPoolStep(Step):
         self.conv, self.linear, self.input_grad_needed = conv, linear, input_grad_needed
         self.winners = MaxPoolWinners(pool)
         self.z_dropped = False
+        self.z_images_per_chunk = None
 
     def pooled_chunks(self, batch_size, training):
-        """The slices of the batch whose ``z`` is pooled one at a time: the conv's inference chunks in
-        a pass outside training that keeps no argmax, else the whole batch."""
-        if training or not self.winners.maxima_alone or self.linear.inference_images_per_chunk is None:
+        """The slices of the batch whose ``z`` is pooled one at a time: in a pass outside training that
+        keeps no argmax, chunks of the fewest images of the conv's inference chunks and
+        ``z_images_per_chunk``; else the whole batch."""
+        bounds = [n for n in (self.linear.inference_images_per_chunk, self.z_images_per_chunk) if n is not None]
+        if training or not self.winners.maxima_alone or not bounds:
             return [slice(0, batch_size)]
-        return self.linear.chunks(batch_size, self.linear.inference_images_per_chunk)
+        return self.linear.chunks(batch_size, min(bounds))
+
+    def z_bytes_per_image(self):
+        """One image's ``z``: ``OH*OW*F`` values."""
+        out_h, out_w = self.linear.output_hw()
+        return out_h * out_w * self.conv.filters * self.conv.dtype.itemsize
 
     def forward(self, inputs, training):
         x = inputs[0]

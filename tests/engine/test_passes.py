@@ -495,6 +495,33 @@ def test_outside_training_a_conv_runs_in_its_inference_chunks_and_keeps_no_scrat
     assert unfolded_batches == [5] and linear.unfolded is not None
 
 
+def test_outside_training_a_pooled_conv_image_by_image_runs_in_chunks_whose_output_fits_the_bound(
+        backend, monkeypatch):
+    from minidl.engine import passes
+
+    monkeypatch.setattr(conv_choice, "modelled_choice", lambda conv, names: "im2col_by_image")
+    monkeypatch.setattr(passes, "INFERENCE_WORKSPACE_BYTES", 2 * 8 * 8 * 4 * 8)  # two images' z
+    models = []
+    for optimize in (True, False):
+        model = minidl.Sequential([layers.Input((8, 8, 3)), layers.Conv2D(4, 3, padding="same", activation="relu"),
+                                   layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(2)]).cast("float64")
+        model.compile(optimizer="sgd", loss="mse", optimize=optimize)
+        models.append(model)
+    models[0].set_weights(models[1].get_weights())
+    step = models[0].plan.step_of(models[0].layers[0])
+    assert type(step).__name__ == "ConvMaxPoolStep" and step.linear.method.name == "im2col_by_image"
+    assert step.linear.inference_images_per_chunk is None and step.z_images_per_chunk == 2
+    computed = []
+    forward = step.linear.forward
+    monkeypatch.setattr(step.linear, "forward", lambda x, *args: computed.append(len(x)) or forward(x, *args))
+    x = np.random.default_rng(0).standard_normal((5, 8, 8, 3))
+    np.testing.assert_allclose(models[0].predict(x, batch_size=5), models[1].predict(x, batch_size=5), rtol=1e-12)
+    assert computed == [2, 2, 1]
+    computed.clear()
+    models[0].train_on_batch(x, np.zeros((5, 2)))
+    assert computed == [5]
+
+
 @pytest.mark.slow
 def test_a_training_step_on_224_pixel_images_fits_in_memory():
     script = textwrap.dedent("""
