@@ -13,7 +13,8 @@ once the step's parameter update has succeeded, so a failed step changes no weig
 Both kinds are in ``weight_order``, saved, loaded and exchanged by ``get_weights``/``set_weights``.
 
 Shapes given to ``build`` and ``compute_output_shape`` are per sample, without the batch axis.
-Parameters live on the active backend (``minidl.backend``); ``get_weights`` returns host copies.
+Parameters live on the active backend (``minidl.backend``); a layer called by hand on NumPy arrays,
+and its weights in and out, cross to and from it in :mod:`minidl.host`.
 A layer computes in float32 (the default) or float64; no other dtype is accepted.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from minidl.kernels.shapes import window_geometry
 from minidl import initializers
-from minidl.backend import ops
+from minidl.host import HostArrays
 from minidl.utils import global_rng
 
 _names_used = collections.Counter()
@@ -80,7 +81,10 @@ def window_output_shape(layer, input_shape, window, strides, padding):
         raise ValueError(f"layer {layer.name!r} ({kind}): {error}") from None
 
 
-class Layer:
+class Layer(HostArrays):
+    """The contract above; ``layer(x)``, ``get_weights`` and ``set_weights`` on host arrays come
+    from :class:`minidl.host.HostArrays`."""
+
     #: names of the parameters in Keras's ``get_weights`` order
     weight_order = ()
     #: True for layers that combine several tensors (``forward`` takes a list, ``backward`` returns one)
@@ -143,18 +147,6 @@ class Layer:
                                  f"which forward() keeps; call forward(x, training=True) before backward()")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {attribute!r}")
 
-    def __call__(self, x, training=False):
-        """Forward pass on a host array, building the layer from ``x`` if needed; on a symbolic
-        tensor (``minidl.Input``), a node of a functional model (:mod:`minidl.functional`)."""
-        from minidl import functional  # functional builds on this module
-        if functional.is_symbolic(x):
-            return functional.call_on_symbols(self, x)
-        x = np.asarray(x, dtype=self.dtype)
-        if not self.built:
-            self.build(x.shape[1:])
-        self.check_input(x.shape)
-        return ops.to_host(self.forward(ops.to_device(x), training))
-
     def check_input(self, batch_shape):
         """Raise ``ValueError`` naming this layer unless ``batch_shape == (N, *input_shape)``."""
         if tuple(batch_shape[1:]) != self.input_shape:
@@ -169,26 +161,6 @@ class Layer:
         """``[(key, array)]`` of every weight, ``params`` and ``state``, in ``weight_order``."""
         every = {**self.params, **self.state}
         return [(key, every[key]) for key in self.weight_order if key in every]
-
-    def get_weights(self):
-        """Host copies of the weights (parameters and state) in Keras's order and layouts."""
-        return [ops.to_host(array).copy() for _, array in self.weights()]
-
-    def set_weights(self, weights):
-        keys = [key for key, _ in self.weights()]
-        if len(weights) != len(keys):
-            raise ValueError(f"layer {self.name!r} has {len(keys)} weight arrays ({', '.join(keys)}), "
-                             f"got {len(weights)}")
-        new_values = {}
-        for key, value in zip(keys, weights):
-            value = np.asarray(value)
-            expected = tuple(self.params.get(key, self.state.get(key)).shape)
-            if value.shape != expected:
-                raise ValueError(f"layer {self.name!r}: weight {key!r} must have shape {expected}, "
-                                 f"got {value.shape}")
-            new_values[key] = ops.to_device(value.astype(self.dtype))
-        for key, value in new_values.items():
-            (self.params if key in self.params else self.state)[key] = value
 
     def cast(self, dtype):
         """Convert the weights (and future inputs) to ``dtype``, e.g. float64 for gradient checks: the

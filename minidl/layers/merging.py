@@ -48,7 +48,7 @@ class Merge(Layer):
         if tuple(x.shape[1:] for x in arrays) != self.input_shape or len({len(x) for x in arrays}) != 1:
             raise ValueError(f"layer {self.name!r} ({type(self).__name__}) expected inputs of shapes "
                              f"{batch_shapes(self.input_shape)}, got {', '.join(str(x.shape) for x in arrays)}")
-        return ops.to_host(self.forward([ops.to_device(x) for x in arrays], training))
+        return self.forward_on_host(arrays, training)
 
 
 class Add(Merge):

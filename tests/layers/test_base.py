@@ -77,3 +77,25 @@ def test_cast_converts_parameters_and_state_and_a_refused_dtype_changes_nothing(
     with pytest.raises(ValueError, match="dtype must be one of"):
         layer.cast("int32")
     assert layer.dtype == np.float64 and all(weight.dtype == np.float64 for weight in layer.get_weights())
+
+
+def test_no_layer_file_moves_arrays_between_the_host_and_the_backend():
+    """A layer's file holds its math: ``layer(x)`` and the weights in and out as NumPy arrays cross
+    to and from the backend in ``minidl/host.py`` alone."""
+    from pathlib import Path
+
+    import minidl.layers
+
+    crossing = [path.name for path in Path(minidl.layers.__file__).parent.glob("*.py")
+                if "to_device" in path.read_text() or "to_host" in path.read_text()]
+    assert crossing == []
+
+
+def test_a_layer_called_on_host_arrays_and_its_weights_round_trip_as_host_arrays():
+    dense = layers.Dense(2)
+    y = dense(np.ones((3, 4), np.float32))
+    assert isinstance(y, np.ndarray) and y.shape == (3, 2)
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel * 2, bias + 1])
+    np.testing.assert_allclose(dense(np.ones((3, 4))), np.ones((3, 4)) @ (kernel * 2) + bias + 1, rtol=1e-6)
+    assert all(isinstance(w, np.ndarray) for w in dense.get_weights())
