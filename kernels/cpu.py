@@ -557,10 +557,10 @@ def _unfold_image(image, planes, kh, kw, sh, sw, top, left, out_h, out_w, transp
 
 
 @jit
-def _images_of_thread(thread, threads, n_images):
-    """The run of images (or of any ``n_images`` units of work) thread ``thread`` of ``threads``
+def _share_of_thread(thread, threads, count):
+    """The run of ``count`` units of work (images, or bands of images) thread ``thread`` of ``threads``
     takes: ``range(first, stop)``."""
-    return range(thread * n_images // threads, (thread + 1) * n_images // threads)
+    return range(thread * count // threads, (thread + 1) * count // threads)
 
 
 @jit
@@ -583,7 +583,7 @@ def _conv_by_image_kernel(gemm, x, kernel_matrix, kh, kw, sh, sw, top, left, out
     for thread in numba.prange(threads):
         cols = np.empty(pixels * depth, dtype=x.dtype)
         planes = _phase_planes(channels if transposed else 0, kh, kw, sh, sw, out_h, out_w, x.dtype)  # empty for rows
-        for n in _images_of_thread(thread, threads, n_images):
+        for n in _share_of_thread(thread, threads, n_images):
             _unfold_image(x[n], planes, kh, kw, sh, sw, top, left, out_h, out_w, transposed, cols)
             for first in range(0, pixels, gemm_pixels):
                 gemm(blas.ROW_MAJOR, op_cols, blas.NO_TRANS, min(gemm_pixels, pixels - first), filters, depth, 1.0,
@@ -607,7 +607,7 @@ def _conv_by_image_kernel_grad_kernel(gemm, x, grad_out, kh, kw, sh, sw, top, le
         cols = np.empty(pixels * depth, dtype=x.dtype)
         planes = _phase_planes(channels if transposed else 0, kh, kw, sh, sw, out_h, out_w, x.dtype)  # empty for rows
         partials[thread] = 0
-        for n in _images_of_thread(thread, threads, n_images):
+        for n in _share_of_thread(thread, threads, n_images):
             _unfold_image(x[n], planes, kh, kw, sh, sw, top, left, out_h, out_w, transposed, cols)
             for first in range(0, pixels, gemm_pixels):
                 gemm(blas.ROW_MAJOR, op_cols, blas.NO_TRANS, depth, filters, min(gemm_pixels, pixels - first), 1.0,
@@ -629,7 +629,7 @@ def _conv_by_image_input_grad_kernel(gemm, grad_out, kernel_matrix_t, kh, kw, sh
     pixels, size = out_h * out_w, grad_out.itemsize
     for thread in numba.prange(threads):
         grad_cols = np.empty((pixels, depth), dtype=grad_out.dtype)
-        for n in _images_of_thread(thread, threads, n_images):
+        for n in _share_of_thread(thread, threads, n_images):
             for first in range(0, pixels, gemm_pixels):
                 gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, min(gemm_pixels, pixels - first), depth, filters,
                      1.0, grad_out.ctypes.data + (n * pixels + first) * filters * size, filters,
@@ -1156,7 +1156,8 @@ def winograd_outputs_grad(grad_out, tile=2):
 # so that one image's intermediates (``P x TH*TW x C`` values each) stay in the core's own L2 cache
 # instead of the batch's passing through memory; the backward makes each image's tiles again.  Where
 # one image's tiles and products pass :data:`IMAGE_SCRATCH_BYTES`, the forward and the kernel gradient
-# take it in bands of tile rows that fit (:func:`_tile_rows_per_band`).
+# take it in bands of tile rows that fit (:func:`_tile_rows_per_band`), the bands of all images shared
+# among the threads.
 
 
 def _second_level_cache_bytes(default=2**20):
@@ -1169,7 +1170,8 @@ def _second_level_cache_bytes(default=2**20):
                     continue
             with open(os.path.join(caches, index, "size")) as size_file:
                 size = size_file.read().strip()
-            return int(size[:-1]) * 1024 if size.endswith("K") else int(size)
+            units = {"K": 2**10, "M": 2**20}
+            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
     except (OSError, ValueError):
         pass
     return default
@@ -1218,6 +1220,15 @@ def _image_scratch(tile, positions, image_tiles, channels, filters, dtype):
 
 
 @jit_inline
+def _band(unit, band_rows, tiles_h):
+    """Band ``unit`` of a batch whose images are cut into bands of ``band_rows`` of their ``tiles_h``
+    tile rows: ``(n, rows)``, its image and its ``range`` of tile rows (the image's last band shorter)."""
+    bands = -(-tiles_h // band_rows)
+    n, first_row = unit // bands, unit % bands * band_rows
+    return n, range(first_row, min(tiles_h, first_row + band_rows))
+
+
+@jit_inline
 def _band_stack(stack, band_tiles):
     """The first ``band_tiles`` tiles' worth of a ``(P, T, K)`` scratch stack, as a C-contiguous ``(P,
     band_tiles, K)`` array (what :func:`_products_per_position` takes)."""
@@ -1232,44 +1243,41 @@ def _winograd_by_image_kernel(gemm, tile, x, kernel_tiles, top, left, tiles_h, t
     threads keeps them busy): ``x (N, H, W, C)``, ``kernel_tiles (P, C, F)``, ``z (N, OH, OW, F)``."""
     n_images, _, _, channels = x.shape
     positions, _, filters = kernel_tiles.shape
-    bands = -(-tiles_h // band_rows)
     for thread in numba.prange(threads):
         tiles, products, d, half, out_half, block = _image_scratch(tile, positions, band_rows * tiles_w, channels,
                                                                    filters, x.dtype)
-        for band in _images_of_thread(thread, threads, n_images * bands):
-            n, first_row = band // bands, band % bands * band_rows
-            rows = range(first_row, min(tiles_h, first_row + band_rows))
+        for unit in _share_of_thread(thread, threads, n_images * -(-tiles_h // band_rows)):
+            n, rows = _band(unit, band_rows, tiles_h)
             band_tiles, band_products = (_band_stack(tiles, len(rows) * tiles_w),
                                          _band_stack(products, len(rows) * tiles_w))
             for i in rows:
-                _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, band_tiles, (i - first_row) * tiles_w)
+                _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, band_tiles, (i - rows.start) * tiles_w)
             _products_per_position(gemm, False, band_tiles, kernel_tiles, 0.0, band_products)
             for i in rows:
-                _outputs_row(tile, band_products, (i - first_row) * tiles_w, n, i, tiles_w, out_half, block, z)
+                _outputs_row(tile, band_products, (i - rows.start) * tiles_w, n, i, tiles_w, out_half, block, z)
 
 
 @jit_parallel
 def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, tiles_h, tiles_w, band_rows,
                                           partials):
-    """``partials[t] = sum over thread t's images n of tiles(x[n])[p]^T @ outputs_grad(grad_out[n])[p]``
-    for every position ``p``, ``band_rows`` tile rows at a time, one thread per partial: ``x (N, H, W,
-    C)``, ``grad_out (N, OH, OW, F)``, ``partials (threads, P, C, F)``."""
+    """``partials[t] = sum over thread t's bands of tiles(x[n])[p]^T @ outputs_grad(grad_out[n])[p]``
+    for every position ``p``, the images cut into bands of ``band_rows`` tile rows, one thread per
+    partial: ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)``, ``partials (threads, P, C, F)``."""
     n_images, _, _, channels = x.shape
     threads, positions, _, filters = partials.shape
     for thread in numba.prange(threads):
         tiles, grad_products, d, half, grad_half, g = _image_scratch(tile, positions, band_rows * tiles_w, channels,
                                                                      filters, x.dtype)
         partials[thread] = 0
-        for n in _images_of_thread(thread, threads, n_images):
-            for first_row in range(0, tiles_h, band_rows):
-                rows = range(first_row, min(tiles_h, first_row + band_rows))
-                band_tiles, band_grad_products = (_band_stack(tiles, len(rows) * tiles_w),
-                                                  _band_stack(grad_products, len(rows) * tiles_w))
-                for i in rows:
-                    first_tile = (i - first_row) * tiles_w
-                    _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, band_tiles, first_tile)
-                    _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, band_grad_products, first_tile)
-                _products_per_position(gemm, True, band_tiles, band_grad_products, 1.0, partials[thread])
+        for unit in _share_of_thread(thread, threads, n_images * -(-tiles_h // band_rows)):
+            n, rows = _band(unit, band_rows, tiles_h)
+            band_tiles, band_grad_products = (_band_stack(tiles, len(rows) * tiles_w),
+                                              _band_stack(grad_products, len(rows) * tiles_w))
+            for i in rows:
+                first_tile = (i - rows.start) * tiles_w
+                _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, band_tiles, first_tile)
+                _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, band_grad_products, first_tile)
+            _products_per_position(gemm, True, band_tiles, band_grad_products, 1.0, partials[thread])
 
 
 @jit_parallel
@@ -1284,7 +1292,7 @@ def _winograd_by_image_input_grad_kernel(gemm, tile, grad_out, kernel_tiles_t, t
     for thread in numba.prange(threads):
         grad_tiles, grad_products, e, block, grad_half, g = _image_scratch(tile, positions, image_tiles, channels,
                                                                            filters, grad_x.dtype)
-        for n in _images_of_thread(thread, threads, n_images):
+        for n in _share_of_thread(thread, threads, n_images):
             for i in range(tiles_h):
                 _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, grad_products, i * tiles_w)
             _products_per_position(gemm, False, grad_products, kernel_tiles_t, 0.0, grad_tiles)

@@ -240,19 +240,24 @@ def test_winograd_by_image_and_its_gradients_match_the_reference_on_any_thread_c
 
 @needs_blas
 @SETTINGS
-@given(winograd_images(), st.integers(1, 5), st.sampled_from(WINOGRAD_TILES), st.integers(1, 3))
-def test_winograd_by_image_in_bands_of_tile_rows_matches_the_reference(case, c_out, tile, rows_per_band):
+@given(winograd_images(), st.integers(1, 5), st.sampled_from(WINOGRAD_TILES), st.integers(1, 3), st.integers(1, 3))
+def test_winograd_by_image_in_bands_of_tile_rows_matches_the_reference(case, c_out, tile, rows_per_band, threads):
     """Images whose tiles and products pass the scratch bound run in bands of tile rows, the last one
-    shorter: a bound of ``rows_per_band`` rows' worth."""
+    shorter (a bound of ``rows_per_band`` rows' worth), the bands shared among 1-3 threads."""
     x, pads, _ = case
     (tiles_h, tiles_w), _ = ref.winograd_tile_grid(x.shape, pads, tile)
     row_bytes = (tile + 2) ** 2 * tiles_w * (x.shape[3] + c_out) * x.itemsize
+    previous = numba.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cpu, "GEMM_LIBRARY", cpu.blas.find())
         patch.setattr(cpu, "IMAGE_SCRATCH_BYTES", rows_per_band * row_bytes)
         bands = -(-tiles_h // rows_per_band)
         assert cpu._tile_rows_per_band(tile, tiles_h, tiles_w, x.shape[3], c_out, x.itemsize) == -(-tiles_h // bands)
-        assert_winograd_by_image_matches_reference(x, pads, c_out, tile)
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            assert_winograd_by_image_matches_reference(x, pads, c_out, tile)
+        finally:
+            numba.set_num_threads(previous)
 
 
 def test_tile_rows_per_band_even_out_the_bands_and_take_whole_images_that_fit():
