@@ -730,18 +730,23 @@ def conv_by_image_input_grad(grad_out, kernel_matrix, x_shape, kernel_size, stri
 # The transforms of ``numpy_ref``'s Winograd section, as loops over tiles, for F(m x m, 3 x 3) with
 # ``m = tile`` (2 or 4) and tiles of side ``m + 2``.  Tile ``t = (n*TH + i)*TW + j`` reads
 # ``x[n, m*i - top : m*i - top + m + 2, m*j - left : m*j - left + m + 2]`` (zeros outside ``x``) and
-# gives the ``m x m`` output block at ``(m*i, m*j)``.  Each tile is copied into a small scratch array
-# and transformed one contiguous channel row at a time, each pass writing an array of its own (a pass
-# that overwrote the rows it read stayed scalar, ``benchmarks/RESULTS.md`` [D22]), the forward's last
-# straight to the output: loops that write one array row per iteration vectorise, a single loop
-# writing all rows at once did not, and generic loops over the matrices' entries (with a swap of axes
-# between the passes) ran slower in scratch timings.  So each tile size has its own kernels,
-# with the matrices of ``minidl.kernels.winograd`` written out; their coefficients are made in the
-# array's dtype (``x.dtype.type(4)``), since ``4 *`` would promote float32 to float64 (many times
-# slower in a scratch timing).  The rows of tiles are shared among the threads, each with its own
-# scratch tile, so that a single image (a predict of one, or an inference chunk of one 111x111 image)
-# still runs on every thread; the adjoint of the tiles adds overlapping tiles onto the image, so it
-# shares whole images instead.
+# gives the ``m x m`` output block at ``(m*i, m*j)``.  The input transform and its adjoint take a row
+# of tiles at a time through a ``strip``: ``B^T`` down the ``m + 2`` image rows under the tile row, over
+# the whole width, then ``B`` along each tile's columns (the adjoint the other way round, overlapping
+# tiles adding up in the strip, then the strip's rows onto the image's).  Each of their loops writes
+# one output row over a run of contiguous values, and reads at most six, with index arithmetic on
+# unsigned integers ([D16]); tile by tile, with all of a tile's rows written in one loop over its
+# channels, the input transform took twice as long ([D27]).  The output transform and its adjoint go
+# tile by tile: each tile is copied into a small scratch array and transformed one contiguous channel
+# row at a time, each pass writing an array of its own (a pass that overwrote the rows it read stayed
+# scalar, ``benchmarks/RESULTS.md`` [D22]), the forward's last straight to the output.  Generic loops
+# over the matrices' entries (with a swap of axes between the passes) ran slower in scratch timings,
+# so each tile size has its own kernels, with the matrices of ``minidl.kernels.winograd`` written out;
+# their coefficients are made in the array's dtype (``x.dtype.type(4)``), since ``4 *`` would promote
+# float32 to float64 (many times slower in a scratch timing).  The rows of tiles are shared among the
+# threads, each with its own scratch, so that a single image (a predict of one, or an inference chunk
+# of one 111x111 image) still runs on every thread; the adjoint of the tiles adds overlapping tiles
+# onto the image, so it shares whole images instead.
 
 
 @functools.cache
@@ -783,61 +788,116 @@ def _load_tile(x, n, row, col, tile):
                     tile[a, b, c] = 0
 
 
-@jit
-def _add_tile_row(grad_x, n, row, col, tile, p):
-    """``grad_x[n, row, col + q] += tile[p, q]`` for row ``p`` of ``tile (S, S, C)``, where that pixel
-    is inside the image."""
-    _, height, width, channels = grad_x.shape
-    if 0 <= row < height:
-        for q in range(tile.shape[1]):
-            if 0 <= col + q < width:
-                for c in range(channels):
-                    grad_x[n, row, col + q, c] += tile[p, q, c]
+@jit_inline
+def _tile_row_strip(tile, tiles_w, channels, dtype):
+    """One thread's zeroed ``strip`` ``(m + 2, (m*TW + 2)*C)`` for the transforms of one row of tiles:
+    the six (F(4x4)) or four image rows under a tile row, each over every column its tiles cover.  The
+    input transform writes the image's columns alone, so the strip's columns of padding stay zero for
+    every image of one shape."""
+    return np.zeros((tile + 2, (tile * tiles_w + 2) * channels), dtype)
 
 
 @jit_inline
-def _tiles_row_f2(x, n, i, top, left, tiles_w, d, half, tiles, first_tile):
+def _strip_span(x, left, strip):
+    """``(first, count)``: where an image row of ``x`` starts in a row of ``strip`` (after ``left``
+    columns of padding) and how many of its values the tiles read."""
+    channels = x.shape[3]
+    return left * channels, min(x.shape[2] * channels, strip.shape[1] - left * channels)
+
+
+@jit_inline
+def _image_row(x, n, h, zero_row, count):
+    """The first ``count`` values of row ``h`` of image ``n`` of ``x``, flat (``(W*C,)``), or of
+    ``zero_row`` where ``h`` is padding."""
+    row = x[n, h].reshape(-1) if 0 <= h < x.shape[1] else zero_row
+    return row[:count]
+
+
+@jit_inline
+def _tiles_row_f2(x, n, i, top, left, tiles_w, strip, zero_row, tiles, first_tile):
     """F(2x2, 3x3): ``tiles[4a + b, first_tile + j, c] = (B^T d B)[a, b]`` for the 4x4 tile ``d`` at
     ``(2i - top, 2j - left)`` of image ``n``, for every ``j`` of tile row ``i``, with ``B^T = [[1, 0,
-    -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: columns into ``half``, then rows."""
+    -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``: ``B^T`` down the tile row's four image rows
+    into ``strip`` (:func:`_tile_row_strip`; ``zero_row``, ``(W*C,)`` zeros, stands for rows of
+    padding), then ``B`` along each tile's columns."""
     channels = x.shape[3]
-    for j in range(tiles_w):
-        t = first_tile + j
-        _load_tile(x, n, 2 * i - top, 2 * j - left, d)
-        for b in range(4):
-            for c in range(channels):
-                d0, d1, d2, d3 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c]
-                half[0, b, c], half[1, b, c], half[2, b, c], half[3, b, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
-        for a in range(4):  # tiles <- half B
-            for c in range(channels):
-                e0, e1, e2, e3 = half[a, 0, c], half[a, 1, c], half[a, 2, c], half[a, 3, c]
-                tiles[4 * a, t, c] = e0 - e2
-                tiles[4 * a + 1, t, c] = e1 + e2
-                tiles[4 * a + 2, t, c] = e2 - e1
-                tiles[4 * a + 3, t, c] = e1 - e3
+    first, count = _strip_span(x, left, strip)
+    d0, d1 = _image_row(x, n, 2 * i - top, zero_row, count), _image_row(x, n, 2 * i - top + 1, zero_row, count)
+    d2, d3 = _image_row(x, n, 2 * i - top + 2, zero_row, count), _image_row(x, n, 2 * i - top + 3, zero_row, count)
+    s0, s1 = strip[0, first:first + count], strip[1, first:first + count]
+    s2, s3 = strip[2, first:first + count], strip[3, first:first + count]
+    for m in range(count):
+        s0[m] = d0[m] - d2[m]
+    for m in range(count):
+        s1[m] = d1[m] + d2[m]
+    for m in range(count):
+        s2[m] = d2[m] - d1[m]
+    for m in range(count):
+        s3[m] = d1[m] - d3[m]
+    flat_tiles, c_in = tiles.reshape(-1), _natural(channels)
+    position = _natural(tiles.shape[1]) * c_in
+    for a in range(4):  # tiles <- (strip's tile) B
+        e = strip[a]
+        for j in range(tiles_w):
+            e0 = _natural(2 * j) * c_in
+            e1, e2, e3 = e0 + c_in, e0 + _natural(2) * c_in, e0 + _natural(3) * c_in
+            t0 = _natural(4 * a) * position + _natural(first_tile + j) * c_in
+            t1, t2, t3 = t0 + position, t0 + _natural(2) * position, t0 + _natural(3) * position
+            for c in range(c_in):
+                flat_tiles[t0 + c] = e[e0 + c] - e[e2 + c]
+            for c in range(c_in):
+                flat_tiles[t1 + c] = e[e1 + c] + e[e2 + c]
+            for c in range(c_in):
+                flat_tiles[t2 + c] = e[e2 + c] - e[e1 + c]
+            for c in range(c_in):
+                flat_tiles[t3 + c] = e[e1 + c] - e[e3 + c]
 
 
 @jit_inline
-def _tiles_grad_image_f2(grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, e, block, grad_x):
-    """F(2x2, 3x3): ``grad_x[n]`` ``= sum of (B u B^T)`` placed at ``(2i - top, 2j - left)`` for ``u =
-    grad_tiles[:, first_tile + i*TW + j]`` of every tile of image ``n``, inside the image; overlapping
-    tiles add up."""
+def _tiles_grad_row_f2(grad_tiles, first_tile, n, i, top, left, tiles_w, strip, grad_x):
+    """F(2x2, 3x3): adds onto ``grad_x[n]`` the ``B u B^T`` placed at ``(2i - top, 2j - left)`` for ``u =
+    grad_tiles[:, first_tile + j]`` of every ``j`` of tile row ``i``, inside the image: ``u B^T`` along
+    each tile's columns into ``strip`` (overlapping tiles add up), then ``B`` down its four rows onto the
+    image's."""
     channels = grad_x.shape[3]
-    grad_x[n] = 0
-    for i in range(tiles_h):
+    strip[:] = 0
+    flat_tiles, c_in = grad_tiles.reshape(-1), _natural(channels)
+    position = _natural(grad_tiles.shape[1]) * c_in
+    for a in range(4):
+        e = strip[a]
         for j in range(tiles_w):
-            t = first_tile + i * tiles_w + j
-            for b in range(4):
-                for c in range(channels):
-                    u0, u1, u2, u3 = grad_tiles[b, t, c], grad_tiles[4 + b, t, c], \
-                        grad_tiles[8 + b, t, c], grad_tiles[12 + b, t, c]
-                    e[0, b, c], e[1, b, c], e[2, b, c], e[3, b, c] = u0, u1 - u2 + u3, u2 + u1 - u0, -u3
-            for p in range(4):  # block <- e B^T, then added onto the image
-                for c in range(channels):
-                    e0, e1, e2, e3 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c]
-                    block[p, 0, c], block[p, 1, c], block[p, 2, c], block[p, 3, c] = \
-                        e0, e1 - e2 + e3, e2 + e1 - e0, -e3
-                _add_tile_row(grad_x, n, 2 * i - top + p, 2 * j - left, block, p)
+            t0 = _natural(4 * a) * position + _natural(first_tile + j) * c_in
+            t1, t2, t3 = t0 + position, t0 + _natural(2) * position, t0 + _natural(3) * position
+            e0 = _natural(2 * j) * c_in
+            e1, e2, e3 = e0 + c_in, e0 + _natural(2) * c_in, e0 + _natural(3) * c_in
+            for c in range(c_in):
+                e[e0 + c] += flat_tiles[t0 + c]
+            for c in range(c_in):
+                e[e1 + c] += flat_tiles[t1 + c] - flat_tiles[t2 + c] + flat_tiles[t3 + c]
+            for c in range(c_in):
+                e[e2 + c] += flat_tiles[t2 + c] + flat_tiles[t1 + c] - flat_tiles[t0 + c]
+            for c in range(c_in):
+                e[e3 + c] -= flat_tiles[t3 + c]
+    first, count = _strip_span(grad_x, left, strip)
+    s0, s1 = strip[0, first:first + count], strip[1, first:first + count]
+    s2, s3 = strip[2, first:first + count], strip[3, first:first + count]
+    row = 2 * i - top
+    if 0 <= row < grad_x.shape[1]:
+        g = grad_x[n, row].reshape(-1)[:count]
+        for m in range(count):
+            g[m] += s0[m]
+    if 0 <= row + 1 < grad_x.shape[1]:
+        g = grad_x[n, row + 1].reshape(-1)[:count]
+        for m in range(count):
+            g[m] += s1[m] - s2[m] + s3[m]
+    if 0 <= row + 2 < grad_x.shape[1]:
+        g = grad_x[n, row + 2].reshape(-1)[:count]
+        for m in range(count):
+            g[m] += s2[m] + s1[m] - s0[m]
+    if 0 <= row + 3 < grad_x.shape[1]:
+        g = grad_x[n, row + 3].reshape(-1)[:count]
+        for m in range(count):
+            g[m] -= s3[m]
 
 
 @jit_inline
@@ -884,67 +944,118 @@ def _outputs_grad_row_f2(grad_out, n, i, tiles_w, g, half, grad_products, first_
 
 
 @jit_inline
-def _tiles_row_f4(x, n, i, top, left, tiles_w, d, half, tiles, first_tile):
+def _tiles_row_f4(x, n, i, top, left, tiles_w, strip, zero_row, tiles, first_tile):
     """F(4x4, 3x3): ``tiles[6a + b, first_tile + j, c] = (B^T d B)[a, b]`` for the 6x6 tile ``d`` at
     ``(4i - top, 4j - left)`` of image ``n``, for every ``j`` of tile row ``i``, with the ``B^T`` of
-    ``minidl.kernels.winograd``: columns into ``half``, then rows."""
+    ``minidl.kernels.winograd``: ``B^T`` down the tile row's six image rows into ``strip``
+    (:func:`_tile_row_strip`; ``zero_row``, ``(W*C,)`` zeros, stands for rows of padding), then ``B``
+    along each tile's columns."""
     channels = x.shape[3]
     two, four, five = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
-    for j in range(tiles_w):
-        t = first_tile + j
-        _load_tile(x, n, 4 * i - top, 4 * j - left, d)
-        for b in range(6):
-            for c in range(channels):
-                d0, d1, d2, d3, d4, d5 = d[0, b, c], d[1, b, c], d[2, b, c], d[3, b, c], d[4, b, c], d[5, b, c]
-                half[0, b, c] = four * d0 - five * d2 + d4
-                half[1, b, c] = d3 + d4 - four * (d1 + d2)
-                half[2, b, c] = d4 - d3 + four * (d1 - d2)
-                half[3, b, c] = d4 - d2 + two * (d3 - d1)
-                half[4, b, c] = d4 - d2 + two * (d1 - d3)
-                half[5, b, c] = four * d1 - five * d3 + d5
-        for a in range(6):  # tiles <- half B
-            for c in range(channels):
-                e0, e1, e2, e3, e4, e5 = half[a, 0, c], half[a, 1, c], half[a, 2, c], half[a, 3, c], \
-                    half[a, 4, c], half[a, 5, c]
-                tiles[6 * a, t, c] = four * e0 - five * e2 + e4
-                tiles[6 * a + 1, t, c] = e3 + e4 - four * (e1 + e2)
-                tiles[6 * a + 2, t, c] = e4 - e3 + four * (e1 - e2)
-                tiles[6 * a + 3, t, c] = e4 - e2 + two * (e3 - e1)
-                tiles[6 * a + 4, t, c] = e4 - e2 + two * (e1 - e3)
-                tiles[6 * a + 5, t, c] = four * e1 - five * e3 + e5
+    first, count = _strip_span(x, left, strip)
+    row = 4 * i - top
+    d0, d1 = _image_row(x, n, row, zero_row, count), _image_row(x, n, row + 1, zero_row, count)
+    d2, d3 = _image_row(x, n, row + 2, zero_row, count), _image_row(x, n, row + 3, zero_row, count)
+    d4, d5 = _image_row(x, n, row + 4, zero_row, count), _image_row(x, n, row + 5, zero_row, count)
+    s0, s1, s2 = strip[0, first:first + count], strip[1, first:first + count], strip[2, first:first + count]
+    s3, s4, s5 = strip[3, first:first + count], strip[4, first:first + count], strip[5, first:first + count]
+    for m in range(count):
+        s0[m] = four * d0[m] - five * d2[m] + d4[m]
+    for m in range(count):
+        s1[m] = d3[m] + d4[m] - four * (d1[m] + d2[m])
+    for m in range(count):
+        s2[m] = d4[m] - d3[m] + four * (d1[m] - d2[m])
+    for m in range(count):
+        s3[m] = d4[m] - d2[m] + two * (d3[m] - d1[m])
+    for m in range(count):
+        s4[m] = d4[m] - d2[m] + two * (d1[m] - d3[m])
+    for m in range(count):
+        s5[m] = four * d1[m] - five * d3[m] + d5[m]
+    flat_tiles, c_in = tiles.reshape(-1), _natural(channels)
+    position = _natural(tiles.shape[1]) * c_in
+    for a in range(6):  # tiles <- (strip's tile) B
+        e = strip[a]
+        for j in range(tiles_w):
+            e0 = _natural(4 * j) * c_in
+            e1, e2, e3, e4, e5 = e0 + c_in, e0 + _natural(2) * c_in, e0 + _natural(3) * c_in, \
+                e0 + _natural(4) * c_in, e0 + _natural(5) * c_in
+            t0 = _natural(6 * a) * position + _natural(first_tile + j) * c_in
+            t1, t2, t3, t4, t5 = t0 + position, t0 + _natural(2) * position, t0 + _natural(3) * position, \
+                t0 + _natural(4) * position, t0 + _natural(5) * position
+            for c in range(c_in):
+                flat_tiles[t0 + c] = four * e[e0 + c] - five * e[e2 + c] + e[e4 + c]
+            for c in range(c_in):
+                flat_tiles[t1 + c] = e[e3 + c] + e[e4 + c] - four * (e[e1 + c] + e[e2 + c])
+            for c in range(c_in):
+                flat_tiles[t2 + c] = e[e4 + c] - e[e3 + c] + four * (e[e1 + c] - e[e2 + c])
+            for c in range(c_in):
+                flat_tiles[t3 + c] = e[e4 + c] - e[e2 + c] + two * (e[e3 + c] - e[e1 + c])
+            for c in range(c_in):
+                flat_tiles[t4 + c] = e[e4 + c] - e[e2 + c] + two * (e[e1 + c] - e[e3 + c])
+            for c in range(c_in):
+                flat_tiles[t5 + c] = four * e[e1 + c] - five * e[e3 + c] + e[e5 + c]
 
 
 @jit_inline
-def _tiles_grad_image_f4(grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, e, block, grad_x):
-    """F(4x4, 3x3): ``grad_x[n]`` ``= sum of (B u B^T)`` placed at ``(4i - top, 4j - left)`` for ``u =
-    grad_tiles[:, first_tile + i*TW + j]`` of every tile of image ``n``, inside the image; overlapping
-    tiles add up."""
+def _tiles_grad_row_f4(grad_tiles, first_tile, n, i, top, left, tiles_w, strip, grad_x):
+    """F(4x4, 3x3): adds onto ``grad_x[n]`` the ``B u B^T`` placed at ``(4i - top, 4j - left)`` for ``u =
+    grad_tiles[:, first_tile + j]`` of every ``j`` of tile row ``i``, inside the image: ``u B^T`` along
+    each tile's columns into ``strip`` (overlapping tiles add up), then ``B`` down its six rows onto the
+    image's."""
     channels = grad_x.shape[3]
     two, four, five = grad_x.dtype.type(2), grad_x.dtype.type(4), grad_x.dtype.type(5)
-    grad_x[n] = 0
-    for i in range(tiles_h):
+    strip[:] = 0
+    u, c_in = grad_tiles.reshape(-1), _natural(channels)
+    position = _natural(grad_tiles.shape[1]) * c_in
+    for a in range(6):
+        e = strip[a]
         for j in range(tiles_w):
-            t = first_tile + i * tiles_w + j
-            for b in range(6):
-                for c in range(channels):
-                    u0, u1, u2 = grad_tiles[b, t, c], grad_tiles[6 + b, t, c], grad_tiles[12 + b, t, c]
-                    u3, u4, u5 = grad_tiles[18 + b, t, c], grad_tiles[24 + b, t, c], grad_tiles[30 + b, t, c]
-                    e[0, b, c] = four * u0
-                    e[1, b, c] = four * (u2 - u1 + u5) + two * (u4 - u3)
-                    e[2, b, c] = -five * u0 - four * (u1 + u2) - u3 - u4
-                    e[3, b, c] = u1 - u2 + two * (u3 - u4) - five * u5
-                    e[4, b, c] = u0 + u1 + u2 + u3 + u4
-                    e[5, b, c] = u5
-            for p in range(6):  # block <- e B^T, then added onto the image
-                for c in range(channels):
-                    e0, e1, e2, e3, e4, e5 = e[p, 0, c], e[p, 1, c], e[p, 2, c], e[p, 3, c], e[p, 4, c], e[p, 5, c]
-                    block[p, 0, c] = four * e0
-                    block[p, 1, c] = four * (e2 - e1 + e5) + two * (e4 - e3)
-                    block[p, 2, c] = -five * e0 - four * (e1 + e2) - e3 - e4
-                    block[p, 3, c] = e1 - e2 + two * (e3 - e4) - five * e5
-                    block[p, 4, c] = e0 + e1 + e2 + e3 + e4
-                    block[p, 5, c] = e5
-                _add_tile_row(grad_x, n, 4 * i - top + p, 4 * j - left, block, p)
+            t0 = _natural(6 * a) * position + _natural(first_tile + j) * c_in
+            t1, t2, t3, t4, t5 = t0 + position, t0 + _natural(2) * position, t0 + _natural(3) * position, \
+                t0 + _natural(4) * position, t0 + _natural(5) * position
+            e0 = _natural(4 * j) * c_in
+            e1, e2, e3, e4, e5 = e0 + c_in, e0 + _natural(2) * c_in, e0 + _natural(3) * c_in, \
+                e0 + _natural(4) * c_in, e0 + _natural(5) * c_in
+            for c in range(c_in):
+                e[e0 + c] += four * u[t0 + c]
+            for c in range(c_in):
+                e[e1 + c] += four * (u[t2 + c] - u[t1 + c] + u[t5 + c]) + two * (u[t4 + c] - u[t3 + c])
+            for c in range(c_in):
+                e[e2 + c] -= five * u[t0 + c] + four * (u[t1 + c] + u[t2 + c]) + u[t3 + c] + u[t4 + c]
+            for c in range(c_in):
+                e[e3 + c] += u[t1 + c] - u[t2 + c] + two * (u[t3 + c] - u[t4 + c]) - five * u[t5 + c]
+            for c in range(c_in):
+                e[e4 + c] += u[t0 + c] + u[t1 + c] + u[t2 + c] + u[t3 + c] + u[t4 + c]
+            for c in range(c_in):
+                e[e5 + c] += u[t5 + c]
+    first, count = _strip_span(grad_x, left, strip)
+    s0, s1, s2 = strip[0, first:first + count], strip[1, first:first + count], strip[2, first:first + count]
+    s3, s4, s5 = strip[3, first:first + count], strip[4, first:first + count], strip[5, first:first + count]
+    row, height = 4 * i - top, grad_x.shape[1]
+    if 0 <= row < height:
+        g = grad_x[n, row].reshape(-1)[:count]
+        for m in range(count):
+            g[m] += four * s0[m]
+    if 0 <= row + 1 < height:
+        g = grad_x[n, row + 1].reshape(-1)[:count]
+        for m in range(count):
+            g[m] += four * (s2[m] - s1[m] + s5[m]) + two * (s4[m] - s3[m])
+    if 0 <= row + 2 < height:
+        g = grad_x[n, row + 2].reshape(-1)[:count]
+        for m in range(count):
+            g[m] -= five * s0[m] + four * (s1[m] + s2[m]) + s3[m] + s4[m]
+    if 0 <= row + 3 < height:
+        g = grad_x[n, row + 3].reshape(-1)[:count]
+        for m in range(count):
+            g[m] += s1[m] - s2[m] + two * (s3[m] - s4[m]) - five * s5[m]
+    if 0 <= row + 4 < height:
+        g = grad_x[n, row + 4].reshape(-1)[:count]
+        for m in range(count):
+            g[m] += s0[m] + s1[m] + s2[m] + s3[m] + s4[m]
+    if 0 <= row + 5 < height:
+        g = grad_x[n, row + 5].reshape(-1)[:count]
+        for m in range(count):
+            g[m] += s5[m]
 
 
 @jit_inline
@@ -1012,23 +1123,26 @@ def _outputs_grad_row_f4(grad_out, n, i, tiles_w, g, half, grad_products, first_
 # branches), over its own scratch tiles: ``side = tile + 2``.
 
 @jit_inline
-def _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, tiles, first_tile):
-    """Row ``i`` of image ``n``'s transformed tiles (``_tiles_row_f2`` / ``_f4``); ``d``, ``half``
-    ``(side, side, C)``."""
+def _tiles_row(tile, x, n, i, top, left, tiles_w, strip, zero_row, tiles, first_tile):
+    """Row ``i`` of image ``n``'s transformed tiles (``_tiles_row_f2`` / ``_f4``), ``strip`` from
+    :func:`_tile_row_strip`, ``zero_row`` ``(W*C,)`` zeros."""
     if tile == 2:
-        _tiles_row_f2(x, n, i, top, left, tiles_w, d, half, tiles, first_tile)
+        _tiles_row_f2(x, n, i, top, left, tiles_w, strip, zero_row, tiles, first_tile)
     else:
-        _tiles_row_f4(x, n, i, top, left, tiles_w, d, half, tiles, first_tile)
+        _tiles_row_f4(x, n, i, top, left, tiles_w, strip, zero_row, tiles, first_tile)
 
 
 @jit_inline
-def _tiles_grad_image(tile, grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, e, block, grad_x):
-    """Image ``n``'s input gradient from its tiles' (``_tiles_grad_image_f2`` / ``_f4``); ``e``,
-    ``block`` ``(side, side, C)``."""
-    if tile == 2:
-        _tiles_grad_image_f2(grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, e, block, grad_x)
-    else:
-        _tiles_grad_image_f4(grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, e, block, grad_x)
+def _tiles_grad_image(tile, grad_tiles, first_tile, n, top, left, tiles_h, tiles_w, strip, grad_x):
+    """``grad_x[n]``, image ``n``'s input gradient from its tiles' ``grad_tiles[:, first_tile :
+    first_tile + TH*TW]``, tile row by tile row (``_tiles_grad_row_f2`` / ``_f4``), ``strip`` from
+    :func:`_tile_row_strip`."""
+    grad_x[n] = 0
+    for i in range(tiles_h):
+        if tile == 2:
+            _tiles_grad_row_f2(grad_tiles, first_tile + i * tiles_w, n, i, top, left, tiles_w, strip, grad_x)
+        else:
+            _tiles_grad_row_f4(grad_tiles, first_tile + i * tiles_w, n, i, top, left, tiles_w, strip, grad_x)
 
 
 @jit_inline
@@ -1054,12 +1168,11 @@ def _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, half, grad_products, fir
 @jit_parallel
 def _winograd_tiles_kernel(tile, x, top, left, tiles_h, tiles_w, tiles):
     """``tiles (P, N*TH*TW, C)`` of ``x (N, H, W, C)``, the rows of tiles shared among the threads."""
-    n_images, _, _, channels = x.shape
-    side = tile + 2
+    n_images, _, width, channels = x.shape
     for tile_row in numba.prange(n_images * tiles_h):
-        d = np.empty((side, side, channels), x.dtype)
-        half = np.empty((side, side, channels), x.dtype)
-        _tiles_row(tile, x, tile_row // tiles_h, tile_row % tiles_h, top, left, tiles_w, d, half, tiles,
+        strip = _tile_row_strip(tile, tiles_w, channels, x.dtype)
+        zero_row = np.zeros(width * channels, x.dtype)
+        _tiles_row(tile, x, tile_row // tiles_h, tile_row % tiles_h, top, left, tiles_w, strip, zero_row, tiles,
                    tile_row * tiles_w)
 
 
@@ -1067,11 +1180,9 @@ def _winograd_tiles_kernel(tile, x, top, left, tiles_h, tiles_w, tiles):
 def _winograd_tiles_grad_kernel(tile, grad_tiles, top, left, tiles_h, tiles_w, grad_x):
     """``grad_x (N, H, W, C)`` from ``grad_tiles (P, N*TH*TW, C)``, the images shared among the threads."""
     n_images, _, _, channels = grad_x.shape
-    side = tile + 2
     for n in numba.prange(n_images):
-        e = np.empty((side, side, channels), grad_x.dtype)
-        block = np.empty((side, side, channels), grad_x.dtype)
-        _tiles_grad_image(tile, grad_tiles, n * tiles_h * tiles_w, n, top, left, tiles_h, tiles_w, e, block, grad_x)
+        strip = _tile_row_strip(tile, tiles_w, channels, grad_x.dtype)
+        _tiles_grad_image(tile, grad_tiles, n * tiles_h * tiles_w, n, top, left, tiles_h, tiles_w, strip, grad_x)
 
 
 @jit_parallel
@@ -1210,13 +1321,11 @@ def _products_per_position(gemm, trans_a, a, b, beta, c):
 
 @jit_inline
 def _image_scratch(tile, positions, image_tiles, channels, filters, dtype):
-    """One thread's scratch for one image's (or band's) Winograd transforms and products: ``(P, T, C)``
-    and ``(P, T, F)`` stacks for ``T = image_tiles``, two ``(side, side, C)`` input tiles, a ``(tile,
-    side, F)`` half-done output block and a ``(tile, tile, F)`` whole one."""
-    side = tile + 2
+    """One thread's scratch for one image's (or band's) Winograd products: ``(P, T, C)`` and ``(P, T,
+    F)`` stacks for ``T = image_tiles``, a ``(tile, side, F)`` half-done output block and a ``(tile,
+    tile, F)`` whole one."""
     return (np.empty((positions, image_tiles, channels), dtype), np.empty((positions, image_tiles, filters), dtype),
-            np.empty((side, side, channels), dtype), np.empty((side, side, channels), dtype),
-            np.empty((tile, side, filters), dtype), np.empty((tile, tile, filters), dtype))
+            np.empty((tile, tile + 2, filters), dtype), np.empty((tile, tile, filters), dtype))
 
 
 @jit_inline
@@ -1241,17 +1350,20 @@ def _winograd_by_image_kernel(gemm, tile, x, kernel_tiles, top, left, tiles_h, t
     """``z[n] = outputs(tiles(x[n]) @ kernel_tiles)`` for every image, ``band_rows`` tile rows at a
     time, the bands of all images shared among ``threads`` (so that a chunk of fewer images than
     threads keeps them busy): ``x (N, H, W, C)``, ``kernel_tiles (P, C, F)``, ``z (N, OH, OW, F)``."""
-    n_images, _, _, channels = x.shape
+    n_images, _, width, channels = x.shape
     positions, _, filters = kernel_tiles.shape
     for thread in numba.prange(threads):
-        tiles, products, d, half, out_half, block = _image_scratch(tile, positions, band_rows * tiles_w, channels,
-                                                                   filters, x.dtype)
+        tiles, products, out_half, block = _image_scratch(tile, positions, band_rows * tiles_w, channels, filters,
+                                                          x.dtype)
+        strip = _tile_row_strip(tile, tiles_w, channels, x.dtype)
+        zero_row = np.zeros(width * channels, x.dtype)
         for unit in _share_of_thread(thread, threads, n_images * -(-tiles_h // band_rows)):
             n, rows = _band(unit, band_rows, tiles_h)
             band_tiles, band_products = (_band_stack(tiles, len(rows) * tiles_w),
                                          _band_stack(products, len(rows) * tiles_w))
             for i in rows:
-                _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, band_tiles, (i - rows.start) * tiles_w)
+                _tiles_row(tile, x, n, i, top, left, tiles_w, strip, zero_row, band_tiles,
+                           (i - rows.start) * tiles_w)
             _products_per_position(gemm, False, band_tiles, kernel_tiles, 0.0, band_products)
             for i in rows:
                 _outputs_row(tile, band_products, (i - rows.start) * tiles_w, n, i, tiles_w, out_half, block, z)
@@ -1263,11 +1375,13 @@ def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, ti
     """``partials[t] = sum over thread t's bands of tiles(x[n])[p]^T @ outputs_grad(grad_out[n])[p]``
     for every position ``p``, the images cut into bands of ``band_rows`` tile rows, one thread per
     partial: ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)``, ``partials (threads, P, C, F)``."""
-    n_images, _, _, channels = x.shape
+    n_images, _, width, channels = x.shape
     threads, positions, _, filters = partials.shape
     for thread in numba.prange(threads):
-        tiles, grad_products, d, half, grad_half, g = _image_scratch(tile, positions, band_rows * tiles_w, channels,
-                                                                     filters, x.dtype)
+        tiles, grad_products, grad_half, g = _image_scratch(tile, positions, band_rows * tiles_w, channels, filters,
+                                                            x.dtype)
+        strip = _tile_row_strip(tile, tiles_w, channels, x.dtype)
+        zero_row = np.zeros(width * channels, x.dtype)
         partials[thread] = 0
         for unit in _share_of_thread(thread, threads, n_images * -(-tiles_h // band_rows)):
             n, rows = _band(unit, band_rows, tiles_h)
@@ -1275,7 +1389,7 @@ def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, ti
                                               _band_stack(grad_products, len(rows) * tiles_w))
             for i in rows:
                 first_tile = (i - rows.start) * tiles_w
-                _tiles_row(tile, x, n, i, top, left, tiles_w, d, half, band_tiles, first_tile)
+                _tiles_row(tile, x, n, i, top, left, tiles_w, strip, zero_row, band_tiles, first_tile)
                 _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, band_grad_products, first_tile)
             _products_per_position(gemm, True, band_tiles, band_grad_products, 1.0, partials[thread])
 
@@ -1290,13 +1404,14 @@ def _winograd_by_image_input_grad_kernel(gemm, tile, grad_out, kernel_tiles_t, t
     positions, filters, _ = kernel_tiles_t.shape
     image_tiles = tiles_h * tiles_w
     for thread in numba.prange(threads):
-        grad_tiles, grad_products, e, block, grad_half, g = _image_scratch(tile, positions, image_tiles, channels,
-                                                                           filters, grad_x.dtype)
+        grad_tiles, grad_products, grad_half, g = _image_scratch(tile, positions, image_tiles, channels, filters,
+                                                                 grad_x.dtype)
+        strip = _tile_row_strip(tile, tiles_w, channels, grad_x.dtype)
         for n in _share_of_thread(thread, threads, n_images):
             for i in range(tiles_h):
                 _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, grad_products, i * tiles_w)
             _products_per_position(gemm, False, grad_products, kernel_tiles_t, 0.0, grad_tiles)
-            _tiles_grad_image(tile, grad_tiles, 0, n, top, left, tiles_h, tiles_w, e, block, grad_x)
+            _tiles_grad_image(tile, grad_tiles, 0, n, top, left, tiles_h, tiles_w, strip, grad_x)
 
 
 def _check_kernel_tiles(function, kernel_tiles, channels):

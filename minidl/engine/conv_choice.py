@@ -75,8 +75,10 @@ CHOICE_MODES = ("measure", "remeasure", "model")
 
 #: The revision of the candidates' kernels, part of every key: raised when a change to them may change
 #: which one is fastest, so that choices timed on earlier kernels are timed again.  2: the
-#: image-by-image Winograd takes an image whose scratch passes a core's L2 in bands of tile rows ([D25]).
-KERNELS_REVISION = 2
+#: image-by-image Winograd takes an image whose scratch passes a core's L2 in bands of tile rows ([D25]);
+#: 3: the Winograd input transform and its adjoint run a row of tiles at a time through a strip of
+#: image rows ([D27]).
+KERNELS_REVISION = 3
 
 
 def choice_mode():
