@@ -736,9 +736,9 @@ def conv_by_image_input_grad(grad_out, kernel_matrix, x_shape, kernel_size, stri
 # tiles adding up in the strip, then the strip's rows onto the image's).  Each of their loops writes
 # one output row over a run of contiguous values, and reads at most six, with index arithmetic on
 # unsigned integers ([D16]); tile by tile, with all of a tile's rows written in one loop over its
-# channels, the input transform took twice as long ([D27]).  The output transform and its adjoint go
-# tile by tile: each tile is copied into a small scratch array and transformed one contiguous channel
-# row at a time, each pass writing an array of its own (a pass that overwrote the rows it read stayed
+# channels, the image-by-image forward and kernel gradient took 21-26% longer in a training step
+# ([D27]).  The output transform and its adjoint go tile by tile: each tile is copied into a small
+# scratch array and transformed one contiguous channel row at a time, each pass writing an array of its own (a pass that overwrote the rows it read stayed
 # scalar, ``benchmarks/RESULTS.md`` [D22]), the forward's last straight to the output.  Generic loops
 # over the matrices' entries (with a swap of axes between the passes) ran slower in scratch timings,
 # so each tile size has its own kernels, with the matrices of ``minidl.kernels.winograd`` written out;
