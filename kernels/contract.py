@@ -61,9 +61,10 @@ KERNELS = {
     "winograd_by_image_kernel_grad": (("x", "grad_out", "pads", "tile"),
                                       "winograd_tiles(x)^T @ winograd_outputs_grad(grad_out) per position: "
                                       "(N, H, W, C), (N, OH, OW, F) -> (P, C, F)"),
-    "winograd_by_image_input_grad": (("grad_out", "kernel_tiles", "x_shape", "pads"),
-                                     "winograd_tiles_grad(winograd_outputs_grad(grad_out) @ kernel_tiles^T): "
-                                     "(N, OH, OW, F), (P, C, F) -> x_shape"),
+    "winograd_by_image_grads": (("x", "grad_out", "kernel_tiles", "pads"),
+                                "(winograd_by_image_kernel_grad, winograd_tiles_grad(dM @ kernel_tiles^T)) from one "
+                                "dM = winograd_outputs_grad(grad_out): (N, H, W, C), (N, OH, OW, F), (P, C, F) "
+                                "-> ((P, C, F), (N, H, W, C))"),
     # pooling
     "maxpool_forward": (("x", "pool_size", "strides", "pads"), "(N, H, W, C) -> (out, argmax), both (N, OH, OW, C)"),
     "maxpool_values": (("x", "pool_size", "strides", "pads"), "maxpool_forward's out alone: (N, H, W, C) -> (N, OH, OW, C)"),

@@ -60,7 +60,7 @@ __all__ = [
     "matmul", "matmul_tn", "matmul_nt", "bias_grad", "im2col", "col2im",
     "conv_by_image", "conv_by_image_kernel_grad", "conv_by_image_input_grad",
     "winograd_kernel", "winograd_kernel_grad", "winograd_tiles", "winograd_tiles_grad",
-    "winograd_by_image", "winograd_by_image_kernel_grad", "winograd_by_image_input_grad",
+    "winograd_by_image", "winograd_by_image_kernel_grad", "winograd_by_image_grads",
     "winograd_outputs", "winograd_outputs_grad",
     "maxpool_forward", "maxpool_values", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "conv3x3_maxpool", "conv3x3_maxpool_values", "conv3x3_maxpool_kernel_grad",
@@ -738,15 +738,16 @@ def conv_by_image_input_grad(grad_out, kernel_matrix, x_shape, kernel_size, stri
 # unsigned integers ([D16]); tile by tile, with all of a tile's rows written in one loop over its
 # channels, the image-by-image forward and kernel gradient took 21-26% longer in a training step
 # ([D27]).  The output transform and its adjoint go tile by tile: each tile is copied into a small
-# scratch array and transformed one contiguous channel row at a time, each pass writing an array of its own (a pass that overwrote the rows it read stayed
-# scalar, ``benchmarks/RESULTS.md`` [D22]), the forward's last straight to the output.  Generic loops
+# scratch array and transformed one contiguous channel row at a time, each pass writing an array of
+# its own (a pass that overwrote the rows it read stayed scalar, ``benchmarks/RESULTS.md`` [D22]), the
+# forward's last straight to the output; by rows of tiles, the adjoint ran no faster.  Generic loops
 # over the matrices' entries (with a swap of axes between the passes) ran slower in scratch timings,
 # so each tile size has its own kernels, with the matrices of ``minidl.kernels.winograd`` written out;
 # their coefficients are made in the array's dtype (``x.dtype.type(4)``), since ``4 *`` would promote
 # float32 to float64 (many times slower in a scratch timing).  The rows of tiles are shared among the
 # threads, each with its own scratch, so that a single image (a predict of one, or an inference chunk
 # of one 111x111 image) still runs on every thread; the adjoint of the tiles adds overlapping tiles
-# onto the image, so it shares whole images instead.
+# onto the image, so the kernels that make input gradients share whole images instead.
 
 
 @functools.cache
@@ -1139,10 +1140,18 @@ def _tiles_grad_image(tile, grad_tiles, first_tile, n, top, left, tiles_h, tiles
     :func:`_tile_row_strip`."""
     grad_x[n] = 0
     for i in range(tiles_h):
-        if tile == 2:
-            _tiles_grad_row_f2(grad_tiles, first_tile + i * tiles_w, n, i, top, left, tiles_w, strip, grad_x)
-        else:
-            _tiles_grad_row_f4(grad_tiles, first_tile + i * tiles_w, n, i, top, left, tiles_w, strip, grad_x)
+        _tiles_grad_row(tile, grad_tiles, first_tile + i * tiles_w, n, i, top, left, tiles_w, strip, grad_x)
+
+
+@jit_inline
+def _tiles_grad_row(tile, grad_tiles, first_tile, n, i, top, left, tiles_w, strip, grad_x):
+    """Adds row ``i`` of image ``n``'s tiles, ``grad_tiles[:, first_tile : first_tile + TW]``, onto its
+    input gradient ``grad_x[n]`` (``_tiles_grad_row_f2`` / ``_f4``), ``strip`` from
+    :func:`_tile_row_strip`."""
+    if tile == 2:
+        _tiles_grad_row_f2(grad_tiles, first_tile, n, i, top, left, tiles_w, strip, grad_x)
+    else:
+        _tiles_grad_row_f4(grad_tiles, first_tile, n, i, top, left, tiles_w, strip, grad_x)
 
 
 @jit_inline
@@ -1296,11 +1305,12 @@ def _second_level_cache_bytes(default=2**20):
 IMAGE_SCRATCH_BYTES = _second_level_cache_bytes()
 
 
-def _tile_rows_per_band(tile, tiles_h, tiles_w, channels, filters, itemsize):
-    """Tile rows per band of one image, the bands as even as they can be and their ``P x rows*TW x (C
-    + F)`` tiles and products within :data:`IMAGE_SCRATCH_BYTES` where one row's are (all ``TH`` rows
-    where the whole image's are)."""
-    row_bytes = (tile + 2) ** 2 * tiles_w * (channels + filters) * itemsize
+def _tile_rows_per_band(tile, tiles_h, tiles_w, values_per_position, itemsize):
+    """Tile rows per band of one image, the bands as even as they can be and their scratch, ``P x rows*TW
+    x values_per_position`` values (``C + F`` for tiles and products, ``2C + F`` with the input
+    gradient's tiles too), within :data:`IMAGE_SCRATCH_BYTES` where one row's is (all ``TH`` rows where
+    the whole image's is)."""
+    row_bytes = (tile + 2) ** 2 * tiles_w * values_per_position * itemsize
     rows_that_fit = max(1, IMAGE_SCRATCH_BYTES // row_bytes)
     bands = -(-tiles_h // rows_that_fit)
     return -(-tiles_h // bands)
@@ -1395,23 +1405,40 @@ def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, ti
 
 
 @jit_parallel
-def _winograd_by_image_input_grad_kernel(gemm, tile, grad_out, kernel_tiles_t, top, left, tiles_h, tiles_w, threads,
-                                         grad_x):
-    """``grad_x[n] = tiles_grad(outputs_grad(grad_out[n]) @ kernel_tiles_t)`` per position for every
-    image, the images shared among ``threads``: ``grad_out (N, OH, OW, F)``, ``kernel_tiles_t (P, F,
-    C)`` (transposed once, as :func:`_conv_by_image_input_grad_kernel`'s), ``grad_x (N, H, W, C)``."""
-    n_images, _, _, channels = grad_x.shape
-    positions, filters, _ = kernel_tiles_t.shape
-    image_tiles = tiles_h * tiles_w
+def _winograd_by_image_grads_kernel(gemm, tile, x, grad_out, kernel_tiles_t, top, left, tiles_h, tiles_w, band_rows,
+                                    partials, grad_x):
+    """Both gradients from one ``dM = outputs_grad(grad_out[n])`` per band of ``band_rows`` tile rows:
+    ``partials[t] = sum over thread t's bands of tiles(x[n])[p]^T @ dM[p]`` and ``grad_x[n] =
+    tiles_grad(dM @ kernel_tiles_t)`` per position ``p``, each thread taking whole images (the bands of
+    an image add overlapping rows onto its gradient): ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)``,
+    ``kernel_tiles_t (P, F, C)`` (transposed once, as :func:`_conv_by_image_input_grad_kernel`'s),
+    ``partials (threads, P, C, F)``, ``grad_x (N, H, W, C)``."""
+    n_images, _, width, channels = x.shape
+    threads, positions, _, filters = partials.shape
     for thread in numba.prange(threads):
-        grad_tiles, grad_products, grad_half, g = _image_scratch(tile, positions, image_tiles, channels, filters,
-                                                                 grad_x.dtype)
-        strip = _tile_row_strip(tile, tiles_w, channels, grad_x.dtype)
+        tiles, grad_products, grad_half, g = _image_scratch(tile, positions, band_rows * tiles_w, channels, filters,
+                                                            x.dtype)
+        grad_tiles = np.empty_like(tiles)
+        strip, grad_strip = _tile_row_strip(tile, tiles_w, channels, x.dtype), _tile_row_strip(tile, tiles_w,
+                                                                                               channels, x.dtype)
+        zero_row = np.zeros(width * channels, x.dtype)
+        partials[thread] = 0
         for n in _share_of_thread(thread, threads, n_images):
-            for i in range(tiles_h):
-                _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, grad_products, i * tiles_w)
-            _products_per_position(gemm, False, grad_products, kernel_tiles_t, 0.0, grad_tiles)
-            _tiles_grad_image(tile, grad_tiles, 0, n, top, left, tiles_h, tiles_w, strip, grad_x)
+            grad_x[n] = 0
+            for first_row in range(0, tiles_h, band_rows):
+                rows = range(first_row, min(tiles_h, first_row + band_rows))
+                band_tiles, band_grad_products, band_grad_tiles = (_band_stack(tiles, len(rows) * tiles_w),
+                                                                   _band_stack(grad_products, len(rows) * tiles_w),
+                                                                   _band_stack(grad_tiles, len(rows) * tiles_w))
+                for i in rows:
+                    first_tile = (i - first_row) * tiles_w
+                    _tiles_row(tile, x, n, i, top, left, tiles_w, strip, zero_row, band_tiles, first_tile)
+                    _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, band_grad_products, first_tile)
+                _products_per_position(gemm, True, band_tiles, band_grad_products, 1.0, partials[thread])
+                _products_per_position(gemm, False, band_grad_products, kernel_tiles_t, 0.0, band_grad_tiles)
+                for i in rows:
+                    _tiles_grad_row(tile, band_grad_tiles, (i - first_row) * tiles_w, n, i, top, left, tiles_w,
+                                    grad_strip, grad_x)
 
 
 def _check_kernel_tiles(function, kernel_tiles, channels):
@@ -1434,7 +1461,7 @@ def winograd_by_image(x, kernel_tiles, pads):
         return winograd_outputs(matmul(winograd_tiles(x, pads, tile), kernel_tiles), out_shape)
     (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads, tile)
     z = np.empty(out_shape, dtype=x.dtype)
-    band_rows = _tile_rows_per_band(tile, tiles_h, tiles_w, x.shape[3], kernel_tiles.shape[2], x.itemsize)
+    band_rows = _tile_rows_per_band(tile, tiles_h, tiles_w, x.shape[3] + kernel_tiles.shape[2], x.itemsize)
     _winograd_by_image_kernel(gemm, tile, np.ascontiguousarray(x), np.ascontiguousarray(kernel_tiles), top, left,
                               tiles_h, tiles_w, band_rows, numba.get_num_threads(), z)
     return z
@@ -1450,27 +1477,34 @@ def winograd_by_image_kernel_grad(x, grad_out, pads, tile):
         return matmul_tn(winograd_tiles(x, pads, tile), winograd_outputs_grad(grad_out, tile))
     (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads, tile)
     partials = np.empty((numba.get_num_threads(), (tile + 2) ** 2, x.shape[3], grad_out.shape[3]), dtype=x.dtype)
-    band_rows = _tile_rows_per_band(tile, tiles_h, tiles_w, x.shape[3], grad_out.shape[3], x.itemsize)
+    band_rows = _tile_rows_per_band(tile, tiles_h, tiles_w, x.shape[3] + grad_out.shape[3], x.itemsize)
     _winograd_by_image_kernel_grad_kernel(gemm, tile, np.ascontiguousarray(x), np.ascontiguousarray(grad_out), top,
                                           left, tiles_h, tiles_w, band_rows, partials)
     return partials.sum(axis=0)
 
 
-def winograd_by_image_input_grad(grad_out, kernel_tiles, x_shape, pads):
-    """``dL/dx = winograd_tiles_grad(winograd_outputs_grad(grad_out) @ kernel_tiles^T)`` per position,
-    image by image: ``grad_out (N, OH, OW, F)``, ``kernel_tiles (P, C, F)`` -> ``x_shape (N, H, W, C)``."""
-    _check_kernel_tiles("winograd_by_image_input_grad", kernel_tiles, x_shape[3])
-    _check_grad_out("winograd_by_image_input_grad", grad_out, x_shape, kernel_tiles.shape[2], (3, 3), (1, 1), pads)
+def winograd_by_image_grads(x, grad_out, kernel_tiles, pads):
+    """``(dL/dkernel_tiles, dL/dx)``, image by image from one ``dM = winograd_outputs_grad(grad_out)`` of
+    each image: :func:`winograd_by_image_kernel_grad`'s ``winograd_tiles(x)^T @ dM`` and
+    ``winograd_tiles_grad(dM @ kernel_tiles^T)`` per position.  ``x (N, H, W, C)``, ``grad_out (N, OH,
+    OW, F)``, ``kernel_tiles (P, C, F)`` -> ``((P, C, F), (N, H, W, C))``."""
+    _check_kernel_tiles("winograd_by_image_grads", kernel_tiles, x.shape[3])
+    _check_grad_out("winograd_by_image_grads", grad_out, x.shape, kernel_tiles.shape[2], (3, 3), (1, 1), pads)
     tile = tile_of_positions(kernel_tiles.shape[0])
-    gemm = _library_gemm(grad_out, kernel_tiles)
+    gemm = _library_gemm(x, grad_out, kernel_tiles)
     if gemm is None:
-        return winograd_tiles_grad(matmul_nt(winograd_outputs_grad(grad_out, tile), kernel_tiles), x_shape, pads)
-    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x_shape, pads, tile)
-    grad_x = np.empty(tuple(x_shape), dtype=grad_out.dtype)
-    _winograd_by_image_input_grad_kernel(gemm, tile, np.ascontiguousarray(grad_out),
-                                         np.ascontiguousarray(np.swapaxes(kernel_tiles, 1, 2)), top, left, tiles_h,
-                                         tiles_w, numba.get_num_threads(), grad_x)
-    return grad_x
+        grad_products = winograd_outputs_grad(grad_out, tile)
+        return (matmul_tn(winograd_tiles(x, pads, tile), grad_products),
+                winograd_tiles_grad(matmul_nt(grad_products, kernel_tiles), x.shape, pads))
+    (tiles_h, tiles_w), ((top, _), (left, _)) = winograd_tile_grid(x.shape, pads, tile)
+    channels, filters = x.shape[3], grad_out.shape[3]
+    partials = np.empty((numba.get_num_threads(), (tile + 2) ** 2, channels, filters), dtype=x.dtype)
+    grad_x = np.empty(x.shape, dtype=x.dtype)
+    band_rows = _tile_rows_per_band(tile, tiles_h, tiles_w, 2 * channels + filters, x.itemsize)
+    _winograd_by_image_grads_kernel(gemm, tile, np.ascontiguousarray(x), np.ascontiguousarray(grad_out),
+                                    np.ascontiguousarray(np.swapaxes(kernel_tiles, 1, 2)), top, left, tiles_h,
+                                    tiles_w, band_rows, partials, grad_x)
+    return partials.sum(axis=0), grad_x
 
 
 # ---------------------------------------------------------------------------------------- pooling

@@ -86,7 +86,7 @@ __all__ = [
     "to_device",
     "to_host",
     "winograd_by_image",
-    "winograd_by_image_input_grad",
+    "winograd_by_image_grads",
     "winograd_by_image_kernel_grad",
     "winograd_kernel",
     "winograd_kernel_grad",
@@ -981,12 +981,15 @@ def winograd_by_image_kernel_grad(x, grad_out, pads, tile):
     return matmul_tn(winograd_tiles(x, pads, tile), winograd_outputs_grad(grad_out, tile))
 
 
-def winograd_by_image_input_grad(grad_out, kernel_tiles, x_shape, pads):
-    """``winograd_tiles_grad(winograd_outputs_grad(grad_out) @ kernel_tiles^T)`` per position:
-    ``grad_out (N, OH, OW, F)``, ``kernel_tiles (P, C, F)`` -> ``x_shape``."""
-    _reject_host_arrays("winograd_by_image_input_grad", (grad_out, kernel_tiles))
+def winograd_by_image_grads(x, grad_out, kernel_tiles, pads):
+    """``(winograd_tiles(x)^T @ dM, winograd_tiles_grad(dM @ kernel_tiles^T))`` per position from one ``dM =
+    winograd_outputs_grad(grad_out)``: ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)``, ``kernel_tiles (P,
+    C, F)`` -> ``((P, C, F), (N, H, W, C))``."""
+    _reject_host_arrays("winograd_by_image_grads", (x, grad_out, kernel_tiles))
     tile = tile_of_positions(kernel_tiles.shape[0])
-    return winograd_tiles_grad(matmul_nt(winograd_outputs_grad(grad_out, tile), kernel_tiles), x_shape, pads)
+    grad_products = winograd_outputs_grad(grad_out, tile)
+    return (matmul_tn(winograd_tiles(x, pads, tile), grad_products),
+            winograd_tiles_grad(matmul_nt(grad_products, kernel_tiles), x.shape, pads))
 
 
 # ------------------------------------------------------------------------------------------- pooling

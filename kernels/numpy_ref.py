@@ -90,7 +90,7 @@ __all__ = [
     "to_device",
     "to_host",
     "winograd_by_image",
-    "winograd_by_image_input_grad",
+    "winograd_by_image_grads",
     "winograd_by_image_kernel_grad",
     "winograd_kernel",
     "winograd_kernel_grad",
@@ -361,11 +361,15 @@ def winograd_by_image_kernel_grad(x, grad_out, pads, tile):
     return matmul_tn(winograd_tiles(x, pads, tile), winograd_outputs_grad(grad_out, tile))
 
 
-def winograd_by_image_input_grad(grad_out, kernel_tiles, x_shape, pads):
-    """``dL/dx = winograd_tiles_grad(winograd_outputs_grad(grad_out) @ U^T)`` per position:
-    ``grad_out (N, OH, OW, F)``, ``kernel_tiles (P, C, F)`` -> ``x_shape``."""
+def winograd_by_image_grads(x, grad_out, kernel_tiles, pads):
+    """Both gradients of :func:`winograd_by_image` from one ``dM = winograd_outputs_grad(grad_out)``:
+    ``(dL/dU, dL/dx) = (V^T @ dM, winograd_tiles_grad(dM @ U^T))`` per position, ``V = winograd_tiles(x)``:
+    ``x (N, H, W, C)``, ``grad_out (N, OH, OW, F)``, ``kernel_tiles (P, C, F)`` -> ``((P, C, F), (N, H, W,
+    C))``."""
     tile = tile_of_positions(kernel_tiles.shape[0])
-    return winograd_tiles_grad(matmul_nt(winograd_outputs_grad(grad_out, tile), kernel_tiles), x_shape, pads)
+    grad_products = winograd_outputs_grad(grad_out, tile)
+    return (matmul_tn(winograd_tiles(x, pads, tile), grad_products),
+            winograd_tiles_grad(matmul_nt(grad_products, kernel_tiles), x.shape, pads))
 
 
 # ---------------------------------------------------------------------------------------- pooling

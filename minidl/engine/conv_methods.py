@@ -184,11 +184,11 @@ class WinogradByImage(Winograd):
         return ops.winograd_by_image(x, kernel_matrix, pads)
 
     def grads(self, x, kernel_matrix, grad_z, x_shape, pads, input_grad_needed):
-        """``(dL/dU, dL/dx or None)`` from ``grad_z = dL/dz`` ``(n, OH, OW, F)``."""
-        grad_kernel_matrix = ops.winograd_by_image_kernel_grad(x, grad_z, pads, self.tile)
+        """``(dL/dU, dL/dx or None)`` from ``grad_z = dL/dz`` ``(n, OH, OW, F)``; both from one ``dM`` per
+        image where ``dL/dx`` is needed."""
         if not input_grad_needed:
-            return grad_kernel_matrix, None
-        return grad_kernel_matrix, ops.winograd_by_image_input_grad(grad_z, kernel_matrix, x_shape, pads)
+            return ops.winograd_by_image_kernel_grad(x, grad_z, pads, self.tile), None
+        return ops.winograd_by_image_grads(x, grad_z, kernel_matrix, pads)
 
     def bytes_per_image(self, input_shape, output_hw, filters, itemsize):
         """No scratch grows with the batch: each thread transforms one image at a time."""

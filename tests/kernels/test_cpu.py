@@ -207,16 +207,17 @@ def test_winograd_transforms_and_their_grads_match_reference(case, c_out, tile):
 
 
 def assert_winograd_by_image_matches_reference(x, pads, c_out, tile):
-    """:func:`cpu.winograd_by_image` and its two gradients against ``numpy_ref``'s compositions."""
+    """:func:`cpu.winograd_by_image`, its kernel gradient alone and both its gradients against
+    ``numpy_ref``'s compositions."""
     kernel_tiles = like(np.empty(((tile + 2) ** 2, x.shape[3], c_out), x.dtype), seed=3)
     z = ref.winograd_by_image(x, kernel_tiles, pads)
     grad_out = like(z, seed=2)
+    grad_kernel_tiles = ref.winograd_by_image_kernel_grad(x, grad_out, pads, tile)
+    both_grads = cpu.winograd_by_image_grads(x, grad_out, kernel_tiles, pads)
     for actual, expected in (
         (cpu.winograd_by_image(x, kernel_tiles, pads), z),
-        (cpu.winograd_by_image_kernel_grad(x, grad_out, pads, tile),
-         ref.winograd_by_image_kernel_grad(x, grad_out, pads, tile)),
-        (cpu.winograd_by_image_input_grad(grad_out, kernel_tiles, x.shape, pads),
-         ref.winograd_by_image_input_grad(grad_out, kernel_tiles, x.shape, pads)),
+        (cpu.winograd_by_image_kernel_grad(x, grad_out, pads, tile), grad_kernel_tiles),
+        *zip(both_grads, ref.winograd_by_image_grads(x, grad_out, kernel_tiles, pads)),
     ):
         assert actual.flags.c_contiguous
         assert_close_to_size(actual, expected, tile)
@@ -243,7 +244,8 @@ def test_winograd_by_image_and_its_gradients_match_the_reference_on_any_thread_c
 @given(winograd_images(), st.integers(1, 5), st.sampled_from(WINOGRAD_TILES), st.integers(1, 3), st.integers(1, 3))
 def test_winograd_by_image_in_bands_of_tile_rows_matches_the_reference(case, c_out, tile, rows_per_band, threads):
     """Images whose tiles and products pass the scratch bound run in bands of tile rows, the last one
-    shorter (a bound of ``rows_per_band`` rows' worth), the bands shared among 1-3 threads."""
+    shorter (a bound of ``rows_per_band`` rows' worth), the bands shared among 1-3 threads; with the
+    input gradient's tiles as well, the bands are thinner and each adds its rows onto the image's."""
     x, pads, _ = case
     (tiles_h, tiles_w), _ = ref.winograd_tile_grid(x.shape, pads, tile)
     row_bytes = (tile + 2) ** 2 * tiles_w * (x.shape[3] + c_out) * x.itemsize
@@ -252,7 +254,7 @@ def test_winograd_by_image_in_bands_of_tile_rows_matches_the_reference(case, c_o
         patch.setattr(cpu, "GEMM_LIBRARY", cpu.blas.find())
         patch.setattr(cpu, "IMAGE_SCRATCH_BYTES", rows_per_band * row_bytes)
         bands = -(-tiles_h // rows_per_band)
-        assert cpu._tile_rows_per_band(tile, tiles_h, tiles_w, x.shape[3], c_out, x.itemsize) == -(-tiles_h // bands)
+        assert cpu._tile_rows_per_band(tile, tiles_h, tiles_w, x.shape[3] + c_out, x.itemsize) == -(-tiles_h // bands)
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         try:
             assert_winograd_by_image_matches_reference(x, pads, c_out, tile)
@@ -264,13 +266,13 @@ def test_tile_rows_per_band_even_out_the_bands_and_take_whole_images_that_fit():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cpu, "IMAGE_SCRATCH_BYTES", 2**20)
         # the seed's 224x224 network's 111x111x32 conv, 64 filters: 387 kB of F(4x4) tiles and products a row
-        assert cpu._tile_rows_per_band(4, 28, 28, 32, 64, 4) == 2
+        assert cpu._tile_rows_per_band(4, 28, 28, 32 + 64, 4) == 2
         # the residual network's 32x32x32 convs: 590 kB for a whole image
-        assert cpu._tile_rows_per_band(4, 8, 8, 32, 32, 4) == 8
+        assert cpu._tile_rows_per_band(4, 8, 8, 32 + 32, 4) == 8
         patch.setattr(cpu, "IMAGE_SCRATCH_BYTES", 400 * 1024)
-        assert cpu._tile_rows_per_band(4, 8, 8, 32, 32, 4) == 4  # two bands of four, not 5 + 3
+        assert cpu._tile_rows_per_band(4, 8, 8, 32 + 32, 4) == 4  # two bands of four, not 5 + 3
         patch.setattr(cpu, "IMAGE_SCRATCH_BYTES", 1)
-        assert cpu._tile_rows_per_band(4, 8, 8, 32, 32, 4) == 1
+        assert cpu._tile_rows_per_band(4, 8, 8, 32 + 32, 4) == 1
 
 
 @SETTINGS
@@ -291,9 +293,10 @@ def test_winograd_by_image_names_kernel_tiles_or_a_gradient_of_the_wrong_shape()
         cpu.winograd_by_image(x, np.zeros((25, 3, 2), np.float32), pads)
     with pytest.raises(ValueError, match=r"winograd_by_image_kernel_grad: grad_out must have shape \(2, 4, 4, 2\)"):
         cpu.winograd_by_image_kernel_grad(x, np.zeros((2, 5, 5, 2), np.float32), pads, 2)
-    with pytest.raises(ValueError, match=r"winograd_by_image_input_grad: grad_out must have shape \(2, 4, 4, 2\)"):
-        cpu.winograd_by_image_input_grad(np.zeros((2, 5, 5, 2), np.float32), np.zeros((16, 3, 2), np.float32), x.shape,
-                                         pads)
+    with pytest.raises(ValueError, match=r"winograd_by_image_grads: grad_out must have shape \(2, 4, 4, 2\)"):
+        cpu.winograd_by_image_grads(x, np.zeros((2, 5, 5, 2), np.float32), np.zeros((16, 3, 2), np.float32), pads)
+    with pytest.raises(ValueError, match=r"winograd_by_image_grads: kernel_tiles must be \(P, 3, F\)"):
+        cpu.winograd_by_image_grads(x, np.zeros((2, 4, 4, 2), np.float32), np.zeros((16, 4, 2), np.float32), pads)
 
 
 def test_winograd_grads_name_the_shape_they_expected():
