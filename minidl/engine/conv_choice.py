@@ -77,8 +77,9 @@ CHOICE_MODES = ("measure", "remeasure", "model")
 #: which one is fastest, so that choices timed on earlier kernels are timed again.  2: the
 #: image-by-image Winograd takes an image whose scratch passes a core's L2 in bands of tile rows ([D25]);
 #: 3: the Winograd input transform and its adjoint run a row of tiles at a time through a strip of
-#: image rows ([D27]).
-KERNELS_REVISION = 3
+#: image rows ([D27]); 4: the image-by-image Winograd makes both gradients from one output-gradient
+#: transform ([D28]).
+KERNELS_REVISION = 4
 
 
 def choice_mode():
