@@ -86,6 +86,8 @@ KERNELS = {
     # activations
     "bias_activation": (("z", "bias", "activation"), "f(z + bias), bias (C,) or None over the last axis; any shape"),
     "activation_grad": (("grad_out", "y", "activation"), "dL/dy * f'(z) from y = f(z); same shape"),
+    "activation_bias_grad": (("grad_out", "y", "activation"),
+                             "(activation_grad, its column sums) in one pass: (M, C) -> ((M, C), (C,))"),
     "leaky_relu": (("z", "alpha"), "where(z > 0, z, alpha z); same shape"),
     "leaky_relu_grad": (("grad_out", "z", "alpha"), "dL/dz of leaky_relu; same shape"),
     "softmax": (("z",), "row-wise softmax: (M, K) -> (M, K)"),

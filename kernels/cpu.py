@@ -64,7 +64,8 @@ __all__ = [
     "winograd_outputs", "winograd_outputs_grad",
     "maxpool_forward", "maxpool_values", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "conv3x3_maxpool", "conv3x3_maxpool_values", "conv3x3_maxpool_kernel_grad",
-    "bias_activation", "activation_grad", "leaky_relu", "leaky_relu_grad", "softmax", "softmax_grad",
+    "bias_activation", "activation_grad", "activation_bias_grad", "leaky_relu", "leaky_relu_grad", "softmax",
+    "softmax_grad",
     "bias_activation_avgpool", "avgpool_activation_grad",
     "softmax_cross_entropy", "dropout", "regularize_grad", "regularization_penalty",
     "sgd_update", "adam_update", "rmsprop_update",
@@ -2049,6 +2050,60 @@ def activation_grad(grad_out, y, activation):
     grad_in = np.empty(grad_out.shape, dtype=grad_out.dtype)
     _activation_grad_kernel(_flat(grad_out), _flat(y), code, grad_in.reshape(-1))
     return grad_in
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _activation_bias_grad_loop(grad_rows, y_rows, code, grad_z_rows, sums):
+    """The loop of :func:`_activation_bias_grad_rows`, inlined into each of its branches with a constant
+    ``code``."""
+    zero, one = y_rows.dtype.type(0), y_rows.dtype.type(1)
+    for m in range(grad_rows.shape[0]):
+        for c in range(grad_rows.shape[1]):
+            grad = grad_rows[m, c] * _activation_derivative(y_rows[m, c], code, zero, one)
+            grad_z_rows[m, c] = grad
+            sums[c] += grad
+
+
+@jit
+def _activation_bias_grad_rows(grad_rows, y_rows, code, grad_z_rows, sums):
+    """``grad_z_rows[m, c] = grad_rows[m, c] * f'(y_rows[m, c])`` for ``(M, C)`` rows, each added into
+    ``sums (C,)``; the activation chosen once, before the loop, as :func:`_bias_activate_rows` does."""
+    if code == TANH:
+        _activation_bias_grad_loop(grad_rows, y_rows, TANH, grad_z_rows, sums)
+    elif code == SIGMOID:
+        _activation_bias_grad_loop(grad_rows, y_rows, SIGMOID, grad_z_rows, sums)
+    elif code == RELU:
+        _activation_bias_grad_loop(grad_rows, y_rows, RELU, grad_z_rows, sums)
+    else:
+        _activation_bias_grad_loop(grad_rows, y_rows, LINEAR, grad_z_rows, sums)
+
+
+@jit_parallel
+def _activation_bias_grad_kernel(grad_out, y, code, chunk_rows, grad_z, partials):
+    """``grad_z = grad_out * f'(y)`` for ``(M, C)`` arrays and ``partials[k]`` the column sums of its
+    chunk ``k`` of ``chunk_rows`` rows, one chunk per parallel task."""
+    rows = grad_out.shape[0]
+    for chunk in numba.prange(partials.shape[0]):
+        first, stop = chunk * chunk_rows, min(rows, (chunk + 1) * chunk_rows)
+        partials[chunk] = 0
+        _activation_bias_grad_rows(grad_out[first:stop], y[first:stop], code, grad_z[first:stop], partials[chunk])
+
+
+def activation_bias_grad(grad_out, y, activation):
+    """``(dL/dz, dL/db)`` in one pass: ``dL/dz = dL/dy * f'(z)`` as :func:`activation_grad` computes it
+    and ``dL/db`` its column sums, as :func:`bias_grad`: ``grad_out``, ``y`` ``(M, C)`` -> ``((M, C),
+    (C,))``."""
+    code = _activation_code("activation_bias_grad", activation)
+    _check_same_shape("activation_bias_grad", "grad_out", grad_out, "y", y)
+    if grad_out.ndim != 2:
+        raise ValueError(f"activation_bias_grad: grad_out and y must be (M, C), got shape {grad_out.shape}")
+    rows, channels = grad_out.shape
+    grad_z = np.empty(grad_out.shape, dtype=grad_out.dtype)
+    chunk_rows = max(1, ACTIVATION_CHUNK // max(1, channels))
+    partials = np.empty((max(1, -(-rows // chunk_rows)), channels), dtype=grad_out.dtype)
+    _activation_bias_grad_kernel(np.ascontiguousarray(grad_out), np.ascontiguousarray(y, dtype=grad_out.dtype), code,
+                                 chunk_rows, grad_z, partials)
+    return grad_z, partials.sum(axis=0)
 
 
 @jit_parallel

@@ -48,6 +48,7 @@ from .winograd import tile_of_positions, winograd_matrices
 __all__ = [
     "accumulate",
     "add",
+    "activation_bias_grad",
     "activation_grad",
     "adam_update",
     "all_finite",
@@ -1241,6 +1242,12 @@ def activation_grad(grad_out, y, activation):
     grad_in = cuda.device_array(grad_out.shape, dtype=grad_out.dtype)
     _launch(_activation_grad, grad_in.size, _flat(grad_out), _flat(y), ACTIVATIONS.index(activation), _flat(grad_in))
     return grad_in
+
+
+def activation_bias_grad(grad_out, y, activation):
+    """``(dL/dz, dL/db)``: :func:`activation_grad` and its :func:`bias_grad`, ``(M, C) -> ((M, C), (C,))``."""
+    grad_z = activation_grad(grad_out, y, activation)
+    return grad_z, bias_grad(grad_z)
 
 
 @cuda.jit

@@ -49,6 +49,7 @@ from .winograd import tile_of_positions, winograd_matrices
 __all__ = [
     "accumulate",
     "add",
+    "activation_bias_grad",
     "activation_grad",
     "adam_update",
     "all_finite",
@@ -535,6 +536,12 @@ def activation_grad(grad_out, y, activation):
     if activation == "tanh":
         return grad_out * (1 - y * y)
     return grad_out.copy()
+
+
+def activation_bias_grad(grad_out, y, activation):
+    """``(dL/dz, dL/db)``: :func:`activation_grad` and its :func:`bias_grad`, ``(M, C) -> ((M, C), (C,))``."""
+    grad_z = activation_grad(grad_out, y, activation)
+    return grad_z, bias_grad(grad_z)
 
 
 def leaky_relu(z, alpha):

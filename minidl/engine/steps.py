@@ -16,6 +16,19 @@ def add_bias_grad(layer, grad_z):
         layer.grads["bias"] = ops.bias_grad(rows_of_last_axis(grad_z))
 
 
+def activation_and_bias_grads(layer, grad_out, y):
+    """``dL/dz = dL/dy * f'(z)`` ``(..., F)`` of ``layer``'s activation from its output ``y``, and
+    ``dL/db``, its sum over every axis but the last, into ``layer.grads`` (when there is a bias): both in
+    one pass over the arrays (``ops.activation_bias_grad``), except under softmax."""
+    if not layer.use_bias or layer.activation == "softmax":
+        grad_z = activation_backward(grad_out, y, layer.activation)
+        add_bias_grad(layer, grad_z)
+        return grad_z
+    grad_z, layer.grads["bias"] = ops.activation_bias_grad(rows_of_last_axis(grad_out), rows_of_last_axis(y),
+                                                           layer.activation)
+    return grad_z.reshape(y.shape)
+
+
 class MaxPoolWinners:
     """Max pooling with ``pool``'s window that keeps what its backward needs: the argmax after a
     training pass.  With ``maxima_alone`` an inference pass computes the maxima without the argmax
@@ -72,8 +85,7 @@ class ConvStep(Step):
         return self.y
 
     def backward(self, grad_out):
-        grad_z = activation_backward(grad_out, self.y, self.conv.activation)
-        add_bias_grad(self.conv, grad_z)
+        grad_z = activation_and_bias_grads(self.conv, grad_out, self.y)
         return [self.linear.backward(grad_z, self.input_grad_needed)]
 
     def workspace_bytes(self, batch_size):
@@ -144,8 +156,7 @@ class ConvMaxPoolStep(Step):
         if self.z_dropped:  # after a pass outside training that pooled chunk by chunk
             self.winners.forward(self.linear.forward(self.linear.x, training=True), training=True)
             self.z_dropped = False
-        grad_pooled = ops.activation_grad(grad_out, self.y, self.conv.activation)
-        add_bias_grad(self.conv, grad_pooled)
+        grad_pooled = activation_and_bias_grads(self.conv, grad_out, self.y)
         return [self.linear.backward(self.winners.backward(grad_pooled), self.input_grad_needed)]
 
     def workspace_bytes(self, batch_size):
@@ -221,8 +232,7 @@ class DirectConvMaxPoolStep(Step):
     def backward(self, grad_out):
         """``dL/dW`` straight from the pooled gradient and the winners' pixels
         (``ops.conv3x3_maxpool_kernel_grad``); no input gradient."""
-        grad_pooled = ops.activation_grad(grad_out, self.y, self.conv.activation)
-        add_bias_grad(self.conv, grad_pooled)
+        grad_pooled = activation_and_bias_grads(self.conv, grad_out, self.y)
         if self.argmax is None:
             _, self.argmax = ops.conv3x3_maxpool(self.x, self.conv.params["kernel"])
         self.conv.grads["kernel"] = ops.conv3x3_maxpool_kernel_grad(self.x, grad_pooled, self.argmax)

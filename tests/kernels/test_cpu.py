@@ -546,6 +546,32 @@ def test_activation_grad_matches_reference(z, activation):
 
 
 @SETTINGS
+@given(arrays(min_dims=2, max_dims=2), st.sampled_from(ref.ACTIVATIONS), st.integers(1, 40))
+def test_activation_bias_grad_matches_reference_in_chunks_of_any_length(z, activation, chunk):
+    """Both gradients in one pass, the rows cut into chunks of ``chunk`` values' worth (the last one
+    shorter) whose column sums are added up after."""
+    y = ref.bias_activation(z, None, activation)
+    grad_out = like(z)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "ACTIVATION_CHUNK", chunk)
+        grad_z, grad_bias = cpu.activation_bias_grad(grad_out, y, activation)
+    expected_grad_z, expected_grad_bias = ref.activation_bias_grad(grad_out, y, activation)
+    assert_close(grad_z, expected_grad_z)
+    assert_close(grad_bias, expected_grad_bias)
+
+
+def test_activation_bias_grad_names_arrays_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"activation_bias_grad: grad_out has shape \(2, 3\) but y has shape "
+                                         r"\(3, 2\)"):
+        cpu.activation_bias_grad(np.zeros((2, 3)), np.zeros((3, 2)), "relu")
+    with pytest.raises(ValueError, match=r"activation_bias_grad: grad_out and y must be \(M, C\), got shape "
+                                         r"\(2, 3, 4\)"):
+        cpu.activation_bias_grad(np.zeros((2, 3, 4)), np.zeros((2, 3, 4)), "relu")
+    with pytest.raises(ValueError, match="activation_bias_grad: activation must be one of .* got 'swish'"):
+        cpu.activation_bias_grad(np.zeros((2, 3)), np.zeros((2, 3)), "swish")
+
+
+@SETTINGS
 @given(arrays(), st.floats(0.0, 1.0))
 def test_leaky_relu_and_its_grad_match_reference(z, alpha):
     grad_out = like(z)

@@ -531,6 +531,10 @@ def test_bias_activation_and_its_gradient_match_the_reference(activation, with_b
         numpy_ref.activation_grad(grad_out, y, activation),
         dtype,
     )
+    rows_y, rows_grad = y.reshape(-1, 4), grad_out.reshape(-1, 4)
+    for actual, expected in zip(gpu.activation_bias_grad(gpu.to_device(rows_grad), gpu.to_device(rows_y), activation),
+                                numpy_ref.activation_bias_grad(rows_grad, rows_y, activation)):
+        assert_close(actual, expected, dtype)
 
 
 def test_unknown_activation_is_rejected_by_name():
