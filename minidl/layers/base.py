@@ -13,8 +13,7 @@ once the step's parameter update has succeeded, so a failed step changes no weig
 Both kinds are in ``weight_order``, saved, loaded and exchanged by ``get_weights``/``set_weights``.
 
 Shapes given to ``build`` and ``compute_output_shape`` are per sample, without the batch axis.
-Parameters live on the active backend (``minidl.backend``); a layer called by hand on NumPy arrays,
-and its weights in and out, cross to and from it in :mod:`minidl.host`.
+``layer(x)``, ``get_weights`` and ``set_weights`` on NumPy arrays come from :mod:`minidl.host`.
 A layer computes in float32 (the default) or float64; no other dtype is accepted.
 """
 
@@ -82,8 +81,7 @@ def window_output_shape(layer, input_shape, window, strides, padding):
 
 
 class Layer(HostArrays):
-    """The contract above; ``layer(x)``, ``get_weights`` and ``set_weights`` on host arrays come
-    from :class:`minidl.host.HostArrays`."""
+    """The contract above."""
 
     #: names of the parameters in Keras's ``get_weights`` order
     weight_order = ()

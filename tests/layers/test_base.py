@@ -1,5 +1,7 @@
 """The layer contract's guards: float dtypes only, and backward before forward named as such."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -90,6 +92,20 @@ def test_no_layer_file_moves_arrays_between_the_host_and_the_backend():
                 if "to_device" in path.read_text() or "to_host" in path.read_text()]
     assert crossing == []
 
+
+
+def test_no_layer_file_names_the_plans_speed_machinery():
+    """Algorithm choice, chunking and fusions are passes of the plan (``minidl/engine``); a layer's file
+    computes its own formula and names none of them."""
+    from pathlib import Path
+
+    import minidl.layers
+
+    machinery = (r"(from|import) minidl\.engine", r"\bwinograd", r"by_image", r"\bchunk", r"\bworkspace",
+                 r"conv_choice", r"\bfus(ed|ion)\b")
+    naming = {path.name: [word for word in machinery if re.search(word, path.read_text().lower())]
+              for path in Path(minidl.layers.__file__).parent.glob("*.py")}
+    assert {name: words for name, words in naming.items() if words} == {}
 
 def test_a_layer_called_on_host_arrays_and_its_weights_round_trip_as_host_arrays():
     dense = layers.Dense(2)
