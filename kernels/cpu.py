@@ -1380,6 +1380,18 @@ def _winograd_by_image_kernel(gemm, tile, x, kernel_tiles, top, left, tiles_h, t
                 _outputs_row(tile, band_products, (i - rows.start) * tiles_w, n, i, tiles_w, out_half, block, z)
 
 
+@jit_inline
+def _add_band_kernel_grad(gemm, tile, x, grad_out, n, rows, top, left, tiles_w, strip, zero_row, g, grad_half,
+                          band_tiles, band_grad_products, partial):
+    """Band ``rows`` (a ``range`` of tile rows) of image ``n``: its tiles and ``dM = outputs_grad(grad_out[n])``
+    into the band's stacks, then ``partial[p] += tiles[p]^T @ dM[p]`` for every position ``p``."""
+    for i in rows:
+        first_tile = (i - rows.start) * tiles_w
+        _tiles_row(tile, x, n, i, top, left, tiles_w, strip, zero_row, band_tiles, first_tile)
+        _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, band_grad_products, first_tile)
+    _products_per_position(gemm, True, band_tiles, band_grad_products, 1.0, partial)
+
+
 @jit_parallel
 def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, tiles_h, tiles_w, band_rows,
                                           partials):
@@ -1398,11 +1410,8 @@ def _winograd_by_image_kernel_grad_kernel(gemm, tile, x, grad_out, top, left, ti
             n, rows = _band(unit, band_rows, tiles_h)
             band_tiles, band_grad_products = (_band_stack(tiles, len(rows) * tiles_w),
                                               _band_stack(grad_products, len(rows) * tiles_w))
-            for i in rows:
-                first_tile = (i - rows.start) * tiles_w
-                _tiles_row(tile, x, n, i, top, left, tiles_w, strip, zero_row, band_tiles, first_tile)
-                _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, band_grad_products, first_tile)
-            _products_per_position(gemm, True, band_tiles, band_grad_products, 1.0, partials[thread])
+            _add_band_kernel_grad(gemm, tile, x, grad_out, n, rows, top, left, tiles_w, strip, zero_row, g, grad_half,
+                                  band_tiles, band_grad_products, partials[thread])
 
 
 @jit_parallel
@@ -1420,8 +1429,8 @@ def _winograd_by_image_grads_kernel(gemm, tile, x, grad_out, kernel_tiles_t, top
         tiles, grad_products, grad_half, g = _image_scratch(tile, positions, band_rows * tiles_w, channels, filters,
                                                             x.dtype)
         grad_tiles = np.empty_like(tiles)
-        strip, grad_strip = _tile_row_strip(tile, tiles_w, channels, x.dtype), _tile_row_strip(tile, tiles_w,
-                                                                                               channels, x.dtype)
+        strip = _tile_row_strip(tile, tiles_w, channels, x.dtype)
+        grad_strip = _tile_row_strip(tile, tiles_w, channels, x.dtype)
         zero_row = np.zeros(width * channels, x.dtype)
         partials[thread] = 0
         for n in _share_of_thread(thread, threads, n_images):
@@ -1431,11 +1440,8 @@ def _winograd_by_image_grads_kernel(gemm, tile, x, grad_out, kernel_tiles_t, top
                 band_tiles, band_grad_products, band_grad_tiles = (_band_stack(tiles, len(rows) * tiles_w),
                                                                    _band_stack(grad_products, len(rows) * tiles_w),
                                                                    _band_stack(grad_tiles, len(rows) * tiles_w))
-                for i in rows:
-                    first_tile = (i - first_row) * tiles_w
-                    _tiles_row(tile, x, n, i, top, left, tiles_w, strip, zero_row, band_tiles, first_tile)
-                    _outputs_grad_row(tile, grad_out, n, i, tiles_w, g, grad_half, band_grad_products, first_tile)
-                _products_per_position(gemm, True, band_tiles, band_grad_products, 1.0, partials[thread])
+                _add_band_kernel_grad(gemm, tile, x, grad_out, n, rows, top, left, tiles_w, strip, zero_row, g,
+                                      grad_half, band_tiles, band_grad_products, partials[thread])
                 _products_per_position(gemm, False, band_grad_products, kernel_tiles_t, 0.0, band_grad_tiles)
                 for i in rows:
                     _tiles_grad_row(tile, band_grad_tiles, (i - first_row) * tiles_w, n, i, top, left, tiles_w,

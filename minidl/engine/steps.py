@@ -10,23 +10,18 @@ from minidl.layers.activations import activate, activation_backward, rows_of_las
 MONOTONE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
 
 
-def add_bias_grad(layer, grad_z):
-    """``dL/db`` = ``grad_z`` ``(..., F)`` summed over every axis but the last (when there is a bias)."""
-    if layer.use_bias:
-        layer.grads["bias"] = ops.bias_grad(rows_of_last_axis(grad_z))
-
-
 def activation_and_bias_grads(layer, grad_out, y):
     """``dL/dz = dL/dy * f'(z)`` ``(..., F)`` of ``layer``'s activation from its output ``y``, and
     ``dL/db``, its sum over every axis but the last, into ``layer.grads`` (when there is a bias): both in
     one pass over the arrays (``ops.activation_bias_grad``), except under softmax."""
-    if not layer.use_bias or layer.activation == "softmax":
-        grad_z = activation_backward(grad_out, y, layer.activation)
-        add_bias_grad(layer, grad_z)
-        return grad_z
-    grad_z, layer.grads["bias"] = ops.activation_bias_grad(rows_of_last_axis(grad_out), rows_of_last_axis(y),
-                                                           layer.activation)
-    return grad_z.reshape(y.shape)
+    if layer.use_bias and layer.activation != "softmax":
+        grad_z, layer.grads["bias"] = ops.activation_bias_grad(rows_of_last_axis(grad_out), rows_of_last_axis(y),
+                                                               layer.activation)
+        return grad_z.reshape(y.shape)
+    grad_z = activation_backward(grad_out, y, layer.activation)
+    if layer.use_bias:
+        layer.grads["bias"] = ops.bias_grad(rows_of_last_axis(grad_z))
+    return grad_z
 
 
 class MaxPoolWinners:
