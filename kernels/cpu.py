@@ -540,10 +540,11 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
 # (:func:`_pixels_per_gemm`).
 
 #: fewest output pixels of one GEMM call of the image-by-image kernels: in shorter runs the calls cost
-#: more than the small-matrix kernels saved (``benchmarks/gemm_rows.py``: 1,024 pixels of a ``K =
-#: 288``, 32-filter product 208 us whole, 215 in runs of 108; 2,048 of a ``K = 64``, 64-filter one 181
-#: whole, 194 in runs of 244)
-MIN_GEMM_PIXELS = 256
+#: more than the small-matrix kernels saved (``python benchmarks/gemm_rows.py``, one thread, us per
+#: image for the forward, kernel gradient and input gradient together, whole against runs: 1,024 pixels
+#: of a ``K = 288``, 32-filter product 462 -> 351 in runs of 108, of a 64-filter one 757 -> 689 in runs
+#: of 54; 256 pixels of a ``K = 576``, 64-filter one 370 -> 375 in runs of 27)
+MIN_GEMM_PIXELS = 48
 
 
 @jit
@@ -652,8 +653,9 @@ def _pixels_per_gemm(pixels, depth, filters):
     its kernel or input gradient's, the same multiply-adds): all of them, unless the library's
     small-matrix kernels take fewer (``blas.Library.small_product``); then the most they take, if that
     is at least :data:`MIN_GEMM_PIXELS`.  A strided 3-channel first conv (1,024 pixels, ``K = 75``, 16
-    filters) took 48 us for its forward product whole and 42 in runs of 833 pixels on one core, a
-    ``K = 144`` product 62 and 56 in runs of 434 (``benchmarks/gemm_rows.py``)."""
+    filters) took 23.4 us for its forward product whole and 21.4 in runs of 833 pixels on one core, its
+    kernel gradient 28.1 and 19.1; a ``K = 144`` one 48.5 and 33.6 in runs of 434
+    (``benchmarks/gemm_rows.py``)."""
     small_pixels = GEMM_LIBRARY.small_product // (depth * filters)
     return small_pixels if MIN_GEMM_PIXELS <= small_pixels < pixels else pixels
 

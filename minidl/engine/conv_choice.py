@@ -78,8 +78,9 @@ CHOICE_MODES = ("measure", "remeasure", "model")
 #: image-by-image Winograd takes an image whose scratch passes a core's L2 in bands of tile rows ([D25]);
 #: 3: the Winograd input transform and its adjoint run a row of tiles at a time through a strip of
 #: image rows ([D27]); 4: the image-by-image Winograd makes both gradients from one output-gradient
-#: transform ([D28]).
-KERNELS_REVISION = 4
+#: transform ([D28]); 5: the image-by-image im2col cuts its products into runs of as few as 48 pixels
+#: for the small-matrix kernels ([D21]).
+KERNELS_REVISION = 5
 
 
 def choice_mode():

@@ -142,7 +142,8 @@ def test_pixels_per_gemm_fit_the_small_matrix_kernels_where_they_take_enough():
         patch.setattr(cpu, "GEMM_LIBRARY", SimpleNamespace(small_product=10**6))
         assert cpu._pixels_per_gemm(1024, 75, 16) == 833  # a strided 3-channel first conv: 1.2M multiply-adds
         assert cpu._pixels_per_gemm(1024, 27, 32) == 1024  # 0.88M: taken whole
-        assert cpu._pixels_per_gemm(1024, 288, 32) == 1024  # 108 pixels' worth: fewer than MIN_GEMM_PIXELS
+        assert cpu._pixels_per_gemm(1024, 288, 32) == 108  # a 32x32x32 3x3 conv with 32 filters
+        assert cpu._pixels_per_gemm(1024, 576, 64) == 1024  # 27 pixels' worth: fewer than MIN_GEMM_PIXELS
         patch.setattr(cpu, "GEMM_LIBRARY", SimpleNamespace(small_product=0))
         assert cpu._pixels_per_gemm(1024, 75, 16) == 1024
 
