@@ -48,18 +48,22 @@ class Conv2D(KernelLayer):
         return self.params["kernel"].reshape(-1, self.filters)
 
     def forward(self, x, training=False):
-        """``y = f(z)`` with ``z = im2col(x) @ W2d + b`` (:meth:`linear`).  ``x`` ``(N, H, W, C_in)`` ->
-        ``y`` ``(N, OH, OW, F)``.  Keeps ``x``, ``cols`` and ``y`` for backward."""
-        self.y = activate(self.linear(x), None, self.activation)
+        """``y = f(im2col(x) @ W2d + b)``, the bias added and ``f`` applied in one pass over the product
+        (:meth:`product`).  ``x`` ``(N, H, W, C_in)`` -> ``y`` ``(N, OH, OW, F)``.  Keeps ``x``, ``cols``
+        and ``y`` for backward."""
+        self.y = activate(self.product(x), self.params.get("bias"), self.activation)
         return self.y
 
     def linear(self, x):
         """``z = im2col(x) @ W2d + b``: ``(N, H, W, C_in) -> (N, OH, OW, F)``; keeps ``x`` and ``cols``."""
+        return activate(self.product(x), self.params.get("bias"), "linear")
+
+    def product(self, x):
+        """``im2col(x) @ W2d``: ``(N, H, W, C_in) -> (N, OH, OW, F)``; keeps ``x`` and ``cols``."""
         self.x = x
         self.cols = ops.im2col(x, self.kernel_size, self.strides, self.pads)   # (N*OH*OW, KH*KW*C_in)
         z = ops.matmul(self.cols, self.kernel_matrix())                         # (N*OH*OW, F)
-        z = z.reshape(x.shape[0], *self.output_shape)                           # (N, OH, OW, F)
-        return activate(z, self.params.get("bias"), "linear")
+        return z.reshape(x.shape[0], *self.output_shape)                        # (N, OH, OW, F)
 
     def backward(self, grad_out):
         """``dL/dz = dL/dy * f'(z)``, then :meth:`linear_backward`.

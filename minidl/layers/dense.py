@@ -30,15 +30,19 @@ class Dense(KernelLayer):
         self.add_kernel_and_bias((input_shape[0], self.units))
 
     def forward(self, x, training=False):
-        """``y = f(z)`` with ``z = x W + b`` (:meth:`linear`).  ``x`` ``(N, D_in)`` -> ``y`` ``(N, units)``.
-        Keeps ``x`` and ``y`` for backward."""
-        self.y = activate(self.linear(x), None, self.activation)
+        """``y = f(x W + b)``, the bias added and ``f`` applied in one pass over ``x W`` (:meth:`product`).
+        ``x`` ``(N, D_in)`` -> ``y`` ``(N, units)``.  Keeps ``x`` and ``y`` for backward."""
+        self.y = activate(self.product(x), self.params.get("bias"), self.activation)
         return self.y
 
     def linear(self, x):
         """``z = x W + b``: ``(N, D_in) -> (N, units)``; keeps ``x``."""
+        return activate(self.product(x), self.params.get("bias"), "linear")
+
+    def product(self, x):
+        """``x W``: ``(N, D_in) -> (N, units)``; keeps ``x``."""
         self.x = x
-        return activate(ops.matmul(x, self.params["kernel"]), self.params.get("bias"), "linear")
+        return ops.matmul(x, self.params["kernel"])
 
     def backward(self, grad_out):
         """``dL/dz = dL/dy * f'(z)``, then :meth:`linear_backward`.  ``(N, units) -> (N, D_in)``."""

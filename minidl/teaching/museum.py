@@ -50,11 +50,10 @@ class TransposedPatchConv2D(layers.Conv2D):
     """Conv2D unfolding its input with :func:`transposed_im2col`; backward still folds back with the
     real col2im, which is the adjoint of the real im2col only."""
 
-    def linear(self, x):
+    def product(self, x):
         self.x = x
         self.cols = transposed_im2col(x, self.kernel_size, self.strides, self.pads)  # the bug
-        z = (self.cols @ self.kernel_matrix()).reshape(x.shape[0], *self.output_shape)
-        return layers.activations.activate(z, self.params.get("bias"), "linear")
+        return (self.cols @ self.kernel_matrix()).reshape(x.shape[0], *self.output_shape)
 
 
 def overwriting_col2im(cols, x_shape, kernel_size, strides, pads):
