@@ -129,7 +129,7 @@ def main():
         if layout not in ("transposed", "rows"):
             raise SystemExit(f"gemm_rows.py: LAYOUT must be 'transposed' or 'rows', got {layout!r}")
         products = image_products(library.gemms[np.dtype(np.float32)], pixels, depth, filters,
-                                              layout == "transposed", args.calls)
+                                  layout == "transposed", args.calls)
         small_pixels = library.small_product // (depth * filters)
         print(f"{pixels} pixels x K {depth} x {filters} filters, {layout} cols "
               f"({pixels * depth * filters / 1e6:.2f}M multiply-adds; small kernels take {small_pixels} pixels)")
