@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from minidl.kernels import numpy_ref  # noqa: E402
 from minidl.kernels.memory import retain_freed_memory  # noqa: E402
-from minidl.kernels.shapes import window_geometry  # noqa: E402
+from minidl.layers.base import window_geometry  # noqa: E402
 
 import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 

@@ -9,7 +9,7 @@ Conventions for every kernel unless its entry says otherwise:
 * dtypes are float32 or float64, the same for every float argument, and outputs have the inputs' dtype;
   ``argmax`` arrays are int32;
 * images are channels-last ``(N, H, W, C)``; ``kernel_size``, ``strides``, ``pool_size`` are pairs of
-  ints; ``pads`` is ``((top, bottom), (left, right))`` from ``minidl.kernels.shapes``, where a negative
+  ints; ``pads`` is ``((top, bottom), (left, right))`` from ``minidl.layers.base``, where a negative
   bottom or right padding drops that many trailing rows or columns;
 * outputs are fresh arrays the caller may keep and write (C-contiguous on ``cpu`` except ``im2col``'s);
   kernels marked *in place* write their first argument(s) and return ``None``.

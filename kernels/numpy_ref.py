@@ -3,7 +3,7 @@
 Every kernel module (``numpy_ref``, ``cpu``, ``cuda``) exposes the functions below with the same
 signatures and results.  Layout is channels-last: images are ``(N, H, W, C)``, conv kernels
 ``(KH, KW, C_in, C_out)``.  ``pads`` is always explicit, ``((top, bottom), (left, right))``, as
-computed by :func:`kernels.shapes.window_geometry`.  A negative ``bottom`` or ``right`` drops that many
+computed by :func:`minidl.layers.base.window_geometry`.  A negative ``bottom`` or ``right`` drops that many
 trailing rows or columns of the image, so a window's last outputs are not computed at all (a layer
 does this for outputs nothing reads).
 

@@ -21,7 +21,6 @@ import collections
 
 import numpy as np
 
-from minidl.kernels.shapes import window_geometry
 from minidl import initializers
 from minidl.host import HostArrays
 from minidl.utils import global_rng
@@ -65,6 +64,34 @@ def normalize_padding(padding, layer_name):
     if padding not in ("valid", "same"):
         raise ValueError(f"{layer_name}: padding must be 'valid' or 'same', got {padding!r}")
     return padding
+
+
+def padding_amounts(size, kernel, stride, padding):
+    """``(before, after)`` padding of one axis of ``size`` pixels under a window of ``kernel`` pixels at
+    ``stride``, as Keras pads: none for ``"valid"``; for ``"same"``, what gives ``ceil(size / stride)``
+    outputs, split with the smaller half before (TensorFlow's rule)."""
+    if padding == "valid":
+        return 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def window_geometry(input_hw, window, strides, padding):
+    """``(pads, (OH, OW))`` of a 2-D window ``(KH, KW)`` at ``strides`` ``(SH, SW)`` over ``(H, W)``
+    images, ``pads = ((top, bottom), (left, right))`` from :func:`padding_amounts`::
+
+        OH = (H + top + bottom - KH) // SH + 1,   OW = (W + left + right - KW) // SW + 1
+
+    Raises ``ValueError`` when the window does not fit (an output of size zero)."""
+    (height, width), (kh, kw), (sh, sw) = input_hw, window, strides
+    pads = (padding_amounts(height, kh, sh, padding), padding_amounts(width, kw, sw, padding))
+    out_h = (height + sum(pads[0]) - kh) // sh + 1
+    out_w = (width + sum(pads[1]) - kw) // sw + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"a {kh}x{kw} window with strides {strides} and padding {padding!r} does not fit "
+                         f"an input of height x width {height}x{width}")
+    return pads, (out_h, out_w)
 
 
 def window_output_shape(layer, input_shape, window, strides, padding):
@@ -114,7 +141,7 @@ class Layer(HostArrays):
         return input_shape
 
     def new_weight(self, shape, initializer, rng=None):
-        """An array of ``shape`` from ``initializer`` on the backend (:func:`minidl.initializers.initial_weight`)."""
+        """An array of ``shape`` from ``initializer`` (:func:`minidl.initializers.initial_weight`)."""
         return initializers.initial_weight(initializer, shape, self.dtype, rng if rng is not None else global_rng())
 
     def add_param(self, key, shape, initializer, regularizer=None, rng=None):

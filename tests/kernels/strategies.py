@@ -2,7 +2,7 @@
 
 from hypothesis import strategies as st
 
-from minidl.kernels.shapes import window_geometry
+from minidl.layers.base import window_geometry
 
 
 @st.composite

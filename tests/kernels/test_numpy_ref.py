@@ -6,7 +6,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidl.kernels import numpy_ref
-from minidl.kernels.shapes import window_geometry
 from minidl.kernels.winograd import WINOGRAD_TILES
 from tests.kernels.strategies import window_problems, winograd_problems
 
@@ -192,13 +191,6 @@ def test_pooling_backwards_are_adjoint_to_their_linearisation(problem):
     np.testing.assert_allclose((avg * g).sum(),
                                (x * numpy_ref.avgpool_backward(g, x.shape, window, strides, pads)).sum(),
                                rtol=1e-10)
-
-
-def test_same_padding_matches_tensorflow_rule():
-    # TensorFlow: out = ceil(in / stride), total pad split with the extra pixel after
-    pads, out_hw = window_geometry((5, 6), (3, 2), (2, 1), "same")
-    assert out_hw == (3, 6)
-    assert pads == ((1, 1), (0, 1))
 
 
 def test_softmax_cross_entropy_is_stable_for_huge_logits():

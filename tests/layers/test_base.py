@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from minidl import layers
+from minidl.layers.base import window_geometry
 
 
 @pytest.mark.parametrize("make, input_shape", [
@@ -93,7 +94,6 @@ def test_no_layer_file_moves_arrays_between_the_host_and_the_backend():
     assert crossing == []
 
 
-
 def test_no_layer_file_names_the_plans_speed_machinery():
     """Algorithm choice, chunking and fusions are passes of the plan (``minidl/engine``); a layer's file
     computes its own formula and names none of them."""
@@ -107,6 +107,7 @@ def test_no_layer_file_names_the_plans_speed_machinery():
               for path in Path(minidl.layers.__file__).parent.glob("*.py")}
     assert {name: words for name, words in naming.items() if words} == {}
 
+
 def test_a_layer_called_on_host_arrays_and_its_weights_round_trip_as_host_arrays():
     dense = layers.Dense(2)
     y = dense(np.ones((3, 4), np.float32))
@@ -116,3 +117,10 @@ def test_a_layer_called_on_host_arrays_and_its_weights_round_trip_as_host_arrays
     np.testing.assert_allclose(dense(np.ones((3, 4))), np.ones((3, 4)) @ (kernel * 2) + bias + 1,
                                rtol=1e-5, atol=1e-6)  # float32 sums
     assert all(isinstance(w, np.ndarray) for w in dense.get_weights())
+
+
+def test_same_padding_matches_tensorflow_rule():
+    # TensorFlow: out = ceil(in / stride), total pad split with the extra pixel after
+    pads, out_hw = window_geometry((5, 6), (3, 2), (2, 1), "same")
+    assert out_hw == (3, 6)
+    assert pads == ((1, 1), (0, 1))
