@@ -95,13 +95,14 @@ def test_no_layer_file_moves_arrays_between_the_host_and_the_backend():
 
 
 def test_no_layer_file_names_the_plans_speed_machinery():
-    """Algorithm choice, chunking and fusions are passes of the plan (``minidl/engine``); a layer's file
-    computes its own formula and names none of them."""
+    """Algorithm choice, chunking and fusions are passes of the plan (``minidl/engine``) over the
+    kernels (``minidl/kernels``, reached through ``minidl.backend.ops``); a layer's file computes its
+    own formula and names none of them."""
     from pathlib import Path
 
     import minidl.layers
 
-    machinery = (r"(from|import) minidl\.engine", r"\bwinograd", r"by_image", r"\bchunk", r"\bworkspace",
+    machinery = (r"(from|import) minidl\.(engine|kernels)", r"\bwinograd", r"by_image", r"\bchunk", r"\bworkspace",
                  r"conv_choice", r"\bfus(ed|ion)\b")
     naming = {path.name: [word for word in machinery if re.search(word, path.read_text().lower())]
               for path in Path(minidl.layers.__file__).parent.glob("*.py")}
